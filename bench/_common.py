@@ -1,0 +1,37 @@
+"""Helpers shared by the benchmark scripts: where results go and how they are labelled."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs"
+DATA = os.environ.get("ECONLM_DATA") or str(ROOT.parent / "shared" / "data")
+
+
+def save(name: str, payload: dict, markdown: str) -> None:
+    """Write ``bench/results/<name>.json`` (with machine info and the command) and ``docs/<name>.md``."""
+    from econlm.runinfo import atomic_write_text, run_metadata, write_json
+
+    meta = run_metadata()
+    meta["command"] = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+    write_json(RESULTS / f"{name}.json", {"meta": meta, **payload})
+    footer = (
+        f"\n\nMeasured with `{meta['command']}` on {meta['machine']['processor']} "
+        f"({meta['machine']['cpu_count']} CPUs, {meta['machine']['torch_threads']} torch threads), "
+        f"torch {meta['versions'].get('torch')}, transformers {meta['versions'].get('transformers')}, "
+        f"git {meta['git']}, {meta['time_utc']}. Raw numbers: `bench/results/{name}.json`.\n"
+    )
+    atomic_write_text(DOCS / f"{name}.md", markdown.rstrip() + footer)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,5 @@
+import sys
+
+from econlm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,352 @@
+"""Tasks and their data: GLUE and WikiText, from a local folder first, else the Hugging Face hub.
+
+The local folder (``--data-dir`` or ``$ECONLM_DATA``) is laid out like GLUE's original release::
+
+    glue/SST-2/{train,dev}.tsv   glue/STS-B/...   glue/CoLA/... (no header)   glue/MRPC/... (UTF-8 BOM)
+    glue/RTE/... (Hugging Face columns or GLUE's)  glue/QNLI/...  glue/MNLI/dev_matched.tsv  glue/QQP/...
+    wikitext-103/wiki.{valid,test,train}.tokens    wikitext-2/{valid,test,train}.txt
+
+(a ``glue/`` level is optional). TSVs are read with quoting off: sentences contain quote characters.
+Files missing locally are fetched with ``datasets`` (``nyu-mll/glue``, ``Salesforce/wikitext``); when
+that is impossible too, the error names every path tried and how to get the data.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from econlm.errors import UserError, unknown_name
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One GLUE example: one or two texts and a label (int class, or float score for STS-B)."""
+
+    text_a: str
+    text_b: str | None
+    label: float | int
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task's data and its official metrics (the first metric is the headline score)."""
+
+    name: str
+    kind: str  # "classification", "regression" or "lm"
+    metrics: tuple[str, ...]
+    num_labels: int = 0
+    hub_dataset: tuple[str, str] = ("", "")
+    hub_splits: dict[str, str] = field(default_factory=dict)
+    hub_columns: tuple[str, ...] = ()  # text columns, then the label column
+    local_folder: str = ""
+    local_files: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> candidate names
+    local_columns: tuple[str, ...] = ()  # header names (texts, then label); ints for header-less files
+    label_names: tuple[str, ...] = ()  # string labels in local files, in class order
+
+    @property
+    def metric(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric != "perplexity"
+
+    @property
+    def is_lm(self) -> bool:
+        return self.kind == "lm"
+
+
+_GLUE_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
+
+
+def _glue(name, folder, kind, metrics, num_labels, hub_columns, local_columns, label_names=(), files=None):
+    return Task(
+        name=name,
+        kind=kind,
+        metrics=metrics,
+        num_labels=num_labels,
+        hub_dataset=("nyu-mll/glue", name),
+        hub_splits=dict(_GLUE_SPLITS),
+        hub_columns=hub_columns,
+        local_folder=folder,
+        local_files=files or {"train": ("train.tsv",), "dev": ("dev.tsv",), "test": ("test.tsv",)},
+        local_columns=local_columns,
+        label_names=label_names,
+    )
+
+
+_NLI = ("entailment", "not_entailment")
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in [
+        _glue("sst2", "SST-2", "classification", ("accuracy",), 2, ("sentence", "label"), ("sentence", "label")),
+        _glue(
+            "stsb",
+            "STS-B",
+            "regression",
+            ("spearman", "pearson"),
+            1,
+            ("sentence1", "sentence2", "label"),
+            ("sentence1", "sentence2", "score"),
+        ),
+        # CoLA's files have no header: source, label, original label, sentence.
+        _glue("cola", "CoLA", "classification", ("mcc",), 2, ("sentence", "label"), ("3", "1")),
+        _glue(
+            "mrpc",
+            "MRPC",
+            "classification",
+            ("f1", "accuracy"),
+            2,
+            ("sentence1", "sentence2", "label"),
+            ("#1 String", "#2 String", "Quality"),
+        ),
+        _glue(
+            "rte",
+            "RTE",
+            "classification",
+            ("accuracy",),
+            2,
+            ("sentence1", "sentence2", "label"),
+            ("sentence1", "sentence2", "label"),
+            _NLI,
+        ),
+        _glue(
+            "qnli",
+            "QNLI",
+            "classification",
+            ("accuracy",),
+            2,
+            ("question", "sentence", "label"),
+            ("question", "sentence", "label"),
+            _NLI,
+        ),
+        _glue(
+            "mnli",
+            "MNLI",
+            "classification",
+            ("accuracy",),
+            3,
+            ("premise", "hypothesis", "label"),
+            ("sentence1", "sentence2", "gold_label"),
+            ("entailment", "neutral", "contradiction"),
+            files={"train": ("train.tsv",), "dev": ("dev_matched.tsv",), "test": ("test_matched.tsv",)},
+        ),
+        _glue(
+            "qqp",
+            "QQP",
+            "classification",
+            ("f1", "accuracy"),
+            2,
+            ("question1", "question2", "label"),
+            ("question1", "question2", "is_duplicate"),
+        ),
+        Task(
+            name="wikitext103",
+            kind="lm",
+            metrics=("perplexity",),
+            hub_dataset=("Salesforce/wikitext", "wikitext-103-v1"),
+            hub_splits=dict(_GLUE_SPLITS),
+            local_folder="wikitext-103",
+            local_files={
+                "train": ("wiki.train.tokens", "train.txt"),
+                "dev": ("wiki.valid.tokens", "valid.txt"),
+                "test": ("wiki.test.tokens", "test.txt"),
+            },
+        ),
+        Task(
+            name="wikitext2",
+            kind="lm",
+            metrics=("perplexity",),
+            hub_dataset=("Salesforce/wikitext", "wikitext-2-v1"),
+            hub_splits=dict(_GLUE_SPLITS),
+            local_folder="wikitext-2",
+            local_files={
+                "train": ("train.txt", "wiki.train.tokens"),
+                "dev": ("valid.txt", "wiki.valid.tokens"),
+                "test": ("test.txt", "wiki.test.tokens"),
+            },
+        ),
+    ]
+}
+# MNLI also has a mismatched dev set.
+TASKS["mnli"].local_files["dev_mismatched"] = ("dev_mismatched.tsv",)
+TASKS["mnli"].hub_splits.update({"dev": "validation_matched", "dev_mismatched": "validation_mismatched"})
+TASKS["mnli"].hub_splits["test"] = "test_matched"
+
+
+def get_task(name: str) -> Task:
+    """Look a task up by name; unknown names list the valid ones and suggest the closest."""
+    if name not in TASKS:
+        raise unknown_name("task", name, TASKS)
+    return TASKS[name]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Locating data
+
+
+def data_root(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The local data folder: the argument, else ``$ECONLM_DATA``, else None (use the hub)."""
+    chosen = data_dir if data_dir is not None else os.environ.get("ECONLM_DATA") or None
+    if chosen is None:
+        return None
+    root = Path(chosen).expanduser()
+    if not root.is_dir():
+        source = "--data-dir" if data_dir is not None else "ECONLM_DATA"
+        raise UserError(f"data folder {root} (from {source}) does not exist; point it at a folder laid out like GLUE")
+    return root
+
+
+def local_candidates(task: Task, split: str, root: Path) -> list[Path]:
+    """Every path where ``split`` of ``task`` may lie under ``root``, in the order they are tried."""
+    names = task.local_files.get(split, ())
+    folders = (
+        [root / "glue" / task.local_folder, root / task.local_folder] if not task.is_lm else [root / task.local_folder]
+    )
+    return [folder / name for folder in folders for name in names]
+
+
+def _check_split(task: Task, split: str) -> None:
+    valid = sorted(set(task.local_files) | set(task.hub_splits))
+    if split not in valid:
+        raise unknown_name(f"split of {task.name}", split, valid)
+
+
+def load_examples(task: Task | str, split: str = "dev", data_dir=None, limit: int | None = None) -> list[Example]:
+    """Load a GLUE split as :class:`Example` s (the first ``limit`` of them when given)."""
+    task = get_task(task) if isinstance(task, str) else task
+    if task.is_lm:
+        raise ValueError(f"{task.name} is a language-modelling task; use load_text")
+    _check_split(task, split)
+    root = data_root(data_dir)
+    tried: list[Path] = []
+    if root is not None:
+        for path in local_candidates(task, split, root):
+            tried.append(path)
+            if path.exists():
+                return read_glue_tsv(task, path, limit)
+    return _from_hub(task, split, tried, lambda rows: _hub_examples(task, rows, limit))
+
+
+def load_text(task: Task | str, split: str = "dev", data_dir=None) -> str:
+    """Load a WikiText split as one string (the release's lines joined as in the original files)."""
+    task = get_task(task) if isinstance(task, str) else task
+    if not task.is_lm:
+        raise ValueError(f"{task.name} is not a language-modelling task; use load_examples")
+    _check_split(task, split)
+    root = data_root(data_dir)
+    tried: list[Path] = []
+    if root is not None:
+        for path in local_candidates(task, split, root):
+            tried.append(path)
+            if path.exists():
+                return path.read_text(encoding="utf-8")
+    return _from_hub(task, split, tried, lambda rows: "".join(rows["text"]))
+
+
+def _from_hub(task: Task, split: str, tried: list[Path], convert: Callable):
+    dataset, config = task.hub_dataset
+    hub_split = task.hub_splits.get(split)
+    if hub_split is not None and not _hub_disabled():
+        try:
+            import datasets
+
+            rows = datasets.load_dataset(dataset, config, split=hub_split)
+            return convert(rows)
+        except Exception as error:  # noqa: BLE001 - any hub failure becomes the one-line error below
+            hub_note = f"the hub ({dataset}/{config}, split {hub_split}) failed: {str(error).splitlines()[0]}"
+        else:  # pragma: no cover
+            hub_note = ""
+    else:
+        hub_note = "the Hugging Face hub is switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
+    paths = ", ".join(str(p) for p in tried) or "none (no --data-dir and no ECONLM_DATA)"
+    raise UserError(
+        f"no data for {task.name} {split}: tried {paths}; {hub_note}. Get the data by pointing --data-dir or "
+        f"ECONLM_DATA at a folder laid out like GLUE (see the README), or with network access to the hub."
+    )
+
+
+def _hub_disabled() -> bool:
+    return any(
+        os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def _hub_examples(task: Task, rows, limit: int | None) -> list[Example]:
+    *text_columns, label_column = task.hub_columns
+    count = len(rows) if limit is None else min(limit, len(rows))
+    out = []
+    for i in range(count):
+        row = rows[i]
+        label = row[label_column]
+        out.append(
+            Example(
+                text_a=row[text_columns[0]],
+                text_b=row[text_columns[1]] if len(text_columns) > 1 else None,
+                label=float(label) if task.kind == "regression" else int(label),
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GLUE TSV files
+
+
+def read_glue_tsv(task: Task, path: Path, limit: int | None = None) -> list[Example]:
+    """Read a GLUE TSV with quoting off and a possible BOM; malformed rows name the file and line."""
+    *text_columns, label_column = task.local_columns
+    headerless = all(c.isdigit() for c in task.local_columns)
+    examples: list[Example] = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if headerless:
+            indices = [int(c) for c in task.local_columns]
+            width = None
+        else:
+            header = next(reader, None)
+            if header is None:
+                raise UserError(f"{path} is empty; expected a header line with {', '.join(task.local_columns)}")
+            missing = [c for c in task.local_columns if c not in header]
+            if missing:
+                if path.name.startswith("test") and missing == [label_column]:
+                    raise UserError(f"{path} has no labels ({label_column}); GLUE test sets are unlabelled, use dev")
+                raise UserError(f"{path}:1: header lacks column(s) {', '.join(missing)}; found {', '.join(header)}")
+            indices = [header.index(c) for c in task.local_columns]
+            width = len(header)
+        for line_number, row in enumerate(reader, start=1 if headerless else 2):
+            if limit is not None and len(examples) >= limit:
+                break
+            if not row or row == [""]:
+                continue
+            if (width is not None and len(row) != width) or len(row) <= max(indices):
+                expected = width if width is not None else f"at least {max(indices) + 1}"
+                raise UserError(
+                    f"{path}:{line_number}: malformed row: expected {expected} tab-separated fields, found {len(row)}"
+                )
+            label = _parse_label(task, row[indices[-1]], path, line_number)
+            texts = [row[i] for i in indices[:-1]]
+            examples.append(Example(texts[0], texts[1] if len(texts) > 1 else None, label))
+    return examples
+
+
+def _parse_label(task: Task, raw: str, path: Path, line: int) -> float | int:
+    raw = raw.strip()
+    try:
+        if task.kind == "regression":
+            return float(raw)
+        if raw in task.label_names:
+            return task.label_names.index(raw)
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not (0 <= value < task.num_labels):
+        valid = f"0..{task.num_labels - 1}" + (f" or {', '.join(task.label_names)}" if task.label_names else "")
+        raise UserError(f"{path}:{line}: malformed label '{raw}'; expected {valid}")
+    return value

@@ -1,0 +1,197 @@
+"""The scarcity probe: score a model under shrinking attention budgets and record how attention reallocates.
+
+For each budget the model scores the task with :func:`~econlm.attention.budgeted_attention` active, and
+the streaming statistics give the mean Gini and entropy of attention rows per layer and head.
+
+Example::
+
+    result = run_probe(ProbeConfig(model="minilm", task="stsb", budgets=("full", "8", "2"), limit=200))
+    save_probe(result, "runs/probe")
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from econlm.attention import Budget, budgeted_attention, parse_budgets
+from econlm.errors import UserError
+
+DEFAULT_BUDGETS = ("full", "32", "16", "8", "4", "2", "1")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Settings of one probe run; validated on construction (before any model is loaded)."""
+
+    model: str = "minilm"
+    task: str = "stsb"
+    budgets: tuple[str, ...] = DEFAULT_BUDGETS
+    split: str = "dev"
+    limit: int | None = None  # examples (GLUE) or tokens (language modelling)
+    batch_size: int = 32
+    max_length: int = 128
+    stride: int | None = None  # language modelling; default max_length // 2
+    data_dir: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from econlm.data import get_task
+
+        budgets = parse_budgets(",".join(self.budgets))
+        object.__setattr__(self, "budgets", tuple(b.label for b in budgets))
+        get_task(self.task)
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be at least 1, not {self.limit}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.max_length < 2:
+            raise UserError(f"--max-length must be at least 2, not {self.max_length}")
+
+    def parsed_budgets(self) -> list[Budget]:
+        return [Budget.parse(b) for b in self.budgets]
+
+
+@dataclass
+class ProbeResult:
+    config: ProbeConfig
+    rows: list[dict]
+    meta: dict = field(default_factory=dict)
+
+
+def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeResult:
+    """Probe ``config.model`` on ``config.task`` at every budget; returns one row per budget.
+
+    Args:
+        config: the probe settings.
+        model: an already loaded :class:`~econlm.models.LoadedModel` (tests, notebooks); else loaded here.
+        progress: show a progress bar.
+    """
+    import torch
+
+    from econlm import data, evaluate
+    from econlm.models import check_spec, load_model
+    from econlm.progress import bar
+    from econlm.runinfo import run_metadata
+
+    torch.manual_seed(config.seed)
+    task = data.get_task(config.task)
+    budgets = config.parsed_budgets()
+    # Check names and load the data first: a typo or a missing file should not cost a model load.
+    if model is None:
+        check_spec(config.model)
+    if task.is_lm:
+        text = data.load_text(task, config.split, config.data_dir)
+        examples = None
+    else:
+        examples = data.load_examples(task, config.split, config.data_dir, config.limit)
+    loaded = model or load_model(config.model)
+    evaluate.scoring_method(task, loaded.head)
+    model_, tokenizer = loaded.model, loaded.tokenizer
+    model_.eval()
+
+    if task.is_lm:
+        ids = evaluate.lm_token_ids(tokenizer, text, config.limit)
+        per_budget = evaluate.lm_batches(len(ids), config.max_length, config.stride, config.batch_size)
+    else:
+        per_budget = evaluate.glue_batches(task, examples, loaded.head, config.batch_size)
+
+    rows = []
+    started = time.perf_counter()
+    with bar(total=per_budget * len(budgets), desc=f"probe {config.model} on {task.name}", unit="batch") as pbar:
+        if not progress:
+            pbar.disable = True
+        for budget in budgets:
+            pbar.set_postfix_str(f"budget {budget.label}")
+            budget_started = time.perf_counter()
+            with budgeted_attention(model_, budget) as stats:
+                if task.is_lm:
+                    score = evaluate.score_lm(
+                        model_,
+                        ids,
+                        max_length=config.max_length,
+                        stride=config.stride,
+                        batch_size=config.batch_size,
+                        on_batch=lambda: pbar.update(1),
+                    )
+                else:
+                    score = evaluate.score_glue(
+                        model_,
+                        tokenizer,
+                        task,
+                        examples,
+                        loaded.head,
+                        batch_size=config.batch_size,
+                        max_length=config.max_length,
+                        on_batch=lambda: pbar.update(1),
+                    )
+            summary = stats.summary()
+            rows.append(
+                {
+                    "budget": budget.label,
+                    "metric": score.metric,
+                    "score": score.value,
+                    "metrics": score.metrics,
+                    "gini": summary["gini"],
+                    "entropy": summary["entropy"],
+                    "attention_rows": summary["rows"],
+                    "examples": score.examples,
+                    "seconds": time.perf_counter() - budget_started,
+                    "per_layer": summary["per_layer"],
+                }
+            )
+    meta = run_metadata(seed=config.seed, config=asdict(config))
+    meta.update(
+        {
+            "model": config.model,
+            "model_location": loaded.resolved.location,
+            "model_type": model_.config.model_type,
+            "head": loaded.head,
+            "task": task.name,
+            "split": config.split,
+            "examples_scored": rows[0]["examples"] if rows else 0,
+            "unit_of_examples": "tokens" if task.is_lm else "examples",
+            "scoring": score.details,
+            "statistics": "mean over layers, heads and real query rows of per-row Gini and entropy (nats), "
+            "over the keys the padding/causal masks allow; keys dropped by the budget count as zeros",
+            "seconds": time.perf_counter() - started,
+        }
+    )
+    return ProbeResult(config=config, rows=rows, meta=meta)
+
+
+CSV_COLUMNS = ["budget", "metric", "score", "gini", "entropy", "attention_rows", "examples", "seconds"]
+
+
+def save_probe(result: ProbeResult, out: str | os.PathLike) -> dict[str, Path]:
+    """Write ``probe.json``, ``probe.csv`` and ``probe.png`` into ``out``; returns their paths."""
+    from econlm.plots import probe_figure, save_figure
+    from econlm.runinfo import write_csv, write_json
+
+    out = Path(out)
+    paths = {"json": out / "probe.json", "csv": out / "probe.csv", "png": out / "probe.png"}
+    write_json(paths["json"], {**result.meta, "rows": result.rows})
+    csv_rows = []
+    for row in result.rows:
+        flat = {k: row[k] for k in CSV_COLUMNS}
+        flat.update({f"metric_{k}": v for k, v in row["metrics"].items()})
+        csv_rows.append(flat)
+    extra = sorted({k for r in csv_rows for k in r} - set(CSV_COLUMNS))
+    write_csv(paths["csv"], csv_rows, CSV_COLUMNS + extra)
+    title = (
+        f"{result.meta['model']} on {result.meta['task']} {result.meta['split']} "
+        f"({result.meta['examples_scored']} {result.meta['unit_of_examples']})"
+    )
+    save_figure(probe_figure(result.rows, title), paths["png"])
+    return paths
+
+
+def format_table(rows: list[dict]) -> str:
+    """A short fixed-width table of budget, score, Gini and entropy."""
+    metric = rows[0]["metric"] if rows else "score"
+    lines = [f"{'budget':>7}  {metric:>10}  {'gini':>6}  {'entropy':>7}"]
+    for r in rows:
+        lines.append(f"{r['budget']:>7}  {r['score']:>10.4f}  {r['gini']:>6.3f}  {r['entropy']:>7.3f}")
+    return "\n".join(lines)

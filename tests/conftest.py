@@ -1,0 +1,102 @@
+"""Shared test helpers: offline settings, tiny random-init models of every supported family, data paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the network: hub look-ups fail fast instead of retrying for half a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("ECONLM_NO_PROGRESS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FAMILIES = ["bert", "roberta", "distilbert", "electra", "gpt2", "llama", "qwen2", "mistral"]
+DECODERS = {"gpt2", "llama", "qwen2", "mistral"}
+
+
+def tiny_config(family: str, **overrides):
+    """A 2-layer, 32-dim random config of ``family``; Llama-likes use grouped-query attention (4 heads, 2 KV)."""
+    import transformers as tf
+
+    common = dict(vocab_size=120, max_position_embeddings=96)
+    if family in ("bert", "roberta", "electra"):
+        cls = {"bert": tf.BertConfig, "roberta": tf.RobertaConfig, "electra": tf.ElectraConfig}[family]
+        kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **common)
+        if family == "electra":
+            kwargs["embedding_size"] = 32
+        if family == "roberta":
+            kwargs["pad_token_id"] = 1
+    elif family == "distilbert":
+        cls = tf.DistilBertConfig
+        kwargs = dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64, **common)
+    elif family == "gpt2":
+        cls = tf.GPT2Config
+        kwargs = dict(n_embd=32, n_layer=2, n_head=4, n_positions=96, vocab_size=120, n_inner=64)
+    else:
+        cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig}[family]
+        kwargs = dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **common,
+        )
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def tiny_model(family: str, head: str = "base", seed: int = 0, **overrides):
+    """A random-init model of ``family`` in eval mode with eager attention. head: base, causal-lm or seq-cls."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    config = tiny_config(family, **overrides)
+    auto = {
+        "base": tf.AutoModel,
+        "causal-lm": tf.AutoModelForCausalLM,
+        "seq-cls": tf.AutoModelForSequenceClassification,
+    }[head]
+    model = auto.from_config(config, attn_implementation="eager")
+    return model.eval()
+
+
+def padded_batch(family: str, lengths=(11, 7, 3), padding_side: str = "right", seed: int = 1):
+    """input_ids and attention_mask with rows of the given real lengths, padded on one side."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.randint(5, 100, (len(lengths), width), generator=g)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        if padding_side == "right":
+            mask[row, :n] = 1
+        else:
+            mask[row, width - n :] = 1
+    ids = ids.masked_fill(mask == 0, 0 if family not in ("roberta",) else 1)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def data_dir() -> Path | None:
+    """The real data folder ($ECONLM_DATA, else ../shared/data), or None when it is absent."""
+    env = os.environ.get("ECONLM_DATA")
+    for candidate in (Path(env) if env else None, SHARED_DATA):
+        if candidate is not None and (candidate / "glue").is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture
+def real_data() -> Path:
+    found = data_dir()
+    if found is None:
+        pytest.skip("no real data: set ECONLM_DATA to a folder laid out like ../shared/data")
+    return found
