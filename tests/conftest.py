@@ -34,7 +34,17 @@ def tiny_config(family: str, **overrides):
         kwargs = dict(dim=32, n_layers=2, n_heads=4, hidden_dim=64, **common)
     elif family == "gpt2":
         cls = tf.GPT2Config
-        kwargs = dict(n_embd=32, n_layer=2, n_head=4, n_positions=96, vocab_size=120, n_inner=64)
+        kwargs = dict(
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=96,
+            vocab_size=120,
+            n_inner=64,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
     else:
         cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig}[family]
         kwargs = dict(
@@ -43,6 +53,7 @@ def tiny_config(family: str, **overrides):
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
+            pad_token_id=0,
             **common,
         )
     kwargs.update(overrides)
@@ -100,3 +111,43 @@ def real_data() -> Path:
     if found is None:
         pytest.skip("no real data: set ECONLM_DATA to a folder laid out like ../shared/data")
     return found
+
+
+def save_tiny_checkpoint(path: Path, family: str = "bert", head: str = "base", **overrides) -> Path:
+    """A tiny random model saved with the real MiniLM tokenizer (vocab 30522), for end-to-end runs."""
+    from transformers import AutoTokenizer
+
+    from econlm.models import resolve
+
+    model = tiny_model(family, head=head, vocab_size=30522, **overrides)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(resolve("minilm").location).save_pretrained(path)
+    return path
+
+
+def write_tiny_glue(root: Path, n_train: int = 48, n_dev: int = 24) -> Path:
+    """A small SST-2 and STS-B in GLUE layout whose labels follow a learnable rule (word 'good' or 'bad')."""
+    import random
+
+    rng = random.Random(0)
+    words = "the a film movie plot actor scene story music very quite".split()
+
+    def sentence(label):
+        body = " ".join(rng.choice(words) for _ in range(rng.randint(3, 9)))
+        return f"{body} {'good' if label else 'bad'} {rng.choice(words)}"
+
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        sst = ["sentence\tlabel"] + [f"{sentence(i % 2)}\t{i % 2}" for i in range(n)]
+        (root / "SST-2").mkdir(parents=True, exist_ok=True)
+        (root / "SST-2" / f"{split}.tsv").write_text("\n".join(sst) + "\n")
+        header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+        rows = [header] + [
+            f"{i}\tg\tf\ty\t0\tn\tn\t{sentence(i % 2)}\t{sentence((i // 2) % 2)}\t{(i % 5) * 1.0}" for i in range(n)
+        ]
+        (root / "STS-B").mkdir(parents=True, exist_ok=True)
+        (root / "STS-B" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    text = " ".join(sentence(i % 2) + " ." for i in range(400))
+    (root / "wikitext-2").mkdir(parents=True, exist_ok=True)
+    (root / "wikitext-2" / "valid.txt").write_text(text)
+    (root / "wikitext-2" / "test.txt").write_text(text[::-1])
+    return root

@@ -73,6 +73,89 @@ def _cmd_probe(args) -> int:
     return 0
 
 
+TRAIN_FLAGS = {
+    # flag: (type, help)
+    "model": (str, "minilm, smollm2, a local checkpoint directory or a hub id"),
+    "task": (str, "GLUE task or wikitext103 / wikitext2"),
+    "lam": (float, "lambda, the price of compute (>= 0); the controller's starting price with --budget"),
+    "cost": (str, "comma-separated cost terms: ffn_l1, attn_logits_l1, attn_entropy, attn_sqrt, flops"),
+    "target": (str, "components taxed: attention, ffn or both (the paper's ablation)"),
+    "attention_weight": (float, "weight of the attention component"),
+    "ffn_weight": (float, "weight of the FFN component"),
+    "schedule": (str, "lambda schedule: constant, warmup (linear over --warmup-steps) or controller"),
+    "warmup_steps": (int, "steps of the linear lambda warm-up"),
+    "budget": (float, "target share of dense compute in (0, 1]: lambda becomes a price set by dual ascent"),
+    "price_lr": (float, "eta of the price controller: lambda += eta * (share - budget) each step"),
+    "epochs": (float, "training epochs (fractions allowed)"),
+    "lr": (float, "learning rate of the model weights"),
+    "gate_lr": (float, "learning rate of the flops gates"),
+    "weight_decay": (float, "AdamW weight decay"),
+    "batch_size": (int, "examples per step (per process)"),
+    "max_length": (int, "tokens per sequence"),
+    "seed": (int, "random seed (data order, initialisation, dropout, gates)"),
+    "limit": (int, "use only the first N training examples"),
+    "eval_limit": (int, "evaluate on the first N dev examples (test tokens for LM tasks)"),
+    "data_dir": (str, "local data folder (default $ECONLM_DATA, else the HF hub)"),
+    "save_every": (int, "steps between checkpoints"),
+    "device": (str, "cpu (default) or auto (a GPU when there is one; accelerate launch sets devices)"),
+}
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune with a compute tax: L = L_task + lambda * C_comp",
+        description="Incentive training. Flags override --config FILE.yaml, which overrides the defaults. "
+        "Writes a save_pretrained checkpoint, metrics.json and train_config.json to --out.",
+    )
+    p.add_argument("--config", default=None, help="YAML file with any of the settings below")
+    for name, (kind, text) in TRAIN_FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
+    p.add_argument("--out", default=None, help="output folder (required, here or in the YAML file)")
+    p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from econlm import config as config_module
+    from econlm.train import Interrupted, TrainConfig, TrainingFault, resolve_resume_config, train
+
+    overrides = {name: getattr(args, name) for name in TRAIN_FLAGS}
+    overrides["out"] = args.out
+    if args.resume:
+        if not args.out:
+            raise UserError("--resume needs --out: the folder of the run to continue")
+        config = resolve_resume_config(args.out, overrides)
+    else:
+        if overrides["cost"] is not None:
+            overrides["cost"] = tuple(overrides["cost"].split(","))
+        config = config_module.build(TrainConfig, args.config, overrides)
+    try:
+        metrics = train(config, resume=args.resume)
+    except TrainingFault as fault:
+        print(
+            f"econlm: training stopped: {fault}; the last good checkpoint (if any) is in {config.out}/checkpoint",
+            file=sys.stderr,
+        )
+        return 1
+    except Interrupted as stop:
+        print(f"econlm: {stop}", file=sys.stderr)
+        return 130
+    if metrics:
+        print(
+            f"\n{config.model} on {metrics['task']}: {metrics['metric']} {metrics['score']:.4f} "
+            f"({metrics['evaluated_on']}, {metrics['eval_examples']} examples)"
+        )
+        sparsity = metrics["ffn_sparsity"]["overall"]
+        print(
+            f"lambda {metrics['lambda_final']:.4g}; attention Gini {metrics['attention']['gini']:.3f}, "
+            f"entropy {metrics['attention']['entropy']:.3f}; FFN sparsity "
+            + ", ".join(f"|a|<={k}: {v:.3f}" for k, v in sparsity.items())
+        )
+        print(f"wrote {config.out}")
+    return 0
+
+
 def _add_list(sub) -> None:
     p = sub.add_parser("list", help="list model aliases and tasks")
     p.set_defaults(func=_cmd_list)
@@ -85,13 +168,16 @@ def _cmd_list(args) -> int:
     print("model aliases (also: any local checkpoint directory or Hugging Face hub id):")
     for name, text in ALIAS_DESCRIPTIONS.items():
         print(f"  {name:<10} {text}")
+    from econlm.cost import COSTS
+
+    print("cost terms (econlm train --cost):", ", ".join(COSTS))
     print("tasks:")
     for task in TASKS.values():
         print(f"  {task.name:<12} {task.kind:<15} metrics: {', '.join(task.metrics)}")
     return 0
 
 
-COMMANDS: list[Callable] = [_add_probe, _add_list]
+COMMANDS: list[Callable] = [_add_probe, _add_train, _add_list]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -107,8 +107,12 @@ def score_glue(
     batch_size: int = 32,
     max_length: int = 128,
     on_batch: Callable[[], None] | None = None,
+    on_inputs: Callable[[dict], None] | None = None,
 ) -> Score:
-    """Score GLUE examples with the model's head, or zero-shot by cosine similarity for STS-B."""
+    """Score GLUE examples with the model's head, or zero-shot by cosine similarity for STS-B.
+
+    ``on_inputs(batch)`` runs before each forward pass, ``on_batch()`` after it (instrumentation).
+    """
     method = scoring_method(task, head)
     if not examples:
         raise UserError(f"no {task.name} examples to score (check --limit)")
@@ -116,15 +120,19 @@ def score_glue(
     labels = [e.label for e in examples]
     pair = examples[0].text_b is not None
     if method == "cosine-mean-pooled":
-        first = _mean_pooled(model, tokenizer, [e.text_a for e in examples], max_length, batch_size, device, on_batch)
-        second = _mean_pooled(model, tokenizer, [e.text_b for e in examples], max_length, batch_size, device, on_batch)
+        hooks = (on_inputs, on_batch)
+        first = _mean_pooled(model, tokenizer, [e.text_a for e in examples], max_length, batch_size, device, hooks)
+        second = _mean_pooled(model, tokenizer, [e.text_b for e in examples], max_length, batch_size, device, hooks)
         predictions = torch.nn.functional.cosine_similarity(first, second, dim=-1).tolist()
         details = {"method": method, "pooling": "mean over real tokens", "similarity": "cosine"}
     else:
         predictions = [None] * len(examples)
         texts_b = [e.text_b for e in examples] if pair else None
         for indices, batch in _padded_batches(tokenizer, [e.text_a for e in examples], texts_b, max_length, batch_size):
-            logits = model(**batch.to(device)).logits
+            batch = batch.to(device)
+            if on_inputs:
+                on_inputs(batch)
+            logits = model(**batch).logits
             values = logits.squeeze(-1).tolist() if method == "regression-head" else logits.argmax(-1).tolist()
             for i, v in zip(indices, values):
                 predictions[i] = v
@@ -142,10 +150,13 @@ def glue_batches(task: Task, examples: Sequence[Example], head: str, batch_size:
     return 2 * per_pass if scoring_method(task, head) == "cosine-mean-pooled" else per_pass
 
 
-def _mean_pooled(model, tokenizer, texts, max_length, batch_size, device, on_batch) -> torch.Tensor:
+def _mean_pooled(model, tokenizer, texts, max_length, batch_size, device, hooks) -> torch.Tensor:
+    on_inputs, on_batch = hooks
     out = torch.empty(len(texts), model.config.hidden_size)
     for indices, batch in _padded_batches(tokenizer, texts, None, max_length, batch_size):
         batch = batch.to(device)
+        if on_inputs:
+            on_inputs(batch)
         hidden = model(**batch).last_hidden_state  # (B, T, D)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
@@ -199,6 +210,7 @@ def score_lm(
     stride: int | None = None,
     batch_size: int = 4,
     on_batch: Callable[[], None] | None = None,
+    on_inputs: Callable[[dict], None] | None = None,
 ) -> Score:
     """Token-level perplexity with a sliding window; reports the number of scored tokens."""
     stride = stride or max_length // 2
@@ -211,7 +223,10 @@ def score_lm(
     scored = 0
     for group in _window_batches(windows, batch_size):
         inputs = torch.stack([ids_tensor[w.start : w.end] for w in group]).to(device)  # (B, T)
-        logits = model(input_ids=inputs, attention_mask=torch.ones_like(inputs)).logits  # (B, T, V)
+        batch = {"input_ids": inputs, "attention_mask": torch.ones_like(inputs)}
+        if on_inputs:
+            on_inputs(batch)
+        logits = model(**batch).logits  # (B, T, V)
         log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # predicts tokens 1..T-1
         targets = inputs[:, 1:]
         token_nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T-1)

@@ -1,0 +1,111 @@
+"""Frozen, validated experiment configs, read from YAML with line-accurate errors.
+
+Precedence: command line > YAML file > dataclass defaults. A YAML key that is not a field, or a value of
+the wrong type, is an error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from econlm.errors import UserError, did_you_mean
+
+T = TypeVar("T")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, annotation: Any, where: str, name: str) -> Any:
+    """Check/convert a YAML value to the field's type; errors say where."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0], where, name)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise UserError(f"{where}: '{name}' must be a list")
+        return tuple(_coerce(v, args[0], where, name) for v in items)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: '{name}' must be true or false, not {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where}: '{name}' must be a whole number, not {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise UserError(f"{where}: '{name}' must be a number, not {value!r}")
+        try:
+            return float(value)  # YAML reads 1e-4 (no dot) as a string
+        except ValueError:
+            raise UserError(f"{where}: '{name}' must be a number, not {value!r}") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise UserError(f"{where}: '{name}' must be a string")
+        return str(value)
+    return value
+
+
+def read_yaml_mapping(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """Read a YAML mapping; returns (values, line number of each key)."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
+        raise UserError(f"{path}:1: the config must be a mapping of keys to values")
+    lines = {key_node.value: key_node.start_mark.line + 1 for key_node, _ in node.value}
+    return data, lines
+
+
+def check_mapping(cls, data: dict[str, Any], lines: dict[str, int], path: str | Path, skip=()) -> dict[str, Any]:
+    """Validate keys and value types of ``data`` against dataclass ``cls``; returns coerced values."""
+    types_ = _field_types(cls)
+    out = {}
+    for key, value in data.items():
+        where = f"{path}:{lines.get(key, 1)}"
+        if key in skip:
+            continue
+        if key not in types_:
+            valid = sorted(types_)
+            raise UserError(f"{where}: unknown key '{key}'; valid keys: {', '.join(valid)}.{did_you_mean(key, valid)}")
+        out[key] = _coerce(value, types_[key], where, key)
+    return out
+
+
+def build(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
+    """Defaults, then the YAML file, then ``overrides`` (entries that are None are not given)."""
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        data, lines = read_yaml_mapping(yaml_path)
+        values.update(check_mapping(cls, data, lines, yaml_path))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return cls(**values)
+
+
+def to_dict(config) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}

@@ -1,0 +1,298 @@
+"""Compute-cost terms: differentiable "taxes" added to the task loss, ``L = L_task + lambda * C``.
+
+Every term returns a scalar tensor, normalised per token and per unit so that one lambda means about
+the same on models of different sizes:
+
+``ffn_l1``          mean |a| of FFN activations (inputs of the down projection), over real tokens,
+                    neurons and layers. The paper's FFN term.
+``attn_logits_l1``  mean |s| of pre-softmax attention scores over real query rows and allowed keys, heads
+                    and layers: the literal reading of "L1 of attention scores". Post-softmax rows always
+                    sum to 1 (zero gradient), so the paper's term must mean something else; this is one.
+``attn_entropy``    mean entropy (nats) of attention rows over real rows, heads and layers: pushes
+                    attention to concentrate.
+``attn_sqrt``       mean over rows of sum_j sqrt(p_ij): 1 for a one-hot row, sqrt(n) for a uniform one;
+                    an L1/2 quasi-norm, which unlike L1 does reward concentration.
+``flops``           hard-concrete gates on every attention head and FFN neuron; the expected MACs of
+                    the open units as a share of the dense MACs of the gated parts (in [0, 1]). The
+                    hardware-aware term: closed gates are removable structure (see ``econlm compact``).
+
+Targets restrict terms to components: ``attention``, ``ffn`` or ``both`` (the paper's ablation), and
+each component carries a weight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from econlm.activations import TokenMask, ffn_input_hooks
+from econlm.attention import AttentionView, budgeted_attention
+from econlm.errors import UserError, unknown_name
+
+TARGETS = ("attention", "ffn", "both")
+
+
+def target_components(target: str) -> tuple[str, ...]:
+    if target not in TARGETS:
+        raise unknown_name("target", target, TARGETS)
+    return ("attention", "ffn") if target == "both" else (target,)
+
+
+class CostTerm:
+    """Base class. Subclasses collect what they need during the forward pass and return ``value()``."""
+
+    name = ""
+    component = ""  # "attention", "ffn" or "both"
+
+    def __init__(self, model: nn.Module, components: tuple[str, ...], tokens: TokenMask):
+        self.model = model
+        self.components = components
+        self.tokens = tokens
+        self._per_layer: dict[object, torch.Tensor] = {}
+
+    def reset(self) -> None:
+        self._per_layer = {}
+
+    def attention_tap(self, view: AttentionView) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def ffn_activation(self, layer: int, x: torch.Tensor) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def _add(self, layer: object, value: torch.Tensor) -> None:
+        # A layer called twice in one step (not the case for the supported models) averages its calls.
+        if layer in self._per_layer:
+            self._per_layer[layer] = (self._per_layer[layer] + value) / 2
+        else:
+            self._per_layer[layer] = value
+
+    def value(self, weights: dict[str, float]) -> torch.Tensor:
+        """The weighted term for the last forward pass: mean over layers of the per-layer values."""
+        if not self._per_layer:
+            return torch.zeros((), device=_device(self.model))
+        return weights[self.component] * torch.stack(list(self._per_layer.values())).mean()
+
+    def compute_share(self) -> float | None:
+        """Measured share of dense compute this term controls, if it has one (for the price controller)."""
+        return None
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _real_rows(view: AttentionView) -> torch.Tensor:
+    return view.real.expand(view.probs.shape[0], view.probs.shape[1], view.probs.shape[2])  # (B, H, Q)
+
+
+class FfnL1(CostTerm):
+    name, component = "ffn_l1", "ffn"
+
+    def ffn_activation(self, layer: int, x: torch.Tensor) -> None:
+        self._add(layer, self.tokens.select(x).abs().mean())
+
+
+class AttnLogitsL1(CostTerm):
+    name, component = "attn_logits_l1", "attention"
+
+    def attention_tap(self, view: AttentionView) -> None:
+        entries = view.allowed.expand_as(view.scores) & _real_rows(view).unsqueeze(-1)
+        scores = view.scores.masked_fill(~entries, 0.0)  # masked scores hold the dtype minimum
+        self._add(view.layer, scores.abs().sum() / entries.sum().clamp_min(1))
+
+
+class AttnEntropy(CostTerm):
+    name, component = "attn_entropy", "attention"
+
+    def attention_tap(self, view: AttentionView) -> None:
+        p = view.probs.float()
+        # xlogy's gradient at p = 0 is -inf * 0 = NaN (masked keys have p = 0 exactly); clamping inside the
+        # log keeps the value and makes that gradient log(tiny) * 0 = 0.
+        rows = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)  # (B, H, Q)
+        real = _real_rows(view)
+        self._add(view.layer, (rows * real).sum() / real.sum().clamp_min(1))
+
+
+class AttnSqrt(CostTerm):
+    name, component = "attn_sqrt", "attention"
+    EPS = 1e-12  # sqrt has an infinite slope at 0: masked and budget-dropped keys have p = 0 exactly
+
+    def attention_tap(self, view: AttentionView) -> None:
+        p = view.probs.float().masked_fill(~view.allowed, 0.0)
+        rows = (p + self.EPS).sqrt().sum(-1)  # (B, H, Q)
+        real = _real_rows(view)
+        self._add(view.layer, (rows * real).sum() / real.sum().clamp_min(1))
+
+
+class Flops(CostTerm):
+    """Expected MACs of gated units over the dense MACs of the gated parts."""
+
+    name, component = "flops", "both"
+
+    def __init__(self, model, components, tokens):
+        super().__init__(model, components, tokens)
+        from econlm.flops import Structure
+        from econlm.gates import add_gates
+
+        self.structure = Structure.of_model(model)
+        self.gates = add_gates(model, components)
+        self.seq_len = 128
+        self._last_share: float | None = None
+
+    def ffn_activation(self, layer: int, x: torch.Tensor) -> None:
+        self.seq_len = x.shape[1]  # the batch's sequence length sets the attention part's cost
+
+    def expected(self) -> dict[str, tuple[torch.Tensor, float]]:
+        """Per component: (expected MACs per token of open units, dense MACs per token), at ``seq_len``."""
+        from econlm.flops import unit_macs_per_token
+
+        device = self.gates.heads[0].log_alpha.device if self.gates.heads is not None else _device(self.model)
+        out = {}
+        if self.gates.heads is not None:
+            expected = torch.zeros((), device=device)
+            dense = 0.0
+            for i, gate in enumerate(self.gates.heads):
+                unit = unit_macs_per_token(self.structure, i, self.seq_len)
+                p = gate.prob_open()  # (H,)
+                groups = p.view(self.structure.kv_heads[i], -1)  # query heads sharing a K/V head
+                kv_open = 1 - (1 - groups).prod(-1)  # a K/V head is needed while any of its queries is
+                expected = expected + unit["query_head"] * p.sum() + unit["kv_head"] * kv_open.sum()
+                dense += unit["query_head"] * p.numel() + unit["kv_head"] * groups.shape[0]
+            out["attention"] = (expected, dense)
+        if self.gates.neurons is not None:
+            expected = torch.zeros((), device=device)
+            dense = 0.0
+            for i, gate in enumerate(self.gates.neurons):
+                unit = unit_macs_per_token(self.structure, i, self.seq_len)["ffn_neuron"]
+                expected = expected + unit * gate.prob_open().sum()
+                dense += unit * gate.log_alpha.numel()
+            out["ffn"] = (expected, dense)
+        return out
+
+    def value(self, weights: dict[str, float]) -> torch.Tensor:
+        parts = self.expected()
+        dense_total = sum(dense for _, dense in parts.values())
+        weighted = sum(weights[c] * expected for c, (expected, _) in parts.items())
+        self._last_share = float(sum(expected.detach() for expected, _ in parts.values()) / dense_total)
+        return weighted / dense_total
+
+    def compute_share(self) -> float | None:
+        if self._last_share is None:
+            self.value({"attention": 1.0, "ffn": 1.0})
+        return self._last_share
+
+
+COSTS: dict[str, type[CostTerm]] = {c.name: c for c in (FfnL1, AttnLogitsL1, AttnEntropy, AttnSqrt, Flops)}
+
+
+def parse_cost_names(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip())
+    if not names:
+        raise UserError(f"no cost term given; choose from {', '.join(COSTS)}")
+    for name in names:
+        if name not in COSTS:
+            raise unknown_name("cost", name, COSTS)
+    if len(set(names)) != len(names):
+        raise UserError(f"cost list {','.join(names)} repeats a name")
+    return names
+
+
+@dataclass
+class CostReading:
+    total: torch.Tensor  # weighted sum of the terms (with gradients)
+    terms: dict[str, float]  # each term's weighted value (detached)
+    share: float | None  # measured compute share, where a term provides one
+
+
+class CostMeter:
+    """The chosen cost terms on one model: attach once, then ``begin`` each batch and ``read`` after forward.
+
+    Example::
+
+        meter = CostMeter(model, ("ffn_l1", "attn_entropy"), target="both")
+        with meter.attached():
+            meter.begin(batch["attention_mask"])
+            out = model(**batch)
+            loss = out.loss + lam * meter.read().total
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        names: tuple[str, ...],
+        target: str = "both",
+        attention_weight: float = 1.0,
+        ffn_weight: float = 1.0,
+    ):
+        names = parse_cost_names(names) if names else ()
+        components = target_components(target)
+        self.tokens = TokenMask()
+        self.weights = {"attention": attention_weight, "ffn": ffn_weight}
+        chosen = [n for n in names if COSTS[n].component in components or COSTS[n].component == "both"]
+        if names and not chosen:
+            raise UserError(
+                f"target '{target}' leaves none of the costs {', '.join(names)}: attention costs are "
+                f"{', '.join(n for n, c in COSTS.items() if c.component == 'attention')}; FFN costs: ffn_l1; "
+                "flops covers both"
+            )
+        self.model = model
+        self.terms = [COSTS[n](model, components, self.tokens) for n in chosen]
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.terms]
+
+    def needs_attention(self) -> bool:
+        return any(type(t).attention_tap is not CostTerm.attention_tap for t in self.terms)
+
+    @contextmanager
+    def attached(self, record_stats: bool = False) -> Iterator[CostMeter]:
+        """Hooks and attention taps (and gates, for ``flops``) are active inside the block only.
+
+        With ``record_stats`` the attention statistics are collected too, in ``self.stats``.
+        """
+        from econlm.gates import gates_active
+
+        self.stats = None
+        with ExitStack() as stack:
+            stack.enter_context(gates_active(self.model))  # gates first: costs see gated activations
+            if self.needs_attention() or record_stats:
+                taps = tuple(t.attention_tap for t in self.terms)
+                self.stats = stack.enter_context(
+                    budgeted_attention(self.model, "full", record_stats=record_stats, taps=taps)
+                )
+
+            def on_ffn(layer, x):
+                for term in self.terms:
+                    term.ffn_activation(layer, x)
+
+            stack.enter_context(ffn_input_hooks(self.model, on_ffn))
+            yield self
+
+    def begin(self, attention_mask: torch.Tensor | None) -> None:
+        self.tokens.set(attention_mask)
+        for term in self.terms:
+            term.reset()
+
+    def read(self) -> CostReading:
+        values = {t.name: t.value(self.weights) for t in self.terms}
+        total = torch.stack(list(values.values())).sum() if values else torch.zeros(())
+        shares = [s for s in (t.compute_share() for t in self.terms) if s is not None]
+        return CostReading(
+            total=total,
+            terms={k: float(v.detach()) for k, v in values.items()},
+            share=shares[0] if shares else None,
+        )
+
+    def controllable(self) -> bool:
+        return any(isinstance(t, Flops) for t in self.terms)
+
+
+def check_finite(value: torch.Tensor, what: str) -> None:
+    if not math.isfinite(float(value.detach())):
+        raise FloatingPointError(what)

@@ -1,0 +1,175 @@
+"""Analytic compute model: multiply-accumulates (MACs) per layer, dense and effective.
+
+Counted: every matrix product of a forward pass. Per transformer block, for ``T`` tokens of one
+sequence, hidden size ``D``, head size ``d``, ``h`` query heads, ``g`` key/value heads and FFN width ``f``:
+
+=============  ==========================  =====================================================
+q_proj         T * D * h*d                 k_proj, v_proj: T * D * g*d each
+scores (QK^T)  h * T * S * d               S = keys per query: T when dense
+attn_v         h * T * S * d               o_proj: T * h*d * D
+ffn_up         T * D * f                   ffn_gate (gated FFNs only): T * D * f; ffn_down: T * f * D
+=============  ==========================  =====================================================
+
+plus the task head when asked (linear layers outside the blocks: the LM head over all ``T`` tokens for
+decoders; pooler and classifier over the first token for encoders). Not counted: embeddings (lookups),
+softmax, normalisation, activations, bias additions and residual adds, which are not matrix products
+and are what ``torch.utils.flop_counter`` leaves out too. FLOPs = 2 x MACs, everywhere.
+
+Dense eager attention multiplies the full ``T x T`` score matrix even under a causal mask, so dense
+counts use ``S = T``; :func:`effective_macs` counts what an implementation skipping zeros would do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "scores", "attn_v", "o_proj")
+FFN_PARTS = ("ffn_up", "ffn_gate", "ffn_down")
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What a model computes: global sizes plus heads and FFN width per layer (which compaction changes)."""
+
+    kind: str  # "encoder" or "decoder"
+    hidden: int
+    head_dim: int
+    gated_ffn: bool
+    heads: tuple[int, ...]  # query heads per layer
+    kv_heads: tuple[int, ...]  # key/value heads per layer
+    ffn: tuple[int, ...]  # FFN width per layer
+    head_linears: tuple[tuple[int, int], ...] = field(default=())  # (in, out) of task-head linears
+
+    @property
+    def layers(self) -> int:
+        return len(self.heads)
+
+    @classmethod
+    def dense(cls, config) -> Structure:
+        """The structure a config describes (every layer full size)."""
+        from econlm.arch import shape
+
+        s = shape(config)
+        return cls(
+            kind=s.kind,
+            hidden=s.hidden,
+            head_dim=s.head_dim,
+            gated_ffn=s.gated_ffn,
+            heads=(s.heads,) * s.layers,
+            kv_heads=(s.kv_heads,) * s.layers,
+            ffn=(s.intermediate,) * s.layers,
+        )
+
+    @classmethod
+    def of_model(cls, model: nn.Module) -> Structure:
+        """The structure a loaded model actually has, read from its weight shapes (compacted or not)."""
+        from econlm import arch
+
+        fam = arch.family(model.config)
+        dense = cls.dense(model.config)
+        heads, kv_heads, ffn = [], [], []
+        for block in arch.blocks(model):
+            o_in = _in_features(block.get_submodule(fam.o))
+            heads.append(o_in // dense.head_dim)
+            if fam.qkv_fused:
+                kv_heads.append(heads[-1])
+            else:
+                kv_heads.append(_out_features(block.get_submodule(fam.k)) // dense.head_dim)
+            ffn.append(_in_features(block.get_submodule(fam.ffn_down)))
+        return cls(
+            kind=dense.kind,
+            hidden=dense.hidden,
+            head_dim=dense.head_dim,
+            gated_ffn=dense.gated_ffn,
+            heads=tuple(heads),
+            kv_heads=tuple(kv_heads),
+            ffn=tuple(ffn),
+            head_linears=_head_linears(model),
+        )
+
+
+def _in_features(module: nn.Module) -> int:
+    # nn.Linear stores (out, in); GPT-2's Conv1D stores (in, out).
+    return module.in_features if isinstance(module, nn.Linear) else module.weight.shape[0]
+
+
+def _out_features(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.weight.shape[1]
+
+
+def _head_linears(model: nn.Module) -> tuple[tuple[int, int], ...]:
+    """(in, out) of every linear layer outside the transformer blocks (pooler, classifier, LM head)."""
+    from econlm import arch
+
+    block_modules = {id(m) for block in arch.blocks(model) for m in block.modules()}
+    found = []
+    for _, module in model.named_modules():
+        if isinstance(module, nn.Linear) and id(module) not in block_modules:
+            found.append((module.in_features, module.out_features))
+    return tuple(found)
+
+
+def layer_macs(structure: Structure, layer: int, seq_len: int, keys_per_query: float | None = None) -> dict[str, float]:
+    """MACs of one block for one sequence of ``seq_len`` tokens, by part (see the module docstring).
+
+    ``keys_per_query`` is the mean number of keys each query multiplies (dense: ``seq_len``).
+    """
+    t = seq_len
+    s = t if keys_per_query is None else keys_per_query
+    d, hidden = structure.head_dim, structure.hidden
+    h, g, f = structure.heads[layer], structure.kv_heads[layer], structure.ffn[layer]
+    return {
+        "q_proj": t * hidden * h * d,
+        "k_proj": t * hidden * g * d,
+        "v_proj": t * hidden * g * d,
+        "scores": h * t * s * d,
+        "attn_v": h * t * s * d,
+        "o_proj": t * h * d * hidden,
+        "ffn_up": t * hidden * f,
+        "ffn_gate": t * hidden * f if structure.gated_ffn else 0,
+        "ffn_down": t * f * hidden,
+    }
+
+
+def head_macs(structure: Structure, seq_len: int) -> int:
+    """MACs of the task head: decoders apply it to every token, encoders to the first token only."""
+    tokens = seq_len if structure.kind == "decoder" else 1
+    return sum(tokens * i * o for i, o in structure.head_linears)
+
+
+def dense_macs(structure: Structure, seq_len: int, batch: int = 1, include_head: bool = False) -> dict:
+    """Dense MACs of a forward pass over ``batch`` sequences of ``seq_len`` tokens.
+
+    Returns ``{"macs": total, "flops": 2 * total, "by_part": {...}, "by_layer": [...]}``.
+    """
+    by_layer = [layer_macs(structure, i, seq_len) for i in range(structure.layers)]
+    by_part = {part: batch * sum(layer[part] for layer in by_layer) for part in ATTENTION_PARTS + FFN_PARTS}
+    total = sum(by_part.values())
+    if include_head:
+        by_part["head"] = batch * head_macs(structure, seq_len)
+        total += by_part["head"]
+    return {
+        "macs": total,
+        "flops": 2 * total,
+        "by_part": by_part,
+        "by_layer": [batch * sum(layer.values()) for layer in by_layer],
+        "seq_len": seq_len,
+        "batch": batch,
+        "counted": "matrix products of the blocks" + (" and the task head" if include_head else ""),
+    }
+
+
+def unit_macs_per_token(structure: Structure, layer: int, seq_len: int) -> dict[str, float]:
+    """MACs per token that one query head, one key/value head and one FFN neuron of ``layer`` cost.
+
+    A query head pays its Q and O projection slices and its share of scores and attn_v; a key/value head
+    its K and V slices; an FFN neuron its row of the up (and gate) projection and its column of down.
+    """
+    d, hidden = structure.head_dim, structure.hidden
+    return {
+        "query_head": 2 * hidden * d + 2 * seq_len * d,
+        "kv_head": 2 * hidden * d,
+        "ffn_neuron": hidden * (3 if structure.gated_ffn else 2),
+    }

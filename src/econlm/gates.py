@@ -1,0 +1,165 @@
+"""Learnable hard-concrete gates on attention heads and FFN neurons (L0 relaxation, Louizos et al. 2018).
+
+A gate ``z`` in [0, 1] multiplies one unit's output: a query head's slice of the attention output
+before the output projection, or one FFN activation before the down projection. During training ``z``
+is sampled from the hard-concrete distribution (so it can be exactly 0 or 1 yet has gradients); in
+eval mode it is deterministic. ``P(z != 0)`` is differentiable in the gate's ``log_alpha``, so the
+expected number of open units, each weighted by the MACs it costs, is a differentiable expected
+compute: the ``flops`` cost term.
+
+Gates live in a small module attached to the model as ``model.econlm_gates`` (so optimizers, DDP and
+checkpoints see them); :func:`fold_gates` multiplies the deterministic gate values into the output and
+down projections and removes the module, leaving a standard checkpoint that computes the same function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from econlm import arch
+
+BETA = 2 / 3  # temperature
+GAMMA, ZETA = -0.1, 1.1  # stretch interval: z = clamp(s * (ZETA - GAMMA) + GAMMA, 0, 1)
+ATTRIBUTE = "econlm_gates"
+
+
+class HardConcrete(nn.Module):
+    """``n`` independent hard-concrete gates."""
+
+    def __init__(self, n: int, init_open_prob: float = 0.99):
+        super().__init__()
+        # Choose log_alpha so that P(z != 0) = init_open_prob: the model starts (almost) unchanged.
+        logit = math.log(init_open_prob / (1 - init_open_prob))
+        self.log_alpha = nn.Parameter(torch.full((n,), logit + BETA * math.log(-GAMMA / ZETA)))
+
+    def forward(self) -> torch.Tensor:
+        """A gate sample in training mode; the deterministic value in eval mode. Shape (n,)."""
+        if self.training:
+            u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
+            s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / BETA)
+        else:
+            s = torch.sigmoid(self.log_alpha)
+        return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+    def prob_open(self) -> torch.Tensor:
+        """P(z != 0) per gate, differentiable. Shape (n,)."""
+        return torch.sigmoid(self.log_alpha - BETA * math.log(-GAMMA / ZETA))
+
+
+class ModelGates(nn.Module):
+    """Per-layer head gates and/or neuron gates for one model."""
+
+    def __init__(self, heads: list[int] | None, neurons: list[int] | None):
+        super().__init__()
+        self.heads = nn.ModuleList(HardConcrete(n) for n in heads) if heads else None
+        self.neurons = nn.ModuleList(HardConcrete(n) for n in neurons) if neurons else None
+
+
+def add_gates(model: nn.Module, components: tuple[str, ...]) -> ModelGates:
+    """Attach gates for ``components`` (``"attention"``, ``"ffn"``) to ``model`` as ``model.econlm_gates``."""
+    from econlm.flops import Structure
+
+    if hasattr(model, ATTRIBUTE):
+        return getattr(model, ATTRIBUTE)
+    structure = Structure.of_model(model)
+    gates = ModelGates(
+        heads=list(structure.heads) if "attention" in components else None,
+        neurons=list(structure.ffn) if "ffn" in components else None,
+    )
+    device = next(model.parameters()).device
+    model.add_module(ATTRIBUTE, gates.to(device))
+    return gates
+
+
+def get_gates(model: nn.Module) -> ModelGates | None:
+    return getattr(model, ATTRIBUTE, None)
+
+
+def _scale_input_hook(gate: HardConcrete, group: int):
+    """A forward pre-hook multiplying the last dim of the input, in groups of ``group``, by the gate sample."""
+
+    def hook(module, args):
+        (x, *rest) = args
+        z = gate()  # (n,)
+        shape = x.shape
+        scaled = (x.view(*shape[:-1], z.shape[0], group) * z.to(x.dtype).unsqueeze(-1)).view(shape)
+        return (scaled, *rest)
+
+    return hook
+
+
+@contextmanager
+def gates_active(model: nn.Module) -> Iterator[ModelGates | None]:
+    """Apply ``model.econlm_gates`` in the forward pass inside the block; hooks are removed afterwards."""
+    gates = get_gates(model)
+    if gates is None:
+        yield None
+        return
+    fam = arch.family(model.config)
+    head_dim = arch.shape(model.config).head_dim
+    handles = []
+    try:
+        for i, block in enumerate(arch.blocks(model)):
+            if gates.heads is not None:
+                o_proj = block.get_submodule(fam.o)
+                handles.append(o_proj.register_forward_pre_hook(_scale_input_hook(gates.heads[i], head_dim)))
+            if gates.neurons is not None:
+                down = block.get_submodule(fam.ffn_down)
+                handles.append(down.register_forward_pre_hook(_scale_input_hook(gates.neurons[i], 1)))
+        yield gates
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _scale_input_columns(module: nn.Module, scale: torch.Tensor) -> None:
+    """Multiply the weights that read input feature ``j`` by ``scale[j]`` (Linear or GPT-2 Conv1D)."""
+    with torch.no_grad():
+        if isinstance(module, nn.Linear):
+            module.weight.mul_(scale.to(module.weight.dtype).unsqueeze(0))  # (out, in)
+        else:
+            module.weight.mul_(scale.to(module.weight.dtype).unsqueeze(1))  # Conv1D: (in, out)
+
+
+@torch.no_grad()
+def gate_values(model: nn.Module) -> dict[str, list[list[float]]]:
+    """The deterministic (eval-mode) gate values per layer."""
+    gates = get_gates(model)
+    out: dict[str, list[list[float]]] = {}
+    if gates is None:
+        return out
+    for name in ("heads", "neurons"):
+        group = getattr(gates, name)
+        if group is not None:
+            was_training = group.training
+            group.eval()
+            out[name] = [g().tolist() for g in group]
+            group.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def fold_gates(model: nn.Module) -> dict[str, list[list[float]]]:
+    """Multiply deterministic gate values into the output/down projections and detach the gates.
+
+    Afterwards the model, without any hook, computes what the gated model computed in eval mode.
+    Returns the folded gate values (closed gates are exact zeros: those units are dead).
+    """
+    values = gate_values(model)
+    if not values:
+        return values
+    fam = arch.family(model.config)
+    head_dim = arch.shape(model.config).head_dim
+    for i, block in enumerate(arch.blocks(model)):
+        if "heads" in values:
+            z = torch.tensor(values["heads"][i]).repeat_interleave(head_dim)
+            _scale_input_columns(block.get_submodule(fam.o), z)
+        if "neurons" in values:
+            _scale_input_columns(block.get_submodule(fam.ffn_down), torch.tensor(values["neurons"][i]))
+    delattr(model, ATTRIBUTE)
+    return values

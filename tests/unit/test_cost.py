@@ -1,0 +1,152 @@
+"""Cost terms, gates and prices on tiny models, against hand computations."""
+
+import math
+
+import pytest
+import torch
+
+from econlm.cost import COSTS, CostMeter
+from econlm.errors import UserError
+from econlm.flops import Structure, unit_macs_per_token
+from econlm.gates import add_gates, fold_gates, gates_active, get_gates
+from econlm.prices import Price
+from tests.conftest import FAMILIES, padded_batch, tiny_model
+
+
+def _forward_cost(model, names, target="both", family="bert"):
+    meter = CostMeter(model, names, target)
+    batch = padded_batch(family)
+    with meter.attached():
+        meter.begin(batch["attention_mask"])
+        out = model(**batch).last_hidden_state
+        reading = meter.read()
+    return meter, out, reading
+
+
+@pytest.mark.parametrize("name", sorted(COSTS))
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+def test_every_cost_is_finite_and_has_finite_gradients(name, family):
+    model = tiny_model(family)
+    model.train()
+    meter = CostMeter(model, (name,), "both")
+    batch = padded_batch(family)
+    with meter.attached():
+        meter.begin(batch["attention_mask"])
+        out = model(**batch).last_hidden_state
+        reading = meter.read()
+    assert reading.total.requires_grad and math.isfinite(float(reading.total.detach()))
+    (reading.total + 0 * out.sum()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_ffn_l1_is_mean_abs_activation_over_real_tokens():
+    model = tiny_model("bert")
+    batch = padded_batch("bert")
+    captured = []
+    handle = model.encoder.layer[0].output.dense.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+    _, _, reading = _forward_cost(model, ("ffn_l1",))
+    handle.remove()
+    a = captured[0][batch["attention_mask"].bool()]  # (real tokens, F)
+    first_layer = a.abs().mean()
+    meter = CostMeter(model, ("ffn_l1",))
+    assert reading.terms["ffn_l1"] == pytest.approx(float(reading.total))
+    with meter.attached():
+        meter.begin(batch["attention_mask"])
+        model(**batch)
+    assert float(meter.terms[0]._per_layer[0]) == pytest.approx(float(first_layer), rel=1e-5)
+
+
+def test_attention_costs_on_known_rows():
+    # One layer of attention, hand-made: a uniform row over 4 keys and a one-hot row.
+    from econlm.attention import AttentionView
+    from econlm.cost import AttnEntropy, AttnSqrt
+
+    probs = torch.tensor([[[[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]]]])  # (1, 1, 2, 4)
+    view = AttentionView(
+        "l0",
+        torch.zeros_like(probs),
+        probs,
+        torch.ones(1, 1, 2, 4, dtype=torch.bool),
+        torch.ones(1, 1, 2, dtype=torch.bool),
+    )
+    model = tiny_model("bert")
+    entropy_term, sqrt_term = AttnEntropy(model, ("attention",), None), AttnSqrt(model, ("attention",), None)
+    entropy_term.attention_tap(view)
+    sqrt_term.attention_tap(view)
+    weights = {"attention": 1.0, "ffn": 1.0}
+    assert float(entropy_term.value(weights)) == pytest.approx(math.log(4) / 2, abs=1e-6)
+    assert float(sqrt_term.value(weights)) == pytest.approx((4 * 0.5 + 1) / 2, abs=1e-5)
+
+
+def test_flops_term_equals_hand_computed_expected_share():
+    model = tiny_model("llama")  # 2 layers, 4 query heads, 2 KV heads, head 8, hidden 32, FFN 64 (gated)
+    meter, _, reading = _forward_cost(model, ("flops",), family="llama")
+    gates = get_gates(model)
+    structure = Structure.of_model(model)
+    unit = unit_macs_per_token(structure, 0, 11)
+    p_head = float(gates.heads[0].prob_open()[0])
+    assert p_head == pytest.approx(0.99, abs=1e-6)
+    per_layer_dense = 4 * unit["query_head"] + 2 * unit["kv_head"] + 64 * unit["ffn_neuron"]
+    per_layer_expected = (
+        4 * unit["query_head"] * p_head
+        + 2 * unit["kv_head"] * (1 - (1 - p_head) ** 2)
+        + 64 * unit["ffn_neuron"] * p_head
+    )
+    assert reading.share == pytest.approx(per_layer_expected / per_layer_dense, rel=1e-5)
+    assert unit == {"query_head": 2 * 32 * 8 + 2 * 11 * 8, "kv_head": 2 * 32 * 8, "ffn_neuron": 3 * 32}
+
+
+def test_flops_target_attention_gates_heads_only():
+    model = tiny_model("bert")
+    meter = CostMeter(model, ("flops", "ffn_l1"), target="attention")
+    assert meter.names == ["flops"]
+    gates = get_gates(model)
+    assert gates.heads is not None and gates.neurons is None
+
+
+def test_target_without_matching_cost_is_an_error():
+    with pytest.raises(UserError, match="leaves none"):
+        CostMeter(tiny_model("bert"), ("ffn_l1",), target="attention")
+    with pytest.raises(UserError, match="unknown cost 'ffn_l2'"):
+        CostMeter(tiny_model("bert"), ("ffn_l2",))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_folding_gates_reproduces_the_gated_model(family):
+    model = tiny_model(family)
+    add_gates(model, ("attention", "ffn"))
+    gates = get_gates(model)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for group in (gates.heads, gates.neurons):
+            for g in group:
+                g.log_alpha.copy_(torch.randn_like(g.log_alpha) * 3)  # some gates closed, some partial
+    gates.eval()
+    batch = padded_batch(family)
+    with torch.no_grad(), gates_active(model):
+        gated = model(**batch).last_hidden_state
+    values = fold_gates(model)
+    assert get_gates(model) is None
+    assert any(v == 0.0 for layer in values["neurons"] for v in layer)
+    with torch.no_grad():
+        folded = model(**batch).last_hidden_state
+    torch.testing.assert_close(folded, gated, rtol=1e-5, atol=1e-5)
+
+
+def test_price_schedules():
+    constant = Price("constant", 0.1)
+    assert [constant.update(None) for _ in range(3)] == [0.1, 0.1, 0.1]
+    warm = Price("warmup", 1.0, warmup_steps=4)
+    assert warm.current == 0.0
+    assert [warm.update(None) for _ in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    controller = Price("controller", 0.0, budget=0.5, eta=2.0)
+    # lambda <- max(0, lambda + 2 * (share - 0.5))
+    assert controller.update(0.9) == pytest.approx(0.8)
+    assert controller.update(0.7) == pytest.approx(1.2)
+    assert controller.update(0.1) == pytest.approx(0.4)
+    assert controller.update(0.0) == 0.0  # never negative
+    state = controller.state_dict()
+    again = Price("controller", 0.0, budget=0.5, eta=2.0)
+    again.load_state_dict(state)
+    assert again.update(0.6) == controller.update(0.6)
