@@ -131,6 +131,7 @@ class AttentionStats:
         self._gini: dict[str, torch.Tensor] = {}
         self._entropy: dict[str, torch.Tensor] = {}
         self._rows: dict[str, int] = {}
+        self._keys: dict[str, list[float]] = {}  # layer -> [allowed keys, kept keys] summed over real rows
 
     def update(self, layer: str, gini_rows: torch.Tensor, entropy_rows: torch.Tensor, real: torch.Tensor) -> None:
         """Add one batch. ``gini_rows``/``entropy_rows``: (B, H, Q); ``real``: bool, broadcastable, (B, 1, Q)."""
@@ -145,6 +146,13 @@ class AttentionStats:
         else:
             self._gini[layer], self._entropy[layer], self._rows[layer] = gini_sum, entropy_sum, rows
 
+    def update_keys(self, layer: str, allowed: torch.Tensor, kept: torch.Tensor, real: torch.Tensor) -> None:
+        """Add per-row counts of allowed and kept keys (B, 1|H, Q) over real rows (first head: budgets are per row)."""
+        real = real.expand(allowed.shape[0], 1, allowed.shape[2])
+        sums = [float((allowed[:, :1] * real).sum()), float((kept[:, :1] * real).sum())]
+        previous = self._keys.get(layer, [0.0, 0.0])
+        self._keys[layer] = [previous[0] + sums[0], previous[1] + sums[1]]
+
     @property
     def rows(self) -> int:
         """Query rows counted per head, summed over layers."""
@@ -155,6 +163,7 @@ class AttentionStats:
         out = []
         for layer in sorted(self._gini, key=_layer_sort_key):
             rows = max(self._rows[layer], 1)
+            allowed_sum, kept_sum = self._keys.get(layer, [float("nan"), float("nan")])
             out.append(
                 {
                     "layer": layer,
@@ -162,6 +171,8 @@ class AttentionStats:
                     "rows": self._rows[layer],
                     "gini": (self._gini[layer] / rows).tolist(),
                     "entropy": (self._entropy[layer] / rows).tolist(),
+                    "allowed_keys_mean": allowed_sum / rows,
+                    "kept_keys_mean": kept_sum / rows,
                 }
             )
         return out
@@ -333,6 +344,8 @@ def _observe(session, module, scores, probs, attention_mask, allowed, query, key
         with torch.no_grad():
             gini_rows, entropy_rows = masked_row_gini_entropy(probs.detach(), allowed)
             session.stats.update(layer, gini_rows, entropy_rows, real)
+            counts = allowed_full.expand(batch, -1, q_len, key_len)[:, :1].sum(-1)  # (B, 1, Q)
+            session.stats.update_keys(layer, counts, session.budget.keys_per_row(counts), real)
     for tap in session.taps:
         tap(AttentionView(layer=layer, scores=scores, probs=probs, allowed=allowed_full, real=real))
 

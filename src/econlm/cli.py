@@ -45,6 +45,12 @@ def _add_probe(sub) -> None:
     )
     p.add_argument("--data-dir", default=None, help="local data folder (default $ECONLM_DATA, else the HF hub)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--ffn-eps",
+        type=float,
+        default=None,
+        help="set FFN activations with |a| < EPS to zero while scoring (effective compute counts the rest)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cmd_probe)
 
@@ -63,6 +69,7 @@ def _cmd_probe(args) -> int:
         stride=args.stride,
         data_dir=args.data_dir,
         seed=args.seed,
+        ffn_eps=args.ffn_eps,
     )
     result = run_probe(config)
     paths = save_probe(result, args.out)
@@ -156,6 +163,57 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _add_compact(sub) -> None:
+    p = sub.add_parser(
+        "compact",
+        help="remove dead heads and FFN neurons: a smaller dense model that is actually faster",
+        description="Remove FFN neurons and attention heads that are gated off or never exceed --eps on a "
+        "calibration set; verify, measure and save the smaller model (load it with econlm.load or any econlm "
+        "command). Writes the model and compact.json to --out.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint directory (for example one econlm train wrote)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--calib-examples", type=int, default=512, help="training examples used for calibration")
+    p.add_argument("--eps", type=float, default=1e-3, help="a unit whose |activation| never exceeds this is removed")
+    p.add_argument("--task", default=None, help="calibration/evaluation task (default: the one it was trained on)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-limit", type=int, default=None, help="score on the first N dev examples only")
+    p.add_argument("--latency-repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the latency measurement")
+    p.set_defaults(func=_cmd_compact)
+
+
+def _cmd_compact(args) -> int:
+    from econlm.compact import CompactConfig, run_compact
+
+    config = CompactConfig(
+        checkpoint=args.checkpoint,
+        out=args.out,
+        calib_examples=args.calib_examples,
+        eps=args.eps,
+        task=args.task,
+        data_dir=args.data_dir,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        eval_limit=args.eval_limit,
+        latency_repeats=args.latency_repeats,
+        threads=args.threads,
+    )
+    report = run_compact(config)
+    before, after, ratios = report["before"], report["after"], report["ratios"]
+    print(f"removed {report['removed']['heads']} heads and {report['removed']['neurons']} FFN neurons")
+    print(
+        f"parameters {before['parameters']:,} -> {after['parameters']:,}; dense FLOPs x{ratios['flops']:.3f}; "
+        f"CPU speedup batch 1: {ratios['speedup_batch1']:.2f}x, batch 32: {ratios['speedup_batch32']:.2f}x"
+    )
+    if before["score"]:
+        print(f"{before['score']['metric']}: {before['score']['value']:.4f} -> {after['score']['value']:.4f}")
+    print(f"largest output difference {report['verification']['max_abs_output_difference']:.3g}; wrote {args.out}")
+    return 0
+
+
 def _add_list(sub) -> None:
     p = sub.add_parser("list", help="list model aliases and tasks")
     p.set_defaults(func=_cmd_list)
@@ -177,7 +235,7 @@ def _cmd_list(args) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [_add_probe, _add_train, _add_list]
+COMMANDS: list[Callable] = [_add_probe, _add_train, _add_compact, _add_list]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -173,3 +173,40 @@ def unit_macs_per_token(structure: Structure, layer: int, seq_len: int) -> dict[
         "kv_head": 2 * hidden * d,
         "ffn_neuron": hidden * (3 if structure.gated_ffn else 2),
     }
+
+
+def effective_macs_per_token(structure: Structure, layers: list[dict]) -> dict:
+    """MACs per real token of an implementation that skips what a sparse run makes zero.
+
+    ``layers[i]`` holds measured means over real query rows: ``allowed_keys_mean`` (keys the masks allow),
+    ``kept_keys_mean`` (keys left by the attention budget) and ``ffn_active_share`` (share of FFN
+    activations that are not zero, after any hard threshold). Such an implementation still scores every
+    allowed key (top-k needs all scores) and computes every FFN activation (zeros are only known after
+    the activation), but multiplies values over kept keys only, and runs the down projection over
+    non-zero activations only; removed heads and neurons are absent from ``structure`` altogether.
+
+    Returns effective and reference MACs per token (the reference is the same computation at the full
+    budget with no activation skipped: masked keys skipped, nothing else), and their ratio.
+    """
+    effective = reference = 0.0
+    by_layer = []
+    for i, stats in enumerate(layers):
+        d, hidden = structure.head_dim, structure.hidden
+        h, g, f = structure.heads[i], structure.kv_heads[i], structure.ffn[i]
+        projections = hidden * h * d + 2 * hidden * g * d + h * d * hidden
+        up = hidden * f * (2 if structure.gated_ffn else 1)
+        scores = h * stats["allowed_keys_mean"] * d
+        layer_reference = projections + up + scores + h * stats["allowed_keys_mean"] * d + f * hidden
+        layer_effective = (
+            projections + up + scores + h * stats["kept_keys_mean"] * d + f * hidden * stats["ffn_active_share"]
+        )
+        by_layer.append({"effective": layer_effective, "reference": layer_reference})
+        effective += layer_effective
+        reference += layer_reference
+    return {
+        "effective_macs_per_token": effective,
+        "reference_macs_per_token": reference,
+        "effective_flops_per_token": 2 * effective,
+        "ratio": effective / reference if reference else float("nan"),
+        "by_layer": by_layer,
+    }

@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 HEADS = ("base", "causal-lm", "seq-cls")
 
 
+def load(path: str, head: str = "auto"):
+    """Load any model econlm can: an alias, a checkpoint, a compacted checkpoint, or a hub id.
+
+    Returns the model (eval mode); use :func:`load_model` for the tokenizer too.
+    """
+    return load_model(path, head).model
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """Where a model spec points: ``location`` is a directory or a hub id."""
@@ -230,8 +238,13 @@ def load_model(
         loader = AutoModelForCausalLM.from_pretrained
     else:
         loader = AutoModel.from_pretrained
+    from econlm.compact import is_compacted, load_compacted
+
     with _quiet_transformers():
-        model = _from_hub_or_dir(loader, resolved, **kwargs)
+        if resolved.is_local and is_compacted(resolved.location):
+            model = load_compacted(resolved.location, head, dtype=kwargs["dtype"])
+        else:
+            model = _from_hub_or_dir(loader, resolved, **kwargs)
         tokenizer = _from_hub_or_dir(AutoTokenizer.from_pretrained, resolved)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -36,6 +36,7 @@ class ProbeConfig:
     stride: int | None = None  # language modelling; default max_length // 2
     data_dir: str | None = None
     seed: int = 0
+    ffn_eps: float | None = None  # FFN activations with |a| < ffn_eps are set to zero while scoring
 
     def __post_init__(self) -> None:
         from econlm.data import get_task
@@ -49,6 +50,8 @@ class ProbeConfig:
             raise UserError(f"--batch-size must be at least 1, not {self.batch_size}")
         if self.max_length < 2:
             raise UserError(f"--max-length must be at least 2, not {self.max_length}")
+        if self.ffn_eps is not None and not (self.ffn_eps > 0 and self.ffn_eps < float("inf")):
+            raise UserError(f"--ffn-eps must be a positive number, not {self.ffn_eps}")
 
     def parsed_budgets(self) -> list[Budget]:
         return [Budget.parse(b) for b in self.budgets]
@@ -69,9 +72,13 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
         model: an already loaded :class:`~econlm.models.LoadedModel` (tests, notebooks); else loaded here.
         progress: show a progress bar.
     """
+    from contextlib import ExitStack
+
     import torch
 
     from econlm import data, evaluate
+    from econlm.activations import TokenMask, hard_threshold, record_sparsity
+    from econlm.flops import Structure, effective_macs_per_token
     from econlm.models import check_spec, load_model
     from econlm.progress import bar
     from econlm.runinfo import run_metadata
@@ -98,6 +105,7 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
     else:
         per_budget = evaluate.glue_batches(task, examples, loaded.head, config.batch_size)
 
+    structure = Structure.of_model(model_)
     rows = []
     started = time.perf_counter()
     with bar(total=per_budget * len(budgets), desc=f"probe {config.model} on {task.name}", unit="batch") as pbar:
@@ -106,7 +114,13 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
         for budget in budgets:
             pbar.set_postfix_str(f"budget {budget.label}")
             budget_started = time.perf_counter()
-            with budgeted_attention(model_, budget) as stats:
+            tokens = TokenMask()
+            with ExitStack() as stack:
+                stats = stack.enter_context(budgeted_attention(model_, budget))
+                if config.ffn_eps is not None:
+                    stack.enter_context(hard_threshold(model_, config.ffn_eps))
+                # Registered after the threshold, so it sees the activations the model really uses.
+                zeros = stack.enter_context(record_sparsity(model_, (0.0,), tokens))
                 if task.is_lm:
                     score = evaluate.score_lm(
                         model_,
@@ -115,6 +129,7 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
                         stride=config.stride,
                         batch_size=config.batch_size,
                         on_batch=lambda: pbar.update(1),
+                        on_inputs=lambda batch: tokens.set(batch.get("attention_mask")),
                     )
                 else:
                     score = evaluate.score_glue(
@@ -126,8 +141,19 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
                         batch_size=config.batch_size,
                         max_length=config.max_length,
                         on_batch=lambda: pbar.update(1),
+                        on_inputs=lambda batch: tokens.set(batch.get("attention_mask")),
                     )
             summary = stats.summary()
+            zero_share = zeros.summary()["per_layer"]["0e+00"]
+            layer_stats = [
+                {
+                    "allowed_keys_mean": entry["allowed_keys_mean"],
+                    "kept_keys_mean": entry["kept_keys_mean"],
+                    "ffn_active_share": 1.0 - zero_share[i],
+                }
+                for i, entry in enumerate(summary["per_layer"])
+            ]
+            effective = effective_macs_per_token(structure, layer_stats)
             rows.append(
                 {
                     "budget": budget.label,
@@ -139,7 +165,15 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
                     "attention_rows": summary["rows"],
                     "examples": score.examples,
                     "seconds": time.perf_counter() - budget_started,
-                    "per_layer": summary["per_layer"],
+                    "ffn_eps": config.ffn_eps,
+                    "ffn_active_share": 1.0 - zeros.summary()["overall"]["0e+00"],
+                    "effective_macs_per_token": effective["effective_macs_per_token"],
+                    "reference_macs_per_token": effective["reference_macs_per_token"],
+                    "effective_ratio": effective["ratio"],
+                    "per_layer": [
+                        {**entry, **stat, "effective_macs_per_token": eff["effective"]}
+                        for entry, stat, eff in zip(summary["per_layer"], layer_stats, effective["by_layer"])
+                    ],
                 }
             )
     meta = run_metadata(seed=config.seed, config=asdict(config))
@@ -156,13 +190,32 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
             "scoring": score.details,
             "statistics": "mean over layers, heads and real query rows of per-row Gini and entropy (nats), "
             "over the keys the padding/causal masks allow; keys dropped by the budget count as zeros",
+            "effective_compute": "MACs per real token (FLOPs = 2 x MACs) of the blocks for an implementation that "
+            "skips masked keys, multiplies values over kept keys only and runs the down projection over non-zero "
+            "FFN activations only (see econlm.flops.effective_macs_per_token); the reference is the same at the "
+            "full budget with no activation skipped. The score in the same row was measured on exactly that "
+            "computation (budget and FFN threshold applied).",
             "seconds": time.perf_counter() - started,
         }
     )
     return ProbeResult(config=config, rows=rows, meta=meta)
 
 
-CSV_COLUMNS = ["budget", "metric", "score", "gini", "entropy", "attention_rows", "examples", "seconds"]
+CSV_COLUMNS = [
+    "budget",
+    "metric",
+    "score",
+    "gini",
+    "entropy",
+    "attention_rows",
+    "examples",
+    "ffn_eps",
+    "ffn_active_share",
+    "effective_macs_per_token",
+    "reference_macs_per_token",
+    "effective_ratio",
+    "seconds",
+]
 
 
 def save_probe(result: ProbeResult, out: str | os.PathLike) -> dict[str, Path]:
@@ -191,7 +244,10 @@ def save_probe(result: ProbeResult, out: str | os.PathLike) -> dict[str, Path]:
 def format_table(rows: list[dict]) -> str:
     """A short fixed-width table of budget, score, Gini and entropy."""
     metric = rows[0]["metric"] if rows else "score"
-    lines = [f"{'budget':>7}  {metric:>10}  {'gini':>6}  {'entropy':>7}"]
+    lines = [f"{'budget':>7}  {metric:>10}  {'gini':>6}  {'entropy':>7}  {'eff. compute':>12}"]
     for r in rows:
-        lines.append(f"{r['budget']:>7}  {r['score']:>10.4f}  {r['gini']:>6.3f}  {r['entropy']:>7.3f}")
+        lines.append(
+            f"{r['budget']:>7}  {r['score']:>10.4f}  {r['gini']:>6.3f}  {r['entropy']:>7.3f}  "
+            f"{r['effective_ratio']:>12.3f}"
+        )
     return "\n".join(lines)

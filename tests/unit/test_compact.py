@@ -1,0 +1,205 @@
+"""Compaction: removing dead units keeps outputs, shrinks parameters and MACs by the computed amount."""
+
+import json
+
+import pytest
+import torch
+
+from econlm import arch
+from econlm.cli import main
+from econlm.compact import apply_plan, plan_removal
+from econlm.flops import Structure, dense_macs, unit_macs_per_token
+from tests.conftest import FAMILIES, padded_batch, save_tiny_checkpoint, tiny_model, write_tiny_glue
+
+
+def _kill_units(model, heads: dict[int, list[int]], neurons: dict[int, list[int]]):
+    """Zero the output-projection slice of some heads and the down-projection column of some neurons."""
+    fam = arch.family(model.config)
+    d = arch.shape(model.config).head_dim
+    with torch.no_grad():
+        for i, block in enumerate(arch.blocks(model)):
+            o, down = block.get_submodule(fam.o), block.get_submodule(fam.ffn_down)
+            linear = isinstance(o, torch.nn.Linear)
+            for h in heads.get(i, []):
+                (o.weight[:, h * d : (h + 1) * d] if linear else o.weight[h * d : (h + 1) * d]).zero_()
+            for n in neurons.get(i, []):
+                (down.weight[:, n] if linear else down.weight[n]).zero_()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_removing_dead_units_keeps_outputs_and_cuts_macs_by_the_computed_amount(family):
+    model = tiny_model(family)
+    gqa = family in ("llama", "qwen2", "mistral")  # 4 query heads over 2 K/V heads: groups of 2
+    heads = {0: [0, 1], 1: [3]} if gqa else {0: [0, 2], 1: [1]}
+    _kill_units(model, heads, {0: [1, 5, 9], 1: list(range(10))})
+    batch = padded_batch(family)
+    with torch.no_grad():
+        reference = model(**batch).last_hidden_state
+    before = Structure.of_model(model)
+    params_before = sum(p.numel() for p in model.parameters())
+    plans = plan_removal(model, None, eps=1e-3)
+    apply_plan(model, plans)
+    with torch.no_grad():
+        out = model(**batch).last_hidden_state
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+
+    after = Structure.of_model(model)
+    if gqa:  # only layer 0's first group (query heads 0, 1 and K/V head 0) is complete; head 3 alone stays
+        assert after.heads == (2, 4) and after.kv_heads == (1, 2)
+    else:
+        assert after.heads == (2, 3) and after.kv_heads == (2, 3)
+    assert after.ffn == (61, 54)
+    seq = 16
+    expected_saving = 0
+    for layer in range(2):
+        unit = unit_macs_per_token(before, layer, seq)
+        expected_saving += seq * (
+            unit["query_head"] * (before.heads[layer] - after.heads[layer])
+            + unit["kv_head"] * (before.kv_heads[layer] - after.kv_heads[layer])
+            + unit["ffn_neuron"] * (before.ffn[layer] - after.ffn[layer])
+        )
+    assert dense_macs(before, seq)["macs"] - dense_macs(after, seq)["macs"] == expected_saving
+    # Parameters: each removed head/neuron takes its weight slices (and biases) with it.
+    d, hidden = before.head_dim, before.hidden
+    ffn_bias = not gqa  # the encoders and GPT-2 have FFN biases; Llama-likes do not
+    qkv_bias = family != "llama" and family != "mistral"  # Qwen2 has Q/K/V biases
+    per_neuron = (3 if before.gated_ffn else 2) * hidden + (1 if ffn_bias else 0)
+    per_query_head = 2 * hidden * d + (d if qkv_bias else 0)
+    per_kv_head = 2 * hidden * d + (2 * d if qkv_bias else 0)
+    removed = sum(
+        (before.heads[i] - after.heads[i]) * per_query_head
+        + (before.kv_heads[i] - after.kv_heads[i]) * per_kv_head
+        + (before.ffn[i] - after.ffn[i]) * per_neuron
+        for i in range(2)
+    )
+    assert params_before - sum(p.numel() for p in model.parameters()) == removed
+
+
+def test_unused_units_below_eps_are_found_by_calibration():
+    from econlm.compact import calibrate
+
+    model = tiny_model("bert")
+    with torch.no_grad():  # neuron 3 of layer 1 can never fire: zero its up-projection row, bias very negative
+        model.encoder.layer[1].intermediate.dense.weight[3].zero_()
+        model.encoder.layer[1].intermediate.dense.bias[3] = -30.0
+    batch = padded_batch("bert")
+    calibration = calibrate(model, [batch])
+    assert float(calibration["neuron_max"][1][3]) < 1e-6
+    plans = plan_removal(model, calibration, eps=1e-3)
+    assert 3 not in plans[1].keep_neurons and plans[1].neurons_unused == 1 and plans[1].neurons_zero == 0
+
+
+@pytest.fixture(scope="module")
+def dead_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compact")
+    path = save_tiny_checkpoint(root / "model", head="seq-cls")
+    from econlm.models import load_model
+
+    loaded = load_model(str(path))
+    _kill_units(loaded.model, {0: [1], 1: [0, 2]}, {0: list(range(32)), 1: [0]})
+    loaded.model.save_pretrained(path)
+    return {"path": path, "data": write_tiny_glue(root / "data"), "root": root}
+
+
+def test_compact_cli_saves_verifies_and_reloads(dead_checkpoint, tmp_path, capsys):
+    out = tmp_path / "small"
+    code = main(
+        [
+            "compact",
+            str(dead_checkpoint["path"]),
+            "--out",
+            str(out),
+            "--task",
+            "sst2",
+            "--data-dir",
+            str(dead_checkpoint["data"]),
+            "--calib-examples",
+            "16",
+            "--eps",
+            "1e-9",
+            "--latency-repeats",
+            "3",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "compact.json").read_text())
+    assert report["removed"]["heads"] == 3 and report["removed"]["neurons"] == 33
+    assert report["verification"]["only_exactly_dead_units_removed"]
+    assert report["verification"]["max_abs_output_difference"] < 1e-5
+    assert report["after"]["dense_flops"] < report["before"]["dense_flops"]
+    assert report["after"]["score"]["value"] == pytest.approx(report["before"]["score"]["value"])
+    assert report["after"]["structure"] == {"heads": [3, 2], "kv_heads": [3, 2], "ffn": [32, 63]}
+
+    import econlm
+    from econlm.models import load_model
+
+    small = econlm.load(str(out))
+    original = load_model(str(dead_checkpoint["path"])).model
+    batch = padded_batch("bert")
+    batch["input_ids"] = batch["input_ids"] + 1000  # real vocabulary ids
+    with torch.no_grad():
+        torch.testing.assert_close(small(**batch).logits, original(**batch).logits, rtol=1e-4, atol=1e-5)
+    code = main(
+        [
+            "probe",
+            "--model",
+            str(out),
+            "--task",
+            "sst2",
+            "--budgets",
+            "full,2",
+            "--data-dir",
+            str(dead_checkpoint["data"]),
+            "--out",
+            str(tmp_path / "probe"),
+        ]
+    )
+    assert code == 0
+
+
+def test_nothing_removable_says_so_and_writes_nothing(tmp_path, capsys):
+    path = save_tiny_checkpoint(tmp_path / "model", head="seq-cls")
+    data = write_tiny_glue(tmp_path / "data")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "compact",
+            str(path),
+            "--out",
+            str(out),
+            "--task",
+            "sst2",
+            "--data-dir",
+            str(data),
+            "--calib-examples",
+            "8",
+            "--eps",
+            "1e-9",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "nothing to remove" in err and not out.exists()
+
+
+@pytest.mark.parametrize("eps", ["0", "-1e-3", "nan"])
+def test_eps_must_be_positive(tmp_path, capsys, eps):
+    code = main(["compact", str(tmp_path), "--out", str(tmp_path / "o"), f"--eps={eps}"])
+    assert code == 2 and "--eps must be a positive number" in capsys.readouterr().err
+
+
+def test_unsupported_architecture_names_the_supported_ones(tmp_path, capsys):
+    from transformers import OPTConfig, OPTModel
+
+    OPTModel(
+        OPTConfig(
+            hidden_size=16,
+            num_hidden_layers=1,
+            ffn_dim=32,
+            num_attention_heads=2,
+            vocab_size=50,
+            word_embed_proj_dim=16,
+        )
+    ).save_pretrained(tmp_path / "opt")
+    code = main(["compact", str(tmp_path / "opt"), "--out", str(tmp_path / "o"), "--task", "sst2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'opt' is not supported" in err and "llama" in err and "bert" in err
