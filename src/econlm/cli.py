@@ -214,6 +214,47 @@ def _cmd_compact(args) -> int:
     return 0
 
 
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run a grid of incentive-training trials and baselines (in-process or on Ray), resumably",
+        description="Run the trials of a sweep YAML file. Rerunning the same command skips finished trials. "
+        "Writes trials/<id>/result.json, results.jsonl and pareto.json to --out.",
+    )
+    p.add_argument("config", help="sweep YAML file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--ray", default=None, help="auto (an existing cluster), local (start one here) or an ADDRESS")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args) -> int:
+    from econlm.sweep import load_sweep, run_sweep
+
+    config = load_sweep(args.config)
+    results = run_sweep(config, args.out, ray=args.ray)
+    ok = sum(r["status"] == "ok" for r in results)
+    print(f"{ok} trials finished, {len(results) - ok} failed; results in {args.out}/results.jsonl and pareto.json")
+    for r in results:
+        if r["status"] == "failed":
+            print(f"  failed: {r['id']}: {r['error']}")
+    print(f"make the report with: econlm report {args.out}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page with the plots of a sweep folder")
+    p.add_argument("folder", help="the --out folder of econlm sweep")
+    p.add_argument("--out", default=None, help="HTML file (default FOLDER/report.html)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from econlm.report import write_report
+
+    print(f"wrote {write_report(args.folder, args.out)}")
+    return 0
+
+
 def _add_list(sub) -> None:
     p = sub.add_parser("list", help="list model aliases and tasks")
     p.set_defaults(func=_cmd_list)
@@ -235,7 +276,7 @@ def _cmd_list(args) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [_add_probe, _add_train, _add_compact, _add_list]
+COMMANDS: list[Callable] = [_add_probe, _add_train, _add_compact, _add_sweep, _add_report, _add_list]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -262,6 +262,31 @@ def plans_from_structure(structure: dict) -> list[LayerPlan]:
     ]
 
 
+def current_plans(model: nn.Module) -> list[LayerPlan]:
+    """Plans describing the model's present shapes (for saving a model that was shrunk earlier)."""
+    from econlm.flops import Structure
+
+    structure = Structure.of_model(model)
+    return [
+        LayerPlan(list(range(h)), list(range(g)), list(range(f)))
+        for h, g, f in zip(structure.heads, structure.kv_heads, structure.ffn)
+    ]
+
+
+def save_model(model: nn.Module, tokenizer, out: str | Path) -> None:
+    """``save_pretrained`` plus, when the shapes differ from the config's, the per-layer structure file."""
+    from econlm.flops import Structure
+
+    out = Path(out)
+    model.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    if Structure.of_model(model).heads != Structure.dense(model.config).heads or Structure.of_model(
+        model
+    ).ffn != Structure.dense(model.config).ffn:
+        (out / STRUCTURE_FILE).write_text(json.dumps(structure_dict(current_plans(model)), indent=2) + "\n")
+
+
 def is_compacted(path: str | Path) -> bool:
     return (Path(path) / STRUCTURE_FILE).exists()
 
@@ -511,9 +536,7 @@ def run_compact(config: CompactConfig, progress: bool = True) -> dict:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         compacted.config.econlm = {**(getattr(model.config, "econlm", None) or {}), "compact": report["removed"]}
-        compacted.save_pretrained(staging)
-        loaded.tokenizer.save_pretrained(staging)
-        (staging / STRUCTURE_FILE).write_text(json.dumps(structure_dict(plans), indent=2) + "\n")
+        save_model(compacted, loaded.tokenizer, staging)
         write_json(staging / "compact.json", report)
         if out.exists():
             out.rmdir()  # empty, checked above

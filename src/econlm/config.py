@@ -81,6 +81,27 @@ def read_yaml_mapping(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]
     return data, lines
 
 
+def key_lines(path: str | Path) -> dict[str, int]:
+    """Line of every mapping key in a YAML file, by dotted path (``"base.lam"``, ``"grid.cost"``)."""
+    import yaml
+
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                name = f"{prefix}{key_node.value}"
+                lines[name] = key_node.start_mark.line + 1
+                walk(value_node, name + ".")
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines.setdefault(f"{prefix}{i}", item.start_mark.line + 1)
+                walk(item, f"{prefix}{i}.")
+
+    walk(yaml.compose(Path(path).read_text(encoding="utf-8")), "")
+    return lines
+
+
 def check_mapping(cls, data: dict[str, Any], lines: dict[str, int], path: str | Path, skip=()) -> dict[str, Any]:
     """Validate keys and value types of ``data`` against dataclass ``cls``; returns coerced values."""
     types_ = _field_types(cls)

@@ -409,7 +409,7 @@ def train(
                                 writer.add_scalar(key, value, state.global_step)
                     pbar.update(1)
                     pbar.set_postfix(
-                        loss=f"{log['loss/task']:.4f}", cost=f"{float(reading.total):.4g}", lam=f"{lam:.3g}"
+                        loss=f"{log['loss/task']:.4f}", cost=f"{float(reading.total.detach()):.4g}", lam=f"{lam:.3g}"
                     )
                     if on_step:
                         on_step(state.global_step, inner)
@@ -571,9 +571,11 @@ def finish(model, tokenizer, task, config: TrainConfig, out: Path, state: _State
         },
         "costs_known": sorted(COSTS),
     }
-    model.config.econlm = {"train": _config_dict(config), "gates": folded}
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    from econlm.compact import save_model
+
+    previous = getattr(model.config, "econlm", None) or {}
+    model.config.econlm = {**previous, "train": _config_dict(config), "gates": folded}
+    save_model(model, tokenizer, out)
     meta = run_metadata(seed=config.seed, config=_config_dict(config))
     write_json(out / "metrics.json", {**metrics, "meta": meta})
     return metrics

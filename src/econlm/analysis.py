@@ -1,0 +1,114 @@
+"""From sweep results to Pareto frontiers: methods, compute axes, seed aggregation, hypervolumes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from econlm.pareto import aggregate, hypervolume, pareto_front
+
+AXIS_FIELDS = {
+    "dense_flops": ("dense_flops", "dense FLOPs per sequence (after compaction)"),
+    "effective_flops": ("effective_flops_per_token", "effective FLOPs per token (zeros skipped)"),
+    "latency": ("latency_ms", "CPU latency, batch 32 (ms, median)"),
+}
+
+
+def method_of(result: dict) -> str:
+    """incentive (any lambda, including the lam = 0 baseline), posthoc-<importance> or topk."""
+    if result["kind"] == "posthoc":
+        return f"posthoc-{result['settings']['importance']}"
+    if result["kind"] == "topk":
+        return "topk"
+    return "incentive"
+
+
+def ablation_of(result: dict) -> str:
+    settings = result["settings"]
+    if result["kind"] != "train":
+        return method_of(result)
+    if float(settings.get("lam", 0)) == 0 and settings.get("budget") is None:
+        return "baseline (lambda = 0)"
+    costs = settings.get("cost", [])
+    target = settings.get("target", "both")
+    if "flops" in costs:
+        return f"flops gates ({target})"
+    has_attention = any(c.startswith("attn") for c in costs) and target in ("attention", "both")
+    has_ffn = "ffn_l1" in costs and target in ("ffn", "both")
+    return "attention + FFN" if has_attention and has_ffn else ("attention only" if has_attention else "FFN only")
+
+
+def _group_key(result: dict) -> tuple:
+    settings = {k: v for k, v in result["settings"].items() if k not in ("seed", "source_model", "matches")}
+    return (method_of(result), repr(sorted((k, repr(v)) for k, v in settings.items())))
+
+
+def frontier(results: list[dict], compute_axis: str = "dense_flops") -> dict:
+    """Per (model, task): points per method (seed means with spread), their fronts and hypervolumes."""
+    from econlm.data import get_task
+
+    field, label = AXIS_FIELDS[compute_axis]
+    ok = [r for r in results if r.get("status") == "ok" and r.get(field) is not None and r.get("score") is not None]
+    by_problem: dict[tuple, list[dict]] = {}
+    for r in ok:
+        by_problem.setdefault((r["settings"].get("model"), r["settings"]["task"]), []).append(r)
+    problems = []
+    for (model, task), rows in by_problem.items():
+        higher = get_task(task).higher_is_better
+        groups = aggregate(rows, _group_key, ["score", field])
+        points = []
+        for g in groups:
+            first = g["members"][0]
+            points.append(
+                {
+                    "method": method_of(first),
+                    "ablation": ablation_of(first),
+                    "lam": first["settings"].get("lam"),
+                    "budget": first["settings"].get("budget") or first["settings"].get("budget_k"),
+                    "cost": first["settings"].get("cost"),
+                    "score": g["score"],
+                    "score_std": g["score_std"],
+                    "compute": g[field],
+                    "compute_std": g[f"{field}_std"],
+                    "seeds": g["n"],
+                    "trials": [m["id"] for m in g["members"]],
+                }
+            )
+        scores = [p["score"] for p in points if not math.isnan(p["score"])]
+        computes = [p["compute"] for p in points if not math.isnan(p["compute"])]
+        if not scores:
+            continue
+        # A common reference point for every method: the worst score and the largest compute seen.
+        reference = (min(scores) if higher else max(scores), max(computes) * 1.0001)
+        methods = {}
+        for method in sorted({p["method"] for p in points}):
+            mine = [p for p in points if p["method"] == method]
+            coords = [(p["score"], p["compute"]) for p in mine]
+            front = pareto_front(coords, higher)
+            methods[method] = {
+                "front": [mine[i] for i in front],
+                "hypervolume": hypervolume(coords, reference, higher),
+            }
+        problems.append(
+            {
+                "model": model,
+                "task": task,
+                "metric": rows[0].get("metric"),
+                "higher_is_better": higher,
+                "compute_axis": compute_axis,
+                "compute_label": label,
+                "reference_point": reference,
+                "points": points,
+                "methods": methods,
+            }
+        )
+    return {"compute_axis": compute_axis, "problems": problems}
+
+
+def write_pareto(results: list[dict], out: str | Path, compute_axis: str = "dense_flops") -> dict:
+    from econlm.runinfo import write_json
+
+    data = {axis: frontier(results, axis) for axis in AXIS_FIELDS}
+    data["primary_axis"] = compute_axis
+    write_json(Path(out) / "pareto.json", data)
+    return data

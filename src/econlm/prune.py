@@ -1,0 +1,139 @@
+"""Post-hoc structured pruning, the baseline incentive training has to beat.
+
+Remove a given number of attention heads and FFN neurons per layer from a trained model, keeping the
+most important ones, then (optionally) fine-tune briefly. Importance of a unit:
+
+``magnitude``   the L2 norm of all weights that belong to it (its Q/K/V rows and output-projection
+                columns for a head; its up/gate rows times its down column norm for a neuron);
+``activation``  its mean |output| on calibration data (the o-projection input slice for a head, the
+                down-projection input for a neuron).
+
+With grouped-query attention whole groups go (a key/value head and its query heads), ranked by their
+summed importance.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from econlm import arch
+from econlm.compact import LayerPlan, _input_columns, _is_linear, apply_plan
+from econlm.errors import UserError
+
+IMPORTANCE = ("magnitude", "activation")
+
+
+def _out_rows(module: nn.Module) -> torch.Tensor:
+    """Weights as (out_features, in_features)."""
+    return module.weight if _is_linear(module) else module.weight.t()
+
+
+@torch.no_grad()
+def magnitude_importance(model: nn.Module) -> list[dict[str, torch.Tensor]]:
+    fam = arch.family(model.config)
+    shape = arch.shape(model.config)
+    d = shape.head_dim
+    out = []
+    for block in arch.blocks(model):
+        o_cols = _input_columns(block.get_submodule(fam.o)).float()  # (H*d, D)
+        heads = o_cols.shape[0] // d
+        head_sq = o_cols.view(heads, d, -1).pow(2).sum(dim=(1, 2))
+        q = _out_rows(block.get_submodule(fam.q)).float()
+        if fam.qkv_fused:  # c_attn rows: [Q | K | V], each hidden wide
+            for part in range(3):
+                rows = q[part * shape.hidden : (part + 1) * shape.hidden]
+                head_sq = head_sq + rows.view(heads, d, -1).pow(2).sum(dim=(1, 2))
+        else:
+            head_sq = head_sq + q.view(heads, d, -1).pow(2).sum(dim=(1, 2))
+        down = _input_columns(block.get_submodule(fam.ffn_down)).float()  # (F, D)
+        up = _out_rows(block.get_submodule(fam.ffn_up)).float()  # (F, D)
+        neuron = up.norm(dim=1) * down.norm(dim=1)
+        if fam.ffn_gate:
+            neuron = neuron * _out_rows(block.get_submodule(fam.ffn_gate)).float().norm(dim=1)
+        out.append({"heads": head_sq.sqrt(), "neurons": neuron})
+    return out
+
+
+@torch.no_grad()
+def activation_importance(model: nn.Module, batches: list[dict]) -> list[dict[str, torch.Tensor]]:
+    from econlm.activations import TokenMask
+
+    fam = arch.family(model.config)
+    d = arch.shape(model.config).head_dim
+    tokens = TokenMask()
+    sums: dict[tuple[str, int], torch.Tensor] = {}
+    counts: dict[tuple[str, int], int] = {}
+    handles = []
+
+    def track(kind, layer, group):
+        def hook(module, args):
+            x = tokens.select(args[0]).abs().float()  # (N, F)
+            per_unit = x.view(x.shape[0], -1, group).mean(dim=2).sum(dim=0)
+            key = (kind, layer)
+            sums[key] = sums.get(key, 0) + per_unit
+            counts[key] = counts.get(key, 0) + x.shape[0]
+
+        return hook
+
+    try:
+        for i, block in enumerate(arch.blocks(model)):
+            handles.append(block.get_submodule(fam.ffn_down).register_forward_pre_hook(track("neurons", i, 1)))
+            handles.append(block.get_submodule(fam.o).register_forward_pre_hook(track("heads", i, d)))
+        for batch in batches:
+            tokens.set(batch.get("attention_mask"))
+            model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    layers = len(arch.blocks(model))
+    return [
+        {kind: sums[(kind, i)] / max(counts[(kind, i)], 1) for kind in ("heads", "neurons")} for i in range(layers)
+    ]
+
+
+def plan_by_importance(
+    model: nn.Module, importance: list[dict[str, torch.Tensor]], remove_heads: list[int], remove_neurons: list[int]
+) -> list[LayerPlan]:
+    """Per layer, drop the given numbers of least important heads (whole GQA groups) and neurons."""
+    shape = arch.shape(model.config)
+    plans = []
+    for i, scores in enumerate(importance):
+        heads = scores["heads"].numel()
+        kv_heads = heads * shape.kv_heads // shape.heads
+        group = heads // kv_heads
+        groups_to_drop = min(remove_heads[i] // group, kv_heads - 1)
+        group_score = scores["heads"].view(kv_heads, group).sum(dim=1)
+        drop_groups = set(torch.argsort(group_score)[:groups_to_drop].tolist())
+        keep_kv = [g for g in range(kv_heads) if g not in drop_groups]
+        neurons = scores["neurons"].numel()
+        drop_neurons = set(torch.argsort(scores["neurons"])[: min(remove_neurons[i], neurons - 1)].tolist())
+        plans.append(
+            LayerPlan(
+                keep_heads=[g * group + j for g in keep_kv for j in range(group)],
+                keep_kv_heads=keep_kv,
+                keep_neurons=[n for n in range(neurons) if n not in drop_neurons],
+            )
+        )
+    return plans
+
+
+def prune(
+    model: nn.Module,
+    remove_heads: list[int],
+    remove_neurons: list[int],
+    importance: str = "magnitude",
+    batches: list[dict] | None = None,
+) -> list[LayerPlan]:
+    """Remove units in place; returns the plans applied."""
+    if importance not in IMPORTANCE:
+        raise UserError(f"unknown importance '{importance}'; valid: {', '.join(IMPORTANCE)}")
+    if importance == "activation":
+        if not batches:
+            raise ValueError("activation importance needs calibration batches")
+        scores = activation_importance(model, batches)
+    else:
+        scores = magnitude_importance(model)
+    plans = plan_by_importance(model, scores, remove_heads, remove_neurons)
+    apply_plan(model, plans)
+    return plans

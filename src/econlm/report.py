@@ -1,0 +1,241 @@
+"""``econlm report DIR``: one self-contained HTML page with embedded plots, for a sweep folder.
+
+Contents: the Pareto frontier(s) with the baselines, score against lambda, sparsity, Gini and entropy
+against lambda, per-layer heatmaps of FFN sparsity and attention entropy, the ablation table
+(attention only, FFN only, both), probe curves when present, and the exact configs and versions.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+from econlm.errors import UserError
+
+METHOD_STYLE = {
+    "incentive": ("tab:blue", "o"),
+    "posthoc-magnitude": ("tab:red", "s"),
+    "posthoc-activation": ("tab:orange", "D"),
+    "topk": ("tab:green", "^"),
+}
+
+
+def _png(fig) -> str:
+    from econlm.plots import _pyplot
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    _pyplot().close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _img(data: str, alt: str) -> str:
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+def load_results(folder: Path) -> list[dict]:
+    path = folder / "results.jsonl"
+    if not path.exists():
+        raise UserError(f"{folder} holds no results.jsonl; run `econlm sweep CONFIG --out {folder}` first")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _frontier_figure(problem: dict):
+    from econlm.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, info in problem["methods"].items():
+        color, marker = METHOD_STYLE.get(method, ("tab:gray", "x"))
+        mine = [p for p in problem["points"] if p["method"] == method]
+        ax.errorbar([p["compute"] for p in mine], [p["score"] for p in mine],
+                    xerr=[p["compute_std"] for p in mine], yerr=[p["score_std"] for p in mine],
+                    fmt=marker, color=color, alpha=0.55, label=f"{method} (HV {info['hypervolume']:.3g})")
+        front = info["front"]
+        ax.plot([p["compute"] for p in front], [p["score"] for p in front], "-", color=color, linewidth=2)
+    ax.set_xlabel(problem["compute_label"])
+    ax.set_ylabel(problem["metric"] or "score")
+    ax.set_title(f"{Path(str(problem['model'])).name} on {problem['task']}: Pareto frontier")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _incentive_rows(results: list[dict]) -> list[dict]:
+    return [r for r in results if r["kind"] == "train" and r.get("status") == "ok"]
+
+
+def _lambda_figures(results: list[dict]) -> list[tuple[str, str]]:
+    from econlm.analysis import ablation_of
+    from econlm.plots import _pyplot
+
+    plt = _pyplot()
+    rows = _incentive_rows(results)
+    figures = []
+    for task in sorted({r["settings"]["task"] for r in rows}):
+        task_rows = [r for r in rows if r["settings"]["task"] == task]
+        panels = [("score", task_rows[0].get("metric", "score")), ("sparsity@1e-03", "FFN sparsity |a|<=1e-3"),
+                  ("sparsity@1e-02", "FFN sparsity |a|<=1e-2"), ("gini", "attention Gini"),
+                  ("entropy", "attention entropy (nats)")]
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
+        groups = sorted({ablation_of(r) for r in task_rows if ablation_of(r) != "baseline (lambda = 0)"})
+        baseline = [r for r in task_rows if ablation_of(r) == "baseline (lambda = 0)"]
+        for ax, (key, label) in zip(axes, panels):
+            def value(r, key=key):
+                if key.startswith("sparsity@"):
+                    return r["sparsity"].get(key.split("@")[1], float("nan"))
+                return r.get(key, float("nan"))
+
+            for group in groups:
+                by_lam: dict[float, list[float]] = {}
+                for r in task_rows:
+                    if ablation_of(r) == group and float(r["settings"]["lam"]) > 0:
+                        by_lam.setdefault(float(r["settings"]["lam"]), []).append(value(r))
+                if by_lam:  # seeds averaged; the bars span their range
+                    lams = sorted(by_lam)
+                    means = [sum(by_lam[x]) / len(by_lam[x]) for x in lams]
+                    spread = [[m - min(by_lam[x]) for x, m in zip(lams, means)],
+                              [max(by_lam[x]) - m for x, m in zip(lams, means)]]
+                    ax.errorbar(lams, means, yerr=spread, marker="o", capsize=2, label=group)
+            if baseline:
+                ax.axhline(sum(value(r) for r in baseline) / len(baseline), color="black", linestyle="--",
+                           linewidth=1, label="lambda = 0 (mean)")
+            ax.set_xscale("log")
+            ax.set_xlabel("lambda")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"{task}: effect of the price of compute")
+        fig.tight_layout()
+        figures.append((_png(fig), f"{task}: score, FFN sparsity, Gini and entropy against lambda"))
+    return figures
+
+
+def _heatmaps(results: list[dict]) -> list[tuple[str, str]]:
+    from econlm.plots import per_layer_heatmap
+
+    rows = sorted(_incentive_rows(results), key=lambda r: (r["settings"]["task"], str(r["settings"].get("cost")),
+                                                              float(r["settings"].get("lam", 0))))
+    figures = []
+    for task in sorted({r["settings"]["task"] for r in rows}):
+        mine = [r for r in rows if r["settings"]["task"] == task and r.get("sparsity_per_layer")]
+        if not mine:
+            continue
+        labels = [f"{'+'.join(r['settings'].get('cost', []))} lam={float(r['settings'].get('lam', 0)):g}"
+                  + (f" b={r['settings']['budget']}" if r["settings"].get("budget") else "") for r in mine]
+        for key, title, cbar in (
+            ("sparsity_per_layer", "FFN sparsity per layer (|a| <= 1e-2)", "share of activations"),
+            ("entropy_per_layer", "attention entropy per layer", "nats"),
+        ):
+            matrix = [r[key]["1e-02"] if key == "sparsity_per_layer" else r[key] for r in mine]
+            fig = per_layer_heatmap(matrix, f"{task}: {title}", "layer", "trial", cbar)
+            fig.axes[0].set_yticks(range(len(labels)), labels, fontsize=6)
+            fig.axes[0].set_xticks(range(len(matrix[0])))
+            figures.append((_png(fig), f"{task}: {title}"))
+    return figures
+
+
+def _probe_figures(folder: Path) -> list[tuple[str, str]]:
+    from econlm.plots import probe_figure
+
+    figures = []
+    for path in sorted(folder.rglob("probe.json")):
+        data = json.loads(path.read_text())
+        if len(data.get("rows", [])) < 2:
+            continue
+        title = f"probe: {data.get('model')} on {data.get('task')} ({data.get('examples_scored')} {data.get('unit_of_examples')})"
+        figures.append((_png(probe_figure(data["rows"], title)), title))
+    return figures
+
+
+def _ablation_table(results: list[dict]) -> str:
+    from econlm.analysis import ablation_of
+
+    rows = [r for r in results if r.get("status") == "ok"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["settings"]["task"], ablation_of(r)), []).append(r)
+    lines = ["<table><tr><th>task</th><th>variant</th><th>trials</th><th>best score</th><th>its lambda</th>"
+             "<th>its dense FLOPs</th><th>its effective FLOPs/token</th><th>its sparsity (1e-2)</th>"
+             "<th>its Gini</th><th>its entropy</th></tr>"]
+    for (task, variant), members in sorted(groups.items()):
+        higher = members[0].get("metric") != "perplexity"
+        best = (max if higher else min)(members, key=lambda r: r.get("score", float("nan")))
+        sparsity = (best.get("sparsity") or {}).get("1e-02")
+        cells = [task, variant, len(members), _fmt(best.get("score")), _fmt(best["settings"].get("lam")),
+                 _fmt(best.get("dense_flops")), _fmt(best.get("effective_flops_per_token")), _fmt(sparsity),
+                 _fmt(best.get("gini")), _fmt(best.get("entropy"))]
+        lines.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return "\n".join(lines) + "</table>"
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _failed_table(results: list[dict]) -> str:
+    failed = [r for r in results if r.get("status") == "failed"]
+    if not failed:
+        return "<p>No trial failed.</p>"
+    rows = "".join(f"<tr><td>{html.escape(r['id'])}</td><td>{html.escape(r.get('error', ''))}</td></tr>" for r in failed)
+    return f"<table><tr><th>trial</th><th>error</th></tr>{rows}</table>"
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+figure{display:inline-block;margin:1em 0}img{max-width:100%}figcaption{font-size:.9em;color:#555}
+table{border-collapse:collapse;margin:1em 0;font-size:.85em}td,th{border:1px solid #ccc;padding:.25em .5em}
+pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:.8em}h2{border-bottom:1px solid #ddd}"""
+
+
+def render(folder: str | Path) -> str:
+    """The report's HTML for a sweep folder (needs results.jsonl; pareto.json is rebuilt from it)."""
+    from econlm.analysis import write_pareto
+
+    folder = Path(folder)
+    results = load_results(folder)
+    sweep = json.loads((folder / "sweep.json").read_text()) if (folder / "sweep.json").exists() else {}
+    primary = (sweep.get("config") or {}).get("compute_axis", "dense_flops")
+    pareto = write_pareto(results, folder, primary)
+    parts = [f"<h1>econlm report: {html.escape(folder.name)}</h1>",
+             f"<p>{sum(r.get('status') == 'ok' for r in results)} finished trials, "
+             f"{sum(r.get('status') == 'failed' for r in results)} failed. Scores are dev-set scores (test set for "
+             "language modelling) of exactly the model whose compute is shown.</p>"]
+    parts.append("<h2>Pareto frontiers</h2>")
+    for axis in (primary, *[a for a in ("dense_flops", "effective_flops", "latency") if a != primary]):
+        for problem in pareto[axis]["problems"]:
+            parts.append(_img(_png(_frontier_figure(problem)), f"{problem['model']} / {problem['task']}: score "
+                              f"against {problem['compute_label']}; lines join each method's non-dominated points"))
+    parts.append("<h2>The price of compute</h2>")
+    parts += [_img(data, alt) for data, alt in _lambda_figures(results)]
+    parts.append("<h2>Per-layer heatmaps</h2>")
+    parts += [_img(data, alt) for data, alt in _heatmaps(results)]
+    parts.append("<h2>Ablation: which component to tax</h2>")
+    parts.append(_ablation_table(results))
+    probes = _probe_figures(folder)
+    if probes:
+        parts.append("<h2>Scarcity probe</h2>")
+        parts += [_img(data, alt) for data, alt in probes]
+    parts.append("<h2>Failed trials</h2>")
+    parts.append(_failed_table(results))
+    parts.append("<h2>Configuration and versions</h2>")
+    parts.append(f"<pre>{html.escape(json.dumps(sweep, indent=2, sort_keys=True, default=str))}</pre>")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>econlm report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+
+
+def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
+    from econlm.runinfo import atomic_write_text
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder; give the --out folder of an econlm sweep")
+    target = Path(out) if out else folder / "report.html"
+    atomic_write_text(target, render(folder))
+    return target

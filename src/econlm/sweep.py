@@ -1,0 +1,481 @@
+"""Sweeps: a grid of incentive-training trials plus baselines, in-process or on Ray, resumable.
+
+A sweep YAML file::
+
+    name: minilm-stsb
+    base: {model: minilm, task: stsb, epochs: 1, limit: 2000}   # TrainConfig fields shared by all trials
+    grid:                                                       # cartesian product over these lists
+      lam: [0, 1e-3, 1e-1]
+      cost: [[ffn_l1], [attn_entropy], [ffn_l1, attn_entropy]]
+      seed: [1, 2]
+    trials: []                  # optional extra trials (TrainConfig fields over base)
+    compact: {eps: 1e-3, calib_examples: 256}          # optional: compact every trained model
+    baselines:                                         # optional, built from the lam = 0 trials
+      posthoc: {importance: [magnitude, activation], finetune_epochs: 0.5}
+      topk: {budgets: [32, 8, 2]}
+    resources: {num_cpus: 1, num_gpus: 0}              # per trial, for Ray
+
+Every trial writes ``trials/<id>/result.json`` atomically and the sweep rewrites ``results.jsonl`` after
+each one; rerunning the same command skips finished trials and redoes unfinished ones (training inside
+a trial resumes from its own checkpoint). A crashing trial is recorded as failed with its error and
+the sweep goes on; identical trials run once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+import traceback
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from econlm.errors import UserError, did_you_mean
+
+TOP_KEYS = ("name", "base", "grid", "trials", "compact", "baselines", "resources", "compute_axis")
+COMPUTE_AXES = ("dense_flops", "effective_flops", "latency")
+# What makes two trials comparable: same model, task, data, seed and evaluation.
+IDENTITY_KEYS = ("model", "task", "seed", "data_dir", "max_length", "limit", "eval_limit")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str = "sweep"
+    base: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+    trials: list = field(default_factory=list)
+    compact: dict | None = None
+    baselines: dict = field(default_factory=dict)
+    resources: dict = field(default_factory=lambda: {"num_cpus": 1, "num_gpus": 0})
+    compute_axis: str = "dense_flops"
+
+
+def _train_fields() -> set[str]:
+    from econlm.train import TrainConfig
+
+    return {f.name for f in fields(TrainConfig)} - {"out"}
+
+
+def load_sweep(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep file; errors name the file and line."""
+    from econlm.config import key_lines, read_yaml_mapping
+
+    data, _ = read_yaml_mapping(path)
+    lines = key_lines(path)
+
+    def where(key: str) -> str:
+        return f"{path}:{lines.get(key, 1)}"
+
+    for key in data:
+        if key not in TOP_KEYS:
+            raise UserError(f"{where(key)}: unknown key '{key}'; valid: {', '.join(TOP_KEYS)}.{did_you_mean(key, TOP_KEYS)}")
+    train_fields = _train_fields()
+    for section in ("base", "grid"):
+        value = data.get(section) or {}
+        if not isinstance(value, dict):
+            raise UserError(f"{where(section)}: '{section}' must be a mapping of training settings")
+        for key in value:
+            if key not in train_fields:
+                raise UserError(
+                    f"{where(f'{section}.{key}')}: unknown training setting '{key}'.{did_you_mean(key, train_fields)}"
+                )
+        if section == "grid":
+            for key, values in value.items():
+                if not isinstance(values, list) or not values:
+                    raise UserError(f"{where(f'grid.{key}')}: grid values of '{key}' must be a non-empty list")
+    trials = data.get("trials") or []
+    if not isinstance(trials, list) or not all(isinstance(t, dict) for t in trials):
+        raise UserError(f"{where('trials')}: 'trials' must be a list of mappings")
+    for i, trial in enumerate(trials):
+        for key in trial:
+            if key not in train_fields:
+                raise UserError(f"{where(f'trials.{i}.{key}')}: unknown training setting '{key}'")
+    compact = data.get("compact")
+    if compact is not None:
+        if compact is True:
+            compact = {}
+        if not isinstance(compact, dict) or set(compact) - {"eps", "calib_examples"}:
+            raise UserError(f"{where('compact')}: 'compact' takes eps and calib_examples")
+    baselines = data.get("baselines") or {}
+    for key in baselines:
+        if key not in ("posthoc", "topk"):
+            raise UserError(f"{where(f'baselines.{key}')}: unknown baseline '{key}'; valid: posthoc, topk")
+    axis = data.get("compute_axis", "dense_flops")
+    if axis not in COMPUTE_AXES:
+        raise UserError(f"{where('compute_axis')}: compute_axis must be one of {', '.join(COMPUTE_AXES)}")
+    config = SweepConfig(
+        name=str(data.get("name", Path(path).stem)),
+        base=dict(data.get("base") or {}),
+        grid=dict(data.get("grid") or {}),
+        trials=list(trials),
+        compact=compact,
+        baselines=dict(baselines),
+        resources={"num_cpus": 1, "num_gpus": 0, **(data.get("resources") or {})},
+        compute_axis=axis,
+    )
+    # Building every trial's TrainConfig checks values (lambda < 0, unknown costs...) before anything runs.
+    for spec in expand(config):
+        try:
+            _train_config(spec["settings"], "/dev/null")
+        except UserError as error:
+            raise UserError(f"{path}: trial {spec['id']}: {error}") from None
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Trials
+
+
+def _normalise(settings: dict) -> dict:
+    out = {}
+    for key, value in settings.items():
+        if key == "cost":
+            value = [value] if isinstance(value, str) else list(value)
+        out[key] = value
+    return out
+
+
+def trial_id(kind: str, settings: dict) -> str:
+    """A stable id: readable prefix plus a hash of the exact settings (same settings, same id)."""
+    text = json.dumps({"kind": kind, **settings}, sort_keys=True, default=str)
+    digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+    parts = [kind, str(settings.get("task", "")), "+".join(settings.get("cost", []) or [])]
+    if "lam" in settings:
+        parts.append(f"lam{settings['lam']:g}" if isinstance(settings["lam"], (int, float)) else str(settings["lam"]))
+    if "budget" in settings and settings["budget"] is not None:
+        parts.append(f"b{settings['budget']}")
+    if "seed" in settings:
+        parts.append(f"s{settings['seed']}")
+    readable = "-".join(p for p in parts if p).replace("/", "_")
+    return f"{readable}-{digest}"
+
+
+def expand(config: SweepConfig) -> list[dict]:
+    """The incentive-training trials of a sweep, duplicates removed (first occurrence kept)."""
+    keys = list(config.grid)
+    combos = [dict(zip(keys, values)) for values in itertools.product(*(config.grid[k] for k in keys))] or [{}]
+    specs, seen = [], set()
+    for extra in combos + list(config.trials):
+        settings = _normalise({**config.base, **extra})
+        settings.setdefault("seed", 42)
+        tid = trial_id("train", settings)
+        if tid in seen:
+            continue
+        seen.add(tid)
+        specs.append({"id": tid, "kind": "train", "settings": settings})
+    return specs
+
+
+def _train_config(settings: dict, out: str):
+    from econlm.train import TrainConfig
+
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.items()}
+    return TrainConfig(**values, out=out)
+
+
+def _final_measurements(model_dir: Path, settings: dict, eps: float, result: dict) -> None:
+    """Effective compute (FFN threshold eps, full budget), dense FLOPs and latency of the final model."""
+    import torch
+
+    from econlm.flops import Structure, dense_macs
+    from econlm.latency import measure
+    from econlm.models import load_model
+    from econlm.probe import ProbeConfig, run_probe
+
+    loaded = load_model(str(model_dir))
+    max_length = settings.get("max_length", 128)
+    probe = run_probe(
+        ProbeConfig(model=str(model_dir), task=settings["task"], budgets=("full",), limit=settings.get("eval_limit"),
+                    max_length=max_length, data_dir=settings.get("data_dir"), ffn_eps=eps,
+                    split="test" if _is_lm(settings["task"]) else "dev"),
+        model=loaded, progress=False,
+    )
+    row = probe.rows[0]
+    structure = Structure.of_model(loaded.model)
+    result["dense_flops"] = dense_macs(structure, max_length, include_head=True)["flops"]
+    result["effective_flops_per_token"] = 2 * row["effective_macs_per_token"]
+    result["effective_score"] = row["score"]
+    ids = torch.randint(1000, 2000, (32, max_length))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def forward():
+        with torch.no_grad():
+            loaded.model(**inputs)
+
+    result["latency_ms"] = 1000 * measure(forward, warmup=2, repeats=5).median
+    result["structure"] = {"heads": list(structure.heads), "ffn": list(structure.ffn)}
+
+
+def _is_lm(task: str) -> bool:
+    from econlm.data import get_task
+
+    return get_task(task).is_lm
+
+
+def run_trial(spec: dict, trial_dir: str, context: dict) -> dict:
+    """Run one trial and return its result (never raises: failures are results too)."""
+    started = time.time()
+    result: dict[str, Any] = {"id": spec["id"], "kind": spec["kind"], "settings": spec["settings"]}
+    try:
+        if spec["kind"] == "train":
+            _run_train_trial(spec, Path(trial_dir), context, result)
+        elif spec["kind"] == "posthoc":
+            _run_posthoc_trial(spec, Path(trial_dir), context, result)
+        elif spec["kind"] == "topk":
+            _run_topk_trial(spec, Path(trial_dir), result)
+        else:
+            raise ValueError(f"unknown trial kind {spec['kind']}")
+        result["status"] = "ok"
+    except Exception as error:  # noqa: BLE001 - a crashing trial is recorded, the sweep goes on
+        result["status"] = "failed"
+        result["error"] = f"{type(error).__name__}: {error}"
+        result["traceback"] = traceback.format_exc(limit=8)
+    result["seconds"] = time.time() - started
+    return result
+
+
+def _summary_fields(metrics: dict, result: dict) -> None:
+    result.update(
+        {
+            "metric": metrics["metric"],
+            "score": metrics["score"],
+            "metrics": metrics["metrics"],
+            "lambda_final": metrics["lambda_final"],
+            "sparsity": metrics["ffn_sparsity"]["overall"],
+            "sparsity_per_layer": metrics["ffn_sparsity"]["per_layer"],
+            "gini": metrics["attention"]["gini"],
+            "entropy": metrics["attention"]["entropy"],
+            "entropy_per_layer": [sum(e["entropy"]) / len(e["entropy"]) for e in metrics["attention"]["per_layer"]],
+            "gini_per_layer": [sum(e["gini"]) / len(e["gini"]) for e in metrics["attention"]["per_layer"]],
+            "gates": metrics.get("gates"),
+            "train_seconds": metrics["train"]["seconds"],
+        }
+    )
+
+
+def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -> None:
+    from econlm.compact import CompactConfig, run_compact
+    from econlm.train import train
+
+    model_dir = trial_dir / "model"
+    config = _train_config(spec["settings"], str(model_dir))
+    if (model_dir / "metrics.json").exists():
+        metrics = json.loads((model_dir / "metrics.json").read_text())
+    else:
+        metrics = train(config, resume=(model_dir / "checkpoint" / "state.pt").exists(), progress=False)
+    _summary_fields(metrics, result)
+    result["model_dir"] = str(model_dir)
+    result["dense_flops_before"] = metrics["dense_flops"]
+    final_dir = model_dir
+    compact = context.get("compact")
+    eps = (compact or {}).get("eps", 1e-3)
+    if compact is not None:
+        compact_dir = trial_dir / "compact"
+        if not (compact_dir / "compact.json").exists():
+            try:
+                run_compact(
+                    CompactConfig(checkpoint=str(model_dir), out=str(compact_dir), eps=eps,
+                                  calib_examples=compact.get("calib_examples", 256), latency_repeats=3,
+                                  eval_limit=spec["settings"].get("eval_limit")),
+                    progress=False,
+                )
+            except UserError as nothing:
+                result["compact"] = {"removed": None, "note": str(nothing)}
+        if (compact_dir / "compact.json").exists():
+            report = json.loads((compact_dir / "compact.json").read_text())
+            result["compact"] = {"removed": report["removed"], "ratios": report["ratios"],
+                                 "score_after": report["after"]["score"]}
+            final_dir = compact_dir
+            if report["after"]["score"]:
+                result["score"] = report["after"]["score"]["value"]
+    result["final_model"] = str(final_dir)
+    _final_measurements(final_dir, spec["settings"], eps, result)
+
+
+def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -> None:
+    """Prune the lam = 0 model like a compacted incentive model (same counts per layer), then fine-tune."""
+    from econlm.compact import CompactConfig, _calibration_batches, save_model
+    from econlm.data import get_task
+    from econlm.models import load_model
+    from econlm.prune import prune
+    from econlm.train import train
+
+    settings = spec["settings"]
+    pruned_dir = trial_dir / "pruned"
+    if not (pruned_dir / "config.json").exists():
+        loaded = load_model(settings["source_model"])
+        batches = _calibration_batches(
+            loaded, get_task(settings["task"]),
+            CompactConfig(checkpoint=settings["source_model"], out="unused", calib_examples=128,
+                          data_dir=settings.get("data_dir"), max_length=settings.get("max_length", 128)),
+        )
+        prune(loaded.model, settings["remove_heads"], settings["remove_neurons"], settings["importance"], batches)
+        save_model(loaded.model, loaded.tokenizer, pruned_dir)
+    train_settings = {k: v for k, v in settings.items() if k in _train_fields()}
+    train_settings.update({"model": str(pruned_dir), "lam": 0.0, "cost": ["ffn_l1"], "target": "ffn",
+                           "epochs": settings["finetune_epochs"], "budget": None, "schedule": "constant"})
+    model_dir = trial_dir / "model"
+    if (model_dir / "metrics.json").exists():
+        metrics = json.loads((model_dir / "metrics.json").read_text())
+    else:
+        config = _train_config(train_settings, str(model_dir))
+        metrics = train(config, resume=(model_dir / "checkpoint" / "state.pt").exists(), progress=False)
+    _summary_fields(metrics, result)
+    result["final_model"] = str(model_dir)
+    _final_measurements(model_dir, settings, context.get("compact", {}).get("eps", 1e-3) if context.get("compact")
+                        else 1e-3, result)
+
+
+def _run_topk_trial(spec: dict, trial_dir: Path, result: dict) -> None:
+    from econlm.flops import Structure, dense_macs
+    from econlm.probe import ProbeConfig, run_probe, save_probe
+
+    settings = spec["settings"]
+    lm = _is_lm(settings["task"])
+    probe = run_probe(
+        ProbeConfig(model=settings["source_model"], task=settings["task"], budgets=(str(settings["budget_k"]),),
+                    limit=settings.get("eval_limit"), max_length=settings.get("max_length", 128),
+                    data_dir=settings.get("data_dir"), split="test" if lm else "dev"),
+        progress=False,
+    )
+    save_probe(probe, trial_dir / "probe")
+    row = probe.rows[0]
+    from econlm.models import load_config
+
+    config, _ = load_config(settings["source_model"])
+    result.update({"metric": row["metric"], "score": row["score"], "gini": row["gini"], "entropy": row["entropy"],
+                   "effective_flops_per_token": 2 * row["effective_macs_per_token"],
+                   "dense_flops": dense_macs(Structure.dense(config), settings.get("max_length", 128),
+                                             include_head=True)["flops"]})
+
+
+def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
+    """Baseline trials derived from finished training trials (needs the lam = 0 ones)."""
+    specs = []
+    trained = [r for r in results.values() if r["kind"] == "train" and r.get("status") == "ok"]
+    for reference in trained:
+        settings = reference["settings"]
+        # A plain fine-tune: no price, and no stochastic gates (flops trains gates even at lambda = 0).
+        if float(settings.get("lam", 0)) != 0.0 or settings.get("budget") is not None or "flops" in settings["cost"]:
+            continue
+        same = {k: v for k, v in settings.items() if k not in ("lam", "cost", "target", "budget", "schedule",
+                                                               "price_lr", "attention_weight", "ffn_weight")}
+        identity = {k: settings.get(k) for k in IDENTITY_KEYS}
+        source = reference["model_dir"]  # the trained lam = 0 model itself, not a compacted copy
+        topk = config.baselines.get("topk")
+        if topk:
+            for k in topk.get("budgets", [32, 8, 2]):
+                s = {**same, "source_model": source, "budget_k": k}
+                specs.append({"id": trial_id("topk", s), "kind": "topk", "settings": s})
+        posthoc = config.baselines.get("posthoc")
+        if posthoc:
+            for incentive in trained:
+                removed = (incentive.get("compact") or {}).get("removed")
+                other = incentive["settings"]
+                if not removed or any(other.get(k) != v for k, v in identity.items()):
+                    continue
+                from econlm.models import load_config
+
+                model_config, _ = load_config(source)
+                from econlm import arch
+
+                shape = arch.shape(model_config)
+                heads = [shape.heads - layer["heads_kept"] for layer in removed["per_layer"]]
+                neurons = [shape.intermediate - layer["neurons_kept"] for layer in removed["per_layer"]]
+                for importance in posthoc.get("importance", ["magnitude"]):
+                    s = {**same, "source_model": source, "matches": incentive["id"], "remove_heads": heads,
+                         "remove_neurons": neurons, "importance": importance,
+                         "finetune_epochs": posthoc.get("finetune_epochs", 0.5)}
+                    specs.append({"id": trial_id("posthoc", s), "kind": "posthoc", "settings": s})
+    unique = {}
+    for spec in specs:
+        unique.setdefault(spec["id"], spec)
+    return list(unique.values())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running
+
+
+class _InProcess:
+    def run(self, jobs: list[tuple[dict, str, dict]], on_result) -> None:
+        for spec, trial_dir, context in jobs:
+            on_result(run_trial(spec, trial_dir, context))
+
+
+class _OnRay:
+    def __init__(self, address: str, resources: dict):
+        try:
+            import ray
+        except ImportError:
+            raise UserError("--ray needs Ray: install the extra with  pip install 'econlm[ray]'") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            if address == "local":
+                ray.init(include_dashboard=False, log_to_driver=False)
+            else:
+                try:
+                    ray.init(address=address, log_to_driver=False)
+                except ConnectionError as error:
+                    raise UserError(f"could not reach a Ray cluster at '{address}': {error}; use --ray local to "
+                                    "start one on this machine") from None
+        self.remote = ray.remote(num_cpus=resources.get("num_cpus", 1), num_gpus=resources.get("num_gpus", 0))(
+            run_trial
+        )
+
+    def run(self, jobs, on_result) -> None:
+        pending = [self.remote.remote(spec, trial_dir, context) for spec, trial_dir, context in jobs]
+        while pending:
+            done, pending = self.ray.wait(pending, num_returns=1)
+            on_result(self.ray.get(done[0]))
+
+
+def run_sweep(config: SweepConfig, out: str | Path, ray: str | None = None, progress: bool = True) -> list[dict]:
+    """Run every trial not finished yet; returns all results (finished earlier or now)."""
+    from econlm.progress import bar
+    from econlm.runinfo import atomic_write_text, run_metadata, write_json
+
+    out = Path(out)
+    (out / "trials").mkdir(parents=True, exist_ok=True)
+    write_json(out / "sweep.json", {"config": config.__dict__, "meta": run_metadata()})
+    runner = _OnRay(ray, config.resources) if ray else _InProcess()
+    results: dict[str, dict] = {}
+    order: list[str] = []
+
+    def load_existing(specs):
+        for spec in specs:
+            if spec["id"] not in order:
+                order.append(spec["id"])
+            path = out / "trials" / spec["id"] / "result.json"
+            if path.exists():
+                result = json.loads(path.read_text())
+                if result.get("status") == "ok":
+                    results[spec["id"]] = result
+
+    def record(result: dict) -> None:
+        results[result["id"]] = result
+        write_json(out / "trials" / result["id"] / "result.json", result)
+        lines = [json.dumps(results[i], sort_keys=True, default=str) for i in order if i in results]
+        atomic_write_text(out / "results.jsonl", "\n".join(lines) + "\n")
+        pbar.update(1)
+        pbar.set_postfix_str(f"{result['id'][:40]} {result['status']}")
+
+    context = {"compact": config.compact}
+    phases = [lambda: expand(config), lambda: baseline_specs(config, results)]
+    with bar(desc=f"sweep {config.name}", unit="trial") as pbar:
+        if not progress:
+            pbar.disable = True
+        for make_specs in phases:
+            specs = make_specs()
+            load_existing(specs)
+            todo = [s for s in specs if s["id"] not in results]
+            pbar.total = (pbar.total or 0) + len(todo)
+            pbar.refresh()
+            runner.run([(s, str(out / "trials" / s["id"]), context) for s in todo], record)
+    all_results = [results[i] for i in order if i in results]
+    from econlm.analysis import write_pareto
+
+    write_pareto(all_results, out, config.compute_axis)
+    return all_results

@@ -1,0 +1,104 @@
+"""Sweeps: expansion, schema errors with lines, resumability, failures, baselines, Pareto output."""
+
+import json
+
+import pytest
+
+from econlm.cli import main
+from econlm.errors import UserError
+from econlm.sweep import expand, load_sweep, run_sweep
+from tests.conftest import save_tiny_checkpoint, write_tiny_glue
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    return {"model": save_tiny_checkpoint(root / "bert"), "data": write_tiny_glue(root / "data")}
+
+
+def _yaml(tiny, extra="", grid="  lam: [0, 0.1]\n  cost: [[ffn_l1], [attn_entropy]]\n"):
+    return (f"name: t\nbase:\n  model: {tiny['model']}\n  task: sst2\n  epochs: 1\n  lr: 0.001\n  batch_size: 16\n"
+            f"  max_length: 32\n  data_dir: {tiny['data']}\ngrid:\n{grid}{extra}")
+
+
+def test_expand_grid_and_drop_duplicates(tiny, tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(_yaml(tiny, extra="trials:\n  - {lam: 0.1, cost: [ffn_l1]}\n"))
+    specs = expand(load_sweep(path))
+    assert len(specs) == 4  # 2 x 2 grid; the explicit trial repeats a grid point and runs once
+    assert len({s["id"] for s in specs}) == 4
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("name: t\nbogus: 1\n", r":2: unknown key 'bogus'"),
+     ("name: t\nbase:\n  task: sst2\n  lamda: 0.1\n", r":4: unknown training setting 'lamda'.*Did you mean 'lam'"),
+     ("name: t\ngrid:\n  lam: 0.1\n", r":3: grid values of 'lam' must be a non-empty list"),
+     ("name: t\nbase:\n  task: sst2\ngrid:\n  lam: [0.1, -1]\n", r"non-negative"),
+     ("name: t\nbase: [1, 2\n", r"not valid YAML")],
+)
+def test_schema_errors_name_file_and_line(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_sweep(path)
+
+
+def test_sweep_runs_resumes_records_failures_and_builds_baselines(tiny, tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    grid = "  lam: [0, 0.05]\n  cost: [[ffn_l1]]\n"
+    extra = ("trials:\n  - {lam: 0.1, cost: [ffn_l1], model: /no/such/model}\n"
+             "  - {lam: 0.0, cost: [flops], budget: 0.3, price_lr: 50.0, gate_lr: 2.0, epochs: 4}\n"
+             "compact: {eps: 1.0e-9, calib_examples: 16}\n"
+             "baselines:\n  topk: {budgets: [2]}\n  posthoc: {importance: [magnitude], finetune_epochs: 0.5}\n")
+    path.write_text(_yaml(tiny, extra=extra, grid=grid))
+    out = tmp_path / "out"
+    code = main(["sweep", str(path), "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "1 failed" in printed.replace("trials finished, 1 failed", "1 failed") and "/no/such/model" in printed
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    by_kind = {}
+    for r in results:
+        by_kind.setdefault(r["kind"], []).append(r)
+    assert len(by_kind["train"]) == 4 and sum(r["status"] == "failed" for r in by_kind["train"]) == 1
+    assert len(by_kind["topk"]) == 1 and by_kind["topk"][0]["status"] == "ok"
+    gated = [r for r in by_kind["train"] if r["settings"].get("budget") == 0.3][0]
+    removed = gated["compact"]["removed"]
+    assert removed["heads"] + removed["neurons"] > 0  # closed gates became removable structure
+    assert gated["dense_flops"] < gated["dense_flops_before"]
+    posthoc = by_kind["posthoc"][0]
+    assert posthoc["status"] == "ok" and posthoc["settings"]["matches"] == gated["id"]
+    assert posthoc["dense_flops"] == pytest.approx(gated["dense_flops"], rel=0.02)  # same units removed
+    for r in by_kind["train"]:
+        if r["status"] == "ok":
+            assert r["dense_flops"] > 0 and r["effective_flops_per_token"] > 0 and r["latency_ms"] > 0
+    pareto = json.loads((out / "pareto.json").read_text())
+    problem = pareto["dense_flops"]["problems"][0]
+    assert problem["task"] == "sst2" and "incentive" in problem["methods"]
+    # Rerun: finished trials are skipped, the failed one is tried again (and fails again).
+    before = {r["id"]: (out / "trials" / r["id"] / "result.json").stat().st_mtime for r in results if r["status"] == "ok"}
+    assert main(["sweep", str(path), "--out", str(out)]) == 0
+    after = {i: (out / "trials" / i / "result.json").stat().st_mtime for i in before}
+    assert before == after
+    # The report renders every section.
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "Ablation" in page and "Failed trials" in page
+
+
+def test_ray_missing_says_how_to_install(tiny, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("no ray")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    path = tmp_path / "s.yaml"
+    path.write_text(_yaml(tiny, grid="  lam: [0]\n"))
+    code = main(["sweep", str(path), "--out", str(tmp_path / "o"), "--ray", "local"])
+    assert code == 2 and "pip install 'econlm[ray]'" in capsys.readouterr().err
