@@ -281,9 +281,10 @@ def save_model(model: nn.Module, tokenizer, out: str | Path) -> None:
     model.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    if Structure.of_model(model).heads != Structure.dense(model.config).heads or Structure.of_model(
-        model
-    ).ffn != Structure.dense(model.config).ffn:
+    if (
+        Structure.of_model(model).heads != Structure.dense(model.config).heads
+        or Structure.of_model(model).ffn != Structure.dense(model.config).ffn
+    ):
         (out / STRUCTURE_FILE).write_text(json.dumps(structure_dict(current_plans(model)), indent=2) + "\n")
 
 

@@ -178,7 +178,8 @@ class Flops(CostTerm):
         parts = self.expected()
         dense_total = sum(dense for _, dense in parts.values())
         weighted = sum(weights[c] * expected for c, (expected, _) in parts.items())
-        self._last_share = float(sum(expected.detach() for expected, _ in parts.values()) / dense_total)
+        self.share_tensor = sum(expected for expected, _ in parts.values()) / dense_total
+        self._last_share = float(self.share_tensor.detach())
         return weighted / dense_total
 
     def compute_share(self) -> float | None:
@@ -207,6 +208,7 @@ class CostReading:
     total: torch.Tensor  # weighted sum of the terms (with gradients)
     terms: dict[str, float]  # each term's weighted value (detached)
     share: float | None  # measured compute share, where a term provides one
+    share_tensor: torch.Tensor | None = None  # the same, differentiable (flops gates)
 
 
 class CostMeter:
@@ -283,10 +285,12 @@ class CostMeter:
         values = {t.name: t.value(self.weights) for t in self.terms}
         total = torch.stack(list(values.values())).sum() if values else torch.zeros(())
         shares = [s for s in (t.compute_share() for t in self.terms) if s is not None]
+        flops = [t for t in self.terms if isinstance(t, Flops)]
         return CostReading(
             total=total,
             terms={k: float(v.detach()) for k, v in values.items()},
             share=shares[0] if shares else None,
+            share_tensor=flops[0].share_tensor if flops else None,
         )
 
     def controllable(self) -> bool:

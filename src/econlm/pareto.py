@@ -58,9 +58,7 @@ def hypervolume(
     return area
 
 
-def aggregate(
-    rows: Sequence[dict], key: Callable[[dict], Hashable], fields: Sequence[str]
-) -> list[dict]:
+def aggregate(rows: Sequence[dict], key: Callable[[dict], Hashable], fields: Sequence[str]) -> list[dict]:
     """Group rows (e.g. over seeds) and give mean, standard deviation and count of each field."""
     groups: dict[Hashable, list[dict]] = {}
     for row in rows:

@@ -87,9 +87,7 @@ def activation_importance(model: nn.Module, batches: list[dict]) -> list[dict[st
         for handle in handles:
             handle.remove()
     layers = len(arch.blocks(model))
-    return [
-        {kind: sums[(kind, i)] / max(counts[(kind, i)], 1) for kind in ("heads", "neurons")} for i in range(layers)
-    ]
+    return [{kind: sums[(kind, i)] / max(counts[(kind, i)], 1) for kind in ("heads", "neurons")} for i in range(layers)]
 
 
 def plan_by_importance(

@@ -52,9 +52,16 @@ def _frontier_figure(problem: dict):
     for method, info in problem["methods"].items():
         color, marker = METHOD_STYLE.get(method, ("tab:gray", "x"))
         mine = [p for p in problem["points"] if p["method"] == method]
-        ax.errorbar([p["compute"] for p in mine], [p["score"] for p in mine],
-                    xerr=[p["compute_std"] for p in mine], yerr=[p["score_std"] for p in mine],
-                    fmt=marker, color=color, alpha=0.55, label=f"{method} (HV {info['hypervolume']:.3g})")
+        ax.errorbar(
+            [p["compute"] for p in mine],
+            [p["score"] for p in mine],
+            xerr=[p["compute_std"] for p in mine],
+            yerr=[p["score_std"] for p in mine],
+            fmt=marker,
+            color=color,
+            alpha=0.55,
+            label=f"{method} (HV {info['hypervolume']:.3g})",
+        )
         front = info["front"]
         ax.plot([p["compute"] for p in front], [p["score"] for p in front], "-", color=color, linewidth=2)
     ax.set_xlabel(problem["compute_label"])
@@ -78,13 +85,18 @@ def _lambda_figures(results: list[dict]) -> list[tuple[str, str]]:
     figures = []
     for task in sorted({r["settings"]["task"] for r in rows}):
         task_rows = [r for r in rows if r["settings"]["task"] == task]
-        panels = [("score", task_rows[0].get("metric", "score")), ("sparsity@1e-03", "FFN sparsity |a|<=1e-3"),
-                  ("sparsity@1e-02", "FFN sparsity |a|<=1e-2"), ("gini", "attention Gini"),
-                  ("entropy", "attention entropy (nats)")]
+        panels = [
+            ("score", task_rows[0].get("metric", "score")),
+            ("sparsity@1e-03", "FFN sparsity |a|<=1e-3"),
+            ("sparsity@1e-02", "FFN sparsity |a|<=1e-2"),
+            ("gini", "attention Gini"),
+            ("entropy", "attention entropy (nats)"),
+        ]
         fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
         groups = sorted({ablation_of(r) for r in task_rows if ablation_of(r) != "baseline (lambda = 0)"})
         baseline = [r for r in task_rows if ablation_of(r) == "baseline (lambda = 0)"]
         for ax, (key, label) in zip(axes, panels):
+
             def value(r, key=key):
                 if key.startswith("sparsity@"):
                     return r["sparsity"].get(key.split("@")[1], float("nan"))
@@ -98,12 +110,19 @@ def _lambda_figures(results: list[dict]) -> list[tuple[str, str]]:
                 if by_lam:  # seeds averaged; the bars span their range
                     lams = sorted(by_lam)
                     means = [sum(by_lam[x]) / len(by_lam[x]) for x in lams]
-                    spread = [[m - min(by_lam[x]) for x, m in zip(lams, means)],
-                              [max(by_lam[x]) - m for x, m in zip(lams, means)]]
+                    spread = [
+                        [m - min(by_lam[x]) for x, m in zip(lams, means)],
+                        [max(by_lam[x]) - m for x, m in zip(lams, means)],
+                    ]
                     ax.errorbar(lams, means, yerr=spread, marker="o", capsize=2, label=group)
             if baseline:
-                ax.axhline(sum(value(r) for r in baseline) / len(baseline), color="black", linestyle="--",
-                           linewidth=1, label="lambda = 0 (mean)")
+                ax.axhline(
+                    sum(value(r) for r in baseline) / len(baseline),
+                    color="black",
+                    linestyle="--",
+                    linewidth=1,
+                    label="lambda = 0 (mean)",
+                )
             ax.set_xscale("log")
             ax.set_xlabel("lambda")
             ax.set_ylabel(label)
@@ -118,15 +137,20 @@ def _lambda_figures(results: list[dict]) -> list[tuple[str, str]]:
 def _heatmaps(results: list[dict]) -> list[tuple[str, str]]:
     from econlm.plots import per_layer_heatmap
 
-    rows = sorted(_incentive_rows(results), key=lambda r: (r["settings"]["task"], str(r["settings"].get("cost")),
-                                                              float(r["settings"].get("lam", 0))))
+    rows = sorted(
+        _incentive_rows(results),
+        key=lambda r: (r["settings"]["task"], str(r["settings"].get("cost")), float(r["settings"].get("lam", 0))),
+    )
     figures = []
     for task in sorted({r["settings"]["task"] for r in rows}):
         mine = [r for r in rows if r["settings"]["task"] == task and r.get("sparsity_per_layer")]
         if not mine:
             continue
-        labels = [f"{'+'.join(r['settings'].get('cost', []))} lam={float(r['settings'].get('lam', 0)):g}"
-                  + (f" b={r['settings']['budget']}" if r["settings"].get("budget") else "") for r in mine]
+        labels = [
+            f"{'+'.join(r['settings'].get('cost', []))} lam={float(r['settings'].get('lam', 0)):g}"
+            + (f" b={r['settings']['budget']}" if r["settings"].get("budget") else "")
+            for r in mine
+        ]
         for key, title, cbar in (
             ("sparsity_per_layer", "FFN sparsity per layer (|a| <= 1e-2)", "share of activations"),
             ("entropy_per_layer", "attention entropy per layer", "nats"),
@@ -159,16 +183,27 @@ def _ablation_table(results: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["settings"]["task"], ablation_of(r)), []).append(r)
-    lines = ["<table><tr><th>task</th><th>variant</th><th>trials</th><th>best score</th><th>its lambda</th>"
-             "<th>its dense FLOPs</th><th>its effective FLOPs/token</th><th>its sparsity (1e-2)</th>"
-             "<th>its Gini</th><th>its entropy</th></tr>"]
+    lines = [
+        "<table><tr><th>task</th><th>variant</th><th>trials</th><th>best score</th><th>its lambda</th>"
+        "<th>its dense FLOPs</th><th>its effective FLOPs/token</th><th>its sparsity (1e-2)</th>"
+        "<th>its Gini</th><th>its entropy</th></tr>"
+    ]
     for (task, variant), members in sorted(groups.items()):
         higher = members[0].get("metric") != "perplexity"
         best = (max if higher else min)(members, key=lambda r: r.get("score", float("nan")))
         sparsity = (best.get("sparsity") or {}).get("1e-02")
-        cells = [task, variant, len(members), _fmt(best.get("score")), _fmt(best["settings"].get("lam")),
-                 _fmt(best.get("dense_flops")), _fmt(best.get("effective_flops_per_token")), _fmt(sparsity),
-                 _fmt(best.get("gini")), _fmt(best.get("entropy"))]
+        cells = [
+            task,
+            variant,
+            len(members),
+            _fmt(best.get("score")),
+            _fmt(best["settings"].get("lam")),
+            _fmt(best.get("dense_flops")),
+            _fmt(best.get("effective_flops_per_token")),
+            _fmt(sparsity),
+            _fmt(best.get("gini")),
+            _fmt(best.get("entropy")),
+        ]
         lines.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return "\n".join(lines) + "</table>"
 
@@ -185,7 +220,9 @@ def _failed_table(results: list[dict]) -> str:
     failed = [r for r in results if r.get("status") == "failed"]
     if not failed:
         return "<p>No trial failed.</p>"
-    rows = "".join(f"<tr><td>{html.escape(r['id'])}</td><td>{html.escape(r.get('error', ''))}</td></tr>" for r in failed)
+    rows = "".join(
+        f"<tr><td>{html.escape(r['id'])}</td><td>{html.escape(r.get('error', ''))}</td></tr>" for r in failed
+    )
     return f"<table><tr><th>trial</th><th>error</th></tr>{rows}</table>"
 
 
@@ -204,15 +241,22 @@ def render(folder: str | Path) -> str:
     sweep = json.loads((folder / "sweep.json").read_text()) if (folder / "sweep.json").exists() else {}
     primary = (sweep.get("config") or {}).get("compute_axis", "dense_flops")
     pareto = write_pareto(results, folder, primary)
-    parts = [f"<h1>econlm report: {html.escape(folder.name)}</h1>",
-             f"<p>{sum(r.get('status') == 'ok' for r in results)} finished trials, "
-             f"{sum(r.get('status') == 'failed' for r in results)} failed. Scores are dev-set scores (test set for "
-             "language modelling) of exactly the model whose compute is shown.</p>"]
+    parts = [
+        f"<h1>econlm report: {html.escape(folder.name)}</h1>",
+        f"<p>{sum(r.get('status') == 'ok' for r in results)} finished trials, "
+        f"{sum(r.get('status') == 'failed' for r in results)} failed. Scores are dev-set scores (test set for "
+        "language modelling) of exactly the model whose compute is shown.</p>",
+    ]
     parts.append("<h2>Pareto frontiers</h2>")
     for axis in (primary, *[a for a in ("dense_flops", "effective_flops", "latency") if a != primary]):
         for problem in pareto[axis]["problems"]:
-            parts.append(_img(_png(_frontier_figure(problem)), f"{problem['model']} / {problem['task']}: score "
-                              f"against {problem['compute_label']}; lines join each method's non-dominated points"))
+            parts.append(
+                _img(
+                    _png(_frontier_figure(problem)),
+                    f"{problem['model']} / {problem['task']}: score "
+                    f"against {problem['compute_label']}; lines join each method's non-dominated points",
+                )
+            )
     parts.append("<h2>The price of compute</h2>")
     parts += [_img(data, alt) for data, alt in _lambda_figures(results)]
     parts.append("<h2>Per-layer heatmaps</h2>")

@@ -37,7 +37,7 @@ from econlm.errors import UserError, did_you_mean
 TOP_KEYS = ("name", "base", "grid", "trials", "compact", "baselines", "resources", "compute_axis")
 COMPUTE_AXES = ("dense_flops", "effective_flops", "latency")
 # What makes two trials comparable: same model, task, data, seed and evaluation.
-IDENTITY_KEYS = ("model", "task", "seed", "data_dir", "max_length", "limit", "eval_limit")
+IDENTITY_KEYS = ("model", "task", "seed", "data_dir", "max_length", "limit", "eval_limit", "epochs")
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,9 @@ def load_sweep(path: str | Path) -> SweepConfig:
 
     for key in data:
         if key not in TOP_KEYS:
-            raise UserError(f"{where(key)}: unknown key '{key}'; valid: {', '.join(TOP_KEYS)}.{did_you_mean(key, TOP_KEYS)}")
+            raise UserError(
+                f"{where(key)}: unknown key '{key}'; valid: {', '.join(TOP_KEYS)}.{did_you_mean(key, TOP_KEYS)}"
+            )
     train_fields = _train_fields()
     for section in ("base", "grid"):
         value = data.get(section) or {}
@@ -155,9 +157,14 @@ def trial_id(kind: str, settings: dict) -> str:
 def expand(config: SweepConfig) -> list[dict]:
     """The incentive-training trials of a sweep, duplicates removed (first occurrence kept)."""
     keys = list(config.grid)
-    combos = [dict(zip(keys, values)) for values in itertools.product(*(config.grid[k] for k in keys))] or [{}]
+    combos = [dict(zip(keys, values)) for values in itertools.product(*(config.grid[k] for k in keys))]
+    if not combos and not config.trials:
+        combos = [{}]
+    elif not config.grid:
+        combos = []
     specs, seen = [], set()
-    for extra in combos + list(config.trials):
+    # Explicit trials first: a sweep file lists them in the order that matters most when time is short.
+    for extra in list(config.trials) + combos:
         settings = _normalise({**config.base, **extra})
         settings.setdefault("seed", 42)
         tid = trial_id("train", settings)
@@ -187,10 +194,18 @@ def _final_measurements(model_dir: Path, settings: dict, eps: float, result: dic
     loaded = load_model(str(model_dir))
     max_length = settings.get("max_length", 128)
     probe = run_probe(
-        ProbeConfig(model=str(model_dir), task=settings["task"], budgets=("full",), limit=settings.get("eval_limit"),
-                    max_length=max_length, data_dir=settings.get("data_dir"), ffn_eps=eps,
-                    split="test" if _is_lm(settings["task"]) else "dev"),
-        model=loaded, progress=False,
+        ProbeConfig(
+            model=str(model_dir),
+            task=settings["task"],
+            budgets=("full",),
+            limit=settings.get("eval_limit"),
+            max_length=max_length,
+            data_dir=settings.get("data_dir"),
+            ffn_eps=eps,
+            split="test" if _is_lm(settings["task"]) else "dev",
+        ),
+        model=loaded,
+        progress=False,
     )
     row = probe.rows[0]
     structure = Structure.of_model(loaded.model)
@@ -276,17 +291,25 @@ def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -
         if not (compact_dir / "compact.json").exists():
             try:
                 run_compact(
-                    CompactConfig(checkpoint=str(model_dir), out=str(compact_dir), eps=eps,
-                                  calib_examples=compact.get("calib_examples", 256), latency_repeats=3,
-                                  eval_limit=spec["settings"].get("eval_limit")),
+                    CompactConfig(
+                        checkpoint=str(model_dir),
+                        out=str(compact_dir),
+                        eps=eps,
+                        calib_examples=compact.get("calib_examples", 256),
+                        latency_repeats=3,
+                        eval_limit=spec["settings"].get("eval_limit"),
+                    ),
                     progress=False,
                 )
             except UserError as nothing:
                 result["compact"] = {"removed": None, "note": str(nothing)}
         if (compact_dir / "compact.json").exists():
             report = json.loads((compact_dir / "compact.json").read_text())
-            result["compact"] = {"removed": report["removed"], "ratios": report["ratios"],
-                                 "score_after": report["after"]["score"]}
+            result["compact"] = {
+                "removed": report["removed"],
+                "ratios": report["ratios"],
+                "score_after": report["after"]["score"],
+            }
             final_dir = compact_dir
             if report["after"]["score"]:
                 result["score"] = report["after"]["score"]["value"]
@@ -307,15 +330,30 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
     if not (pruned_dir / "config.json").exists():
         loaded = load_model(settings["source_model"])
         batches = _calibration_batches(
-            loaded, get_task(settings["task"]),
-            CompactConfig(checkpoint=settings["source_model"], out="unused", calib_examples=128,
-                          data_dir=settings.get("data_dir"), max_length=settings.get("max_length", 128)),
+            loaded,
+            get_task(settings["task"]),
+            CompactConfig(
+                checkpoint=settings["source_model"],
+                out="unused",
+                calib_examples=128,
+                data_dir=settings.get("data_dir"),
+                max_length=settings.get("max_length", 128),
+            ),
         )
         prune(loaded.model, settings["remove_heads"], settings["remove_neurons"], settings["importance"], batches)
         save_model(loaded.model, loaded.tokenizer, pruned_dir)
     train_settings = {k: v for k, v in settings.items() if k in _train_fields()}
-    train_settings.update({"model": str(pruned_dir), "lam": 0.0, "cost": ["ffn_l1"], "target": "ffn",
-                           "epochs": settings["finetune_epochs"], "budget": None, "schedule": "constant"})
+    train_settings.update(
+        {
+            "model": str(pruned_dir),
+            "lam": 0.0,
+            "cost": ["ffn_l1"],
+            "target": "ffn",
+            "epochs": settings["finetune_epochs"],
+            "budget": None,
+            "schedule": "constant",
+        }
+    )
     model_dir = trial_dir / "model"
     if (model_dir / "metrics.json").exists():
         metrics = json.loads((model_dir / "metrics.json").read_text())
@@ -324,8 +362,9 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
         metrics = train(config, resume=(model_dir / "checkpoint" / "state.pt").exists(), progress=False)
     _summary_fields(metrics, result)
     result["final_model"] = str(model_dir)
-    _final_measurements(model_dir, settings, context.get("compact", {}).get("eps", 1e-3) if context.get("compact")
-                        else 1e-3, result)
+    _final_measurements(
+        model_dir, settings, context.get("compact", {}).get("eps", 1e-3) if context.get("compact") else 1e-3, result
+    )
 
 
 def _run_topk_trial(spec: dict, trial_dir: Path, result: dict) -> None:
@@ -335,9 +374,15 @@ def _run_topk_trial(spec: dict, trial_dir: Path, result: dict) -> None:
     settings = spec["settings"]
     lm = _is_lm(settings["task"])
     probe = run_probe(
-        ProbeConfig(model=settings["source_model"], task=settings["task"], budgets=(str(settings["budget_k"]),),
-                    limit=settings.get("eval_limit"), max_length=settings.get("max_length", 128),
-                    data_dir=settings.get("data_dir"), split="test" if lm else "dev"),
+        ProbeConfig(
+            model=settings["source_model"],
+            task=settings["task"],
+            budgets=(str(settings["budget_k"]),),
+            limit=settings.get("eval_limit"),
+            max_length=settings.get("max_length", 128),
+            data_dir=settings.get("data_dir"),
+            split="test" if lm else "dev",
+        ),
         progress=False,
     )
     save_probe(probe, trial_dir / "probe")
@@ -345,10 +390,18 @@ def _run_topk_trial(spec: dict, trial_dir: Path, result: dict) -> None:
     from econlm.models import load_config
 
     config, _ = load_config(settings["source_model"])
-    result.update({"metric": row["metric"], "score": row["score"], "gini": row["gini"], "entropy": row["entropy"],
-                   "effective_flops_per_token": 2 * row["effective_macs_per_token"],
-                   "dense_flops": dense_macs(Structure.dense(config), settings.get("max_length", 128),
-                                             include_head=True)["flops"]})
+    result.update(
+        {
+            "metric": row["metric"],
+            "score": row["score"],
+            "gini": row["gini"],
+            "entropy": row["entropy"],
+            "effective_flops_per_token": 2 * row["effective_macs_per_token"],
+            "dense_flops": dense_macs(Structure.dense(config), settings.get("max_length", 128), include_head=True)[
+                "flops"
+            ],
+        }
+    )
 
 
 def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
@@ -360,8 +413,11 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
         # A plain fine-tune: no price, and no stochastic gates (flops trains gates even at lambda = 0).
         if float(settings.get("lam", 0)) != 0.0 or settings.get("budget") is not None or "flops" in settings["cost"]:
             continue
-        same = {k: v for k, v in settings.items() if k not in ("lam", "cost", "target", "budget", "schedule",
-                                                               "price_lr", "attention_weight", "ffn_weight")}
+        same = {
+            k: v
+            for k, v in settings.items()
+            if k not in ("lam", "cost", "target", "budget", "schedule", "price_lr", "attention_weight", "ffn_weight")
+        }
         identity = {k: settings.get(k) for k in IDENTITY_KEYS}
         source = reference["model_dir"]  # the trained lam = 0 model itself, not a compacted copy
         topk = config.baselines.get("topk")
@@ -385,9 +441,15 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
                 heads = [shape.heads - layer["heads_kept"] for layer in removed["per_layer"]]
                 neurons = [shape.intermediate - layer["neurons_kept"] for layer in removed["per_layer"]]
                 for importance in posthoc.get("importance", ["magnitude"]):
-                    s = {**same, "source_model": source, "matches": incentive["id"], "remove_heads": heads,
-                         "remove_neurons": neurons, "importance": importance,
-                         "finetune_epochs": posthoc.get("finetune_epochs", 0.5)}
+                    s = {
+                        **same,
+                        "source_model": source,
+                        "matches": incentive["id"],
+                        "remove_heads": heads,
+                        "remove_neurons": neurons,
+                        "importance": importance,
+                        "finetune_epochs": posthoc.get("finetune_epochs", 0.5),
+                    }
                     specs.append({"id": trial_id("posthoc", s), "kind": "posthoc", "settings": s})
     unique = {}
     for spec in specs:
@@ -419,8 +481,10 @@ class _OnRay:
                 try:
                     ray.init(address=address, log_to_driver=False)
                 except ConnectionError as error:
-                    raise UserError(f"could not reach a Ray cluster at '{address}': {error}; use --ray local to "
-                                    "start one on this machine") from None
+                    raise UserError(
+                        f"could not reach a Ray cluster at '{address}': {error}; use --ray local to "
+                        "start one on this machine"
+                    ) from None
         self.remote = ray.remote(num_cpus=resources.get("num_cpus", 1), num_gpus=resources.get("num_gpus", 0))(
             run_trial
         )

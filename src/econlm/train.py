@@ -47,10 +47,13 @@ class TrainConfig:
     schedule: str = "constant"  # constant, warmup, controller (implied by budget)
     warmup_steps: int = 0  # lambda warm-up (schedule "warmup")
     budget: float | None = None  # target share of dense compute (controller)
-    price_lr: float = 1.0  # eta of the controller's dual ascent
+    price_lr: float = 0.5  # eta of the controller's dual ascent
+    budget_rho: float = 20.0  # weight of the quadratic anchor 0.5 * rho * (share - budget)^2 (controller only)
+    budget_warmup: float = 0.5  # share of training over which the budget falls from 1 to its value
+    gate_freeze: float = 0.7  # flops: after this share of training the gates stop learning and turn deterministic
     epochs: float = 3.0
     lr: float = 5e-5
-    gate_lr: float = 0.05  # learning rate of the flops gates' log_alpha
+    gate_lr: float = 0.1  # learning rate of the flops gates
     weight_decay: float = 0.01
     lr_warmup_ratio: float = 0.06
     batch_size: int = 32
@@ -335,7 +338,14 @@ def train(
     steps_per_epoch = len(_epoch_batches(len(features), config.batch_size, world, config.seed, 0))
     total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.lr_warmup_ratio * total_steps), total_steps)
-    price = Price(config.schedule, config.lam, config.warmup_steps, config.budget, config.price_lr)
+    price = Price(
+        config.schedule,
+        config.lam,
+        config.warmup_steps,
+        config.budget,
+        config.price_lr,
+        target_warmup_steps=int(config.budget_warmup * total_steps),
+    )
     state = _State()
 
     if resume:
@@ -375,11 +385,17 @@ def train(
                     mine = global_batch[accelerator.process_index :: world]
                     batch = _collate(tokenizer, [features[i] for i in mine], regression).to(accelerator.device)
                     model.train()
+                    frozen = _freeze_gates_if_due(inner, config, state.global_step, total_steps)
                     meter.begin(batch["attention_mask"])
                     output = model(**batch)
                     reading = meter.read()
                     lam = price.current
                     loss = output.loss + lam * reading.total
+                    if config.budget is not None and not frozen:
+                        # Augmented Lagrangian: dual ascent alone only ever pushes gates shut (lambda >= 0),
+                        # and a closed gate gets no task gradient; the quadratic anchor reopens gates when
+                        # the share undershoots the budget and damps the overshoot.
+                        loss = loss + 0.5 * config.budget_rho * (reading.share_tensor - price.target()) ** 2
                     _check_finite(state.global_step + 1, output.loss, reading, loss)
                     accelerator.backward(loss)
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)
@@ -389,7 +405,8 @@ def train(
                     share = reading.share
                     if share is not None and world > 1:
                         share = float(accelerator.reduce(torch.tensor([share], device=accelerator.device), "mean"))
-                    price.update(share)
+                    if not frozen:
+                        price.update(share)
                     state.global_step += 1
                     state.step_in_epoch += 1
                     state.train_seconds += time.perf_counter() - started
@@ -401,6 +418,8 @@ def train(
                     log.update({f"cost/{k}": v for k, v in reading.terms.items()})
                     if share is not None:
                         log["cost/compute_share"] = share
+                    if config.budget is not None:
+                        log["price/budget_in_force"] = price.target()
                     state.last_log = log
                     if state.global_step % config.log_every == 0 or state.global_step == 1:
                         state.lambda_history.append([state.global_step, lam])
@@ -439,6 +458,19 @@ def train(
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     accelerator.wait_for_everyone()
     return metrics
+
+
+def _freeze_gates_if_due(model, config: TrainConfig, step: int, total_steps: int) -> bool:
+    """From ``gate_freeze`` of training on, gates are deterministic and fixed: the remaining steps fine-tune
+    the weights under the mask the gates chose (sampling noise and eval/train mismatch end there)."""
+    from econlm.gates import get_gates
+
+    gates = get_gates(model)
+    if gates is None or step < int(config.gate_freeze * total_steps):
+        return False
+    gates.eval()  # model.train() switched them back on; in eval mode they are deterministic
+    gates.requires_grad_(False)
+    return True
 
 
 def _checkpoint(accelerator, out, model, optimizer, scheduler, price, state, config) -> None:

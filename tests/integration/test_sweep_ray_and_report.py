@@ -46,11 +46,25 @@ def test_report_shows_plots_in_headless_chromium(ray_sweep, tmp_path):
     assert main(["report", str(ray_sweep)]) == 0
     screenshot = tmp_path / "report.png"
     subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1280,2000",
-         f"--screenshot={screenshot}", (ray_sweep / "report.html").as_uri()],
-        check=True, capture_output=True, timeout=120,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--hide-scrollbars",
+            "--window-size=1280,2000",
+            f"--screenshot={screenshot}",
+            (ray_sweep / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     image = Image.open(screenshot).convert("RGB")
     assert image.size == (1280, 2000)

@@ -86,7 +86,7 @@ def test_flops_term_equals_hand_computed_expected_share():
     structure = Structure.of_model(model)
     unit = unit_macs_per_token(structure, 0, 11)
     p_head = float(gates.heads[0].prob_open()[0])
-    assert p_head == pytest.approx(0.99, abs=1e-6)
+    assert p_head == pytest.approx(1 / (1 + math.exp(-(5.0 + 2 / 3 * math.log(11)))), abs=1e-6)
     per_layer_dense = 4 * unit["query_head"] + 2 * unit["kv_head"] + 64 * unit["ffn_neuron"]
     per_layer_expected = (
         4 * unit["query_head"] * p_head
@@ -146,6 +146,14 @@ def test_price_schedules():
     assert controller.update(0.7) == pytest.approx(1.2)
     assert controller.update(0.1) == pytest.approx(0.4)
     assert controller.update(0.0) == 0.0  # never negative
+    annealed = Price("controller", 0.0, budget=0.5, eta=1.0, target_warmup_steps=4)
+    assert annealed.target() == 1.0
+    assert annealed.update(0.9) == 0.0  # share below the budget in force (1.0): no price
+    assert annealed.target() == pytest.approx(0.875)
+    assert annealed.update(0.9) == pytest.approx(0.025)
+    for _ in range(5):
+        annealed.update(0.5)
+    assert annealed.target() == 0.5
     state = controller.state_dict()
     again = Price("controller", 0.0, budget=0.5, eta=2.0)
     again.load_state_dict(state)

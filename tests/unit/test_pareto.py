@@ -33,7 +33,11 @@ def test_hypervolume_hand_value():
 
 
 def test_aggregate_over_seeds():
-    rows = [{"lam": 0.1, "seed": 1, "score": 0.8}, {"lam": 0.1, "seed": 2, "score": 0.9}, {"lam": 0.2, "seed": 1, "score": 0.5}]
+    rows = [
+        {"lam": 0.1, "seed": 1, "score": 0.8},
+        {"lam": 0.1, "seed": 2, "score": 0.9},
+        {"lam": 0.2, "seed": 1, "score": 0.5},
+    ]
     groups = {g["group"]: g for g in aggregate(rows, lambda r: r["lam"], ["score"])}
     assert groups[0.1]["score"] == pytest.approx(0.85) and groups[0.1]["n"] == 2
     assert groups[0.1]["score_std"] == pytest.approx(math.sqrt(0.005))

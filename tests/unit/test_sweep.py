@@ -6,7 +6,7 @@ import pytest
 
 from econlm.cli import main
 from econlm.errors import UserError
-from econlm.sweep import expand, load_sweep, run_sweep
+from econlm.sweep import expand, load_sweep
 from tests.conftest import save_tiny_checkpoint, write_tiny_glue
 
 
@@ -17,8 +17,10 @@ def tiny(tmp_path_factory):
 
 
 def _yaml(tiny, extra="", grid="  lam: [0, 0.1]\n  cost: [[ffn_l1], [attn_entropy]]\n"):
-    return (f"name: t\nbase:\n  model: {tiny['model']}\n  task: sst2\n  epochs: 1\n  lr: 0.001\n  batch_size: 16\n"
-            f"  max_length: 32\n  data_dir: {tiny['data']}\ngrid:\n{grid}{extra}")
+    return (
+        f"name: t\nbase:\n  model: {tiny['model']}\n  task: sst2\n  epochs: 1\n  lr: 0.001\n  batch_size: 16\n"
+        f"  max_length: 32\n  data_dir: {tiny['data']}\ngrid:\n{grid}{extra}"
+    )
 
 
 def test_expand_grid_and_drop_duplicates(tiny, tmp_path):
@@ -31,11 +33,13 @@ def test_expand_grid_and_drop_duplicates(tiny, tmp_path):
 
 @pytest.mark.parametrize(
     "text, message",
-    [("name: t\nbogus: 1\n", r":2: unknown key 'bogus'"),
-     ("name: t\nbase:\n  task: sst2\n  lamda: 0.1\n", r":4: unknown training setting 'lamda'.*Did you mean 'lam'"),
-     ("name: t\ngrid:\n  lam: 0.1\n", r":3: grid values of 'lam' must be a non-empty list"),
-     ("name: t\nbase:\n  task: sst2\ngrid:\n  lam: [0.1, -1]\n", r"non-negative"),
-     ("name: t\nbase: [1, 2\n", r"not valid YAML")],
+    [
+        ("name: t\nbogus: 1\n", r":2: unknown key 'bogus'"),
+        ("name: t\nbase:\n  task: sst2\n  lamda: 0.1\n", r":4: unknown training setting 'lamda'.*Did you mean 'lam'"),
+        ("name: t\ngrid:\n  lam: 0.1\n", r":3: grid values of 'lam' must be a non-empty list"),
+        ("name: t\nbase:\n  task: sst2\ngrid:\n  lam: [0.1, -1]\n", r"non-negative"),
+        ("name: t\nbase: [1, 2\n", r"not valid YAML"),
+    ],
 )
 def test_schema_errors_name_file_and_line(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
@@ -47,10 +51,13 @@ def test_schema_errors_name_file_and_line(tmp_path, text, message):
 def test_sweep_runs_resumes_records_failures_and_builds_baselines(tiny, tmp_path, capsys):
     path = tmp_path / "s.yaml"
     grid = "  lam: [0, 0.05]\n  cost: [[ffn_l1]]\n"
-    extra = ("trials:\n  - {lam: 0.1, cost: [ffn_l1], model: /no/such/model}\n"
-             "  - {lam: 0.0, cost: [flops], budget: 0.3, price_lr: 50.0, gate_lr: 2.0, epochs: 4}\n"
-             "compact: {eps: 1.0e-9, calib_examples: 16}\n"
-             "baselines:\n  topk: {budgets: [2]}\n  posthoc: {importance: [magnitude], finetune_epochs: 0.5}\n")
+    extra = (
+        "trials:\n  - {lam: 0.1, cost: [ffn_l1], model: /no/such/model}\n"
+        "  - {lam: 0.0, cost: [flops], budget: 0.3, price_lr: 50.0, gate_lr: 2.0, epochs: 4, budget_warmup: 0.2}\n"
+        "  - {lam: 0.0, cost: [ffn_l1], epochs: 4}\n"
+        "compact: {eps: 1.0e-9, calib_examples: 16}\n"
+        "baselines:\n  topk: {budgets: [2]}\n  posthoc: {importance: [magnitude], finetune_epochs: 0.5}\n"
+    )
     path.write_text(_yaml(tiny, extra=extra, grid=grid))
     out = tmp_path / "out"
     code = main(["sweep", str(path), "--out", str(out)])
@@ -61,8 +68,8 @@ def test_sweep_runs_resumes_records_failures_and_builds_baselines(tiny, tmp_path
     by_kind = {}
     for r in results:
         by_kind.setdefault(r["kind"], []).append(r)
-    assert len(by_kind["train"]) == 4 and sum(r["status"] == "failed" for r in by_kind["train"]) == 1
-    assert len(by_kind["topk"]) == 1 and by_kind["topk"][0]["status"] == "ok"
+    assert len(by_kind["train"]) == 5 and sum(r["status"] == "failed" for r in by_kind["train"]) == 1
+    assert len(by_kind["topk"]) == 2 and all(r["status"] == "ok" for r in by_kind["topk"])  # one per lambda = 0 model
     gated = [r for r in by_kind["train"] if r["settings"].get("budget") == 0.3][0]
     removed = gated["compact"]["removed"]
     assert removed["heads"] + removed["neurons"] > 0  # closed gates became removable structure
@@ -77,7 +84,9 @@ def test_sweep_runs_resumes_records_failures_and_builds_baselines(tiny, tmp_path
     problem = pareto["dense_flops"]["problems"][0]
     assert problem["task"] == "sst2" and "incentive" in problem["methods"]
     # Rerun: finished trials are skipped, the failed one is tried again (and fails again).
-    before = {r["id"]: (out / "trials" / r["id"] / "result.json").stat().st_mtime for r in results if r["status"] == "ok"}
+    before = {
+        r["id"]: (out / "trials" / r["id"] / "result.json").stat().st_mtime for r in results if r["status"] == "ok"
+    }
     assert main(["sweep", str(path), "--out", str(out)]) == 0
     after = {i: (out / "trials" / i / "result.json").stat().st_mtime for i in before}
     assert before == after
