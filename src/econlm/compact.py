@@ -276,11 +276,13 @@ def current_plans(model: nn.Module) -> list[LayerPlan]:
 def save_model(model: nn.Module, tokenizer, out: str | Path) -> None:
     """``save_pretrained`` plus, when the shapes differ from the config's, the per-layer structure file."""
     from econlm.flops import Structure
+    from econlm.models import _quiet_transformers
 
     out = Path(out)
-    model.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+    with _quiet_transformers():
+        model.save_pretrained(out)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
     if (
         Structure.of_model(model).heads != Structure.dense(model.config).heads
         or Structure.of_model(model).ffn != Structure.dense(model.config).ffn
@@ -446,21 +448,31 @@ def measure_model(model, loaded, task, config: CompactConfig, head: str) -> dict
 
 def run_compact(config: CompactConfig, progress: bool = True) -> dict:
     """Compact a checkpoint into ``config.out``; returns the report also written to ``compact.json``."""
+    from econlm.models import check_spec
+
+    out = Path(config.out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose another --out (nothing is overwritten)")
+    from econlm.progress import bar
+
+    check_spec(config.checkpoint)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    with bar(total=5, desc=f"compact {config.checkpoint}", unit="stage", enabled=progress) as pbar:
+        return _compact(config, out, pbar)
+
+
+def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     import copy
     import os
     import shutil
     import tempfile
 
     from econlm import data
-    from econlm.models import check_spec, load_model
+    from econlm.models import load_model
     from econlm.runinfo import run_metadata, write_json
 
-    out = Path(config.out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty; choose another --out (nothing is overwritten)")
-    check_spec(config.checkpoint)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    pbar.set_postfix_str("calibrating")
     loaded = load_model(config.checkpoint)
     model = loaded.model
     trained = (getattr(model.config, "econlm", None) or {}).get("train", {})
@@ -480,7 +492,11 @@ def run_compact(config: CompactConfig, progress: bool = True) -> dict:
             f"nothing to remove in {config.checkpoint}: no head or FFN neuron is gated off or stays at or below "
             f"|a| <= {config.eps:g} on {config.calib_examples} calibration examples; nothing was written"
         )
+    pbar.update(1)
+    pbar.set_postfix_str("measuring the original")
     before = measure_model(model, loaded, task, config, loaded.head)
+    pbar.update(1)
+    pbar.set_postfix_str("removing and verifying")
     compacted = copy.deepcopy(model)
     apply_plan(compacted, plans)
     compacted.eval()
@@ -493,7 +509,11 @@ def run_compact(config: CompactConfig, progress: bool = True) -> dict:
         with torch.no_grad():
             for batch in batches:
                 torch.testing.assert_close(_outputs(compacted, batch), _outputs(model, batch), rtol=1e-4, atol=1e-5)
+    pbar.update(1)
+    pbar.set_postfix_str("measuring the compacted model")
     after = measure_model(compacted, loaded, task, config, loaded.head)
+    pbar.update(1)
+    pbar.set_postfix_str("saving")
     report = {
         "checkpoint": config.checkpoint,
         "task": task.name,
@@ -544,4 +564,5 @@ def run_compact(config: CompactConfig, progress: bool = True) -> dict:
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    pbar.update(1)
     return report

@@ -108,9 +108,9 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
     structure = Structure.of_model(model_)
     rows = []
     started = time.perf_counter()
-    with bar(total=per_budget * len(budgets), desc=f"probe {config.model} on {task.name}", unit="batch") as pbar:
-        if not progress:
-            pbar.disable = True
+    with bar(
+        total=per_budget * len(budgets), desc=f"probe {config.model} on {task.name}", unit="batch", enabled=progress
+    ) as pbar:
         for budget in budgets:
             pbar.set_postfix_str(f"budget {budget.label}")
             budget_started = time.perf_counter()

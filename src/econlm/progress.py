@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 
-def bar(total: int | None = None, desc: str = "", unit: str = "it", leave: bool = True):
+def bar(total: int | None = None, desc: str = "", unit: str = "it", leave: bool = True, enabled: bool = True):
     from tqdm.auto import tqdm
 
-    disabled = os.environ.get("ECONLM_NO_PROGRESS", "").lower() in ("1", "true", "yes")
+    disabled = not enabled or os.environ.get("ECONLM_NO_PROGRESS", "").lower() in ("1", "true", "yes")
     return tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=disabled, dynamic_ncols=True)

@@ -528,9 +528,7 @@ def run_sweep(config: SweepConfig, out: str | Path, ray: str | None = None, prog
 
     context = {"compact": config.compact}
     phases = [lambda: expand(config), lambda: baseline_specs(config, results)]
-    with bar(desc=f"sweep {config.name}", unit="trial") as pbar:
-        if not progress:
-            pbar.disable = True
+    with bar(desc=f"sweep {config.name}", unit="trial", enabled=progress) as pbar:
         for make_specs in phases:
             specs = make_specs()
             load_existing(specs)

@@ -372,8 +372,9 @@ def train(
         interrupted["flag"] = True
 
     signal.signal(signal.SIGINT, on_sigint)
-    pbar = bar(total=total_steps, desc=f"train {config.model} on {task.name}", unit="step")
-    pbar.disable = pbar.disable or not (progress and main_process)
+    pbar = bar(
+        total=total_steps, desc=f"train {config.model} on {task.name}", unit="step", enabled=progress and main_process
+    )
     pbar.update(state.global_step)
     try:
         with meter.attached():
