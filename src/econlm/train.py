@@ -399,6 +399,10 @@ def train(
                         loss = loss + 0.5 * config.budget_rho * (reading.share_tensor - price.target()) ** 2
                     _check_finite(state.global_step + 1, output.loss, reading, loss)
                     accelerator.backward(loss)
+                    if frozen:
+                        # Fixed gates: drop their gradients (parameters stay registered, which DDP needs).
+                        for p in gate_params:
+                            p.grad = None
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)
                     optimizer.step()
                     scheduler.step()
@@ -462,15 +466,15 @@ def train(
 
 
 def _freeze_gates_if_due(model, config: TrainConfig, step: int, total_steps: int) -> bool:
-    """From ``gate_freeze`` of training on, gates are deterministic and fixed: the remaining steps fine-tune
-    the weights under the mask the gates chose (sampling noise and eval/train mismatch end there)."""
+    """From ``gate_freeze`` of training on, gates are deterministic (and their gradients are dropped): the
+    remaining steps fine-tune the weights under the mask the gates chose (sampling noise and the
+    train/eval mismatch end there)."""
     from econlm.gates import get_gates
 
     gates = get_gates(model)
     if gates is None or step < int(config.gate_freeze * total_steps):
         return False
     gates.eval()  # model.train() switched them back on; in eval mode they are deterministic
-    gates.requires_grad_(False)
     return True
 
 

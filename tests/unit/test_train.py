@@ -211,3 +211,20 @@ def test_yaml_config_with_flag_override_and_line_numbered_errors(tiny_setup, tmp
     path.write_text("task: sst2\nepochs: many\n")
     with pytest.raises(UserError, match=rf"{path}:2: 'epochs' must be a number"):
         config_module.build(TrainConfig, path, {})
+
+
+def test_gates_stop_learning_after_the_freeze_point(tiny_setup, tmp_path):
+    from econlm.gates import get_gates
+
+    snapshots = {}
+
+    def watch(step, model):
+        gates = get_gates(model)
+        snapshots[step] = (torch.cat([g.log_alpha.detach().clone() for g in gates.neurons]), gates.training)
+
+    config = _config(tiny_setup, tmp_path / "run", cost=("flops",), budget=0.5, gate_freeze=0.5, epochs=2)
+    train(config, progress=False, on_step=watch)
+    # 12 steps; from step 6 on (0.5 of training) the gates are deterministic and no longer move.
+    assert not torch.equal(snapshots[2][0], snapshots[5][0])
+    assert torch.equal(snapshots[7][0], snapshots[12][0])
+    assert snapshots[3][1] is True and snapshots[8][1] is False
