@@ -116,3 +116,51 @@ def hard_threshold(model: nn.Module, eps: float) -> Iterator[None]:
 
     with ffn_input_hooks(model, zero_small):
         yield
+
+
+@torch.no_grad()
+def unit_statistics(model: nn.Module, batches: Sequence[dict]) -> list[dict[str, torch.Tensor]]:
+    """Per layer, the largest and the mean |output| of every FFN neuron and attention head over real tokens.
+
+    A neuron's output is its activation (the down projection's input); a head's output is its slice of the
+    output projection's input. Returns ``[{"neurons_max", "neurons_mean", "heads_max", "heads_mean"}, ...]``.
+    """
+    fam = arch.family(model.config)
+    head_dim = arch.shape(model.config).head_dim
+    tokens = TokenMask()
+    peak: dict[tuple[str, int], torch.Tensor] = {}
+    total: dict[tuple[str, int], torch.Tensor] = {}
+    count: dict[tuple[str, int], int] = {}
+    handles = []
+
+    def track(kind: str, layer: int, group: int):
+        def hook(module, args):
+            x = tokens.select(args[0]).abs().float()  # (N, units * group)
+            units = x.shape[-1] // group
+            per_token = x.view(x.shape[0], units, group)
+            key = (kind, layer)
+            top = per_token.amax(dim=(0, 2)) if x.shape[0] else x.new_zeros(units)
+            peak[key] = torch.maximum(peak[key], top) if key in peak else top
+            total[key] = total.get(key, 0) + per_token.mean(dim=2).sum(dim=0)
+            count[key] = count.get(key, 0) + x.shape[0]
+
+        return hook
+
+    try:
+        for i, block in enumerate(arch.blocks(model)):
+            handles.append(block.get_submodule(fam.ffn_down).register_forward_pre_hook(track("neurons", i, 1)))
+            handles.append(block.get_submodule(fam.o).register_forward_pre_hook(track("heads", i, head_dim)))
+        for batch in batches:
+            tokens.set(batch.get("attention_mask"))
+            model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [
+        {
+            f"{kind}_{stat}": (peak[(kind, i)] if stat == "max" else total[(kind, i)] / max(count[(kind, i)], 1))
+            for kind in ("neurons", "heads")
+            for stat in ("max", "mean")
+        }
+        for i in range(len(arch.blocks(model)))
+    ]

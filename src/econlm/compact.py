@@ -135,39 +135,15 @@ def apply_plan(model: nn.Module, plans: list[LayerPlan]) -> None:
 # Finding dead units
 
 
-@torch.no_grad()
 def calibrate(model: nn.Module, batches: list[dict]) -> dict:
     """Largest |activation| per FFN neuron and per head output (o-proj input), over real tokens."""
-    from econlm.activations import TokenMask
+    from econlm.activations import unit_statistics
 
-    fam = arch.family(model.config)
-    d = arch.shape(model.config).head_dim
-    tokens = TokenMask()
-    neuron_max: dict[int, torch.Tensor] = {}
-    head_max: dict[int, torch.Tensor] = {}
-    handles = []
-
-    def track(store, layer, group):
-        def hook(module, args):
-            x = tokens.select(args[0]).abs().float()  # (N, F)
-            per_unit = (
-                x.view(x.shape[0], -1, group).amax(dim=(0, 2)) if x.shape[0] else x.new_zeros(x.shape[1] // group)
-            )
-            store[layer] = per_unit if layer not in store else torch.maximum(store[layer], per_unit)
-
-        return hook
-
-    try:
-        for i, block in enumerate(arch.blocks(model)):
-            handles.append(block.get_submodule(fam.ffn_down).register_forward_pre_hook(track(neuron_max, i, 1)))
-            handles.append(block.get_submodule(fam.o).register_forward_pre_hook(track(head_max, i, d)))
-        for batch in batches:
-            tokens.set(batch.get("attention_mask"))
-            model(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {"neuron_max": neuron_max, "head_max": head_max}
+    stats = unit_statistics(model, batches)
+    return {
+        "neuron_max": {i: layer["neurons_max"] for i, layer in enumerate(stats)},
+        "head_max": {i: layer["heads_max"] for i, layer in enumerate(stats)},
+    }
 
 
 def plan_removal(model: nn.Module, calibration: dict | None, eps: float) -> list[LayerPlan]:

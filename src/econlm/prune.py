@@ -55,39 +55,13 @@ def magnitude_importance(model: nn.Module) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-@torch.no_grad()
 def activation_importance(model: nn.Module, batches: list[dict]) -> list[dict[str, torch.Tensor]]:
-    from econlm.activations import TokenMask
+    """Mean |output| of each head and neuron on calibration batches."""
+    from econlm.activations import unit_statistics
 
-    fam = arch.family(model.config)
-    d = arch.shape(model.config).head_dim
-    tokens = TokenMask()
-    sums: dict[tuple[str, int], torch.Tensor] = {}
-    counts: dict[tuple[str, int], int] = {}
-    handles = []
-
-    def track(kind, layer, group):
-        def hook(module, args):
-            x = tokens.select(args[0]).abs().float()  # (N, F)
-            per_unit = x.view(x.shape[0], -1, group).mean(dim=2).sum(dim=0)
-            key = (kind, layer)
-            sums[key] = sums.get(key, 0) + per_unit
-            counts[key] = counts.get(key, 0) + x.shape[0]
-
-        return hook
-
-    try:
-        for i, block in enumerate(arch.blocks(model)):
-            handles.append(block.get_submodule(fam.ffn_down).register_forward_pre_hook(track("neurons", i, 1)))
-            handles.append(block.get_submodule(fam.o).register_forward_pre_hook(track("heads", i, d)))
-        for batch in batches:
-            tokens.set(batch.get("attention_mask"))
-            model(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    layers = len(arch.blocks(model))
-    return [{kind: sums[(kind, i)] / max(counts[(kind, i)], 1) for kind in ("heads", "neurons")} for i in range(layers)]
+    return [
+        {"heads": layer["heads_mean"], "neurons": layer["neurons_mean"]} for layer in unit_statistics(model, batches)
+    ]
 
 
 def plan_by_importance(
