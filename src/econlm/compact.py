@@ -385,7 +385,10 @@ def measure_model(model, loaded, task, config: CompactConfig, head: str) -> dict
             with torch.no_grad():
                 model(**inputs)
 
-        latency[f"batch{batch}"] = measure(forward, warmup=3, repeats=config.latency_repeats).as_dict()
+        timing = measure(forward, warmup=3, repeats=config.latency_repeats).as_dict()
+        timing["sequences_per_second"] = batch / timing["median"]
+        timing["tokens_per_second"] = batch * seq_len / timing["median"]
+        latency[f"batch{batch}"] = timing
     score = None
     if task is not None:
         with torch.no_grad():

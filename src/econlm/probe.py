@@ -166,6 +166,7 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
                     "examples": score.examples,
                     "seconds": time.perf_counter() - budget_started,
                     "ffn_eps": config.ffn_eps,
+                    "mean_nll_nats": score.details.get("mean_nll_nats"),
                     "ffn_active_share": 1.0 - zeros.summary()["overall"]["0e+00"],
                     "effective_macs_per_token": effective["effective_macs_per_token"],
                     "reference_macs_per_token": effective["reference_macs_per_token"],
@@ -187,7 +188,8 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
             "split": config.split,
             "examples_scored": rows[0]["examples"] if rows else 0,
             "unit_of_examples": "tokens" if task.is_lm else "examples",
-            "scoring": score.details,
+            # how every row was scored; per-budget quantities (mean NLL) live in the rows
+            "scoring": {k: v for k, v in score.details.items() if k != "mean_nll_nats"},
             "statistics": "mean over layers, heads and real query rows of per-row Gini and entropy (nats), "
             "over the keys the padding/causal masks allow; keys dropped by the budget count as zeros",
             "effective_compute": "MACs per real token (FLOPs = 2 x MACs) of the blocks for an implementation that "
