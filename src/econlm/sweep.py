@@ -387,9 +387,10 @@ def _run_topk_trial(spec: dict, trial_dir: Path, result: dict) -> None:
     )
     save_probe(probe, trial_dir / "probe")
     row = probe.rows[0]
-    from econlm.models import load_config
+    from econlm.models import load_model
 
-    config, _ = load_config(settings["source_model"])
+    # The same count as for trained models: the model's real structure, task head included.
+    structure = Structure.of_model(load_model(settings["source_model"]).model)
     result.update(
         {
             "metric": row["metric"],
@@ -397,9 +398,7 @@ def _run_topk_trial(spec: dict, trial_dir: Path, result: dict) -> None:
             "gini": row["gini"],
             "entropy": row["entropy"],
             "effective_flops_per_token": 2 * row["effective_macs_per_token"],
-            "dense_flops": dense_macs(Structure.dense(config), settings.get("max_length", 128), include_head=True)[
-                "flops"
-            ],
+            "dense_flops": dense_macs(structure, settings.get("max_length", 128), include_head=True)["flops"],
         }
     )
 
