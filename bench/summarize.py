@@ -108,7 +108,7 @@ def train_section(task: str, results: list[dict]) -> tuple[str, list[dict]]:
     )
     if base:
         for cost in ("attn_entropy", "attn_logits_l1", "attn_sqrt", "ffn_l1"):
-            mine = [r for r in rows if r["settings"]["cost"] == [cost]]
+            mine = [r for r in rows if r["settings"]["cost"] == [cost] and lam_of(r) > 0]
             if not mine:
                 continue
             top = max(mine, key=lam_of)

@@ -115,3 +115,17 @@ def test_perplexity():
     assert metrics.perplexity(math.log(10) * 4, 4) == pytest.approx(10.0)
     with pytest.raises(ValueError):
         metrics.perplexity(1.0, 0)
+
+
+def test_atomic_writes_leave_normal_permissions_and_no_temporary_files(tmp_path):
+    import os
+
+    from econlm.runinfo import write_json
+
+    target = tmp_path / "out" / "result.json"
+    write_json(target, {"b": float("nan"), "a": 1})
+    assert target.read_text() == '{\n  "a": 1,\n  "b": null\n}\n'
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in target.parent.iterdir()] == ["result.json"]
