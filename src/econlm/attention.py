@@ -135,9 +135,10 @@ class AttentionStats:
 
     def update(self, layer: str, gini_rows: torch.Tensor, entropy_rows: torch.Tensor, real: torch.Tensor) -> None:
         """Add one batch. ``gini_rows``/``entropy_rows``: (B, H, Q); ``real``: bool, broadcastable, (B, 1, Q)."""
-        weight = real.expand_as(gini_rows).to(torch.float64)
-        gini_sum = (gini_rows.double() * weight).sum(dim=(0, 2)).cpu()  # (H,)
-        entropy_sum = (entropy_rows.double() * weight).sum(dim=(0, 2)).cpu()
+        weight = real.expand_as(gini_rows).to(gini_rows.dtype)
+        # per-batch sums in float32 (at most B * Q rows each), running totals in float64
+        gini_sum = (gini_rows * weight).sum(dim=(0, 2)).double().cpu()  # (H,)
+        entropy_sum = (entropy_rows * weight).sum(dim=(0, 2)).double().cpu()
         rows = int(real.expand(gini_rows.shape[0], 1, gini_rows.shape[2]).sum())
         if layer in self._gini:
             self._gini[layer] += gini_sum

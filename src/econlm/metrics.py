@@ -74,7 +74,8 @@ def masked_row_gini_entropy(probs: torch.Tensor, allowed: torch.Tensor | None) -
     position_sum = ordered @ position  # (...,)
     total = ordered.sum(-1)
     gini_rows = (2 * position_sum + (n + 1 - 2 * key_len) * total) / (n * total).clamp_min(1e-30)
-    entropy_rows = -torch.special.xlogy(p, p).sum(-1)
+    # p * log(p) with 0 * log(tiny) = 0 for the zeros; an in-place log on one copy is ~2x faster than xlogy.
+    entropy_rows = -(p * p.clamp_min(1e-30).log_()).sum(-1)
     return gini_rows, entropy_rows
 
 
