@@ -1,6 +1,6 @@
 """Benchmark (issue: scarcity probe): the cost of econlm's instrumentation.
 
-    python bench/attention_overhead.py [--threads 2] [--repeats 20]
+    python bench/attention_overhead.py [--threads 2] [--rounds 8] [--per-round 3]
 
 Forward time of the same model on the same batch with (a) plain eager attention, (b) PyTorch SDPA, and
 (c) econlm's budgeted attention at the full budget with statistics on; ratios of medians from one run.
@@ -9,7 +9,9 @@ Forward time of the same model on the same batch with (a) plain eager attention,
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -17,11 +19,33 @@ import torch  # noqa: E402
 from _common import markdown_table, save  # noqa: E402
 
 from econlm.attention import budgeted_attention  # noqa: E402
-from econlm.latency import measure  # noqa: E402
 from econlm.models import load_model  # noqa: E402
 
 
-def time_model(spec: str, batch: int, length: int, repeats: int) -> dict:
+def _times(fn, n: int) -> list[float]:
+    fn()  # warm-up after switching implementation
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def _summary(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {
+        "median": statistics.median(ordered),
+        "p10": ordered[len(ordered) // 10],
+        "p90": ordered[(9 * len(ordered)) // 10],
+        "repeats": len(ordered),
+        "timer": "perf_counter",
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+    }
+
+
+def time_model(spec: str, batch: int, length: int, rounds: int, per_round: int) -> dict:
     loaded = load_model(spec)
     model = loaded.model
     ids = torch.randint(1000, 20000, (batch, length))
@@ -31,14 +55,26 @@ def time_model(spec: str, batch: int, length: int, repeats: int) -> dict:
         with torch.no_grad():
             model(**inputs)
 
-    timings = {}
-    for impl in ("eager", "sdpa"):
-        model.set_attn_implementation(impl)
-        timings[impl] = measure(forward, warmup=3, repeats=repeats).as_dict()
+    # Interleaved rounds, so that drift in the machine's speed hits every variant alike.
+    variants = {
+        "eager": (lambda: model.set_attn_implementation("eager"), None),
+        "sdpa": (lambda: model.set_attn_implementation("sdpa"), None),
+        "econlm_full_stats": (lambda: model.set_attn_implementation("eager"), "full"),
+    }
+    samples = {name: [] for name in variants}
+    rows_seen = 0
+    for _ in range(rounds):
+        for name, (setup, budget) in variants.items():
+            setup()
+            if budget is None:
+                samples[name] += _times(forward, per_round)
+            else:
+                with budgeted_attention(model, budget) as stats:
+                    samples[name] += _times(forward, per_round)
+                rows_seen += stats.rows
     model.set_attn_implementation("eager")
-    with budgeted_attention(model, "full") as stats:
-        timings["econlm_full_stats"] = measure(forward, warmup=3, repeats=repeats).as_dict()
-    assert stats.rows > 0
+    assert rows_seen > 0
+    timings = {name: _summary(values) for name, values in samples.items()}
     eager = timings["eager"]["median"]
     return {
         "model": spec,
@@ -52,11 +88,12 @@ def time_model(spec: str, batch: int, length: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--per-round", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = [("minilm", 32, 128), ("minilm", 1, 128), ("smollm2", 4, 512)]
-    results = [time_model(spec, b, n, args.repeats) for spec, b, n in cases]
+    results = [time_model(spec, b, n, args.rounds, args.per_round) for spec, b, n in cases]
     rows = [
         [
             r["model"],
@@ -75,7 +112,8 @@ def main() -> None:
         "attention_overhead",
         {"cases": results, "threads": args.threads},
         "# Instrumentation overhead\n\nForward pass (no grad, CPU, "
-        f"{args.threads} threads, median of {args.repeats} runs after 3 warm-up runs; one process, same batch). "
+        f"{args.threads} threads; {args.rounds} interleaved rounds of {args.per_round} timed runs per variant, "
+        "each round after one warm-up run; medians; one process, same batch). "
         "Target: econlm's budgeted attention at the full budget with statistics on costs at most 1.2x eager.\n\n"
         + table,
     )
