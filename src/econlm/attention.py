@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from econlm.errors import UserError
-from econlm.metrics import masked_row_gini_entropy
+from econlm.metrics import masked_row_gini_entropy, release_scratch
 
 ATTENTION_NAME = "econlm_budget"
 
@@ -410,3 +410,5 @@ def budgeted_attention(
         _SESSIONS.update(previous_sessions)
         if model.config._attn_implementation != previous_impl:
             model.set_attn_implementation(previous_impl)
+        if not previous_sessions:
+            release_scratch()  # the outermost session frees the statistics buffers

@@ -7,7 +7,9 @@ sequences of numbers and return Python floats.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -70,15 +72,68 @@ def masked_row_gini_entropy(probs: torch.Tensor, allowed: torch.Tensor | None) -
     # positions (at least K - n zeros precede it), so an entry at position i has rank i - (K - n) + 1
     # among the allowed keys, and the Gini sum sum((2 * rank - n - 1) * x) equals
     # 2 * sum(i * x) + (n + 1 - 2K) * sum(x); zeros add nothing. Entropy ignores the order.
-    ordered = sort_last(probs.float())  # (..., K), a private copy
+    ordered = _sorted_scratch(probs)  # (..., K), sorted into a reused buffer
     position = torch.arange(key_len, dtype=ordered.dtype, device=ordered.device)
     position_sum = ordered @ position  # (...,)
     total = ordered.sum(-1)
     gini_rows = (2 * position_sum + (n + 1 - 2 * key_len) * total) / (n * total).clamp_min(1e-30)
-    # p * log(p), with 0 * log(tiny) = 0 for the zeros; in-place log on one buffer, fused multiply-sum.
-    log_p = ordered.clamp_min(1e-30).log_()
+    # p * log(p), with 0 * log(tiny) = 0 for the zeros: log into a second reused buffer, fused multiply-sum.
+    log_p = _scratch("log", ordered.shape, ordered.dtype, ordered.device)
+    torch.clamp_min(ordered, 1e-30, out=log_p).log_()
     entropy_rows = -torch.linalg.vecdot(ordered, log_p)
     return gini_rows, entropy_rows
+
+
+# Attention statistics run on every layer of every batch. Fresh multi-megabyte buffers cost page faults
+# on each call (more than the arithmetic), so the sorted copy and the log live in per-thread buffers that
+# are reused while the shapes allow; NumPy's sort runs on row blocks in parallel (it releases the GIL).
+_LOCAL = threading.local()
+_POOL: ThreadPoolExecutor | None = None
+_PARALLEL_SORT_MIN = 1 << 16  # elements; below this threads cost more than they save
+
+
+def _scratch(name: str, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A per-thread buffer of ``shape``, reused across calls (contents undefined)."""
+    buffers = getattr(_LOCAL, "buffers", None)
+    if buffers is None:
+        buffers = _LOCAL.buffers = {}
+    numel = math.prod(shape)
+    held = buffers.get(name)
+    if held is None or held.dtype != dtype or held.device != device or held.numel() < numel:
+        held = buffers[name] = torch.empty(numel, dtype=dtype, device=device)
+    return held[:numel].view(shape)
+
+
+def release_scratch() -> None:
+    """Free this thread's statistics buffers (they are kept between calls for speed)."""
+    _LOCAL.buffers = {}
+
+
+def _sort_rows_inplace(array: np.ndarray) -> None:
+    global _POOL
+    rows = array.reshape(-1, array.shape[-1])
+    workers = max(1, torch.get_num_threads())
+    if workers == 1 or array.size < _PARALLEL_SORT_MIN:
+        rows.sort(axis=-1)
+        return
+    if _POOL is None or _POOL._max_workers != workers:  # noqa: SLF001 - resize when torch's threads change
+        _POOL = ThreadPoolExecutor(workers, thread_name_prefix="econlm-sort")
+    step = -(-rows.shape[0] // workers)
+    blocks = [rows[start : start + step] for start in range(0, rows.shape[0], step)]
+    for done in _POOL.map(lambda block: block.sort(axis=-1), blocks):
+        del done
+
+
+def _sorted_scratch(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32/64, sorted ascending along the last dimension, in a reused per-thread buffer."""
+    x = x.detach()
+    if x.device.type != "cpu":
+        return x.float().sort(dim=-1).values
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    buffer = _scratch("sorted", x.shape, dtype, x.device)
+    buffer.copy_(x)
+    _sort_rows_inplace(buffer.numpy())
+    return buffer
 
 
 def sort_last(x: torch.Tensor) -> torch.Tensor:

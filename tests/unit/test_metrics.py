@@ -129,3 +129,23 @@ def test_atomic_writes_leave_normal_permissions_and_no_temporary_files(tmp_path)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
     assert [p.name for p in target.parent.iterdir()] == ["result.json"]
+
+
+def test_masked_row_statistics_do_not_alias_reused_buffers():
+    # The statistics reuse per-thread buffers; results from one call must survive the next call.
+    first = torch.softmax(torch.randn(2, 3, 40, 40), -1)
+    second = torch.softmax(torch.randn(2, 3, 40, 40) * 5, -1)
+    g1, e1 = metrics.masked_row_gini_entropy(first, None)
+    kept = (g1.clone(), e1.clone())
+    metrics.masked_row_gini_entropy(second, None)
+    assert torch.equal(g1, kept[0]) and torch.equal(e1, kept[1])
+    assert torch.allclose(g1, metrics.gini(first), atol=1e-5)
+    assert torch.allclose(e1, metrics.entropy(first), atol=1e-5)
+
+
+def test_masked_row_statistics_large_input_uses_parallel_sort_exactly():
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(4, 6, 64, 300) * 3, -1)  # above the parallel-sort threshold
+    g, e = metrics.masked_row_gini_entropy(probs, None)
+    assert torch.allclose(g, metrics.gini(probs), atol=1e-5)
+    assert torch.allclose(e, metrics.entropy(probs), atol=1e-5)
