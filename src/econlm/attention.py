@@ -133,13 +133,14 @@ class AttentionStats:
         self._rows: dict[str, int] = {}
         self._keys: dict[str, list[float]] = {}  # layer -> [allowed keys, kept keys] summed over real rows
 
-    def update(self, layer: str, gini_rows: torch.Tensor, entropy_rows: torch.Tensor, real: torch.Tensor) -> None:
-        """Add one batch. ``gini_rows``/``entropy_rows``: (B, H, Q); ``real``: bool, broadcastable, (B, 1, Q)."""
-        weight = real.expand_as(gini_rows).to(gini_rows.dtype)
+    def update(
+        self, layer: str, gini_rows: torch.Tensor, entropy_rows: torch.Tensor, real: torch.Tensor, rows: int
+    ) -> None:
+        """Add one batch. ``gini_rows``/``entropy_rows``: (B, H, Q); ``real``: bool (B, 1, Q) with ``rows`` True."""
         # per-batch sums in float32 (at most B * Q rows each), running totals in float64
-        gini_sum = (gini_rows * weight).sum(dim=(0, 2)).double().cpu()  # (H,)
-        entropy_sum = (entropy_rows * weight).sum(dim=(0, 2)).double().cpu()
-        rows = int(real.expand(gini_rows.shape[0], 1, gini_rows.shape[2]).sum())
+        weight = real.to(gini_rows.dtype)
+        gini_sum = torch.einsum("bhq,bzq->h", gini_rows, weight).double().cpu()  # (H,)
+        entropy_sum = torch.einsum("bhq,bzq->h", entropy_rows, weight).double().cpu()
         if layer in self._gini:
             self._gini[layer] += gini_sum
             self._entropy[layer] += entropy_sum
@@ -147,12 +148,10 @@ class AttentionStats:
         else:
             self._gini[layer], self._entropy[layer], self._rows[layer] = gini_sum, entropy_sum, rows
 
-    def update_keys(self, layer: str, allowed: torch.Tensor, kept: torch.Tensor, real: torch.Tensor) -> None:
-        """Add per-row counts of allowed and kept keys (B, 1|H, Q) over real rows (first head: budgets are per row)."""
-        real = real.expand(allowed.shape[0], 1, allowed.shape[2])
-        sums = [float((allowed[:, :1] * real).sum()), float((kept[:, :1] * real).sum())]
+    def update_keys(self, layer: str, allowed_total: float, kept_total: float) -> None:
+        """Add the allowed and kept keys summed over one batch's real rows (budgets are per row)."""
         previous = self._keys.get(layer, [0.0, 0.0])
-        self._keys[layer] = [previous[0] + sums[0], previous[1] + sums[1]]
+        self._keys[layer] = [previous[0] + allowed_total, previous[1] + kept_total]
 
     @property
     def rows(self) -> int:
@@ -236,6 +235,54 @@ class _Session:
     stats: AttentionStats | None
     taps: tuple[AttentionTap, ...]
     names: dict[int, str] = field(default_factory=dict)
+    # Facts derived from the mask, which every layer of one forward pass shares: (weakref to the mask,
+    # key length, facts). Deriving them costs about as much as the statistics themselves.
+    mask_cache: tuple | None = None
+
+    def mask_facts(
+        self, attention_mask: torch.Tensor | None, batch: int, q_len: int, key_len: int, device
+    ) -> _MaskFacts:
+        shape = (batch, q_len, key_len)
+        cached = self.mask_cache
+        if cached is not None and cached[1] == shape:
+            if (attention_mask is None and cached[0] is None) or (
+                cached[0] is not None and cached[0]() is attention_mask
+            ):
+                return cached[2]
+        facts = _mask_facts(attention_mask, batch, q_len, key_len, device, self.budget)
+        self.mask_cache = (None if attention_mask is None else weakref.ref(attention_mask), shape, facts)
+        return facts
+
+
+@dataclass(frozen=True)
+class _MaskFacts:
+    allowed: torch.Tensor | None  # bool (B, 1|H, Q, K), None when every key is allowed
+    counts: torch.Tensor  # allowed keys per row, float (B, 1|H, Q)
+    real: torch.Tensor  # bool (B, 1, Q): real query rows
+    real_rows: int
+    allowed_total: float  # allowed keys summed over real rows (first head)
+    kept_total: float  # keys the budget keeps, likewise
+
+
+def _mask_facts(
+    attention_mask: torch.Tensor | None, batch: int, q_len: int, key_len: int, device, budget: Budget
+) -> _MaskFacts:
+    allowed = allowed_keys(attention_mask, None, key_len)
+    if allowed is None:
+        counts = torch.full((batch, 1, q_len), float(key_len), device=device)
+    else:
+        counts = allowed.sum(-1, dtype=torch.float32)
+    real = real_query_rows(allowed, batch, q_len, key_len, device)
+    row_counts = counts[:, :1].expand(batch, 1, q_len)
+    weight = real.to(row_counts.dtype)
+    return _MaskFacts(
+        allowed=allowed,
+        counts=counts,
+        real=real,
+        real_rows=int(real.sum()),
+        allowed_total=float((row_counts * weight).sum()),
+        kept_total=float((budget.keys_per_row(row_counts) * weight).sum()),
+    )
 
 
 # module -> session; weak so a dropped model never lingers here.
@@ -263,7 +310,9 @@ def real_query_rows(allowed: torch.Tensor | None, batch: int, q_len: int, key_le
     return query_is_real & allowed.any(dim=-1)
 
 
-def apply_budget(scores: torch.Tensor, allowed: torch.Tensor | None, budget: Budget) -> torch.Tensor:
+def apply_budget(
+    scores: torch.Tensor, allowed: torch.Tensor | None, budget: Budget, *, counts: torch.Tensor | None = None
+) -> torch.Tensor:
     """Set every score outside a row's top-k allowed keys to the dtype's minimum.
 
     ``scores`` already has the mask added, so disallowed keys rank below every allowed one and top-k
@@ -273,7 +322,9 @@ def apply_budget(scores: torch.Tensor, allowed: torch.Tensor | None, budget: Bud
     if budget.is_full:
         return scores
     key_len = scores.shape[-1]
-    if allowed is None:
+    if counts is not None:
+        counts = counts.expand(scores.shape[:-1])
+    elif allowed is None:
         counts = torch.full(scores.shape[:-1], key_len, dtype=torch.long, device=scores.device)
     else:
         counts = allowed.expand_as(scores).sum(-1)  # (B, H, Q)
@@ -318,37 +369,37 @@ def budgeted_attention_forward(
     if attention_mask is not None:
         scores = scores + attention_mask[..., :key_len]
 
-    allowed = None
+    facts = None
     budgeted = scores
     if session is not None and not session.budget.is_full:
-        allowed = allowed_keys(attention_mask, query, key_len)
-        budgeted = apply_budget(scores, allowed, session.budget)
+        facts = session.mask_facts(attention_mask, scores.shape[0], scores.shape[2], key_len, scores.device)
+        budgeted = apply_budget(scores, facts.allowed, session.budget, counts=facts.counts)
 
     probs = nn.functional.softmax(budgeted, dim=-1, dtype=torch.float32).to(query.dtype)
 
     if session is not None and (session.stats is not None or session.taps):
-        _observe(session, module, scores, probs, attention_mask, allowed, query, key_len)
+        if facts is None:
+            facts = session.mask_facts(attention_mask, scores.shape[0], scores.shape[2], key_len, scores.device)
+        _observe(session, module, scores, probs, facts)
 
     probs_dropped = nn.functional.dropout(probs, p=dropout, training=module.training)
     output = torch.matmul(probs_dropped, value)  # (B, H, Q, D)
     return output.transpose(1, 2).contiguous(), probs_dropped
 
 
-def _observe(session, module, scores, probs, attention_mask, allowed, query, key_len) -> None:
-    if allowed is None:
-        allowed = allowed_keys(attention_mask, query, key_len)
-    batch, _, q_len, _ = scores.shape
-    real = real_query_rows(allowed, batch, q_len, key_len, scores.device)
-    allowed_full = allowed if allowed is not None else torch.ones(1, 1, 1, 1, dtype=torch.bool, device=scores.device)
+def _observe(session: _Session, module: nn.Module, scores, probs, facts: _MaskFacts) -> None:
     layer = session.names.get(id(module), module.__class__.__name__)
     if session.stats is not None:
         with torch.no_grad():
-            gini_rows, entropy_rows = masked_row_gini_entropy(probs.detach(), allowed)
-            session.stats.update(layer, gini_rows, entropy_rows, real)
-            counts = allowed_full.expand(batch, -1, q_len, key_len)[:, :1].sum(-1)  # (B, 1, Q)
-            session.stats.update_keys(layer, counts, session.budget.keys_per_row(counts), real)
-    for tap in session.taps:
-        tap(AttentionView(layer=layer, scores=scores, probs=probs, allowed=allowed_full, real=real))
+            gini_rows, entropy_rows = masked_row_gini_entropy(probs.detach(), facts.allowed, counts=facts.counts)
+            session.stats.update(layer, gini_rows, entropy_rows, facts.real, facts.real_rows)
+            session.stats.update_keys(layer, facts.allowed_total, facts.kept_total)
+    if session.taps:
+        allowed = facts.allowed
+        if allowed is None:
+            allowed = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=scores.device)
+        for tap in session.taps:
+            tap(AttentionView(layer=layer, scores=scores, probs=probs, allowed=allowed, real=facts.real))
 
 
 def register() -> None:

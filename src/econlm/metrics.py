@@ -45,7 +45,9 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     return -torch.special.xlogy(q, q).sum(-1)
 
 
-def masked_row_gini_entropy(probs: torch.Tensor, allowed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_row_gini_entropy(
+    probs: torch.Tensor, allowed: torch.Tensor | None, *, counts: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gini and entropy of each attention row, over the allowed keys of that row only.
 
     Rows may have different numbers of allowed keys (padding, causal masks), so this is the vectorised
@@ -59,12 +61,15 @@ def masked_row_gini_entropy(probs: torch.Tensor, allowed: torch.Tensor | None) -
             results are meaningless and finite, and callers leave them out.
         allowed: boolean, broadcastable to ``probs``; True where the masks let the query see the key;
             None when every key is allowed.
+        counts: optional ``allowed.sum(-1)``, broadcastable to ``probs.shape[:-1]``, when the caller has it.
 
     Returns:
         ``(gini, entropy)``, each of shape ``probs.shape[:-1]``.
     """
     key_len = probs.shape[-1]
-    if allowed is None:
+    if counts is not None:
+        n = counts.float().expand(probs.shape[:-1])
+    elif allowed is None:
         n = torch.full(probs.shape[:-1], float(key_len), device=probs.device)
     else:
         n = allowed.sum(-1).float().expand(probs.shape[:-1])
@@ -77,10 +82,11 @@ def masked_row_gini_entropy(probs: torch.Tensor, allowed: torch.Tensor | None) -
     position_sum = ordered @ position  # (...,)
     total = ordered.sum(-1)
     gini_rows = (2 * position_sum + (n + 1 - 2 * key_len) * total) / (n * total).clamp_min(1e-30)
-    # p * log(p), with 0 * log(tiny) = 0 for the zeros: log into a second reused buffer, fused multiply-sum.
-    log_p = _scratch("log", ordered.shape, ordered.dtype, ordered.device)
-    torch.clamp_min(ordered, 1e-30, out=log_p).log_()
-    entropy_rows = -torch.linalg.vecdot(ordered, log_p)
+    # p * log(p), with 0 * log(tiny) = 0 for the zeros, computed in place in a second reused buffer
+    # (linalg.vecdot would allocate a full-size product).
+    p_log_p = _scratch("log", ordered.shape, ordered.dtype, ordered.device)
+    torch.clamp_min(ordered, 1e-30, out=p_log_p).log_().mul_(ordered)
+    entropy_rows = -p_log_p.sum(-1)
     return gini_rows, entropy_rows
 
 

@@ -50,7 +50,7 @@ def test_ffn_l1_is_mean_abs_activation_over_real_tokens():
     a = captured[0][batch["attention_mask"].bool()]  # (real tokens, F)
     first_layer = a.abs().mean()
     meter = CostMeter(model, ("ffn_l1",))
-    assert reading.terms["ffn_l1"] == pytest.approx(float(reading.total))
+    assert reading.terms["ffn_l1"] == pytest.approx(float(reading.total.detach()))
     with meter.attached():
         meter.begin(batch["attention_mask"])
         model(**batch)
