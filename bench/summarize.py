@@ -108,24 +108,37 @@ def train_section(task: str, results: list[dict]) -> tuple[str, list[dict]]:
     )
     if base:
         for cost in ("attn_entropy", "attn_logits_l1", "attn_sqrt", "ffn_l1"):
-            mine = [r for r in rows if r["settings"]["cost"] == [cost] and lam_of(r) > 0]
+            mine = sorted(
+                (
+                    r
+                    for r in rows
+                    if r["settings"]["cost"] == [cost] and lam_of(r) > 0 and r["settings"].get("epochs", 1) == 1
+                ),
+                key=lam_of,
+            )
             if not mine:
                 continue
-            top = max(mine, key=lam_of)
+            top = mine[-1]
             gini_up = top["gini"] - base["gini"]
             entropy_down = base["entropy"] - top["entropy"]
+            steps = "; ".join(
+                f"lambda {lam_of(r):g}: Gini {r['gini']:.3f}, entropy {r['entropy']:.3f}, {r['metric']} {r['score']:.4f}"
+                for r in mine
+            )
             verdicts.append(
-                f"- `{cost}` at lambda {lam_of(top):g}: Gini {base['gini']:.3f} -> {top['gini']:.3f} "
-                f"({'raised' if gini_up > 0.005 else 'not raised'}), entropy {base['entropy']:.3f} -> "
-                f"{top['entropy']:.3f} ({'lowered' if entropy_down > 0.005 else 'not lowered'}), "
-                f"{top['metric']} {base['score']:.4f} -> {top['score']:.4f}."
+                f"- `{cost}`: {'raises' if gini_up > 0.005 else 'does not raise'} Gini and "
+                f"{'lowers' if entropy_down > 0.005 else 'does not lower'} entropy at the largest price "
+                f"(Gini {base['gini']:.3f} -> {top['gini']:.3f}, entropy {base['entropy']:.3f} -> {top['entropy']:.3f}; "
+                f"lambda = 0: {base['metric']} {base['score']:.4f}). By price: {steps}."
             )
     text = (
         f"## minilm on {task}\n\nSeed 1, full train split, scored on the full dev split. "
-        f"For flops runs the score is that of the compacted model.\n\n{table}\n\n"
-        "Attention-cost definitions against the lambda = 0 fine-tune (largest lambda run), measured on dev:\n\n"
-        + ("\n".join(verdicts) or "- (no finished runs yet)")
-        + "\n"
+        f"For flops runs the score is that of the compacted model. `train s` is wall-clock training time on a "
+        f"shared 2-core machine where other benchmark work sometimes ran at the same time: indicative only.\n\n"
+        f"{table}\n\n"
+        "Which cost definitions make attention more concentrated, against the 1-epoch lambda = 0 fine-tune "
+        "(Gini and entropy as the probe measures them, on dev; the paper reports Gini 0.58 -> 0.82 and "
+        "entropy 4.31 -> 2.99):\n\n" + ("\n".join(verdicts) or "- (no finished runs yet)") + "\n"
     )
     return text, rows
 
@@ -271,22 +284,38 @@ def frontier_section(task: str, results: list[dict]) -> tuple[str, dict]:
             r["_cut"] = 1 - r["dense_flops"] / base["dense_flops"]
             r["_loss_points"] = (base["score"] - r["score"]) * 100
     hits = [r for r in dense if r.get("_cut", 0) >= 0.4 and r.get("_loss_points", 99) <= 0.6]
-    best_cut = max((r for r in dense if "_cut" in r), key=lambda r: r["_cut"], default=None)
-    claims.append(
-        "- *40% fewer FLOPs at 0.6 points lost*: "
-        + (
+    near = min((r for r in dense if r.get("_cut", 0) >= 0.4), key=lambda r: r["_loss_points"], default=None)
+    if hits:
+        verdict = (
             f"holds here: {len(hits)} trial(s), e.g. {hits[0]['id']} ({hits[0]['_cut']:.1%} fewer dense FLOPs, "
             f"{hits[0]['_loss_points']:.2f} points lost)."
-            if hits
-            else "does not hold here"
-            + (
-                f": the largest cut is {best_cut['_cut']:.1%} at {best_cut['_loss_points']:.2f} "
-                f"points lost ({best_cut['id']})."
-                if best_cut
-                else "."
-            )
         )
+    elif near is not None:
+        word = "holds approximately" if near["_loss_points"] <= 0.7 else "does not hold"
+        verdict = (
+            f"{word} here: the smallest loss at >= 40% fewer dense FLOPs is {near['_loss_points']:.2f} points "
+            f"({near['_cut']:.1%} fewer, {near['id']})."
+        )
+    else:
+        verdict = "not reached here: no trial cut 40% of the dense FLOPs."
+    claims.append(
+        "- *40% fewer FLOPs at 0.6 points lost* (paper: MNLI; here against the lambda = 0 fine-tune of the same "
+        "seed and epochs): " + verdict
     )
+    by_id = {r["id"]: r for r in ok}
+    pairs = []
+    for r in ok:
+        if r["kind"] == "posthoc" and r["settings"].get("matches") in by_id:
+            mine = by_id[r["settings"]["matches"]]
+            pairs.append(
+                f"{mine['id']}: incentive {mine['score']:.4f} vs post-hoc {r['settings']['importance']} "
+                f"{r['score']:.4f} at the same structure"
+            )
+    if pairs:
+        claims.append(
+            "- matched pairs (the post-hoc model keeps the same number of heads and neurons per layer, pruned from "
+            "the lambda = 0 model and fine-tuned 1 more epoch): " + "; ".join(sorted(pairs)) + "."
+        )
     groups: dict[str, list[dict]] = {}
     for r in ok:
         if r["kind"] == "train" and lam_of(r) > 0:
