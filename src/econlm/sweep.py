@@ -502,10 +502,13 @@ def run_sweep(config: SweepConfig, out: str | Path, ray: str | None = None, prog
 
     out = Path(out)
     (out / "trials").mkdir(parents=True, exist_ok=True)
-    write_json(out / "sweep.json", {"config": config.__dict__, "meta": run_metadata()})
+    _record_config(out / "sweep.json", config, run_metadata())
     runner = _OnRay(ray, config.resources) if ray else _InProcess()
     results: dict[str, dict] = {}
     order: list[str] = []
+    # Several sweep files may share one folder (a second seed, a finer grid): their trials stay in
+    # results.jsonl and pareto.json, after this sweep's own.
+    others = _folder_results(out)
 
     def load_existing(specs):
         for spec in specs:
@@ -520,7 +523,9 @@ def run_sweep(config: SweepConfig, out: str | Path, ray: str | None = None, prog
     def record(result: dict) -> None:
         results[result["id"]] = result
         write_json(out / "trials" / result["id"] / "result.json", result)
-        lines = [json.dumps(results[i], sort_keys=True, default=str) for i in order if i in results]
+        mine = [results[i] for i in order if i in results]
+        rest = [r for i, r in sorted(others.items()) if i not in results]
+        lines = [json.dumps(r, sort_keys=True, default=str) for r in mine + rest]
         atomic_write_text(out / "results.jsonl", "\n".join(lines) + "\n")
         pbar.update(1)
         pbar.set_postfix_str(f"{result['id'][:40]} {result['status']}")
@@ -538,5 +543,36 @@ def run_sweep(config: SweepConfig, out: str | Path, ray: str | None = None, prog
     all_results = [results[i] for i in order if i in results]
     from econlm.analysis import write_pareto
 
-    write_pareto(all_results, out, config.compute_axis)
+    folder = all_results + [r for i, r in sorted(_folder_results(out).items()) if i not in results]
+    atomic_write_text(out / "results.jsonl", "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in folder))
+    write_pareto(folder, out, config.compute_axis)
     return all_results
+
+
+def _folder_results(out: Path) -> dict[str, dict]:
+    """Every trial result already in the folder (this sweep's and those of other sweep files)."""
+    found = {}
+    for path in sorted((out / "trials").glob("*/result.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # written atomically, so only a foreign file can be unreadable
+        found[result.get("id", path.parent.name)] = result
+    return found
+
+
+def _record_config(path: Path, config: SweepConfig, meta: dict) -> None:
+    """sweep.json: this sweep's config and metadata, plus every config that has run into the folder."""
+    from econlm.runinfo import write_json
+
+    previous = {}
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = {}
+    configs = dict(previous.get("configs") or {})
+    if previous.get("config") and previous["config"].get("name") not in configs:
+        configs[previous["config"]["name"]] = previous["config"]
+    configs[config.name] = config.__dict__
+    write_json(path, {"config": config.__dict__, "meta": meta, "configs": configs})

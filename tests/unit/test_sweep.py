@@ -111,3 +111,22 @@ def test_ray_missing_says_how_to_install(tiny, tmp_path, capsys, monkeypatch):
     path.write_text(_yaml(tiny, grid="  lam: [0]\n"))
     code = main(["sweep", str(path), "--out", str(tmp_path / "o"), "--ray", "local"])
     assert code == 2 and "pip install 'econlm[ray]'" in capsys.readouterr().err
+
+
+def test_two_sweep_files_sharing_a_folder_keep_each_others_results(tiny, tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text(_yaml(tiny, grid="  lam: [0]\n  cost: [[ffn_l1]]\n"))
+    second.write_text(_yaml(tiny, grid="  lam: [0.05]\n  cost: [[ffn_l1]]\n").replace("name: t", "name: t2"))
+    out = tmp_path / "out"
+    assert main(["sweep", str(first), "--out", str(out)]) == 0
+    assert main(["sweep", str(second), "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["settings"]["lam"] for r in lines) == [0.0, 0.05]
+    assert lines[0]["settings"]["lam"] == 0.05  # the latest sweep's own trials first
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["config"]["name"] == "t2" and set(sweep["configs"]) == {"t", "t2"}
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["dense_flops"]["problems"]  # built from both sweeps' trials
+    # rerunning the first file skips its finished trial and still keeps the second's
+    assert main(["sweep", str(first), "--out", str(out)]) == 0
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
