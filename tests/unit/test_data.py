@@ -115,3 +115,62 @@ def test_real_wikitext(real_data):
     assert text.lstrip().startswith("= Homarus gammarus =")
     assert 200_000 < len(text.split()) < 230_000  # the README's 217,646 tokens
     assert "<unk>" in load_text("wikitext2", "test", real_data)
+
+
+class _FakeRows:
+    """The parts of a ``datasets.Dataset`` the loader uses: len, row indexing and column access."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, key):
+        return [r[key] for r in self.rows] if isinstance(key, str) else self.rows[key]
+
+
+def test_hub_fallback_asks_the_right_dataset_split_and_columns(monkeypatch):
+    import datasets
+
+    calls = []
+    tables = {
+        ("nyu-mll/glue", "mnli", "validation_matched"): [
+            {"premise": "A man sleeps.", "hypothesis": "A person rests.", "label": 0},
+            {"premise": "It rains.", "hypothesis": "It is dry.", "label": 2},
+        ],
+        ("nyu-mll/glue", "stsb", "train"): [{"sentence1": "a", "sentence2": "b", "label": 3.8}],
+        ("Salesforce/wikitext", "wikitext-2-v1", "test"): [{"text": " = T = \n"}, {"text": " body .\n"}],
+    }
+
+    def fake_load(name, config, split):
+        calls.append((name, config, split))
+        return _FakeRows(tables[(name, config, split)])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.delenv("ECONLM_DATA", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    mnli = load_examples("mnli", "dev", limit=1)
+    assert [(e.text_a, e.text_b, e.label) for e in mnli] == [("A man sleeps.", "A person rests.", 0)]
+    stsb = load_examples("stsb", "train")
+    assert stsb[0].label == pytest.approx(3.8) and isinstance(stsb[0].label, float)
+    assert load_text("wikitext2", "test") == " = T = \n body .\n"
+    assert calls == list(tables)
+
+
+def test_hub_failure_is_one_line_naming_what_was_tried(monkeypatch, tmp_path):
+    import datasets
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("no network\nlong traceback text")
+
+    monkeypatch.setattr(datasets, "load_dataset", broken)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    with pytest.raises(UserError) as caught:
+        load_examples("rte", "dev", data_dir=tmp_path)
+    message = str(caught.value)
+    assert (
+        "\n" not in message and str(tmp_path) in message and "nyu-mll/glue/rte" in message and "no network" in message
+    )
