@@ -235,8 +235,8 @@ class _Session:
     stats: AttentionStats | None
     taps: tuple[AttentionTap, ...]
     names: dict[int, str] = field(default_factory=dict)
-    # Facts derived from the mask, which every layer of one forward pass shares: (weakref to the mask,
-    # key length, facts). Deriving them costs about as much as the statistics themselves.
+    # Facts derived from the mask, which every layer of one forward pass shares: (weakref to the mask or
+    # None, (batch, queries, keys), facts). Deriving them costs about as much as the statistics themselves.
     mask_cache: tuple | None = None
 
     def mask_facts(
@@ -244,14 +244,18 @@ class _Session:
     ) -> _MaskFacts:
         shape = (batch, q_len, key_len)
         cached = self.mask_cache
-        if cached is not None and cached[1] == shape:
-            if (attention_mask is None and cached[0] is None) or (
-                cached[0] is not None and cached[0]() is attention_mask
-            ):
-                return cached[2]
+        if cached is not None and cached[1] == shape and _same_mask(cached[0], attention_mask):
+            return cached[2]
         facts = _mask_facts(attention_mask, batch, q_len, key_len, device, self.budget)
         self.mask_cache = (None if attention_mask is None else weakref.ref(attention_mask), shape, facts)
         return facts
+
+
+def _same_mask(held: weakref.ref | None, attention_mask: torch.Tensor | None) -> bool:
+    """Whether a cached weak reference (None for "no mask") points at ``attention_mask``."""
+    if attention_mask is None:
+        return held is None
+    return held is not None and held() is attention_mask
 
 
 @dataclass(frozen=True)
@@ -267,7 +271,7 @@ class _MaskFacts:
 def _mask_facts(
     attention_mask: torch.Tensor | None, batch: int, q_len: int, key_len: int, device, budget: Budget
 ) -> _MaskFacts:
-    allowed = allowed_keys(attention_mask, None, key_len)
+    allowed = allowed_keys(attention_mask, key_len)
     if allowed is None:
         counts = torch.full((batch, 1, q_len), float(key_len), device=device)
     else:
@@ -289,7 +293,7 @@ def _mask_facts(
 _SESSIONS: weakref.WeakKeyDictionary[nn.Module, _Session] = weakref.WeakKeyDictionary()
 
 
-def allowed_keys(attention_mask: torch.Tensor | None, query: torch.Tensor, key_len: int) -> torch.Tensor | None:
+def allowed_keys(attention_mask: torch.Tensor | None, key_len: int) -> torch.Tensor | None:
     """Boolean (B, 1|H, Q, K) of keys the model's own mask allows; None when it allows everything."""
     if attention_mask is None:
         return None

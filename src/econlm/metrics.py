@@ -73,7 +73,7 @@ def masked_row_gini_entropy(
         n = torch.full(probs.shape[:-1], float(key_len), device=probs.device)
     else:
         n = allowed.sum(-1).float().expand(probs.shape[:-1])
-    # One private copy, sorted in place. After sorting, every positive entry sits among the last n
+    # A sorted copy in a reused buffer. After sorting, every positive entry sits among the last n
     # positions (at least K - n zeros precede it), so an entry at position i has rank i - (K - n) + 1
     # among the allowed keys, and the Gini sum sum((2 * rank - n - 1) * x) equals
     # 2 * sum(i * x) + (n + 1 - 2K) * sum(x); zeros add nothing. Entropy ignores the order.
@@ -151,7 +151,7 @@ def sort_last(x: torch.Tensor) -> torch.Tensor:
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
         t = x.detach()
         array = t.numpy().copy() if t.is_contiguous() else t.contiguous().numpy()  # one private copy
-        array.sort(axis=-1)  # in place
+        _sort_rows_inplace(array)
         return torch.from_numpy(array)
     return x.detach().sort(dim=-1).values
 

@@ -520,13 +520,19 @@ def run_sweep(config: SweepConfig, out: str | Path, ray: str | None = None, prog
                 if result.get("status") == "ok":
                     results[spec["id"]] = result
 
+    def folder_results() -> list[dict]:
+        """This sweep's results in its order, then the other trials in the folder."""
+        mine = [results[i] for i in order if i in results]
+        return mine + [r for i, r in sorted(others.items()) if i not in results]
+
+    def write_results_jsonl() -> None:
+        lines = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in folder_results())
+        atomic_write_text(out / "results.jsonl", lines)
+
     def record(result: dict) -> None:
         results[result["id"]] = result
         write_json(out / "trials" / result["id"] / "result.json", result)
-        mine = [results[i] for i in order if i in results]
-        rest = [r for i, r in sorted(others.items()) if i not in results]
-        lines = [json.dumps(r, sort_keys=True, default=str) for r in mine + rest]
-        atomic_write_text(out / "results.jsonl", "\n".join(lines) + "\n")
+        write_results_jsonl()
         pbar.update(1)
         pbar.set_postfix_str(f"{result['id'][:40]} {result['status']}")
 
@@ -543,9 +549,8 @@ def run_sweep(config: SweepConfig, out: str | Path, ray: str | None = None, prog
     all_results = [results[i] for i in order if i in results]
     from econlm.analysis import write_pareto
 
-    folder = all_results + [r for i, r in sorted(_folder_results(out).items()) if i not in results]
-    atomic_write_text(out / "results.jsonl", "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in folder))
-    write_pareto(folder, out, config.compute_axis)
+    write_results_jsonl()  # also when every trial had finished before
+    write_pareto(folder_results(), out, config.compute_axis)
     return all_results
 
 

@@ -117,20 +117,6 @@ def test_perplexity():
         metrics.perplexity(1.0, 0)
 
 
-def test_atomic_writes_leave_normal_permissions_and_no_temporary_files(tmp_path):
-    import os
-
-    from econlm.runinfo import write_json
-
-    target = tmp_path / "out" / "result.json"
-    write_json(target, {"b": float("nan"), "a": 1})
-    assert target.read_text() == '{\n  "a": 1,\n  "b": null\n}\n'
-    umask = os.umask(0)
-    os.umask(umask)
-    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
-    assert [p.name for p in target.parent.iterdir()] == ["result.json"]
-
-
 def test_masked_row_statistics_do_not_alias_reused_buffers():
     # The statistics reuse per-thread buffers; results from one call must survive the next call.
     first = torch.softmax(torch.randn(2, 3, 40, 40), -1)
@@ -143,7 +129,8 @@ def test_masked_row_statistics_do_not_alias_reused_buffers():
     assert torch.allclose(e1, metrics.entropy(first), atol=1e-5)
 
 
-def test_masked_row_statistics_large_input_uses_parallel_sort_exactly():
+def test_masked_row_statistics_large_input_uses_parallel_sort_exactly(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 7)  # 1536 rows: blocks of 220, the last 216
     torch.manual_seed(0)
     probs = torch.softmax(torch.randn(4, 6, 64, 300) * 3, -1)  # above the parallel-sort threshold
     g, e = metrics.masked_row_gini_entropy(probs, None)
