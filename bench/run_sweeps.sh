@@ -12,8 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${ECONLM_DATA:-}" ] && [ -d ../shared/data ]; then export ECONLM_DATA="$(cd ../shared/data && pwd)"; fi
 declare -A configs=(
-  [stsb]="priority_stsb attention_stsb seed2_stsb minilm_stsb seed2_grid_stsb"
-  [cola]="priority_cola seed2_cola minilm_cola"
+  [stsb]="priority_stsb attention_stsb seed2_stsb ablation_stsb minilm_stsb seed2_grid_stsb"
+  [cola]="priority_cola seed2_cola posthoc_cola ablation_cola minilm_cola"
 )
 tasks=("$@")
 [ ${#tasks[@]} -gt 0 ] || tasks=(stsb cola)
