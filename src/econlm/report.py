@@ -184,7 +184,7 @@ def _ablation_table(results: list[dict]) -> str:
     for r in rows:
         groups.setdefault((r["settings"]["task"], ablation_of(r)), []).append(r)
     lines = [
-        "<table><tr><th>task</th><th>variant</th><th>trials</th><th>best score</th><th>its lambda</th>"
+        "<table><tr><th>task</th><th>variant</th><th>trials</th><th>best score</th><th>its price</th>"
         "<th>its dense FLOPs</th><th>its effective FLOPs/token</th><th>its sparsity (1e-2)</th>"
         "<th>its Gini</th><th>its entropy</th></tr>"
     ]
@@ -197,7 +197,7 @@ def _ablation_table(results: list[dict]) -> str:
             variant,
             len(members),
             _fmt(best.get("score")),
-            _fmt(best["settings"].get("lam")),
+            _price(best["settings"]),
             _fmt(best.get("dense_flops")),
             _fmt(best.get("effective_flops_per_token")),
             _fmt(sparsity),
@@ -206,6 +206,13 @@ def _ablation_table(results: list[dict]) -> str:
         ]
         lines.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return "\n".join(lines) + "</table>"
+
+
+def _price(settings: dict) -> str:
+    """Lambda, or the budget when a controller set the price."""
+    if settings.get("budget") is not None:
+        return f"budget {_fmt(settings['budget'])}"
+    return f"lambda {_fmt(settings.get('lam'))}"
 
 
 def _fmt(value) -> str:

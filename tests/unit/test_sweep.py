@@ -94,6 +94,7 @@ def test_sweep_runs_resumes_records_failures_and_builds_baselines(tiny, tmp_path
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 and "Ablation" in page and "Failed trials" in page
+    assert "<td>flops gates (both)</td>" in page and "<td>budget 0.3</td>" in page  # a controller's price is its budget
 
 
 def test_ray_missing_says_how_to_install(tiny, tmp_path, capsys, monkeypatch):
