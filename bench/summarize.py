@@ -109,7 +109,7 @@ def train_section(task: str, results: list[dict]) -> tuple[str, list[dict]]:
         None,
     )
     if base:
-        for cost in ("attn_entropy", "attn_logits_l1", "attn_sqrt", "ffn_l1"):
+        for cost in ("attn_entropy", "attn_logits_l1", "attn_sqrt"):
             mine = sorted(
                 (
                     r
@@ -144,9 +144,36 @@ def train_section(task: str, results: list[dict]) -> tuple[str, list[dict]]:
         "entropy 4.31 -> 2.99):\n\n"
         + ("\n".join(verdicts) or "- (no finished runs yet)")
         + "\n\n"
+        + ffn_verdict(rows, base)
         + ablation_grid(rows, base)
     )
     return text, rows
+
+
+def ffn_verdict(rows: list[dict], base: dict | None) -> str:
+    """Where the FFN tax starts to make activations sparse, and what it costs in score."""
+    mine = sorted(
+        (
+            r
+            for r in rows
+            if r["settings"]["cost"] == ["ffn_l1"] and lam_of(r) > 0 and r["settings"].get("epochs", 1) == 1
+        ),
+        key=lam_of,
+    )
+    if not base or not mine:
+        return ""
+    moved = [r for r in mine if r["sparsity"]["1e-02"] - base["sparsity"]["1e-02"] > 0.01]
+    steps = "; ".join(
+        f"lambda {lam_of(r):g}: {r['sparsity']['1e-03']:.3f} / {r['sparsity']['1e-02']:.3f}, "
+        f"{r['metric']} {r['score']:.4f}"
+        for r in mine
+    )
+    start = f"from lambda {lam_of(moved[0]):g}" if moved else "at none of the prices run"
+    return (
+        f"`ffn_l1` (mean |a| per FFN unit and token) makes activations sparser (share with |a| <= 1e-3 / 1e-2) "
+        f"{start}; lambda = 0: {base['sparsity']['1e-03']:.3f} / {base['sparsity']['1e-02']:.3f}, "
+        f"{base['metric']} {base['score']:.4f}. By price: {steps}.\n\n"
+    )
 
 
 def threads_of(task: str, r: dict) -> int | str:
@@ -466,7 +493,7 @@ def gate_ablation_claim(results: list[dict]) -> str:
         rivals = [b for b in same if b["dense_flops"] <= r["dense_flops"] and b["score"] >= r["score"]]
         beaten += bool(rivals)
         if rivals:
-            verdicts.append(f"{describe(r)}; beaten by both at {describe(rivals[0])}")
+            verdicts.append(f"{describe(r)}; beaten by {describe(rivals[0])}")
         else:
             cheaper = [b for b in same if b["dense_flops"] <= r["dense_flops"]]
             best = max(cheaper, key=lambda b: b["score"], default=None)
