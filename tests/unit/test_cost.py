@@ -54,7 +54,7 @@ def test_ffn_l1_is_mean_abs_activation_over_real_tokens():
     with meter.attached():
         meter.begin(batch["attention_mask"])
         model(**batch)
-    assert float(meter.terms[0]._per_layer[0]) == pytest.approx(float(first_layer), rel=1e-5)
+    assert float(meter.terms[0]._per_layer[0].detach()) == pytest.approx(float(first_layer.detach()), rel=1e-5)
 
 
 def test_attention_costs_on_known_rows():
