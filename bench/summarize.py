@@ -375,15 +375,19 @@ def frontier_section(task: str, results: list[dict]) -> tuple[str, dict]:
         "seed and epochs): " + verdict
     )
     by_id = {r["id"]: r for r in ok}
+    # Pairs for the flops-gated runs only: a tax run whose compaction happened to find a few dead units (a
+    # collapsed attention-tax model, say) is not a compression method, and its pair would say nothing.
     pairs = [
         (r["settings"]["importance"], by_id[r["settings"]["matches"]], r)
         for r in ok
-        if r["kind"] == "posthoc" and r["settings"].get("matches") in by_id
+        if r["kind"] == "posthoc"
+        and r["settings"].get("matches") in by_id
+        and "flops" in by_id[r["settings"]["matches"]]["settings"]["cost"]
     ]
     if pairs:
         claims.append(
-            "- matched pairs (the post-hoc model keeps the same number of heads and neurons per layer, pruned from "
-            "the lambda = 0 model and fine-tuned 1 more epoch): "
+            "- matched pairs for the flops-gated runs (the post-hoc model keeps the same number of heads and neurons "
+            "per layer, pruned from the lambda = 0 model and fine-tuned 1 more epoch): "
             + "; ".join(
                 sorted(
                     f"budget {mine['settings'].get('budget')} seed {mine['settings'].get('seed')}: incentive "
