@@ -110,14 +110,7 @@ def train_section(task: str, results: list[dict]) -> tuple[str, list[dict]]:
     )
     if base:
         for cost in ("attn_entropy", "attn_logits_l1", "attn_sqrt"):
-            mine = sorted(
-                (
-                    r
-                    for r in rows
-                    if r["settings"]["cost"] == [cost] and lam_of(r) > 0 and r["settings"].get("epochs", 1) == 1
-                ),
-                key=lam_of,
-            )
+            mine = priced_runs(rows, cost)
             if not mine:
                 continue
             top = mine[-1]
@@ -150,16 +143,17 @@ def train_section(task: str, results: list[dict]) -> tuple[str, list[dict]]:
     return text, rows
 
 
-def ffn_verdict(rows: list[dict], base: dict | None) -> str:
-    """Where the FFN tax starts to make activations sparse, and what it costs in score."""
-    mine = sorted(
-        (
-            r
-            for r in rows
-            if r["settings"]["cost"] == ["ffn_l1"] and lam_of(r) > 0 and r["settings"].get("epochs", 1) == 1
-        ),
+def priced_runs(rows: list[dict], cost: str) -> list[dict]:
+    """The 1-epoch runs taxed by ``cost`` alone at a positive lambda, cheapest price first."""
+    return sorted(
+        (r for r in rows if r["settings"]["cost"] == [cost] and lam_of(r) > 0 and r["settings"].get("epochs", 1) == 1),
         key=lam_of,
     )
+
+
+def ffn_verdict(rows: list[dict], base: dict | None) -> str:
+    """Where the FFN tax starts to make activations sparse, and what it costs in score."""
+    mine = priced_runs(rows, "ffn_l1")
     if not base or not mine:
         return ""
     moved = [r for r in mine if r["sparsity"]["1e-02"] - base["sparsity"]["1e-02"] > 0.01]
