@@ -74,6 +74,12 @@ def _cmd_probe(args) -> int:
     result = run_probe(config)
     paths = save_probe(result, args.out)
     meta = result.meta
+    if meta["truncated_examples"]:
+        print(
+            f"econlm: note: {meta['truncated_examples']} of {meta['examples_scored']} examples were longer than "
+            f"--max-length {args.max_length} and were truncated",
+            file=sys.stderr,
+        )
     print(f"\n{meta['model']} on {meta['task']} {meta['split']}: {meta['examples_scored']} {meta['unit_of_examples']}")
     print(format_table(result.rows))
     print(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
@@ -150,7 +156,7 @@ def _cmd_train(args) -> int:
         return 1
     except Interrupted as stop:
         print(f"econlm: {stop}", file=sys.stderr)
-        return 130
+        return 128 + stop.signum  # 130 for Ctrl-C, 143 for SIGTERM: what schedulers expect
     if metrics:
         print(
             f"\n{config.model} on {metrics['task']}: {metrics['metric']} {metrics['score']:.4f} "
@@ -185,11 +191,18 @@ def _add_compact(sub) -> None:
     p.add_argument("--eval-limit", type=int, default=None, help="score on the first N dev examples only")
     p.add_argument("--latency-repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch threads for the latency measurement")
+    p.add_argument(
+        "--onnx",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time both models in ONNX Runtime (default: when onnxruntime is installed)",
+    )
     p.set_defaults(func=_cmd_compact)
 
 
 def _cmd_compact(args) -> int:
     from econlm.compact import CompactConfig, run_compact
+    from econlm.export import onnx_available
 
     config = CompactConfig(
         checkpoint=args.checkpoint,
@@ -203,6 +216,7 @@ def _cmd_compact(args) -> int:
         eval_limit=args.eval_limit,
         latency_repeats=args.latency_repeats,
         threads=args.threads,
+        onnx=onnx_available() if args.onnx is None else args.onnx,
     )
     report = run_compact(config)
     before, after, ratios = report["before"], report["after"], report["ratios"]
@@ -211,6 +225,11 @@ def _cmd_compact(args) -> int:
         f"parameters {before['parameters']:,} -> {after['parameters']:,}; dense FLOPs x{ratios['flops']:.3f}; "
         f"CPU speedup batch 1: {ratios['speedup_batch1']:.2f}x, batch 32: {ratios['speedup_batch32']:.2f}x"
     )
+    if "onnxruntime_speedup_batch1" in ratios:
+        print(
+            f"ONNX Runtime CPU speedup batch 1: {ratios['onnxruntime_speedup_batch1']:.2f}x, "
+            f"batch 32: {ratios['onnxruntime_speedup_batch32']:.2f}x"
+        )
     if before["score"]:
         print(f"{before['score']['metric']}: {before['score']['value']:.4f} -> {after['score']['value']:.4f}")
     print(f"largest output difference {report['verification']['max_abs_output_difference']:.3g}; wrote {args.out}")
@@ -231,10 +250,23 @@ def _add_sweep(sub) -> None:
 
 
 def _cmd_sweep(args) -> int:
-    from econlm.sweep import load_sweep, run_sweep
+    import shlex
+
+    from econlm.sweep import SweepStopped, load_sweep, run_sweep
 
     config = load_sweep(args.config)
-    results = run_sweep(config, args.out, ray=args.ray)
+    try:
+        results = run_sweep(config, args.out, ray=args.ray)
+    except SweepStopped as stop:
+        again = shlex.join(
+            ["econlm", "sweep", args.config, "--out", args.out] + (["--ray", args.ray] if args.ray else [])
+        )
+        print(
+            f"econlm: {stop}; finished trials are saved and a stopped training keeps its checkpoint. "
+            f"Continue with: {again}",
+            file=sys.stderr,
+        )
+        return 128 + stop.signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     ok = sum(r["status"] == "ok" for r in results)
     print(f"{ok} trials finished, {len(results) - ok} failed; results in {args.out}/results.jsonl and pareto.json")
     for r in results:
@@ -258,6 +290,42 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a dense or compacted model to ONNX and check it against PyTorch in ONNX Runtime",
+        description="Export a checkpoint (for example one econlm compact wrote) as one ONNX graph with dynamic "
+        "batch and sequence axes, run it in ONNX Runtime on batches of other shapes and report the largest "
+        "difference from PyTorch. Writes OUT.onnx and OUT.json (the report). Needs the onnx extra.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint directory, minilm or smollm2")
+    p.add_argument("--onnx", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from econlm.export import check_onnx_path, export_onnx, require_onnx
+    from econlm.models import check_spec, load_model
+    from econlm.runinfo import run_metadata, write_json
+
+    require_onnx()
+    check_spec(args.checkpoint)
+    target = check_onnx_path(args.onnx)
+    if target.exists():
+        raise UserError(f"{target} exists; choose another --onnx path (nothing is overwritten)")
+    loaded = load_model(args.checkpoint)
+    report = export_onnx(loaded.model, loaded.tokenizer, target, opset=args.opset)
+    write_json(target.with_suffix(".json"), {**report.to_json(), "meta": run_metadata(config=vars(args) | {"func": None})})
+    verdict = "matches" if report.matches else f"DIFFERS (tolerance {report.tolerance:g})"
+    print(
+        f"wrote {target} ({report.size_bytes / 1e6:.1f} MB, inputs {', '.join(report.inputs)} -> {report.output}, "
+        f"dynamic batch and sequence); ONNX Runtime {verdict}: largest difference {report.max_abs_difference:.3g} "
+        f"on batches {', '.join('x'.join(map(str, s)) for s in report.checked_shapes)}"
+    )
+    return 0 if report.matches else 1
+
+
 def _add_list(sub) -> None:
     p = sub.add_parser("list", help="list model aliases and tasks")
     p.set_defaults(func=_cmd_list)
@@ -279,7 +347,7 @@ def _cmd_list(args) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [_add_probe, _add_train, _add_compact, _add_sweep, _add_report, _add_list]
+COMMANDS: list[Callable] = [_add_probe, _add_train, _add_compact, _add_export, _add_sweep, _add_report, _add_list]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -309,6 +309,7 @@ class CompactConfig:
     eval_limit: int | None = None
     latency_repeats: int = 20
     threads: int | None = None
+    onnx: bool = False  # also time both models in ONNX Runtime (the CLI turns it on when onnxruntime is installed)
 
     def __post_init__(self) -> None:
         import math
@@ -317,6 +318,12 @@ class CompactConfig:
             raise UserError(f"--eps must be a positive number (an activation threshold), not {self.eps}")
         if self.calib_examples < 1:
             raise UserError("--calib-examples must be at least 1")
+        if self.latency_repeats < 1:
+            raise UserError("--latency-repeats must be at least 1")
+        if self.onnx:
+            from econlm.export import require_onnx
+
+            require_onnx()
         if self.task is not None:
             from econlm.data import get_task
 
@@ -368,27 +375,13 @@ def _outputs(model, batch):
 
 
 def measure_model(model, loaded, task, config: CompactConfig, head: str) -> dict:
-    """Parameters, dense MACs (one sequence of max_length tokens), CPU latency and the dev score."""
+    """Parameters, dense MACs (one sequence of max_length tokens) and the dev score; latency is measured for
+    the original and compacted model together, by :func:`measure_latency`."""
     from econlm import data, evaluate
     from econlm.flops import Structure, dense_macs
-    from econlm.latency import measure
 
     structure = Structure.of_model(model)
-    seq_len = min(config.max_length, getattr(model.config, "max_position_embeddings", None) or config.max_length)
-    macs = dense_macs(structure, seq_len, include_head=True)
-    latency = {}
-    for batch in (1, 32):
-        ids = torch.randint(1000, 2000, (batch, seq_len))
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-        def forward():
-            with torch.no_grad():
-                model(**inputs)
-
-        timing = measure(forward, warmup=3, repeats=config.latency_repeats).as_dict()
-        timing["sequences_per_second"] = batch / timing["median"]
-        timing["tokens_per_second"] = batch * seq_len / timing["median"]
-        latency[f"batch{batch}"] = timing
+    macs = dense_macs(structure, latency_seq_len(model, config), include_head=True)
     score = None
     if task is not None:
         with torch.no_grad():
@@ -414,14 +407,81 @@ def measure_model(model, loaded, task, config: CompactConfig, head: str) -> dict
         "dense_macs": macs["macs"],
         "dense_flops": macs["flops"],
         "structure": {"heads": list(structure.heads), "kv_heads": list(structure.kv_heads), "ffn": list(structure.ffn)},
-        "latency_seconds": latency,
-        "latency_setup": {
-            "seq_len": seq_len,
-            "threads": torch.get_num_threads(),
-            "device": "cpu",
-            "statistic": "median of repeated forward passes after warm-up (no grad)",
-        },
         "score": score,
+    }
+
+
+LATENCY_BATCHES = (1, 32)
+
+
+def latency_seq_len(model, config: CompactConfig) -> int:
+    return min(config.max_length, getattr(model.config, "max_position_embeddings", None) or config.max_length)
+
+
+def measure_latency(models: dict, tokenizer, config: CompactConfig, workdir: Path) -> dict:
+    """CPU latency of each model at batch 1 and 32, all models timed round by round in one run (so noise hits
+    them alike), in PyTorch eager and, when the onnx extra is installed and ``config.onnx``, in ONNX Runtime.
+
+    Returns ``{runtime: {name: {"batchN": timing}}}`` with runtime ``torch`` and ``onnxruntime``.
+    """
+    from econlm.latency import measure_interleaved
+
+    runtimes = {"torch": {name: _torch_forward(model) for name, model in models.items()}}
+    if config.onnx:
+        runtimes["onnxruntime"] = _onnx_forwards(models, tokenizer, workdir)
+    seq_len = latency_seq_len(next(iter(models.values())), config)
+    results: dict = {runtime: {name: {} for name in models} for runtime in runtimes}
+    for batch in LATENCY_BATCHES:
+        ids = torch.randint(1000, 2000, (batch, seq_len))
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+        calls = {
+            (runtime, name): (lambda f=forward: f(inputs))
+            for runtime, forwards in runtimes.items()
+            for name, forward in forwards.items()
+        }
+        timings = measure_interleaved(calls, warmup=3, repeats=config.latency_repeats)
+        for (runtime, name), timing in timings.items():
+            entry = timing.as_dict()
+            entry["sequences_per_second"] = batch / entry["median"]
+            entry["tokens_per_second"] = batch * seq_len / entry["median"]
+            results[runtime][name][f"batch{batch}"] = entry
+    return results
+
+
+def _torch_forward(model):
+    import inspect
+
+    accepted = set(inspect.signature(model.forward).parameters)
+
+    def forward(inputs):
+        with torch.no_grad():
+            model(**{k: v for k, v in inputs.items() if k in accepted})
+
+    return forward
+
+
+def _onnx_forwards(models: dict, tokenizer, workdir: Path) -> dict:
+    """Export each model to ``workdir`` (checked against PyTorch) and return ONNX Runtime forward calls."""
+    from econlm.export import export_onnx, onnx_forward, onnx_session
+
+    forwards = {}
+    for name, model in models.items():
+        report = export_onnx(model, tokenizer, workdir / f"{name}.onnx")
+        if not report.matches:
+            raise RuntimeError(f"the ONNX export of the {name} model differs from PyTorch by {report.max_abs_difference}")
+        session = onnx_session(report.path)
+        forwards[name] = lambda inputs, s=session: onnx_forward(s, inputs)
+    return forwards
+
+
+def latency_setup(seq_len: int, runtimes) -> dict:
+    return {
+        "seq_len": seq_len,
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+        "runtimes": list(runtimes),
+        "statistic": "median of repeated forward passes after warm-up (no grad); the original and compacted "
+        "models (and both runtimes) timed round by round in one run, the order rotating each round",
     }
 
 
@@ -437,7 +497,7 @@ def run_compact(config: CompactConfig, progress: bool = True) -> dict:
     check_spec(config.checkpoint)
     if config.threads:
         torch.set_num_threads(config.threads)
-    with bar(total=5, desc=f"compact {config.checkpoint}", unit="stage", enabled=progress) as pbar:
+    with bar(total=6, desc=f"compact {config.checkpoint}", unit="stage", enabled=progress) as pbar:
         return _compact(config, out, pbar)
 
 
@@ -472,7 +532,7 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
             f"|a| <= {config.eps:g} on {config.calib_examples} calibration examples; nothing was written"
         )
     pbar.update(1)
-    pbar.set_postfix_str("measuring the original")
+    pbar.set_postfix_str("scoring the original")
     before = measure_model(model, loaded, task, config, loaded.head)
     pbar.update(1)
     pbar.set_postfix_str("removing and verifying")
@@ -489,8 +549,17 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
             for batch in batches:
                 torch.testing.assert_close(_outputs(compacted, batch), _outputs(model, batch), rtol=1e-4, atol=1e-5)
     pbar.update(1)
-    pbar.set_postfix_str("measuring the compacted model")
+    pbar.set_postfix_str("scoring the compacted model")
     after = measure_model(compacted, loaded, task, config, loaded.head)
+    pbar.update(1)
+    pbar.set_postfix_str("timing both models" + (" in PyTorch and ONNX Runtime" if config.onnx else ""))
+    with tempfile.TemporaryDirectory(prefix="econlm-onnx-") as workdir:
+        latency = measure_latency({"before": model, "after": compacted}, loaded.tokenizer, config, Path(workdir))
+    for name, measured in (("before", before), ("after", after)):
+        measured["latency_seconds"] = latency["torch"][name]
+        if "onnxruntime" in latency:
+            measured["onnxruntime_latency_seconds"] = latency["onnxruntime"][name]
+        measured["latency_setup"] = latency_setup(latency_seq_len(model, config), latency)
     pbar.update(1)
     pbar.set_postfix_str("saving")
     report = {
@@ -528,6 +597,11 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
             **{
                 f"speedup_{k}": before["latency_seconds"][k]["median"] / after["latency_seconds"][k]["median"]
                 for k in before["latency_seconds"]
+            },
+            **{
+                f"onnxruntime_speedup_{k}": before["onnxruntime_latency_seconds"][k]["median"]
+                / after["onnxruntime_latency_seconds"][k]["median"]
+                for k in before.get("onnxruntime_latency_seconds", {})
             },
         },
         "meta": run_metadata(config=config.__dict__),

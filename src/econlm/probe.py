@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from econlm.attention import Budget, budgeted_attention, parse_budgets
+from econlm.config import check_max_length
 from econlm.errors import UserError
 
 DEFAULT_BUDGETS = ("full", "32", "16", "8", "4", "2", "1")
@@ -48,8 +49,7 @@ class ProbeConfig:
             raise UserError(f"--limit must be at least 1, not {self.limit}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, not {self.batch_size}")
-        if self.max_length < 2:
-            raise UserError(f"--max-length must be at least 2, not {self.max_length}")
+        check_max_length(self.max_length)
         if self.ffn_eps is not None and not (self.ffn_eps > 0 and self.ffn_eps < float("inf")):
             raise UserError(f"--ffn-eps must be a positive number, not {self.ffn_eps}")
 
@@ -188,6 +188,8 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
             "split": config.split,
             "examples_scored": rows[0]["examples"] if rows else 0,
             "unit_of_examples": "tokens" if task.is_lm else "examples",
+            # examples with more than max_length tokens, scored cut (LM windows never cut anything)
+            "truncated_examples": score.details.get("truncated_examples", 0),
             # how every row was scored; per-budget quantities (mean NLL) live in the rows
             "scoring": {k: v for k, v in score.details.items() if k != "mean_nll_nats"},
             "statistics": "mean over layers, heads and real query rows of per-row Gini and entropy (nats), "

@@ -41,7 +41,18 @@ def load_results(folder: Path) -> list[dict]:
     path = folder / "results.jsonl"
     if not path.exists():
         raise UserError(f"{folder} holds no results.jsonl; run `econlm sweep CONFIG --out {folder}` first")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    results = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            results.append(json.loads(line))
+        except ValueError:
+            # econlm sweep rebuilds results.jsonl from the trial folders every time it runs
+            raise UserError(
+                f"{path}:{number}: damaged line; rebuild the file by rerunning `econlm sweep CONFIG --out {folder}`"
+            ) from None
+    return results
 
 
 def _frontier_figure(problem: dict):

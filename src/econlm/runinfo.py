@@ -17,8 +17,29 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+
+
+@contextmanager
+def created_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Run a block that may create the folder ``path``; if the block fails, remove the folders it created
+    that are still empty (a failed run should not leave an empty --out behind). Folders that existed before,
+    and any folder holding a file, are never removed."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]  # innermost first
+    try:
+        yield path
+    except BaseException:
+        for folder in missing:
+            try:
+                folder.rmdir()  # refuses a folder that is not empty
+            except FileNotFoundError:
+                continue  # the block did not get as far as this one
+            except OSError:
+                break  # holds something: so do the folders above it
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -19,13 +19,23 @@ Every trial writes ``trials/<id>/result.json`` atomically and the sweep rewrites
 each one; rerunning the same command skips finished trials and redoes unfinished ones (training inside
 a trial resumes from its own checkpoint). A crashing trial is recorded as failed with its error and
 the sweep goes on; identical trials run once.
+
+Faults a sweep survives: a damaged JSON file it wrote (a trial's result, metrics or compaction report,
+``sweep.json``) is renamed aside with a warning and its step redone; SIGTERM or Ctrl-C stops it cleanly
+(the running training saves a checkpoint, nothing unfinished is recorded, a rerun resumes); and sweeps
+sharing a folder never train the same trial twice, since each trial is locked while it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
+import shutil
+import signal
+import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field, fields
@@ -33,6 +43,11 @@ from pathlib import Path
 from typing import Any
 
 from econlm.errors import UserError, did_you_mean
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so sweeps sharing a folder there are not protected from each other
+    fcntl = None
 
 TOP_KEYS = ("name", "base", "grid", "trials", "compact", "baselines", "resources", "compute_axis")
 COMPUTE_AXES = ("dense_flops", "effective_flops", "latency")
@@ -70,51 +85,29 @@ def load_sweep(path: str | Path) -> SweepConfig:
 
     for key in data:
         if key not in TOP_KEYS:
+            name = str(key)
             raise UserError(
-                f"{where(key)}: unknown key '{key}'; valid: {', '.join(TOP_KEYS)}.{did_you_mean(key, TOP_KEYS)}"
+                f"{where(name)}: unknown key '{name}'; valid: {', '.join(TOP_KEYS)}.{did_you_mean(name, TOP_KEYS)}"
             )
-    train_fields = _train_fields()
-    for section in ("base", "grid"):
-        value = data.get(section) or {}
-        if not isinstance(value, dict):
-            raise UserError(f"{where(section)}: '{section}' must be a mapping of training settings")
-        for key in value:
-            if key not in train_fields:
-                raise UserError(
-                    f"{where(f'{section}.{key}')}: unknown training setting '{key}'.{did_you_mean(key, train_fields)}"
-                )
-        if section == "grid":
-            for key, values in value.items():
-                if not isinstance(values, list) or not values:
-                    raise UserError(f"{where(f'grid.{key}')}: grid values of '{key}' must be a non-empty list")
-    trials = data.get("trials") or []
-    if not isinstance(trials, list) or not all(isinstance(t, dict) for t in trials):
-        raise UserError(f"{where('trials')}: 'trials' must be a list of mappings")
-    for i, trial in enumerate(trials):
-        for key in trial:
-            if key not in train_fields:
-                raise UserError(f"{where(f'trials.{i}.{key}')}: unknown training setting '{key}'")
-    compact = data.get("compact")
-    if compact is not None:
-        if compact is True:
-            compact = {}
-        if not isinstance(compact, dict) or set(compact) - {"eps", "calib_examples"}:
-            raise UserError(f"{where('compact')}: 'compact' takes eps and calib_examples")
-    baselines = data.get("baselines") or {}
-    for key in baselines:
-        if key not in ("posthoc", "topk"):
-            raise UserError(f"{where(f'baselines.{key}')}: unknown baseline '{key}'; valid: posthoc, topk")
+    base = _checked_section(data, "base", where)
+    grid = _checked_section(data, "grid", where)
+    trials = _checked_trials(data.get("trials"), where)
+    if not grid and not trials:
+        raise UserError(
+            f"{path}: the sweep defines no trial; add a 'grid' (lists of values to combine over 'base') "
+            "or a 'trials' list"
+        )
     axis = data.get("compute_axis", "dense_flops")
     if axis not in COMPUTE_AXES:
         raise UserError(f"{where('compute_axis')}: compute_axis must be one of {', '.join(COMPUTE_AXES)}")
     config = SweepConfig(
         name=str(data.get("name", Path(path).stem)),
-        base=dict(data.get("base") or {}),
-        grid=dict(data.get("grid") or {}),
-        trials=list(trials),
-        compact=compact,
-        baselines=dict(baselines),
-        resources={"num_cpus": 1, "num_gpus": 0, **(data.get("resources") or {})},
+        base=base,
+        grid=grid,
+        trials=trials,
+        compact=_checked_compact(data.get("compact"), where),
+        baselines=_checked_baselines(data.get("baselines"), where),
+        resources=_checked_resources(data.get("resources"), where),
         compute_axis=axis,
     )
     # Building every trial's TrainConfig checks values (lambda < 0, unknown costs...) before anything runs.
@@ -124,6 +117,93 @@ def load_sweep(path: str | Path) -> SweepConfig:
         except UserError as error:
             raise UserError(f"{path}: trial {spec['id']}: {error}") from None
     return config
+
+
+def _mapping(value, key: str, where, what: str) -> dict:
+    if value is None or value == [] or value == {}:  # an empty section, however written
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{where(key)}: '{key}' must be a mapping of {what}, not {value!r}")
+    return value
+
+
+def _setting(key, value, where, at: str):
+    """One training setting, checked exactly as ``econlm train --config`` checks it (YAML reads 1e-3 as a
+    string: it becomes a number). An int where a float is expected, and a list of names, stay as written,
+    so the trial ids of existing sweep folders do not change."""
+    from econlm.config import check_value
+    from econlm.train import TrainConfig
+
+    name = str(key)
+    if name not in _train_fields():
+        raise UserError(f"{where(at)}: unknown training setting '{name}'.{did_you_mean(name, _train_fields())}")
+    checked = check_value(TrainConfig, name, value, where(at))
+    if isinstance(checked, tuple) or (isinstance(checked, float) and isinstance(value, int)):
+        return value
+    return checked
+
+
+def _checked_section(data: dict, section: str, where) -> dict:
+    """``base`` (one value per setting) or ``grid`` (a non-empty list of values per setting)."""
+    values = _mapping(data.get(section), section, where, "training settings")
+    checked = {}
+    for key, value in values.items():
+        at = f"{section}.{key}"
+        if section == "base":
+            checked[key] = _setting(key, value, where, at)
+            continue
+        if not isinstance(value, list) or not value:
+            raise UserError(f"{where(at)}: grid values of '{key}' must be a non-empty list")
+        checked[key] = [_setting(key, item, where, f"{at}.{i}") for i, item in enumerate(value)]
+    return checked
+
+
+def _checked_trials(trials, where) -> list:
+    trials = trials or []
+    if not isinstance(trials, list) or not all(isinstance(t, dict) for t in trials):
+        raise UserError(f"{where('trials')}: 'trials' must be a list of mappings")
+    return [{k: _setting(k, v, where, f"trials.{i}.{k}") for k, v in trial.items()} for i, trial in enumerate(trials)]
+
+
+@dataclass(frozen=True)
+class _CompactSettings:
+    eps: float = 1e-3
+    calib_examples: int = 256
+
+
+def _checked_compact(compact, where) -> dict | None:
+    from econlm.config import check_value
+
+    if compact is None or compact is False:
+        return None
+    compact = {} if compact is True else compact
+    if not isinstance(compact, dict) or set(compact) - {"eps", "calib_examples"}:
+        raise UserError(f"{where('compact')}: 'compact' takes eps and calib_examples")
+    checked = {k: check_value(_CompactSettings, k, v, where(f"compact.{k}")) for k, v in compact.items()}
+    if checked.get("eps", 0) < 0 or checked.get("calib_examples", 1) < 1:
+        raise UserError(f"{where('compact')}: compact needs eps >= 0 and calib_examples >= 1, not {compact}")
+    return checked
+
+
+def _checked_baselines(baselines, where) -> dict:
+    baselines = _mapping(baselines, "baselines", where, "baselines (posthoc, topk)")
+    for key, value in baselines.items():
+        if key not in ("posthoc", "topk"):
+            raise UserError(f"{where(f'baselines.{key}')}: unknown baseline '{key}'; valid: posthoc, topk")
+        value = _mapping(value, f"baselines.{key}", where, "baseline settings")
+        for list_key in ("budgets", "importance"):
+            if list_key in value and (not isinstance(value[list_key], list) or not value[list_key]):
+                raise UserError(f"{where(f'baselines.{key}.{list_key}')}: '{list_key}' must be a non-empty list")
+        baselines[key] = value
+    return dict(baselines)
+
+
+def _checked_resources(resources, where) -> dict:
+    resources = _mapping(resources, "resources", where, "Ray resources (num_cpus, num_gpus)")
+    for key, value in resources.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise UserError(f"{where(f'resources.{key}')}: resource '{key}' must be a number >= 0, not {value!r}")
+    return {"num_cpus": 1, "num_gpus": 0, **resources}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -230,7 +310,10 @@ def _is_lm(task: str) -> bool:
 
 
 def run_trial(spec: dict, trial_dir: str, context: dict) -> dict:
-    """Run one trial and return its result (never raises: failures are results too)."""
+    """Run one trial and return its result. Failures are results too; only a stop (train's Interrupted,
+    KeyboardInterrupt) propagates."""
+    from econlm.train import Interrupted
+
     started = time.time()
     result: dict[str, Any] = {"id": spec["id"], "kind": spec["kind"], "settings": spec["settings"]}
     try:
@@ -243,6 +326,8 @@ def run_trial(spec: dict, trial_dir: str, context: dict) -> dict:
         else:
             raise ValueError(f"unknown trial kind {spec['kind']}")
         result["status"] = "ok"
+    except Interrupted:
+        raise  # a stop (Ctrl-C, SIGTERM), not a failure: the trial stays unrecorded, and a rerun resumes it
     except Exception as error:  # noqa: BLE001 - a crashing trial is recorded, the sweep goes on
         result["status"] = "failed"
         result["error"] = f"{type(error).__name__}: {error}"
@@ -272,14 +357,9 @@ def _summary_fields(metrics: dict, result: dict) -> None:
 
 def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -> None:
     from econlm.compact import CompactConfig, run_compact
-    from econlm.train import train
 
     model_dir = trial_dir / "model"
-    config = _train_config(spec["settings"], str(model_dir))
-    if (model_dir / "metrics.json").exists():
-        metrics = json.loads((model_dir / "metrics.json").read_text())
-    else:
-        metrics = train(config, resume=(model_dir / "checkpoint" / "state.pt").exists(), progress=False)
+    metrics = _trained(spec["settings"], model_dir)
     _summary_fields(metrics, result)
     result["model_dir"] = str(model_dir)
     result["dense_flops_before"] = metrics["dense_flops"]
@@ -288,7 +368,8 @@ def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -
     eps = (compact or {}).get("eps", 1e-3)
     if compact is not None:
         compact_dir = trial_dir / "compact"
-        if not (compact_dir / "compact.json").exists():
+        report = _compact_report(compact_dir)
+        if report is None:
             try:
                 run_compact(
                     CompactConfig(
@@ -303,8 +384,8 @@ def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -
                 )
             except UserError as nothing:
                 result["compact"] = {"removed": None, "note": str(nothing)}
-        if (compact_dir / "compact.json").exists():
-            report = json.loads((compact_dir / "compact.json").read_text())
+            report = _compact_report(compact_dir)
+        if report is not None:
             result["compact"] = {
                 "removed": report["removed"],
                 "ratios": report["ratios"],
@@ -317,13 +398,37 @@ def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -
     _final_measurements(final_dir, spec["settings"], eps, result)
 
 
+def _trained(settings: dict, model_dir: Path) -> dict:
+    """The metrics of the training in ``model_dir``: read back when it finished, else trained, resuming from
+    the checkpoint an interrupted run (Ctrl-C, SIGTERM, a killed process) left."""
+    from econlm.train import train
+
+    metrics = _read_json(model_dir / "metrics.json", required=("score", "ffn_sparsity", "attention"))
+    if metrics is not None:
+        return metrics
+    config = _train_config(settings, str(model_dir))
+    return train(config, resume=(model_dir / "checkpoint" / "state.pt").exists(), progress=False)
+
+
+def _compact_report(compact_dir: Path) -> dict | None:
+    """compact.json of a finished compaction, or None after clearing what an unfinished or damaged one left
+    (run_compact refuses a folder that is not empty, which would silently skip compaction for good)."""
+    report = _read_json(compact_dir / "compact.json", required=("removed", "ratios", "after"), set_aside=False)
+    if report is not None:
+        return report
+    if (compact_dir / "compact.json").exists():
+        _set_aside(compact_dir, "compact.json is not a readable compaction report")
+    elif compact_dir.exists():
+        shutil.rmtree(compact_dir)  # a compaction cut short: its partial model is rebuilt from the trained one
+    return None
+
+
 def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -> None:
     """Prune the lam = 0 model like a compacted incentive model (same counts per layer), then fine-tune."""
     from econlm.compact import CompactConfig, _calibration_batches, save_model
     from econlm.data import get_task
     from econlm.models import load_model
     from econlm.prune import prune
-    from econlm.train import train
 
     settings = spec["settings"]
     pruned_dir = trial_dir / "pruned"
@@ -355,11 +460,7 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
         }
     )
     model_dir = trial_dir / "model"
-    if (model_dir / "metrics.json").exists():
-        metrics = json.loads((model_dir / "metrics.json").read_text())
-    else:
-        config = _train_config(train_settings, str(model_dir))
-        metrics = train(config, resume=(model_dir / "checkpoint" / "state.pt").exists(), progress=False)
+    metrics = _trained(train_settings, model_dir)
     _summary_fields(metrics, result)
     result["final_model"] = str(model_dir)
     _final_measurements(
@@ -410,7 +511,11 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
     for reference in trained:
         settings = reference["settings"]
         # A plain fine-tune: no price, and no stochastic gates (flops trains gates even at lambda = 0).
-        if float(settings.get("lam", 0)) != 0.0 or settings.get("budget") is not None or "flops" in settings["cost"]:
+        if (
+            float(settings.get("lam", 0)) != 0.0
+            or settings.get("budget") is not None
+            or "flops" in settings.get("cost", ())
+        ):
             continue
         same = {
             k: v
@@ -460,13 +565,99 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
 # Running
 
 
+class SweepStopped(Exception):
+    """A signal (Ctrl-C, SIGTERM) stopped the sweep. The trial it stopped is not recorded, so rerunning the
+    same command redoes it, its training resuming from the checkpoint it saved."""
+
+    def __init__(self, signum: int, trial: str | None):
+        self.signum = int(signum)
+        self.trial = trial
+        during = f" during trial {trial}" if trial else ""
+        super().__init__(f"sweep stopped by {signal.Signals(self.signum).name}{during}")
+
+
+@contextlib.contextmanager
+def _stop_on_signals(received: dict):
+    """SIGTERM (sent by timeout, docker, SLURM, Ray) stops a sweep the way Ctrl-C does, instead of killing it
+    mid-write. Inside train() its own handlers take over, so that a stop first finishes the step and saves."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python lets only the main thread set handlers; there the default behaviour stays
+        return
+
+    def stop(signum, frame):
+        received["signum"] = signum
+        raise KeyboardInterrupt
+
+    # A signal the caller ignores (nohup, a background job's SIGINT) stays ignored.
+    watched = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {signum: signal.signal(signum, stop) for signum in watched}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+
+
+@contextlib.contextmanager
+def _trial_lock(trial_dir: Path):
+    """Yields whether this process holds the trial. flock's lock belongs to the open file, so the OS drops it
+    when its process dies: a killed sweep never leaves a stale lock behind."""
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield True
+        return
+    with open(trial_dir / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            mine = True
+        except BlockingIOError:
+            mine = False
+        yield mine  # closing the file releases the lock
+
+
+def _run_job(spec: dict, trial_dir: str, context: dict) -> dict | None:
+    """Run a trial under its lock and write its result.json; None when another process holds the trial.
+    The result is written before the lock is released, so no process can find the trial free and unfinished
+    just after another one finished it."""
+    from econlm.runinfo import write_json
+
+    path = Path(trial_dir) / "result.json"
+    with _trial_lock(Path(trial_dir)) as mine:
+        if not mine:
+            return None
+        done = _finished_since(path, context["started"])
+        if done is not None:
+            return done  # another sweep on this folder finished it after this one looked
+        result = run_trial(spec, trial_dir, context)
+        write_json(path, result)
+        return result
+
+
+def _finished_since(path: Path, started: float) -> dict | None:
+    """A trial's result that counts for a sweep begun at ``started``: a success from any time, a failure
+    only when it happened during this sweep (an older failure is retried)."""
+    result = _read_json(path, required=RESULT_KEYS)
+    if result is None:
+        return None
+    if result.get("status") == "ok" or path.stat().st_mtime >= started:
+        return result
+    return None
+
+
 class _InProcess:
+    trial: str | None = None  # the trial running now, to name it when a signal stops the sweep
+
     def run(self, jobs: list[tuple[dict, str, dict]], on_result) -> None:
         for spec, trial_dir, context in jobs:
-            on_result(run_trial(spec, trial_dir, context))
+            self.trial = spec["id"]
+            result = _run_job(spec, trial_dir, context)
+            self.trial = None
+            on_result(spec, result)
 
 
 class _OnRay:
+    trial: str | None = None
+
     def __init__(self, address: str, resources: dict):
         try:
             import ray
@@ -484,28 +675,46 @@ class _OnRay:
                         f"could not reach a Ray cluster at '{address}': {error}; use --ray local to "
                         "start one on this machine"
                     ) from None
-        self.remote = ray.remote(num_cpus=resources.get("num_cpus", 1), num_gpus=resources.get("num_gpus", 0))(
-            run_trial
-        )
+        self.remote = ray.remote(num_cpus=resources.get("num_cpus", 1), num_gpus=resources.get("num_gpus", 0))(_run_job)
 
     def run(self, jobs, on_result) -> None:
-        pending = [self.remote.remote(spec, trial_dir, context) for spec, trial_dir, context in jobs]
+        pending = {self.remote.remote(spec, trial_dir, context): spec for spec, trial_dir, context in jobs}
         while pending:
-            done, pending = self.ray.wait(pending, num_returns=1)
-            on_result(self.ray.get(done[0]))
+            done, _ = self.ray.wait(list(pending), num_returns=1)
+            on_result(pending.pop(done[0]), self.ray.get(done[0]))
 
 
 def run_sweep(config: SweepConfig, out: str | Path, ray: str | None = None, progress: bool = True) -> list[dict]:
-    """Run every trial not finished yet; returns all results (finished earlier or now)."""
-    from econlm.progress import bar
-    from econlm.runinfo import atomic_write_text, run_metadata, write_json
+    """Run every trial not finished yet; returns all results (finished earlier or now).
 
-    out = Path(out)
+    Raises:
+        SweepStopped: SIGTERM or Ctrl-C stopped the sweep; what finished is recorded, a rerun continues.
+    """
+    from econlm.train import Interrupted
+
+    received: dict = {}
+    runner = None
+    try:
+        with _stop_on_signals(received):
+            runner = _OnRay(ray, config.resources) if ray else _InProcess()
+            return _run_sweep(config, Path(out), runner, progress)
+    except (Interrupted, KeyboardInterrupt) as stop:
+        # train() says which signal stopped it; elsewhere the handlers above noted it
+        signum = getattr(stop, "signum", None) or received.get("signum", signal.SIGINT)
+        raise SweepStopped(signum, runner.trial if runner else None) from None
+
+
+def _run_sweep(config: SweepConfig, out: Path, runner, progress: bool) -> list[dict]:
+    from econlm.analysis import write_pareto
+    from econlm.progress import bar
+    from econlm.runinfo import atomic_write_text, run_metadata
+
+    started = time.time()
     (out / "trials").mkdir(parents=True, exist_ok=True)
     _record_config(out / "sweep.json", config, run_metadata())
-    runner = _OnRay(ray, config.resources) if ray else _InProcess()
     results: dict[str, dict] = {}
     order: list[str] = []
+    elsewhere: set[str] = set()  # trials another process was running when this one reached them
     # Several sweep files may share one folder (a second seed, a finer grid): their trials stay in
     # results.jsonl and pareto.json, after this sweep's own.
     others = _folder_results(out)
@@ -514,11 +723,16 @@ def run_sweep(config: SweepConfig, out: str | Path, ray: str | None = None, prog
         for spec in specs:
             if spec["id"] not in order:
                 order.append(spec["id"])
-            path = out / "trials" / spec["id"] / "result.json"
-            if path.exists():
-                result = json.loads(path.read_text())
-                if result.get("status") == "ok":
-                    results[spec["id"]] = result
+            result = _read_json(out / "trials" / spec["id"] / "result.json", required=RESULT_KEYS)
+            if result is not None and result.get("status") == "ok":
+                results[spec["id"]] = result
+
+    def pick_up_elsewhere() -> None:
+        for tid in sorted(elsewhere):
+            result = _finished_since(out / "trials" / tid / "result.json", started)
+            if result is not None:
+                results[tid] = result
+                elsewhere.discard(tid)
 
     def folder_results() -> list[dict]:
         """This sweep's results in its order, then the other trials in the folder."""
@@ -529,14 +743,17 @@ def run_sweep(config: SweepConfig, out: str | Path, ray: str | None = None, prog
         lines = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in folder_results())
         atomic_write_text(out / "results.jsonl", lines)
 
-    def record(result: dict) -> None:
-        results[result["id"]] = result
-        write_json(out / "trials" / result["id"] / "result.json", result)
-        write_results_jsonl()
+    def record(spec: dict, result: dict | None) -> None:
         pbar.update(1)
+        if result is None:
+            elsewhere.add(spec["id"])
+            print(f"econlm: trial {spec['id']} is running in another process; skipped", file=sys.stderr)
+            return
+        results[result["id"]] = result
+        write_results_jsonl()
         pbar.set_postfix_str(f"{result['id'][:40]} {result['status']}")
 
-    context = {"compact": config.compact}
+    context = {"compact": config.compact, "started": started}
     phases = [lambda: expand(config), lambda: baseline_specs(config, results)]
     with bar(desc=f"sweep {config.name}", unit="trial", enabled=progress) as pbar:
         for make_specs in phases:
@@ -546,23 +763,61 @@ def run_sweep(config: SweepConfig, out: str | Path, ray: str | None = None, prog
             pbar.total = (pbar.total or 0) + len(todo)
             pbar.refresh()
             runner.run([(s, str(out / "trials" / s["id"]), context) for s in todo], record)
+            pick_up_elsewhere()
     all_results = [results[i] for i in order if i in results]
-    from econlm.analysis import write_pareto
-
+    others = _folder_results(out)  # again: a sweep sharing the folder may have finished trials meanwhile
     write_results_jsonl()  # also when every trial had finished before
     write_pareto(folder_results(), out, config.compute_axis)
     return all_results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading back what a sweep wrote
+
+RESULT_KEYS = ("id", "kind", "settings", "status")
+
+
+def _read_json(path: Path, required: tuple[str, ...] = (), set_aside: bool = True) -> dict | None:
+    """A JSON object the sweep wrote earlier, or None when there is none. A damaged one (cut short by a full
+    disk or a copy, or overwritten) is set aside with a warning, so that the step that wrote it runs again
+    instead of the sweep failing on every rerun."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError as error:  # also UnicodeDecodeError: garbage bytes
+        problem = f"not valid JSON: {str(error).splitlines()[0]}"
+    else:
+        if isinstance(data, dict) and all(key in data for key in required):
+            return data
+        problem = f"not a JSON object with {', '.join(required)}" if required else "not a JSON object"
+    if set_aside:
+        _set_aside(path, problem)
+    return None
+
+
+def _set_aside(path: Path, problem: str) -> None:
+    """Rename ``path`` to ``<name>.corrupt-<time>``: never deleted, someone may want to look at it."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for n in itertools.count(1):
+        if not target.exists():
+            break
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    try:
+        path.rename(target)
+    except FileNotFoundError:
+        return  # another sweep on this folder set it aside first
+    print(f"econlm: warning: {path} is damaged ({problem}); moved it to {target.name}, redoing it", file=sys.stderr)
 
 
 def _folder_results(out: Path) -> dict[str, dict]:
     """Every trial result already in the folder (this sweep's and those of other sweep files)."""
     found = {}
     for path in sorted((out / "trials").glob("*/result.json")):
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # written atomically, so only a foreign file can be unreadable
-        found[result.get("id", path.parent.name)] = result
+        result = _read_json(path, required=RESULT_KEYS)
+        if result is not None:
+            found[result["id"]] = result
     return found
 
 
@@ -570,12 +825,7 @@ def _record_config(path: Path, config: SweepConfig, meta: dict) -> None:
     """sweep.json: this sweep's config and metadata, plus every config that has run into the folder."""
     from econlm.runinfo import write_json
 
-    previous = {}
-    if path.exists():
-        try:
-            previous = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            previous = {}
+    previous = _read_json(path, required=("config",)) or {}
     configs = dict(previous.get("configs") or {})
     if previous.get("config") and previous["config"].get("name") not in configs:
         configs[previous["config"]["name"]] = previous["config"]

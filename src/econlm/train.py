@@ -4,8 +4,11 @@ The loop runs in one process on the CPU by default, and unchanged under ``accele
 GPUs (each process takes its shard of every global batch; the compute share that sets the price is
 averaged over processes). It is exactly resumable: batches follow a per-epoch permutation of the seed,
 and checkpoints hold model, gates, optimizer, LR schedule, price and every RNG state, written at step
-boundaries only. Ctrl-C finishes the current step, saves, and tells how to resume; a NaN or infinite
-loss stops the run, naming the step and the term, and leaves the last good checkpoint in place.
+boundaries only, and read back with ``weights_only=True`` (plain tensors, numbers, strings, lists and
+dicts), so resuming from a folder someone else made cannot run their code. Ctrl-C or SIGTERM finishes the
+current step, saves, and tells how to resume; a NaN or infinite loss stops the run, naming the step and
+the term, and leaves the last good checkpoint in place. A full disk is a one-line error that leaves no
+half-written checkpoint behind.
 
 Outputs in ``--out``: a standard ``save_pretrained`` checkpoint (gates folded into the weights; its
 ``config.json`` also carries the training config under ``econlm``), ``train_config.json``,
@@ -14,6 +17,7 @@ Outputs in ``--out``: a standard ``save_pretrained`` checkpoint (gates folded in
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -21,8 +25,11 @@ import random
 import shutil
 import signal
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,6 +37,8 @@ from econlm.errors import UserError
 
 CHECKPOINT = "checkpoint"
 SPARSITY_EPSILONS = (1e-3, 1e-2)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ class TrainConfig:
     device: str = "cpu"  # cpu or auto (accelerate's choice: a GPU when there is one)
 
     def __post_init__(self) -> None:
+        from econlm.config import check_max_length
         from econlm.cost import parse_cost_names, target_components
         from econlm.data import get_task
 
@@ -87,9 +97,10 @@ class TrainConfig:
 
         if self.schedule not in SCHEDULES:
             raise UserError(f"unknown schedule '{self.schedule}'; valid: {', '.join(SCHEDULES)}")
-        for name in ("epochs", "lr", "batch_size", "max_length", "save_every", "log_every"):
+        for name in ("epochs", "lr", "batch_size", "save_every", "log_every"):
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
+        check_max_length(self.max_length)
         if self.limit is not None and self.limit < 1:
             raise UserError("--limit must be at least 1")
         if self.device not in ("cpu", "auto"):
@@ -101,7 +112,15 @@ class TrainingFault(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C: a checkpoint was saved at a step boundary."""
+    """Ctrl-C or SIGTERM: a checkpoint was saved at a step boundary.
+
+    ``signum`` is the signal that stopped the run: the CLI exits with 128 + signum (130, 143), the code
+    shells and job schedulers expect from a process that a signal ended.
+    """
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 @dataclass
@@ -119,15 +138,20 @@ class _State:
 
 
 def _glue_features(tokenizer, task, examples, max_length):
+    """Tokenized training examples cut to ``max_length``, and how many of them were longer than that."""
+    from econlm.evaluate import too_long
+
     pairs = examples and examples[0].text_b is not None
     texts_a = [e.text_a for e in examples]
+    texts_b = [e.text_b for e in examples] if pairs else None
     encoded = (
-        tokenizer(texts_a, [e.text_b for e in examples], truncation=True, max_length=max_length)
+        tokenizer(texts_a, texts_b, truncation=True, max_length=max_length)
         if pairs
         else tokenizer(texts_a, truncation=True, max_length=max_length)
     )
     keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
-    return [{**{k: encoded[k][i] for k in keys}, "labels": e.label} for i, e in enumerate(examples)]
+    features = [{**{k: encoded[k][i] for k in keys}, "labels": e.label} for i, e in enumerate(examples)]
+    return features, sum(too_long(tokenizer, texts_a, texts_b, max_length))
 
 
 def _lm_features(ids: list[int], max_length: int, limit: int | None):
@@ -165,10 +189,17 @@ def _epoch_batches(n: int, batch_size: int, world: int, seed: int, epoch: int) -
 
 
 def _rng_state() -> dict:
+    """Every RNG state in types ``torch.load(weights_only=True)`` reads: lists, numbers, strings, tensors."""
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss_next],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached_gaussian)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -178,8 +209,10 @@ def _set_rng_state(state: dict) -> None:
     import numpy as np
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -189,25 +222,98 @@ def _save_checkpoint(out: Path, model, optimizer, scheduler, price, state: _Stat
     """Write ``out/checkpoint`` atomically: to a fresh folder, then swapped in by rename."""
     import torch
 
-    staging = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=out))
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "price": price.state_dict(),
-            "state": state.__dict__,
-            "rng": _rng_state(),
-            "config": _config_dict(config),
-        },
-        staging / "state.pt",
+    checkpoint = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "price": price.state_dict(),
+        "state": state.__dict__,
+        "rng": _rng_state(),
+        "config": _config_dict(config),
+    }
+    with _staging_dir(out, ".checkpoint-", _tensor_bytes(checkpoint)) as staging:
+        # A Python file, not a path: torch then chains the OSError (a full disk) to its own RuntimeError.
+        with open(staging / "state.pt", "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        target = out / CHECKPOINT
+        old = out / ".checkpoint-old"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _staging_dir(parent: Path, prefix: str, nbytes: int) -> Iterator[Path]:
+    """A fresh folder in ``parent`` to write into before it is renamed into place. Removed when writing
+    fails, so no half-written copy lingers; a full disk becomes a UserError saying how much was needed."""
+    staging = None
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        yield staging
+    except Exception as error:
+        if _disk_full(error):
+            raise UserError(
+                f"the disk is full: could not write {nbytes / 1e6:.1f} MB to {parent}; "
+                "free space or choose another --out"
+            ) from None
+        raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or one it arose from, is a full disk or quota. torch and safetensors report it as
+    their own exception, with the OSError as its context or its text in the message."""
+    texts = [os.strerror(code) for code in DISK_FULL]
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            return True
+        if any(text in str(error) for text in texts):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _tensor_bytes(value) -> int:
+    """Bytes of the tensors in a nested state dict: the size of what is about to be written."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _load_checkpoint(out: str | Path) -> dict:
+    """The saved training state of ``out``. Read with ``weights_only=True``: the folder may come from
+    someone else, and a full unpickler would run whatever code its file names."""
+    import torch
+
+    path = Path(out) / CHECKPOINT / "state.pt"
+    damaged = UserError(
+        f"{path} is not an econlm checkpoint or is damaged; delete {path.parent} to start over, or restore it"
     )
-    target = out / CHECKPOINT
-    old = out / ".checkpoint-old"
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's guesses about a damaged file; the error below says it
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        raise UserError(f"{path} cannot be read ({error.strerror}); check its permissions") from None
+    except Exception:  # a pickle that needs code, a truncated file, garbage: torch raises several kinds
+        raise damaged from None
+    keys = {"model", "optimizer", "scheduler", "price", "state", "rng", "config"}
+    if not isinstance(checkpoint, dict) or not keys <= checkpoint.keys() or not isinstance(checkpoint["config"], dict):
+        raise damaged
+    return checkpoint
 
 
 def _config_dict(config: TrainConfig) -> dict:
@@ -218,13 +324,17 @@ def _config_dict(config: TrainConfig) -> dict:
 
 def saved_config(out: str | Path) -> TrainConfig | None:
     """The config of the unfinished run in ``out``, or None."""
-    import torch
-
     path = Path(out) / CHECKPOINT / "state.pt"
     if not path.exists():
         return None
-    saved = torch.load(path, map_location="cpu", weights_only=False)["config"]
-    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    saved = _load_checkpoint(out)["config"]
+    try:
+        return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    except TypeError:  # fields this version does not know
+        raise UserError(
+            f"{path} holds settings this version of econlm does not know; resume it with the version that "
+            f"started it, or delete {path.parent} to start over"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -239,16 +349,42 @@ def prepare_out_dir(config: TrainConfig, resume: bool) -> Path:
     has_checkpoint = (out / CHECKPOINT / "state.pt").exists()
     finished = (out / "metrics.json").exists()
     if resume:
-        if finished and not has_checkpoint:
-            raise UserError(f"{out} holds a finished run (metrics.json); nothing to resume")
         if not has_checkpoint:
-            raise UserError(f"{out} has no checkpoint to resume from; start a new run without --resume")
+            raise _nothing_to_resume(out)
     elif has_checkpoint:
         raise UserError(f"{out} holds an unfinished run; continue it with --resume, or choose another --out")
     elif finished:
         raise UserError(f"{out} already holds a finished run; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _nothing_to_resume(out: str | Path) -> UserError:
+    if (Path(out) / "metrics.json").exists():
+        # A new run in a finished folder is refused too: only another --out helps.
+        return UserError(
+            f"the run in {out} is finished (metrics.json); nothing to resume; choose another --out for a new run"
+        )
+    return UserError(f"{out} has no checkpoint to resume from; start a new run without --resume")
+
+
+@contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """Ctrl-C and SIGTERM (a scheduler's or container's stop, ``kill``) become a request the training loop
+    honours at the next step boundary: it saves a checkpoint and raises :class:`Interrupted`. Yields the
+    list of signals received; the previous handlers come back afterwards."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield received
+        return
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    for number in STOP_SIGNALS:
+        signal.signal(number, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
 
 
 def _load_for_task(config: TrainConfig, task):
@@ -288,7 +424,20 @@ def train(
         resume: continue the unfinished run in ``config.out`` from its checkpoint.
         progress: show a progress bar with loss, cost and lambda.
         on_step: called after every optimizer step with (global step, model); for tests and tooling.
+
+    Raises:
+        Interrupted: on Ctrl-C or SIGTERM, after saving a checkpoint at the end of the current step.
+        TrainingFault: on a non-finite loss; the last good checkpoint stays.
+        UserError: on a mistake in ``config`` or its files, or a full disk.
     """
+    from econlm.runinfo import created_dir
+
+    # A run that fails before writing anything must not leave an empty --out behind.
+    with created_dir(config.out):
+        return _train(config, resume, progress, on_step)
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool, on_step) -> dict:
     import torch
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
@@ -317,12 +466,13 @@ def train(
     loaded = _load_for_task(config, task)
     model, tokenizer = loaded.model, loaded.tokenizer
     model.config.pad_token_id = tokenizer.pad_token_id
+    truncated_train = 0  # language-modelling blocks are max_length tokens by construction
     if task.is_lm:
         features = _lm_features(evaluate.lm_token_ids(tokenizer, train_text, None), config.max_length, config.limit)
         if not features:
             raise UserError(f"the training text is shorter than one block of {config.max_length} tokens")
     else:
-        features = _glue_features(tokenizer, task, train_examples, config.max_length)
+        features, truncated_train = _glue_features(tokenizer, task, train_examples, config.max_length)
     regression = task.kind == "regression"
 
     meter = CostMeter(model, config.cost, config.target, config.attention_weight, config.ffn_weight)
@@ -349,7 +499,7 @@ def train(
     state = _State()
 
     if resume:
-        checkpoint = torch.load(out / CHECKPOINT / "state.pt", map_location="cpu", weights_only=False)
+        checkpoint = _load_checkpoint(out)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -365,19 +515,12 @@ def train(
     inner = accelerator.unwrap_model(model)
     writer = _tensorboard(out) if main_process else None
 
-    interrupted = {"flag": False}
-    previous_handler = signal.getsignal(signal.SIGINT)
-
-    def on_sigint(signum, frame):
-        interrupted["flag"] = True
-
-    signal.signal(signal.SIGINT, on_sigint)
     pbar = bar(
         total=total_steps, desc=f"train {config.model} on {task.name}", unit="step", enabled=progress and main_process
     )
     pbar.update(state.global_step)
     try:
-        with meter.attached():
+        with meter.attached(), _stop_requests() as stop_signals:
             while state.global_step < total_steps:
                 batches = _epoch_batches(len(features), config.batch_size, world, config.seed, state.epoch)
                 while state.step_in_epoch < len(batches) and state.global_step < total_steps:
@@ -437,17 +580,18 @@ def train(
                     )
                     if on_step:
                         on_step(state.global_step, inner)
-                    if state.global_step % config.save_every == 0 or interrupted["flag"]:
+                    if state.global_step % config.save_every == 0 or stop_signals:
                         _checkpoint(accelerator, out, inner, optimizer, scheduler, price, state, config)
-                    if interrupted["flag"]:
+                    if stop_signals:
                         raise Interrupted(
-                            f"interrupted at step {state.global_step}/{total_steps}; checkpoint saved in "
-                            f"{out / CHECKPOINT}. Continue with: econlm train --out {out} --resume"
+                            f"interrupted ({signal.Signals(stop_signals[0]).name}) at step {state.global_step}/"
+                            f"{total_steps}; checkpoint saved in {out / CHECKPOINT}. "
+                            f"Continue with: econlm train --out {out} --resume",
+                            stop_signals[0],
                         )
                 state.epoch += 1
                 state.step_in_epoch = 0
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
         pbar.close()
         if writer:
             writer.flush()
@@ -458,7 +602,16 @@ def train(
     if main_process:
         state.lambda_history.append([state.global_step, price.current])
         metrics = finish(
-            inner, tokenizer, task, config, out, state, price, meter, eval_examples if not task.is_lm else eval_text
+            inner,
+            tokenizer,
+            task,
+            config,
+            out,
+            state,
+            price,
+            meter,
+            eval_examples if not task.is_lm else eval_text,
+            truncated_train_examples=truncated_train,
         )
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -509,7 +662,18 @@ def _tensorboard(out: Path):
 # Final evaluation and saving
 
 
-def finish(model, tokenizer, task, config: TrainConfig, out: Path, state: _State, price, meter, eval_data) -> dict:
+def finish(
+    model,
+    tokenizer,
+    task,
+    config: TrainConfig,
+    out: Path,
+    state: _State,
+    price,
+    meter,
+    eval_data,
+    truncated_train_examples: int = 0,
+) -> dict:
     """Fold gates, evaluate on held-out data, save the checkpoint and ``metrics.json``."""
     import torch
 
@@ -518,7 +682,7 @@ def finish(model, tokenizer, task, config: TrainConfig, out: Path, state: _State
     from econlm.cost import COSTS, CostMeter
     from econlm.flops import Structure, dense_macs
     from econlm.gates import fold_gates
-    from econlm.runinfo import run_metadata, write_json
+    from econlm.runinfo import run_metadata
 
     model.eval()
     gates_report = _gates_report(model, meter)
@@ -583,6 +747,7 @@ def finish(model, tokenizer, task, config: TrainConfig, out: Path, state: _State
         if task.is_lm
         else "dev split",
         "eval_examples": score.examples,
+        "truncated_train_examples": truncated_train_examples,  # longer than max_length, trained on cut
         "scoring": score.details,
         "lambda_final": price.current,
         "lambda_history": state.lambda_history,
@@ -608,14 +773,24 @@ def finish(model, tokenizer, task, config: TrainConfig, out: Path, state: _State
         },
         "costs_known": sorted(COSTS),
     }
-    from econlm.compact import save_model
-
     previous = getattr(model.config, "econlm", None) or {}
     model.config.econlm = {**previous, "train": _config_dict(config), "gates": folded}
-    save_model(model, tokenizer, out)
     meta = run_metadata(seed=config.seed, config=_config_dict(config))
-    write_json(out / "metrics.json", {**metrics, "meta": meta})
+    _save_final(model, tokenizer, out, {**metrics, "meta": meta})
     return metrics
+
+
+def _save_final(model, tokenizer, out: Path, metrics: dict) -> None:
+    """Save the model, then ``metrics.json`` (which marks the run finished). The model is written to a
+    staging folder first, so a failed write (a full disk) leaves no half-written model in ``out``."""
+    from econlm.compact import save_model
+    from econlm.runinfo import write_json
+
+    with _staging_dir(out, ".final-", _tensor_bytes(model.state_dict())) as staging:
+        save_model(model, tokenizer, staging)
+        for item in staging.iterdir():
+            os.replace(item, out / item.name)
+        write_json(out / "metrics.json", metrics)
 
 
 def _gates_report(model, meter) -> dict | None:
@@ -641,7 +816,7 @@ def resolve_resume_config(out: str, given: dict) -> TrainConfig:
     """The saved config of the run in ``out``; flags that contradict it are an error."""
     saved = saved_config(out)
     if saved is None:
-        raise UserError(f"{out} has no checkpoint to resume from; start a new run without --resume")
+        raise _nothing_to_resume(out)
     conflicts = [k for k, v in given.items() if v is not None and k != "out" and _differs(getattr(saved, k), v)]
     if conflicts:
         raise UserError(f"--resume continues the saved run; these flags differ from it: {', '.join(sorted(conflicts))}")

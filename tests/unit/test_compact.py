@@ -129,6 +129,16 @@ def test_compact_cli_saves_verifies_and_reloads(dead_checkpoint, tmp_path, capsy
     assert report["after"]["dense_flops"] < report["before"]["dense_flops"]
     assert report["after"]["score"]["value"] == pytest.approx(report["before"]["score"]["value"])
     assert report["after"]["structure"] == {"heads": [3, 2], "kv_heads": [3, 2], "ffn": [32, 63]}
+    # Both models were timed in one interleaved run, in ONNX Runtime too when it is installed (make installs it).
+    import importlib.util
+
+    runtimes = ["torch", "onnxruntime"] if importlib.util.find_spec("onnxruntime") else ["torch"]
+    assert report["after"]["latency_setup"]["runtimes"] == runtimes
+    for key in ("batch1", "batch32"):
+        assert report["before"]["latency_seconds"][key]["repeats"] == 3
+        if len(runtimes) == 2:
+            assert report["ratios"][f"onnxruntime_speedup_{key}"] > 0
+            assert report["after"]["onnxruntime_latency_seconds"][key]["repeats"] == 3
 
     import econlm
     from econlm.models import load_model

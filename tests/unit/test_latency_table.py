@@ -1,0 +1,119 @@
+"""Latency tables: the monotone fit, interpolation, predictions, file checks, and a measured tiny table."""
+
+import json
+
+import pytest
+import torch
+
+from econlm.errors import UserError
+from econlm.latency_table import (
+    Curve,
+    LatencyTable,
+    check_table,
+    expected_share,
+    fit_curve,
+    interpolate,
+    load_table,
+    measure_table,
+    model_shape,
+    monotone_fit,
+)
+from tests.conftest import tiny_config, tiny_model
+
+
+def test_monotone_fit_pools_adjacent_violators():
+    assert monotone_fit([5.0, 3.0, 4.0, 1.0]) == [5.0, 3.5, 3.5, 1.0]
+    assert monotone_fit([1.0, 2.0, 3.0]) == [2.0, 2.0, 2.0]
+    assert monotone_fit([3.0, 2.0, 1.0]) == [3.0, 2.0, 1.0]
+
+
+def test_fit_curve_anchors_the_dense_count_at_zero_and_never_goes_negative():
+    curve = fit_curve([4, 1, 2, 3], [0.001, 0.010, 0.004, 0.005])  # noise made 2 < 3
+    assert curve.kept == (1, 2, 3, 4)
+    assert curve.saved == pytest.approx((0.009, 0.0035, 0.0035, 0.0))
+    assert curve.raw_saved == (0.010, 0.004, 0.005, 0.001)
+
+
+def _curve():
+    return Curve(kept=(2, 4, 8), saved=(0.3, 0.1, 0.0), raw_saved=(0.3, 0.1, 0.0))
+
+
+def test_interpolation_is_linear_between_points_and_differentiable():
+    curve = _curve()
+    assert curve.at(4) == pytest.approx(0.1) and curve.at(6) == pytest.approx(0.05) and curve.at(3) == pytest.approx(0.2)
+    assert curve.at(8) == pytest.approx(0.0)
+    k = torch.tensor(6.0, requires_grad=True)
+    interpolate(k, curve).backward()
+    assert float(k.grad) == pytest.approx(-0.1 / 4)  # the segment from 4 to 8 kept units
+
+
+def _table(**overrides):
+    settings = dict(
+        model={"name": "tiny", **model_shape(tiny_config("bert"))},
+        setup={"batch": 1, "seq_len": 16, "threads": torch.get_num_threads()},
+        machine={},
+        dense_seconds=1.0,
+        attention=Curve((1, 2, 3, 4), (0.06, 0.04, 0.02, 0.0), (0.06, 0.04, 0.02, 0.0)),
+        ffn=Curve((16, 32, 64), (0.2, 0.1, 0.0), (0.2, 0.1, 0.0)),
+    )
+    settings.update(overrides)
+    return LatencyTable(**settings)
+
+
+def test_predicted_latency_subtracts_each_layers_savings():
+    table = _table()
+    # Layer 0 keeps 2 heads (0.04 saved) and 32 neurons (0.1); layer 1 stays dense.
+    assert table.predict([2, 4], [32, 64]) == pytest.approx(1.0 - 0.04 - 0.1)
+    assert table.predicted_speedup([2, 4], [32, 64]) == pytest.approx(1 / 0.86)
+    share = expected_share(table, [torch.tensor(2.0), torch.tensor(4.0)], [torch.tensor(32.0), torch.tensor(64.0)])
+    assert float(share) == pytest.approx(0.86)
+
+
+def test_a_table_round_trips_through_json(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(_table().to_json()))
+    assert load_table(path) == _table()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"format": "something else"}', "malformed"),
+        (json.dumps({**_table().to_json(), "dense_seconds": -1}), "dense_seconds must be positive"),
+        (json.dumps({**_table().to_json(), "ffn": {"kept": [3, 2], "saved": [0, 0]}}), "increasing"),
+    ],
+)
+def test_a_malformed_table_is_one_line(tmp_path, content, message):
+    path = tmp_path / "t.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message) as error:
+        load_table(path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_missing_table_says_how_to_make_one(tmp_path):
+    with pytest.raises(UserError, match="econlm latency-table"):
+        load_table(tmp_path / "none.json")
+
+
+def test_a_table_of_another_shape_is_refused_and_another_machine_warns(capsys):
+    with pytest.raises(UserError, match="intermediate 64 \\(model: 128\\)"):
+        check_table(_table(), tiny_config("bert", intermediate_size=128))
+    check_table(_table(setup={"threads": 99}), tiny_config("bert"))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "99 threads" in err and "warning" in err
+    check_table(_table(), tiny_config("bert"))
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_measure_table_on_a_tiny_model(family):
+    model = tiny_model(family, intermediate_size=64)
+    table = measure_table(model, name="tiny", batch=2, seq_len=16, repeats=3, warmup=1, ffn_points=4, progress=False)
+    groups = 4 if family == "bert" else 2  # llama: 4 query heads over 2 K/V groups
+    assert table.attention.kept == tuple(range(1, groups + 1)) and table.ffn.kept == (16, 32, 48, 64)
+    assert table.group == 4 // groups and table.model["kv_heads"] == groups
+    for curve in (table.attention, table.ffn):
+        assert curve.saved[-1] == 0.0 and all(a >= b for a, b in zip(curve.saved, curve.saved[1:]))
+    assert table.dense_seconds > 0 and table.setup["seq_len"] == 16
