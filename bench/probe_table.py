@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, markdown_table, save  # noqa: E402
 
-from econlm.probe import DEFAULT_BUDGETS, ProbeConfig, ProbeResult, run_probe, save_probe  # noqa: E402
+from econlm.probing import DEFAULT_BUDGETS, ProbeConfig, ProbeResult, run_probe, save_probe  # noqa: E402
 
 
 def _reused(folder: Path, config: ProbeConfig) -> ProbeResult | None:

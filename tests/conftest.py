@@ -151,3 +151,27 @@ def write_tiny_glue(root: Path, n_train: int = 48, n_dev: int = 24) -> Path:
     (root / "wikitext-2" / "valid.txt").write_text(text)
     (root / "wikitext-2" / "test.txt").write_text(text[::-1])
     return root
+
+
+def latency_table_for(config, dense_seconds: float = 0.01, seq_len: int = 16):
+    """A made-up latency table that fits ``config``'s shape: savings linear in the units removed."""
+    from econlm.latency_table import Curve, LatencyTable, model_shape
+
+    shape = model_shape(config)
+    groups = list(range(1, shape["kv_heads"] + 1))
+    widths = [shape["intermediate"] * i // 4 for i in range(1, 5)]
+
+    def curve(kept, dense, per_unit):
+        saved = tuple(per_unit * (dense - k) for k in kept)
+        return Curve(tuple(kept), saved, saved)
+
+    layer_share = dense_seconds / (2 * shape["layers"])  # half the time in attention, half in FFNs
+    return LatencyTable(
+        model={"name": "made up", **shape},
+        setup={"batch": 1, "seq_len": seq_len, "threads": 1},
+        machine={},
+        dense_seconds=dense_seconds,
+        attention=curve(groups, shape["kv_heads"], layer_share / shape["kv_heads"]),
+        ffn=curve(widths, shape["intermediate"], layer_share / shape["intermediate"]),
+        group=shape["heads"] // shape["kv_heads"],
+    )

@@ -16,21 +16,41 @@ _EXPORTS = {
     "load_model": "econlm.models",
     "load": "econlm.models",
     "run_compact": "econlm.compact",
-    "TrainConfig": "econlm.train",
-    "train": "econlm.train",
-    "ProbeConfig": "econlm.probe",
-    "run_probe": "econlm.probe",
-    "save_probe": "econlm.probe",
+    "compact_model": "econlm.compact",
+    "CompactReport": "econlm.compact",
+    "TrainConfig": "econlm.training",
+    "train": "econlm.training",
+    "ProbeConfig": "econlm.probing",
+    "ProbeResult": "econlm.probing",
+    "probe": "econlm.probing",
+    "run_probe": "econlm.probing",
+    "save_probe": "econlm.probing",
     "get_task": "econlm.data",
     "load_examples": "econlm.data",
     "load_text": "econlm.data",
     "UserError": "econlm.errors",
+    "TaxConfig": "econlm.incentive",
+    "Incentive": "econlm.incentive",
+    "attach_tax": "econlm.incentive",
+    "export_onnx": "econlm.export",
+    "load_latency_table": "econlm.latency_table",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
+_ALIASES = {"load_latency_table": "load_table"}
+
+
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), _ALIASES.get(name, name))
+        # Bind it: later look-ups skip this function. No export shares its name with a submodule (the
+        # training loop lives in econlm.training), so an import of a submodule never rebinds an export.
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'econlm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

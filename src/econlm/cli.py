@@ -15,11 +15,56 @@ from econlm.errors import UserError
 EXIT_USER_ERROR = 2
 
 
+# Help texts name what is registered: "{tasks}", "{costs}" and "{aliases}" are filled in from the registries
+# only when help is shown (the cost terms live next to torch code, which parsing a command must not import).
+_REGISTRIES = {
+    "{tasks}": ("econlm.data", "TASKS"),
+    "{costs}": ("econlm.cost", "COSTS"),
+    "{aliases}": ("econlm.models", "ALIASES"),
+}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def _get_help_string(self, action) -> str:  # the hook argparse's own formatters override
+        import importlib
+
+        text = super()._get_help_string(action)
+        for placeholder, (module, name) in _REGISTRIES.items():
+            if placeholder in text:
+                text = text.replace(placeholder, ", ".join(getattr(importlib.import_module(module), name)))
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump), exit code 2."""
+    """argparse with one-line errors (no usage dump), exit code 2, and help texts listing registered names."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse's API
         raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _add_data_flags(p, splits: tuple[str, ...]) -> None:
+    """Flags that describe a user's own data file (--task FILE): columns, type, metric, split files."""
+    g = p.add_argument_group("your own data (--task FILE: .csv, .tsv, .jsonl, a save_to_disk folder or a .txt corpus)")
+    g.add_argument("--text-columns", default=None, help="the text column, or two for pairs: A[,B] (default: text)")
+    g.add_argument("--label-column", default=None, help="the label column (default: label)")
+    g.add_argument("--task-type", default=None, choices=("classification", "regression", "lm"),
+                   help="default: from the labels (class names or ids: classification; scores: regression)")
+    g.add_argument("--metric", default=None, help="the headline metric (default by task type)")
+    if "train" in splits:
+        g.add_argument("--train", dest="train_file", default=None, help="a separate training file")
+    g.add_argument("--dev", dest="dev_file", default=None, help="a separate dev file (default: 10%% held out)")
+
+
+def _data_fields(args) -> dict:
+    return {
+        k: getattr(args, k)
+        for k in ("train_file", "dev_file", "text_columns", "label_column", "task_type", "metric")
+        if hasattr(args, k) and getattr(args, k) is not None
+    }
 
 
 def _add_probe(sub) -> None:
@@ -29,8 +74,8 @@ def _add_probe(sub) -> None:
         description="Score a model under top-k attention budgets and record the Gini coefficient and entropy "
         "of its attention rows per layer and head. Writes probe.json, probe.csv and probe.png to --out.",
     )
-    p.add_argument("--model", default="minilm", help="minilm, smollm2, a local checkpoint directory or a hub id")
-    p.add_argument("--task", default="stsb", help="sst2 stsb cola mrpc rte qnli mnli qqp wikitext103 wikitext2")
+    p.add_argument("--model", default="minilm", help="{aliases}, a local checkpoint directory or a hub id")
+    p.add_argument("--task", default="stsb", help="one of {tasks}")
     p.add_argument(
         "--budgets",
         default="full,32,16,8,4,2,1",
@@ -52,11 +97,12 @@ def _add_probe(sub) -> None:
         help="set FFN activations with |a| < EPS to zero while scoring (effective compute counts the rest)",
     )
     p.add_argument("--out", required=True, help="output folder")
+    _add_data_flags(p, ("dev",))
     p.set_defaults(func=_cmd_probe)
 
 
 def _cmd_probe(args) -> int:
-    from econlm.probe import ProbeConfig, format_table, run_probe, save_probe
+    from econlm.probing import ProbeConfig, format_table, run_probe, save_probe
 
     config = ProbeConfig(
         model=args.model,
@@ -70,6 +116,7 @@ def _cmd_probe(args) -> int:
         data_dir=args.data_dir,
         seed=args.seed,
         ffn_eps=args.ffn_eps,
+        **_data_fields(args),
     )
     result = run_probe(config)
     paths = save_probe(result, args.out)
@@ -86,35 +133,62 @@ def _cmd_probe(args) -> int:
     return 0
 
 
-TRAIN_FLAGS = {
-    # flag: (type, help)
-    "model": (str, "minilm, smollm2, a local checkpoint directory or a hub id"),
-    "task": (str, "GLUE task or wikitext103 / wikitext2"),
-    "lam": (float, "lambda, the price of compute (>= 0); the controller's starting price with --budget"),
-    "cost": (str, "comma-separated cost terms: ffn_l1, attn_logits_l1, attn_entropy, attn_sqrt, flops"),
-    "target": (str, "components taxed: attention, ffn or both (the paper's ablation)"),
-    "attention_weight": (float, "weight of the attention component"),
-    "ffn_weight": (float, "weight of the FFN component"),
-    "schedule": (str, "lambda schedule: constant, warmup (linear over --warmup-steps) or controller"),
-    "warmup_steps": (int, "steps of the linear lambda warm-up"),
-    "budget": (float, "target share of dense compute in (0, 1]: lambda becomes a price set by dual ascent"),
-    "price_lr": (float, "eta of the price controller: lambda += eta * (share - budget) each step"),
-    "gate_freeze": (float, "flops: share of training after which gates are fixed and the weights recover"),
-    "budget_warmup": (float, "controller only: share of training over which the budget falls from 1 to --budget"),
-    "budget_rho": (float, "controller only: weight rho of the anchor 0.5 * rho * (share - budget)^2"),
-    "epochs": (float, "training epochs (fractions allowed)"),
-    "lr": (float, "learning rate of the model weights"),
-    "gate_lr": (float, "learning rate of the flops gates"),
-    "weight_decay": (float, "AdamW weight decay"),
-    "batch_size": (int, "examples per step (per process)"),
-    "max_length": (int, "tokens per sequence"),
-    "seed": (int, "random seed (data order, initialisation, dropout, gates)"),
-    "limit": (int, "use only the first N training examples"),
-    "eval_limit": (int, "evaluate on the first N dev examples (test tokens for LM tasks)"),
-    "data_dir": (str, "local data folder (default $ECONLM_DATA, else the HF hub)"),
-    "save_every": (int, "steps between checkpoints"),
-    "device": (str, "cpu (default) or auto (a GPU when there is one; accelerate launch sets devices)"),
+TRAIN_HELP = {
+    "model": "{aliases}, a local checkpoint directory or a hub id",
+    "task": "one of {tasks}",
+    "lam": "lambda, the price of compute (>= 0); the controller's starting price with --budget",
+    "cost": "comma-separated cost terms: {costs}",
+    "target": "components taxed: attention, ffn or both (the paper's ablation)",
+    "attention_weight": "weight of the attention component",
+    "ffn_weight": "weight of the FFN component",
+    "schedule": "lambda schedule: constant, warmup (linear over --warmup-steps) or controller",
+    "warmup_steps": "steps of the linear lambda warm-up",
+    "budget": "target share of dense compute in (0, 1]: lambda becomes a price set by dual ascent",
+    "price_lr": "eta of the price controller: lambda += eta * (share - budget) each step",
+    "gate_freeze": "gates (flops, latency): share of training after which they are fixed and the weights recover",
+    "budget_warmup": "controller only: share of training over which the budget falls from 1 to --budget",
+    "budget_rho": "controller only: weight rho of the anchor 0.5 * rho * (share - budget)^2",
+    "epochs": "training epochs (fractions allowed)",
+    "lr": "learning rate of the model weights",
+    "gate_lr": "learning rate of the gates (flops, latency)",
+    "weight_decay": "AdamW weight decay",
+    "batch_size": "examples per step (per process)",
+    "max_length": "tokens per sequence",
+    "seed": "random seed (data order, initialisation, dropout, gates)",
+    "limit": "use only the first N training examples",
+    "eval_limit": "evaluate on the first N dev examples (test tokens for LM tasks)",
+    "data_dir": "local data folder (default $ECONLM_DATA, else the HF hub)",
+    "save_every": "steps between checkpoints",
+    "device": "cpu (default) or auto (a GPU when there is one; accelerate launch sets devices)",
+    "latency_table": "--cost latency: the table of this machine's latency per kept unit (econlm latency-table)",
+    "teacher": "distil from this fine-tuned checkpoint of the same task (the lambda = 0 fine-tune, say)",
+    "distill_weight": "weight of the prediction-layer distillation term (KL at a temperature; MSE for regression)",
+    "distill_hidden_weight": "weight of the per-layer hidden-state MSE to the teacher (default 0: off)",
+    "distill_temperature": "temperature of the distillation KL",
+    "lr_warmup_ratio": "share of the steps over which the learning rate warms up",
+    "log_every": "steps between TensorBoard and lambda-history records",
+    "cost_reduction": "mean (per token and unit, the default) or sum (the paper's L1 sums, for its lambda grid)",
+    "train_file": "your own data: a separate training file (default: --task FILE less its dev share)",
+    "dev_file": "your own data: a separate dev file (default: 10%% of --task FILE, the same for every run)",
+    "text_columns": "your own data: the text column, or two for pairs: A[,B] (default: text)",
+    "label_column": "your own data: the label column (default: label)",
+    "task_type": "your own data: classification, regression or lm (default: from the labels)",
+    "metric": "your own data: the headline metric (default by task type)",
 }
+
+
+def train_flags() -> dict[str, tuple[type, str]]:
+    """Every TrainConfig field but --out, with its type read from the dataclass: flags cannot drift from it."""
+    from dataclasses import fields
+
+    from econlm.training import TrainConfig
+
+    def kind(annotation: str) -> type:
+        if annotation.startswith("tuple"):
+            return str  # comma-separated, split below
+        return float if "float" in annotation else int if "int" in annotation else str
+
+    return {f.name: (kind(str(f.type)), TRAIN_HELP.get(f.name, "")) for f in fields(TrainConfig) if f.name != "out"}
 
 
 def _add_train(sub) -> None:
@@ -125,8 +199,10 @@ def _add_train(sub) -> None:
         "Writes a save_pretrained checkpoint, metrics.json and train_config.json to --out.",
     )
     p.add_argument("--config", default=None, help="YAML file with any of the settings below")
-    for name, (kind, text) in TRAIN_FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
+    aliases = {"train_file": ["--train"], "dev_file": ["--dev"]}  # the short names users type
+    for name, (kind, text) in train_flags().items():
+        flags = ["--" + name.replace("_", "-"), *aliases.get(name, [])]
+        p.add_argument(*flags, dest=name, type=kind, default=None, help=text)
     p.add_argument("--out", default=None, help="output folder (required, here or in the YAML file)")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
     p.set_defaults(func=_cmd_train)
@@ -134,9 +210,9 @@ def _add_train(sub) -> None:
 
 def _cmd_train(args) -> int:
     from econlm import config as config_module
-    from econlm.train import Interrupted, TrainConfig, TrainingFault, resolve_resume_config, train
+    from econlm.training import Interrupted, TrainConfig, TrainingFault, resolve_resume_config, train
 
-    overrides = {name: getattr(args, name) for name in TRAIN_FLAGS}
+    overrides = {name: getattr(args, name) for name in train_flags()}
     overrides["out"] = args.out
     if args.resume:
         if not args.out:
@@ -197,6 +273,10 @@ def _add_compact(sub) -> None:
         default=None,
         help="also time both models in ONNX Runtime (default: when onnxruntime is installed)",
     )
+    p.add_argument(
+        "--latency-table", default=None, help="report the speedup this table (econlm latency-table) predicts"
+    )
+    _add_data_flags(p, ("train", "dev"))
     p.set_defaults(func=_cmd_compact)
 
 
@@ -217,6 +297,8 @@ def _cmd_compact(args) -> int:
         latency_repeats=args.latency_repeats,
         threads=args.threads,
         onnx=onnx_available() if args.onnx is None else args.onnx,
+        latency_table=args.latency_table,
+        **_data_fields(args),
     )
     report = run_compact(config)
     before, after, ratios = report["before"], report["after"], report["ratios"]
@@ -229,6 +311,13 @@ def _cmd_compact(args) -> int:
         print(
             f"ONNX Runtime CPU speedup batch 1: {ratios['onnxruntime_speedup_batch1']:.2f}x, "
             f"batch 32: {ratios['onnxruntime_speedup_batch32']:.2f}x"
+        )
+    predicted = report.get("latency_table")
+    if predicted:
+        measured = predicted["measured_speedup"]
+        print(
+            f"latency table predicts {predicted['predicted_speedup']:.2f}x at batch {predicted['batch']}"
+            + (f" (measured {measured:.2f}x)" if measured else " (not measured at that batch and length)")
         )
     if before["score"]:
         print(f"{before['score']['metric']}: {before['score']['value']:.4f} -> {after['score']['value']:.4f}")
@@ -298,7 +387,7 @@ def _add_export(sub) -> None:
         "batch and sequence axes, run it in ONNX Runtime on batches of other shapes and report the largest "
         "difference from PyTorch. Writes OUT.onnx and OUT.json (the report). Needs the onnx extra.",
     )
-    p.add_argument("checkpoint", help="a checkpoint directory, minilm or smollm2")
+    p.add_argument("checkpoint", help="a checkpoint directory or an alias ({aliases})")
     p.add_argument("--onnx", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
     p.set_defaults(func=_cmd_export)
@@ -316,7 +405,9 @@ def _cmd_export(args) -> int:
         raise UserError(f"{target} exists; choose another --onnx path (nothing is overwritten)")
     loaded = load_model(args.checkpoint)
     report = export_onnx(loaded.model, loaded.tokenizer, target, opset=args.opset)
-    write_json(target.with_suffix(".json"), {**report.to_json(), "meta": run_metadata(config=vars(args) | {"func": None})})
+    write_json(
+        target.with_suffix(".json"), {**report.to_json(), "meta": run_metadata(config=vars(args) | {"func": None})}
+    )
     verdict = "matches" if report.matches else f"DIFFERS (tolerance {report.tolerance:g})"
     print(
         f"wrote {target} ({report.size_bytes / 1e6:.1f} MB, inputs {', '.join(report.inputs)} -> {report.output}, "
@@ -326,6 +417,71 @@ def _cmd_export(args) -> int:
     return 0 if report.matches else 1
 
 
+def _add_latency_table(sub) -> None:
+    p = sub.add_parser(
+        "latency-table",
+        help="measure what removing heads and FFN neurons saves on this machine (the latency price)",
+        description="Time the model pruned to k kept heads (K/V groups for grouped-query attention) and to k "
+        "kept FFN neurons in every layer, each round by round with the dense model, and fit each layer's saving "
+        "as a monotone piecewise-linear curve. Writes a JSON table for econlm train --cost latency and "
+        "econlm compact --latency-table.",
+    )
+    p.add_argument("model", help="{aliases}, a checkpoint directory or a hub id")
+    p.add_argument("--out", required=True, help="the JSON table to write")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=20, help="timed rounds per pruned shape")
+    p.add_argument("--ffn-points", type=int, default=12, help="kept FFN widths measured")
+    p.set_defaults(func=_cmd_latency_table)
+
+
+def _cmd_latency_table(args) -> int:
+    from pathlib import Path
+
+    if min(args.batch, args.seq_len, args.repeats, args.ffn_points) < 1:
+        raise UserError("--batch, --seq-len, --repeats and --ffn-points must be at least 1")
+    target = Path(args.out)
+    if target.exists():
+        raise UserError(f"{target} exists; choose another --out (nothing is overwritten)")
+    import torch
+
+    from econlm.latency_table import measure_table
+    from econlm.models import check_spec, load_model
+    from econlm.runinfo import run_metadata, write_json
+
+    check_spec(args.model)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, "base")
+    limit = getattr(loaded.model.config, "max_position_embeddings", None)
+    if limit and args.seq_len > limit:
+        raise UserError(f"--seq-len {args.seq_len} is above the model's context of {limit} tokens")
+    table = measure_table(
+        loaded.model,
+        name=args.model,
+        batch=args.batch,
+        seq_len=args.seq_len,
+        repeats=args.repeats,
+        ffn_points=args.ffn_points,
+    )
+    write_json(
+        target, {**table.to_json(), "meta": run_metadata(config={k: v for k, v in vars(args).items() if k != "func"})}
+    )
+    half_heads = table.predicted_speedup(
+        [table.model["heads"] // 2] * table.model["layers"], [table.model["intermediate"]] * table.model["layers"]
+    )
+    half_ffn = table.predicted_speedup(
+        [table.model["heads"]] * table.model["layers"], [table.model["intermediate"] // 2] * table.model["layers"]
+    )
+    print(
+        f"wrote {target}: dense {table.dense_seconds * 1000:.2f} ms at batch {args.batch} x {args.seq_len} tokens, "
+        f"{table.setup['threads']} threads; predicted speedup with half the heads {half_heads:.2f}x, half the FFN "
+        f"{half_ffn:.2f}x"
+    )
+    return 0
+
+
 def _add_list(sub) -> None:
     p = sub.add_parser("list", help="list model aliases and tasks")
     p.set_defaults(func=_cmd_list)
@@ -333,11 +489,11 @@ def _add_list(sub) -> None:
 
 def _cmd_list(args) -> int:
     from econlm.data import TASKS
-    from econlm.models import ALIAS_DESCRIPTIONS
+    from econlm.models import ALIASES
 
     print("model aliases (also: any local checkpoint directory or Hugging Face hub id):")
-    for name, text in ALIAS_DESCRIPTIONS.items():
-        print(f"  {name:<10} {text}")
+    for name, alias in ALIASES.items():
+        print(f"  {name:<10} {alias.description}")
     from econlm.cost import COSTS
 
     print("cost terms (econlm train --cost):", ", ".join(COSTS))
@@ -347,7 +503,16 @@ def _cmd_list(args) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [_add_probe, _add_train, _add_compact, _add_export, _add_sweep, _add_report, _add_list]
+COMMANDS: list[Callable] = [
+    _add_probe,
+    _add_train,
+    _add_compact,
+    _add_export,
+    _add_latency_table,
+    _add_sweep,
+    _add_report,
+    _add_list,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,9 +8,9 @@ Dead units, layer by layer:
   on the calibration set. With grouped-query attention a key/value head goes only together with all
   the query heads that share it (transformers' modules need equal groups), so GQA models lose whole groups.
 
-Every layer keeps at least one head and one neuron. transformers 5 has no head pruning and its configs
-hold one FFN width for all layers, so the per-layer shapes are saved next to the weights in
-``econlm_structure.json``; :func:`load` (and every econlm command given the folder) rebuilds the model.
+Every layer keeps at least one head and one neuron. The removal itself and the saved format (per-layer
+shapes in ``econlm_structure.json`` next to the weights, which ``econlm.load`` and every econlm command given
+the folder rebuild) are :mod:`econlm.surgery`'s; this module decides what goes, and runs the command.
 On save the result is verified against the original on the calibration batches: when only truly dead
 units went (zero weights or activations exactly zero) outputs must match (``torch.testing.assert_close``);
 the largest difference is reported either way.
@@ -18,7 +18,7 @@ the largest difference is reported either way.
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,109 +27,15 @@ from torch import nn
 
 from econlm import arch
 from econlm.errors import UserError
-
-STRUCTURE_FILE = "econlm_structure.json"
-
-
-@dataclass
-class LayerPlan:
-    """Units kept in one layer, and why others went."""
-
-    keep_heads: list[int]
-    keep_kv_heads: list[int]
-    keep_neurons: list[int]
-    heads_zero: int = 0
-    heads_unused: int = 0
-    neurons_zero: int = 0
-    neurons_unused: int = 0
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Surgery on Linear and GPT-2 Conv1D layers
-
-
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear)
-
-
-def _select_outputs(module: nn.Module, index: torch.Tensor) -> nn.Module:
-    """A copy of ``module`` computing only the output features ``index``."""
-    with torch.no_grad():
-        if _is_linear(module):
-            new = nn.Linear(module.in_features, len(index), bias=module.bias is not None)
-            new.weight.copy_(module.weight[index])
-        else:  # Conv1D: weight (in, out)
-            new = type(module)(len(index), module.weight.shape[0])
-            new.weight.copy_(module.weight[:, index])
-        if module.bias is not None:
-            new.bias.copy_(module.bias[index])
-    return new.to(module.weight.dtype).to(module.weight.device)
-
-
-def _select_inputs(module: nn.Module, index: torch.Tensor) -> nn.Module:
-    """A copy of ``module`` reading only the input features ``index``."""
-    with torch.no_grad():
-        if _is_linear(module):
-            new = nn.Linear(len(index), module.out_features, bias=module.bias is not None)
-            new.weight.copy_(module.weight[:, index])
-        else:
-            new = type(module)(module.weight.shape[1], len(index))
-            new.weight.copy_(module.weight[index])
-        if module.bias is not None:
-            new.bias.copy_(module.bias)
-    return new.to(module.weight.dtype).to(module.weight.device)
-
-
-def _input_columns(module: nn.Module) -> torch.Tensor:
-    """Weights as (in_features, out_features), whatever the layer type."""
-    return module.weight.t() if _is_linear(module) else module.weight
-
-
-def _set(block: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    setattr(block.get_submodule(parent_path) if parent_path else block, name, module)
-
-
-def _feature_index(units: list[int], width: int) -> torch.Tensor:
-    return torch.tensor([u * width + j for u in units for j in range(width)], dtype=torch.long)
-
-
-def apply_plan(model: nn.Module, plans: list[LayerPlan]) -> None:
-    """Shrink every block of ``model`` in place to the units its plan keeps."""
-    fam = arch.family(model.config)
-    shape = arch.shape(model.config)
-    d = shape.head_dim
-    for block, plan in zip(arch.blocks(model), plans, strict=True):
-        q_index = _feature_index(plan.keep_heads, d)
-        kv_index = _feature_index(plan.keep_kv_heads, d)
-        if fam.qkv_fused:
-            # GPT-2's c_attn outputs [Q | K | V], each hidden wide.
-            fused = torch.cat([q_index, kv_index + shape.hidden, kv_index + 2 * shape.hidden])
-            _set(block, fam.q, _select_outputs(block.get_submodule(fam.q), fused))
-        else:
-            _set(block, fam.q, _select_outputs(block.get_submodule(fam.q), q_index))
-            _set(block, fam.k, _select_outputs(block.get_submodule(fam.k), kv_index))
-            _set(block, fam.v, _select_outputs(block.get_submodule(fam.v), kv_index))
-        _set(block, fam.o, _select_inputs(block.get_submodule(fam.o), q_index))
-        attention = block.get_submodule(fam.attention)
-        heads, kv_heads = len(plan.keep_heads), len(plan.keep_kv_heads)
-        for name, value in (
-            ("num_attention_heads", heads),
-            ("num_heads", heads),
-            ("n_heads", heads),
-            ("all_head_size", heads * d),
-            ("num_key_value_heads", kv_heads),
-            ("num_key_value_groups", heads // kv_heads),
-            ("split_size", heads * d),  # GPT-2 splits c_attn's output with it
-        ):
-            if hasattr(attention, name):
-                setattr(attention, name, value)
-        n_index = torch.tensor(plan.keep_neurons, dtype=torch.long)
-        _set(block, fam.ffn_up, _select_outputs(block.get_submodule(fam.ffn_up), n_index))
-        if fam.ffn_gate:
-            _set(block, fam.ffn_gate, _select_outputs(block.get_submodule(fam.ffn_gate), n_index))
-        _set(block, fam.ffn_down, _select_inputs(block.get_submodule(fam.ffn_down), n_index))
-
+from econlm.flops import Structure
+from econlm.surgery import (  # the surgery and checkpoint format; all these names stay importable from here
+    STRUCTURE_FILE,  # noqa: F401
+    LayerPlan,
+    apply_plan,
+    is_compacted,  # noqa: F401
+    load_compacted,  # noqa: F401
+    save_model,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # Finding dead units
@@ -149,14 +55,14 @@ def calibrate(model: nn.Module, batches: list[dict]) -> dict:
 def plan_removal(model: nn.Module, calibration: dict | None, eps: float) -> list[LayerPlan]:
     """Decide, per layer, which heads and neurons stay."""
     fam = arch.family(model.config)
-    shape = arch.shape(model.config)
-    d = shape.head_dim
+    structure = Structure.of_model(model)
+    d = structure.head_dim
     plans = []
     for i, block in enumerate(arch.blocks(model)):
-        down = _input_columns(block.get_submodule(fam.ffn_down))  # (F, D)
+        down = arch.in_columns(block.get_submodule(fam.ffn_down))  # (F, D)
         neuron_zero = (down == 0).all(dim=1)
-        o_cols = _input_columns(block.get_submodule(fam.o))  # (H*d, D)
-        heads = o_cols.shape[0] // d
+        o_cols = arch.in_columns(block.get_submodule(fam.o))  # (H*d, D)
+        heads, kv_heads = structure.heads[i], structure.kv_heads[i]
         head_zero = (o_cols.view(heads, d, -1) == 0).all(dim=2).all(dim=1)
         neuron_unused = torch.zeros_like(neuron_zero)
         head_unused = torch.zeros_like(head_zero)
@@ -165,7 +71,6 @@ def plan_removal(model: nn.Module, calibration: dict | None, eps: float) -> list
             head_unused = calibration["head_max"][i] <= eps
         neuron_dead = neuron_zero | neuron_unused
         head_dead = head_zero | head_unused
-        kv_heads = _kv_heads_of(block, fam, shape, heads)
         group = heads // kv_heads
         # Only whole GQA groups can go: a K/V head and every query head reading it.
         group_dead = head_dead.view(kv_heads, group).all(dim=1)
@@ -188,15 +93,7 @@ def plan_removal(model: nn.Module, calibration: dict | None, eps: float) -> list
     return plans
 
 
-def _kv_heads_of(block, fam, shape, heads: int) -> int:
-    if fam.qkv_fused:
-        return heads
-    k = block.get_submodule(fam.k)
-    out = k.out_features if _is_linear(k) else k.weight.shape[1]
-    return out // shape.head_dim
-
-
-def exactly_dead_only(plans: list[LayerPlan], calibration: dict | None, model_before: nn.Module) -> bool:
+def exactly_dead_only(plans: list[LayerPlan], calibration: dict | None) -> bool:
     """True when every removed unit had zero weights or activations exactly zero (outputs must not change)."""
     for i, plan in enumerate(plans):
         if plan.heads_unused or plan.neurons_unused:
@@ -211,85 +108,6 @@ def exactly_dead_only(plans: list[LayerPlan], calibration: dict | None, model_be
             if any(float(calibration["head_max"][i][h]) > 0 for h in gone):
                 return False
     return True
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Saving and loading
-
-
-def structure_dict(plans: list[LayerPlan]) -> dict:
-    return {
-        "format": 1,
-        "layers": [
-            {"heads": len(p.keep_heads), "kv_heads": len(p.keep_kv_heads), "ffn": len(p.keep_neurons)} for p in plans
-        ],
-    }
-
-
-def plans_from_structure(structure: dict) -> list[LayerPlan]:
-    """Plans that rebuild saved shapes (which original units they were no longer matters)."""
-    return [
-        LayerPlan(
-            keep_heads=list(range(layer["heads"])),
-            keep_kv_heads=list(range(layer["kv_heads"])),
-            keep_neurons=list(range(layer["ffn"])),
-        )
-        for layer in structure["layers"]
-    ]
-
-
-def current_plans(model: nn.Module) -> list[LayerPlan]:
-    """Plans describing the model's present shapes (for saving a model that was shrunk earlier)."""
-    from econlm.flops import Structure
-
-    structure = Structure.of_model(model)
-    return [
-        LayerPlan(list(range(h)), list(range(g)), list(range(f)))
-        for h, g, f in zip(structure.heads, structure.kv_heads, structure.ffn)
-    ]
-
-
-def save_model(model: nn.Module, tokenizer, out: str | Path) -> None:
-    """``save_pretrained`` plus, when the shapes differ from the config's, the per-layer structure file."""
-    from econlm.flops import Structure
-    from econlm.models import _quiet_transformers
-
-    out = Path(out)
-    with _quiet_transformers():
-        model.save_pretrained(out)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out)
-    if (
-        Structure.of_model(model).heads != Structure.dense(model.config).heads
-        or Structure.of_model(model).ffn != Structure.dense(model.config).ffn
-    ):
-        (out / STRUCTURE_FILE).write_text(json.dumps(structure_dict(current_plans(model)), indent=2) + "\n")
-
-
-def is_compacted(path: str | Path) -> bool:
-    return (Path(path) / STRUCTURE_FILE).exists()
-
-
-def load_compacted(path: str | Path, head: str, dtype=None):
-    """Rebuild a compacted model: dense model from config, shrunk to the saved shapes, then the weights."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    path = Path(path)
-    config = AutoConfig.from_pretrained(path)
-    auto = {"seq-cls": AutoModelForSequenceClassification, "causal-lm": AutoModelForCausalLM}.get(head, AutoModel)
-    model = auto.from_config(config, attn_implementation="eager", dtype=dtype or torch.float32)
-    apply_plan(model, plans_from_structure(json.loads((path / STRUCTURE_FILE).read_text())))
-    state = {}
-    for file in sorted(path.glob("*.safetensors")):
-        state.update(load_file(str(file)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    if unexpected or [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]:
-        raise RuntimeError(f"compacted checkpoint {path} does not match its structure: {missing} {unexpected}")
-    if getattr(config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
-        model.tie_weights()
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -310,6 +128,14 @@ class CompactConfig:
     latency_repeats: int = 20
     threads: int | None = None
     onnx: bool = False  # also time both models in ONNX Runtime (the CLI turns it on when onnxruntime is installed)
+    latency_table: str | None = None  # report the speedup this table predicts next to the measured one
+    # Your own data (--task FILE), by default as the checkpoint was trained: see econlm.userdata
+    train_file: str | None = None
+    dev_file: str | None = None
+    text_columns: tuple[str, ...] = ()
+    label_column: str | None = None
+    task_type: str | None = None
+    metric: str | None = None
 
     def __post_init__(self) -> None:
         import math
@@ -324,10 +150,14 @@ class CompactConfig:
             from econlm.export import require_onnx
 
             require_onnx()
-        if self.task is not None:
-            from econlm.data import get_task
+        if self.latency_table:
+            from econlm.latency_table import load_table
 
-            get_task(self.task)
+            load_table(self.latency_table)  # a missing or malformed table fails before any work
+        if self.task is not None:
+            from econlm.userdata import normalise_data_fields
+
+            normalise_data_fields(self)
 
 
 def _calibration_batches(loaded, task, config: CompactConfig) -> list[dict]:
@@ -501,8 +331,106 @@ def run_compact(config: CompactConfig, progress: bool = True) -> dict:
         return _compact(config, out, pbar)
 
 
-def _compact(config: CompactConfig, out: Path, pbar) -> dict:
+@dataclass(frozen=True)
+class CompactReport:
+    """What :func:`compact_model` removed, how it checked the result, and the dense compute before and after
+    (MACs of one sequence of ``seq_len`` tokens, task head included)."""
+
+    removed_heads: int
+    removed_neurons: int
+    per_layer: tuple[dict, ...]
+    calibration_examples: int
+    only_exactly_dead_units_removed: bool
+    max_abs_output_difference: float
+    checked: str
+    parameters_before: int
+    parameters_after: int
+    dense_macs_before: int
+    dense_macs_after: int
+    seq_len: int
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.dense_macs_after / self.dense_macs_before
+
+    @property
+    def removed_anything(self) -> bool:
+        return self.removed_heads > 0 or self.removed_neurons > 0
+
+    def to_json(self) -> dict:
+        return {
+            "removed": {"heads": self.removed_heads, "neurons": self.removed_neurons, "per_layer": list(self.per_layer)},
+            "calibration_examples": self.calibration_examples,
+            "verification": {
+                "only_exactly_dead_units_removed": self.only_exactly_dead_units_removed,
+                "max_abs_output_difference": self.max_abs_output_difference,
+                "checked": self.checked,
+            },
+            "parameters": {"before": self.parameters_before, "after": self.parameters_after},
+            "dense_macs": {"before": self.dense_macs_before, "after": self.dense_macs_after, "seq_len": self.seq_len},
+            "flops_ratio": self.flops_ratio,
+        }
+
+
+def compact_model(
+    model: nn.Module, batches: list[dict], eps: float = 1e-3, *, seq_len: int = 128
+) -> tuple[nn.Module, CompactReport]:
+    """A smaller copy of ``model`` without the heads and FFN neurons that are gated off (exact zeros, as
+    gates fold to) or never exceed ``eps`` on the calibration ``batches`` (model inputs: input_ids,
+    attention_mask, ...). The copy is checked against the model on those batches: ``assert_close`` when
+    only exactly-dead units went, and the largest output difference is always reported. ``model`` is not
+    changed. With nothing to remove, the copy is the same size and ``report.removed_anything`` is False."""
     import copy
+
+    from econlm.flops import Structure, dense_macs
+
+    if not (math.isfinite(eps) and eps >= 0):
+        raise UserError(f"eps must be a number >= 0 (an activation threshold), not {eps}")
+    model = model.eval()
+    calibration = calibrate(model, batches) if batches else None
+    plans = plan_removal(model, calibration, eps)
+    shape = arch.shape(model.config)
+    compacted = copy.deepcopy(model)
+    apply_plan(compacted, plans)
+    compacted.eval()
+    exact = exactly_dead_only(plans, calibration)
+    differences = []
+    with torch.no_grad():
+        for batch in batches:
+            got, expected = _outputs(compacted, batch), _outputs(model, batch)
+            differences.append(float((got - expected).abs().max()))
+            if exact:
+                torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    report = CompactReport(
+        removed_heads=sum(shape.heads - len(p.keep_heads) for p in plans),
+        removed_neurons=sum(shape.intermediate - len(p.keep_neurons) for p in plans),
+        per_layer=tuple(
+            {
+                "heads_kept": len(p.keep_heads),
+                "heads_zero": p.heads_zero,
+                "heads_unused": p.heads_unused,
+                "neurons_kept": len(p.keep_neurons),
+                "neurons_zero": p.neurons_zero,
+                "neurons_unused": p.neurons_unused,
+            }
+            for p in plans
+        ),
+        calibration_examples=sum(len(b["input_ids"]) for b in batches),
+        only_exactly_dead_units_removed=exact,
+        max_abs_output_difference=max(differences) if differences else 0.0,
+        checked="assert_close(rtol=1e-4, atol=1e-5) on the calibration batches"
+        if exact
+        else "not asserted: units below eps but not exactly zero were removed",
+        parameters_before=sum(p.numel() for p in model.parameters()),
+        parameters_after=sum(p.numel() for p in compacted.parameters()),
+        dense_macs_before=dense_macs(Structure.of_model(model), seq_len, include_head=True)["macs"],
+        dense_macs_after=dense_macs(Structure.of_model(compacted), seq_len, include_head=True)["macs"],
+        seq_len=seq_len,
+    )
+    return compacted, report
+
+
+def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     import os
     import shutil
     import tempfile
@@ -515,18 +443,20 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     loaded = load_model(config.checkpoint)
     model = loaded.model
     trained = (getattr(model.config, "econlm", None) or {}).get("train", {})
-    task_name = config.task or trained.get("task")
-    if task_name is None:
+    if config.task is None and trained.get("task"):
+        # The task it was trained on, read as it was then (a user's file with its columns and splits).
+        from econlm.userdata import DATA_FIELDS
+
+        as_trained = {k: trained[k] for k in DATA_FIELDS if trained.get(k)}
+        config = CompactConfig(**{**config.__dict__, "task": trained["task"], **as_trained})
+    if config.task is None:
         raise UserError("the checkpoint does not say which task it was trained on; pass --task for calibration")
-    task = data.get_task(task_name)
+    task = data.get_task(config.task)
     if config.data_dir is None and trained.get("data_dir"):
         config = CompactConfig(**{**config.__dict__, "data_dir": trained["data_dir"]})
     batches = _calibration_batches(loaded, task, config)
-    calibration = calibrate(model, batches) if batches else None
-    plans = plan_removal(model, calibration, config.eps)
-    removed_heads = sum(arch.shape(model.config).heads - len(p.keep_heads) for p in plans)
-    removed_neurons = sum(arch.shape(model.config).intermediate - len(p.keep_neurons) for p in plans)
-    if removed_heads == 0 and removed_neurons == 0:
+    compacted, core = compact_model(model, batches, config.eps, seq_len=latency_seq_len(model, config))
+    if not core.removed_anything:
         raise UserError(
             f"nothing to remove in {config.checkpoint}: no head or FFN neuron is gated off or stays at or below "
             f"|a| <= {config.eps:g} on {config.calib_examples} calibration examples; nothing was written"
@@ -535,20 +465,7 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     pbar.set_postfix_str("scoring the original")
     before = measure_model(model, loaded, task, config, loaded.head)
     pbar.update(1)
-    pbar.set_postfix_str("removing and verifying")
-    compacted = copy.deepcopy(model)
-    apply_plan(compacted, plans)
-    compacted.eval()
-    differences = []
-    with torch.no_grad():
-        for batch in batches:
-            differences.append(float((_outputs(compacted, batch) - _outputs(model, batch)).abs().max()))
-    exact = exactly_dead_only(plans, calibration, model)
-    if exact:
-        with torch.no_grad():
-            for batch in batches:
-                torch.testing.assert_close(_outputs(compacted, batch), _outputs(model, batch), rtol=1e-4, atol=1e-5)
-    pbar.update(1)
+    pbar.update(1)  # removing and verifying happened in compact_model
     pbar.set_postfix_str("scoring the compacted model")
     after = measure_model(compacted, loaded, task, config, loaded.head)
     pbar.update(1)
@@ -562,33 +479,14 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
         measured["latency_setup"] = latency_setup(latency_seq_len(model, config), latency)
     pbar.update(1)
     pbar.set_postfix_str("saving")
+    core_json = core.to_json()
     report = {
         "checkpoint": config.checkpoint,
         "task": task.name,
         "eps": config.eps,
-        "calibration_examples": sum(len(b["input_ids"]) for b in batches),
-        "removed": {
-            "heads": removed_heads,
-            "neurons": removed_neurons,
-            "per_layer": [
-                {
-                    "heads_kept": len(p.keep_heads),
-                    "heads_zero": p.heads_zero,
-                    "heads_unused": p.heads_unused,
-                    "neurons_kept": len(p.keep_neurons),
-                    "neurons_zero": p.neurons_zero,
-                    "neurons_unused": p.neurons_unused,
-                }
-                for p in plans
-            ],
-        },
-        "verification": {
-            "only_exactly_dead_units_removed": exact,
-            "max_abs_output_difference": max(differences) if differences else 0.0,
-            "checked": "assert_close(rtol=1e-4, atol=1e-5) on the calibration batches"
-            if exact
-            else "not asserted: units below eps but not exactly zero were removed",
-        },
+        "calibration_examples": core.calibration_examples,
+        "removed": core_json["removed"],
+        "verification": core_json["verification"],
         "before": before,
         "after": after,
         "ratios": {
@@ -606,6 +504,8 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
         },
         "meta": run_metadata(config=config.__dict__),
     }
+    if config.latency_table:
+        report["latency_table"] = _table_prediction(config, model, before, after)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -619,3 +519,25 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
     pbar.update(1)
     return report
+
+
+def _table_prediction(config: CompactConfig, model, before: dict, after: dict) -> dict:
+    """The speedup the latency table predicts for the compacted structure, next to the one measured at the
+    table's batch size (when compaction measured it)."""
+    from econlm.latency_table import check_table, load_table
+
+    table = load_table(config.latency_table)
+    check_table(table, model.config, config.latency_table)
+    predicted = table.predicted_speedup(after["structure"]["heads"], after["structure"]["ffn"])
+    key = f"batch{table.setup.get('batch')}"
+    measured = None
+    if key in before["latency_seconds"] and table.setup.get("seq_len") == before["latency_setup"]["seq_len"]:
+        measured = before["latency_seconds"][key]["median"] / after["latency_seconds"][key]["median"]
+    return {
+        "file": config.latency_table,
+        "batch": table.setup.get("batch"),
+        "seq_len": table.setup.get("seq_len"),
+        "predicted_speedup": predicted,
+        "measured_speedup": measured,
+        "predicted_over_measured": predicted / measured if measured else None,
+    }

@@ -22,7 +22,6 @@ each component carries a weight.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -33,8 +32,12 @@ from torch import nn
 from econlm.activations import TokenMask, ffn_input_hooks
 from econlm.attention import AttentionView, budgeted_attention
 from econlm.errors import UserError, unknown_name
+from econlm.registry import Registry
 
 TARGETS = ("attention", "ffn", "both")
+# mean: per token and unit (one lambda means about the same on any model size); sum: the paper's L1 sums over
+# the batch's tokens and units and the layers, so its lambda grid (1e-6 .. 1e-2) can be run as written.
+REDUCTIONS = ("mean", "sum")
 
 
 def target_components(target: str) -> tuple[str, ...]:
@@ -49,11 +52,18 @@ class CostTerm:
     name = ""
     component = ""  # "attention", "ffn" or "both"
 
-    def __init__(self, model: nn.Module, components: tuple[str, ...], tokens: TokenMask):
+    def __init__(self, model: nn.Module, components: tuple[str, ...], tokens: TokenMask, reduction: str = "mean"):
         self.model = model
         self.components = components
         self.tokens = tokens
+        self.reduction = reduction
         self._per_layer: dict[object, torch.Tensor] = {}
+
+    def _reduce(self, total: torch.Tensor, count) -> torch.Tensor:
+        """Per token and unit (``mean``), or the plain sum over the batch's real tokens and units (``sum``)."""
+        if self.reduction == "sum":
+            return total
+        return total / (count.clamp_min(1) if isinstance(count, torch.Tensor) else max(count, 1))
 
     def reset(self) -> None:
         self._per_layer = {}
@@ -72,10 +82,12 @@ class CostTerm:
             self._per_layer[layer] = value
 
     def value(self, weights: dict[str, float]) -> torch.Tensor:
-        """The weighted term for the last forward pass: mean over layers of the per-layer values."""
+        """The weighted term for the last forward pass: the mean over layers of the per-layer values (the sum
+        over layers with ``reduction="sum"``)."""
         if not self._per_layer:
             return torch.zeros((), device=_device(self.model))
-        return weights[self.component] * torch.stack(list(self._per_layer.values())).mean()
+        stacked = torch.stack(list(self._per_layer.values()))
+        return weights[self.component] * (stacked.sum() if self.reduction == "sum" else stacked.mean())
 
     def compute_share(self) -> float | None:
         """Measured share of dense compute this term controls, if it has one (for the price controller)."""
@@ -94,7 +106,8 @@ class FfnL1(CostTerm):
     name, component = "ffn_l1", "ffn"
 
     def ffn_activation(self, layer: int, x: torch.Tensor) -> None:
-        self._add(layer, self.tokens.select(x).abs().mean())
+        real = self.tokens.select(x)
+        self._add(layer, self._reduce(real.abs().sum(), real.numel()))
 
 
 class AttnLogitsL1(CostTerm):
@@ -103,7 +116,7 @@ class AttnLogitsL1(CostTerm):
     def attention_tap(self, view: AttentionView) -> None:
         entries = view.allowed.expand_as(view.scores) & _real_rows(view).unsqueeze(-1)
         scores = view.scores.masked_fill(~entries, 0.0)  # masked scores hold the dtype minimum
-        self._add(view.layer, scores.abs().sum() / entries.sum().clamp_min(1))
+        self._add(view.layer, self._reduce(scores.abs().sum(), entries.sum()))
 
 
 class AttnEntropy(CostTerm):
@@ -115,7 +128,7 @@ class AttnEntropy(CostTerm):
         # log keeps the value and makes that gradient log(tiny) * 0 = 0.
         rows = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)  # (B, H, Q)
         real = _real_rows(view)
-        self._add(view.layer, (rows * real).sum() / real.sum().clamp_min(1))
+        self._add(view.layer, self._reduce((rows * real).sum(), real.sum()))
 
 
 class AttnSqrt(CostTerm):
@@ -126,7 +139,7 @@ class AttnSqrt(CostTerm):
         p = view.probs.float().masked_fill(~view.allowed, 0.0)
         rows = (p + self.EPS).sqrt().sum(-1)  # (B, H, Q)
         real = _real_rows(view)
-        self._add(view.layer, (rows * real).sum() / real.sum().clamp_min(1))
+        self._add(view.layer, self._reduce((rows * real).sum(), real.sum()))
 
 
 class Flops(CostTerm):
@@ -134,8 +147,8 @@ class Flops(CostTerm):
 
     name, component = "flops", "both"
 
-    def __init__(self, model, components, tokens):
-        super().__init__(model, components, tokens)
+    def __init__(self, model, components, tokens, reduction="mean"):
+        super().__init__(model, components, tokens)  # a share of compute: the reduction does not apply
         from econlm.flops import Structure
         from econlm.gates import add_gates
 
@@ -188,7 +201,43 @@ class Flops(CostTerm):
         return self._last_share
 
 
-COSTS: dict[str, type[CostTerm]] = {c.name: c for c in (FfnL1, AttnLogitsL1, AttnEntropy, AttnSqrt, Flops)}
+class Latency(Flops):
+    """The same gates priced by a measured latency table (``econlm latency-table``): the expected latency of
+    the open units as a share of the dense model's latency, read off each layer's monotone piecewise-linear
+    curve at the expected number of open K/V groups and FFN neurons. Removing units where the curve is flat
+    buys nothing, so the gradient there is zero."""
+
+    name, component = "latency", "both"
+    table = None  # the LatencyTable, set by CostMeter
+
+    def expected_kept(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer: expected open K/V groups (heads without GQA) and expected open FFN neurons."""
+        groups, neurons = [], []
+        if self.gates.heads is not None:
+            for i, gate in enumerate(self.gates.heads):
+                per_group = gate.prob_open().view(self.structure.kv_heads[i], -1)
+                groups.append((1 - (1 - per_group).prod(-1)).sum())  # a group is needed while any query is
+        if self.gates.neurons is not None:
+            neurons = [gate.prob_open().sum() for gate in self.gates.neurons]
+        return groups, neurons
+
+    def value(self, weights: dict[str, float]) -> torch.Tensor:
+        from econlm.latency_table import interpolate
+
+        groups, neurons = self.expected_kept()
+        dense = self.table.dense_seconds
+        zero = torch.zeros((), device=_device(self.model))
+        saved_attention = sum((interpolate(k, self.table.attention) for k in groups), zero)
+        saved_ffn = sum((interpolate(k, self.table.ffn) for k in neurons), zero)
+        self.share_tensor = (dense - saved_attention - saved_ffn) / dense
+        self._last_share = float(self.share_tensor.detach())
+        return (dense - weights["attention"] * saved_attention - weights["ffn"] * saved_ffn) / dense
+
+
+COSTS: Registry[type[CostTerm]] = Registry(
+    "cost", {c.name: c for c in (FfnL1, AttnLogitsL1, AttnEntropy, AttnSqrt, Flops, Latency)}
+)
+CONTROLLABLE = frozenset({"flops", "latency"})  # terms that measure a share a budget can be set on
 
 
 def parse_cost_names(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -197,7 +246,7 @@ def parse_cost_names(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]
         raise UserError(f"no cost term given; choose from {', '.join(COSTS)}")
     for name in names:
         if name not in COSTS:
-            raise unknown_name("cost", name, COSTS)
+            raise COSTS.unknown(name)
     if len(set(names)) != len(names):
         raise UserError(f"cost list {','.join(names)} repeats a name")
     return names
@@ -230,8 +279,16 @@ class CostMeter:
         target: str = "both",
         attention_weight: float = 1.0,
         ffn_weight: float = 1.0,
+        latency_table=None,
+        reduction: str = "mean",
     ):
         names = parse_cost_names(names) if names else ()
+        if reduction not in REDUCTIONS:
+            raise unknown_name("cost reduction", reduction, REDUCTIONS)
+        if "flops" in names and "latency" in names:
+            raise UserError("flops and latency price the same gates; choose one of them")
+        if "latency" in names and latency_table is None:
+            raise UserError("--cost latency needs --latency-table FILE (make one with econlm latency-table)")
         components = target_components(target)
         self.tokens = TokenMask()
         self.weights = {"attention": attention_weight, "ffn": ffn_weight}
@@ -243,7 +300,10 @@ class CostMeter:
                 "flops covers both"
             )
         self.model = model
-        self.terms = [COSTS[n](model, components, self.tokens) for n in chosen]
+        self.terms = [COSTS[n](model, components, self.tokens, reduction) for n in chosen]
+        for term in self.terms:
+            if isinstance(term, Latency):
+                term.table = latency_table
 
     @property
     def names(self) -> list[str]:
@@ -292,11 +352,3 @@ class CostMeter:
             share=shares[0] if shares else None,
             share_tensor=flops[0].share_tensor if flops else None,
         )
-
-    def controllable(self) -> bool:
-        return any(isinstance(t, Flops) for t in self.terms)
-
-
-def check_finite(value: torch.Tensor, what: str) -> None:
-    if not math.isfinite(float(value.detach())):
-        raise FloatingPointError(what)

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from econlm.errors import UserError, unknown_name
-
-SPLITS = ("train", "dev", "test")
+from econlm.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,7 @@ class Task:
     local_columns: tuple[str, ...] = ()  # header names (texts, then label); ints for header-less files
     label_names: tuple[str, ...] = ()  # string labels in local files, in class order
     score_range: tuple[float, float] | None = None  # regression: the scores a local file may hold
+    user: object = field(default=None, compare=False, repr=False)  # econlm.userdata.UserData of a user's files
 
     @property
     def metric(self) -> str:
@@ -88,110 +88,130 @@ def _glue(
 
 
 _NLI = ("entailment", "not_entailment")
-TASKS: dict[str, Task] = {
-    t.name: t
-    for t in [
-        _glue("sst2", "SST-2", "classification", ("accuracy",), 2, ("sentence", "label"), ("sentence", "label")),
-        _glue(
-            "stsb",
-            "STS-B",
-            "regression",
-            ("spearman", "pearson"),
-            1,
-            ("sentence1", "sentence2", "label"),
-            ("sentence1", "sentence2", "score"),
-            score_range=(0.0, 5.0),
-        ),
-        # CoLA's files have no header: source, label, original label, sentence.
-        _glue("cola", "CoLA", "classification", ("mcc",), 2, ("sentence", "label"), ("3", "1")),
-        _glue(
-            "mrpc",
-            "MRPC",
-            "classification",
-            ("f1", "accuracy"),
-            2,
-            ("sentence1", "sentence2", "label"),
-            ("#1 String", "#2 String", "Quality"),
-        ),
-        _glue(
-            "rte",
-            "RTE",
-            "classification",
-            ("accuracy",),
-            2,
-            ("sentence1", "sentence2", "label"),
-            ("sentence1", "sentence2", "label"),
-            _NLI,
-        ),
-        _glue(
-            "qnli",
-            "QNLI",
-            "classification",
-            ("accuracy",),
-            2,
-            ("question", "sentence", "label"),
-            ("question", "sentence", "label"),
-            _NLI,
-        ),
-        _glue(
-            "mnli",
-            "MNLI",
-            "classification",
-            ("accuracy",),
-            3,
-            ("premise", "hypothesis", "label"),
-            ("sentence1", "sentence2", "gold_label"),
-            ("entailment", "neutral", "contradiction"),
-            files={"train": ("train.tsv",), "dev": ("dev_matched.tsv",), "test": ("test_matched.tsv",)},
-        ),
-        _glue(
-            "qqp",
-            "QQP",
-            "classification",
-            ("f1", "accuracy"),
-            2,
-            ("question1", "question2", "label"),
-            ("question1", "question2", "is_duplicate"),
-        ),
-        Task(
-            name="wikitext103",
-            kind="lm",
-            metrics=("perplexity",),
-            hub_dataset=("Salesforce/wikitext", "wikitext-103-v1"),
-            hub_splits=dict(_GLUE_SPLITS),
-            local_folder="wikitext-103",
-            local_files={
-                "train": ("wiki.train.tokens", "train.txt"),
-                "dev": ("wiki.valid.tokens", "valid.txt"),
-                "test": ("wiki.test.tokens", "test.txt"),
-            },
-        ),
-        Task(
-            name="wikitext2",
-            kind="lm",
-            metrics=("perplexity",),
-            hub_dataset=("Salesforce/wikitext", "wikitext-2-v1"),
-            hub_splits=dict(_GLUE_SPLITS),
-            local_folder="wikitext-2",
-            local_files={
-                "train": ("train.txt", "wiki.train.tokens"),
-                "dev": ("valid.txt", "wiki.valid.tokens"),
-                "test": ("test.txt", "wiki.test.tokens"),
-            },
-        ),
-    ]
-}
+TASKS: Registry[Task] = Registry(
+    "task",
+    {
+        t.name: t
+        for t in [
+            _glue("sst2", "SST-2", "classification", ("accuracy",), 2, ("sentence", "label"), ("sentence", "label")),
+            _glue(
+                "stsb",
+                "STS-B",
+                "regression",
+                ("spearman", "pearson"),
+                1,
+                ("sentence1", "sentence2", "label"),
+                ("sentence1", "sentence2", "score"),
+                score_range=(0.0, 5.0),
+            ),
+            # CoLA's files have no header: source, label, original label, sentence.
+            _glue("cola", "CoLA", "classification", ("mcc",), 2, ("sentence", "label"), ("3", "1")),
+            _glue(
+                "mrpc",
+                "MRPC",
+                "classification",
+                ("f1", "accuracy"),
+                2,
+                ("sentence1", "sentence2", "label"),
+                ("#1 String", "#2 String", "Quality"),
+            ),
+            _glue(
+                "rte",
+                "RTE",
+                "classification",
+                ("accuracy",),
+                2,
+                ("sentence1", "sentence2", "label"),
+                ("sentence1", "sentence2", "label"),
+                _NLI,
+            ),
+            _glue(
+                "qnli",
+                "QNLI",
+                "classification",
+                ("accuracy",),
+                2,
+                ("question", "sentence", "label"),
+                ("question", "sentence", "label"),
+                _NLI,
+            ),
+            _glue(
+                "mnli",
+                "MNLI",
+                "classification",
+                ("accuracy",),
+                3,
+                ("premise", "hypothesis", "label"),
+                ("sentence1", "sentence2", "gold_label"),
+                ("entailment", "neutral", "contradiction"),
+                files={"train": ("train.tsv",), "dev": ("dev_matched.tsv",), "test": ("test_matched.tsv",)},
+            ),
+            _glue(
+                "qqp",
+                "QQP",
+                "classification",
+                ("f1", "accuracy"),
+                2,
+                ("question1", "question2", "label"),
+                ("question1", "question2", "is_duplicate"),
+            ),
+            Task(
+                name="wikitext103",
+                kind="lm",
+                metrics=("perplexity",),
+                hub_dataset=("Salesforce/wikitext", "wikitext-103-v1"),
+                hub_splits=dict(_GLUE_SPLITS),
+                local_folder="wikitext-103",
+                local_files={
+                    "train": ("wiki.train.tokens", "train.txt"),
+                    "dev": ("wiki.valid.tokens", "valid.txt"),
+                    "test": ("wiki.test.tokens", "test.txt"),
+                },
+            ),
+            Task(
+                name="wikitext2",
+                kind="lm",
+                metrics=("perplexity",),
+                hub_dataset=("Salesforce/wikitext", "wikitext-2-v1"),
+                hub_splits=dict(_GLUE_SPLITS),
+                local_folder="wikitext-2",
+                local_files={
+                    "train": ("train.txt", "wiki.train.tokens"),
+                    "dev": ("valid.txt", "wiki.valid.tokens"),
+                    "test": ("test.txt", "wiki.test.tokens"),
+                },
+            ),
+        ]
+    },
+)
 # MNLI also has a mismatched dev set.
 TASKS["mnli"].local_files["dev_mismatched"] = ("dev_mismatched.tsv",)
 TASKS["mnli"].hub_splits.update({"dev": "validation_matched", "dev_mismatched": "validation_mismatched"})
 TASKS["mnli"].hub_splits["test"] = "test_matched"
 
 
-def get_task(name: str) -> Task:
-    """Look a task up by name; unknown names list the valid ones and suggest the closest."""
-    if name not in TASKS:
-        raise unknown_name("task", name, TASKS)
-    return TASKS[name]
+_USER_TASKS: dict = {}  # user tasks read so far: by (path, spec), and by path for the latest spec
+
+
+def get_task(name: str, spec=None) -> Task:
+    """Look a task up by name, or read a user's data file (``spec``: an :class:`econlm.userdata.DataSpec`);
+    unknown names list the valid ones and suggest the closest."""
+    from econlm import userdata
+
+    if name in TASKS and spec in (None, userdata.DataSpec()):
+        return TASKS[name]
+    if name not in TASKS and userdata.looks_like_path(name):
+        if spec is None and name in _USER_TASKS:
+            return _USER_TASKS[name]
+        spec = spec or userdata.DataSpec()
+        if (name, spec) not in _USER_TASKS:
+            _USER_TASKS[(name, spec)] = userdata.build_task(name, spec)
+        _USER_TASKS[name] = _USER_TASKS[(name, spec)]
+        return _USER_TASKS[name]
+    if name in TASKS:
+        raise UserError(f"--text-columns, --label-column, --task-type, --metric, --train and --dev are for your own "
+                        f"data; {name} is a built-in task")
+    return TASKS[name]  # the registry's one-line error with a suggestion
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -230,6 +250,10 @@ def load_examples(task: Task | str, split: str = "dev", data_dir=None, limit: in
     task = get_task(task) if isinstance(task, str) else task
     if task.is_lm:
         raise ValueError(f"{task.name} is a language-modelling task; use load_text")
+    if task.user is not None:
+        from econlm import userdata
+
+        return userdata.examples(task, split, limit)
     _check_split(task, split)
     root = data_root(data_dir)
     tried: list[Path] = []
@@ -241,11 +265,27 @@ def load_examples(task: Task | str, split: str = "dev", data_dir=None, limit: in
     return _from_hub(task, split, tried, lambda rows: _hub_examples(task, rows, limit))
 
 
+def lm_train_split(task: Task, data_dir=None) -> str:
+    """The split a language model trains on: ``train`` when its file is in the local folder (WikiText-2
+    ships one) or there is no local folder (the hub has it), else ``dev``: the local WikiText-103 has only
+    validation and test, and training on validation keeps the test set unseen."""
+    if task.user is not None:
+        return "train"
+    root = data_root(data_dir)
+    if root is None or any(path.exists() for path in local_candidates(task, "train", root)):
+        return "train"
+    return "dev"
+
+
 def load_text(task: Task | str, split: str = "dev", data_dir=None) -> str:
     """Load a WikiText split as one string (the release's lines joined as in the original files)."""
     task = get_task(task) if isinstance(task, str) else task
     if not task.is_lm:
         raise ValueError(f"{task.name} is not a language-modelling task; use load_examples")
+    if task.user is not None:
+        from econlm import userdata
+
+        return userdata.train_text(task) if split == "train" else userdata.text(task, split)
     _check_split(task, split)
     root = data_root(data_dir)
     tried: list[Path] = []
@@ -268,8 +308,6 @@ def _from_hub(task: Task, split: str, tried: list[Path], convert: Callable):
             return convert(rows)
         except Exception as error:  # noqa: BLE001 - any hub failure becomes the one-line error below
             hub_note = f"the hub ({dataset}/{config}, split {hub_split}) failed: {str(error).splitlines()[0]}"
-        else:  # pragma: no cover
-            hub_note = ""
     else:
         hub_note = "the Hugging Face hub is switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
     paths = ", ".join(str(p) for p in tried) or "none (no --data-dir and no ECONLM_DATA)"

@@ -94,8 +94,10 @@ class Teacher:
 
         path = Path(path)
         if not (path / "config.json").is_file():
-            raise UserError(f"the teacher {path} is not a checkpoint folder (no config.json); pass the --out of a "
-                            "finished lambda = 0 fine-tune of the same task")
+            raise UserError(
+                f"the teacher {path} is not a checkpoint folder (no config.json); pass the --out of a "
+                "finished lambda = 0 fine-tune of the same task"
+            )
         check_teacher(path, task, student_config)
         head = "causal-lm" if task.is_lm else "seq-cls"
         self.model = load_model(str(path), head).model.to(device).eval()
@@ -115,10 +117,14 @@ def check_teacher(path: Path, task, student_config) -> None:
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as error:
-        raise UserError(f"the teacher's {path / 'config.json'} cannot be read ({error}); re-train or restore it") from None
+        raise UserError(
+            f"the teacher's {path / 'config.json'} cannot be read ({error}); re-train or restore it"
+        ) from None
     trained_on = ((config.get("econlm") or {}).get("train") or {}).get("task")
     if trained_on is not None and trained_on != task.name:
-        raise UserError(f"the teacher {path} was trained on {trained_on}, not {task.name}; use a teacher of {task.name}")
+        raise UserError(
+            f"the teacher {path} was trained on {trained_on}, not {task.name}; use a teacher of {task.name}"
+        )
     if not task.is_lm:
         labels = len(config.get("id2label") or {}) or config.get("num_labels")
         if labels is not None and labels != task.num_labels:

@@ -17,11 +17,13 @@ class UserError(Exception):
 
 def did_you_mean(name: str, valid: Iterable[str]) -> str:
     """Return " Did you mean 'x'?" for the closest valid name, or "" when nothing is close."""
-    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return f" Did you mean '{close[0]}'?" if close else ""
+    by_lower = {v.lower(): v for v in valid}  # case does not make a name "far": MiniLM is close to minilm
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.5)
+    return f" Did you mean '{by_lower[close[0]]}'?" if close else ""
 
 
-def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UserError:
+def unknown_name(kind: str, name: str, valid: Iterable[str], note: str = "") -> UserError:
     """The standard error for a name that is not in a registry: lists valid names, suggests the closest."""
     valid = sorted(valid)
-    return UserError(f"unknown {kind} '{name}'; valid: {', '.join(valid)}.{did_you_mean(name, valid)}")
+    message = f"unknown {kind} '{name}'; valid: {', '.join(valid)}.{did_you_mean(name, valid)}"
+    return UserError(f"{message} {note}" if note else message)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from econlm import arch
+
 ATTENTION_PARTS = ("q_proj", "k_proj", "v_proj", "scores", "attn_v", "o_proj")
 FFN_PARTS = ("ffn_up", "ffn_gate", "ffn_down")
 
@@ -49,9 +51,7 @@ class Structure:
     @classmethod
     def dense(cls, config) -> Structure:
         """The structure a config describes (every layer full size)."""
-        from econlm.arch import shape
-
-        s = shape(config)
+        s = arch.shape(config)
         return cls(
             kind=s.kind,
             hidden=s.hidden,
@@ -65,19 +65,17 @@ class Structure:
     @classmethod
     def of_model(cls, model: nn.Module) -> Structure:
         """The structure a loaded model actually has, read from its weight shapes (compacted or not)."""
-        from econlm import arch
-
         fam = arch.family(model.config)
         dense = cls.dense(model.config)
         heads, kv_heads, ffn = [], [], []
         for block in arch.blocks(model):
-            o_in = _in_features(block.get_submodule(fam.o))
+            o_in = arch.in_features(block.get_submodule(fam.o))
             heads.append(o_in // dense.head_dim)
             if fam.qkv_fused:
                 kv_heads.append(heads[-1])
             else:
-                kv_heads.append(_out_features(block.get_submodule(fam.k)) // dense.head_dim)
-            ffn.append(_in_features(block.get_submodule(fam.ffn_down)))
+                kv_heads.append(arch.out_features(block.get_submodule(fam.k)) // dense.head_dim)
+            ffn.append(arch.in_features(block.get_submodule(fam.ffn_down)))
         return cls(
             kind=dense.kind,
             hidden=dense.hidden,
@@ -90,19 +88,8 @@ class Structure:
         )
 
 
-def _in_features(module: nn.Module) -> int:
-    # nn.Linear stores (out, in); GPT-2's Conv1D stores (in, out).
-    return module.in_features if isinstance(module, nn.Linear) else module.weight.shape[0]
-
-
-def _out_features(module: nn.Module) -> int:
-    return module.out_features if isinstance(module, nn.Linear) else module.weight.shape[1]
-
-
 def _head_linears(model: nn.Module) -> tuple[tuple[int, int], ...]:
     """(in, out) of every linear layer outside the transformer blocks (pooler, classifier, LM head)."""
-    from econlm import arch
-
     block_modules = {id(m) for block in arch.blocks(model) for m in block.modules()}
     found = []
     for _, module in model.named_modules():

@@ -120,12 +120,9 @@ def gates_active(model: nn.Module) -> Iterator[ModelGates | None]:
 
 
 def _scale_input_columns(module: nn.Module, scale: torch.Tensor) -> None:
-    """Multiply the weights that read input feature ``j`` by ``scale[j]`` (Linear or GPT-2 Conv1D)."""
+    """Multiply the weights that read input feature ``j`` by ``scale[j]``."""
     with torch.no_grad():
-        if isinstance(module, nn.Linear):
-            module.weight.mul_(scale.to(module.weight.dtype).unsqueeze(0))  # (out, in)
-        else:
-            module.weight.mul_(scale.to(module.weight.dtype).unsqueeze(1))  # Conv1D: (in, out)
+        arch.in_columns(module).mul_(scale.to(module.weight.dtype).unsqueeze(1))  # (in, out), a view
 
 
 @torch.no_grad()

@@ -162,9 +162,13 @@ def load_table(path: str | Path) -> LatencyTable:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"latency table {path} does not exist; make one with: econlm latency-table MODEL --out {path}") from None
+        raise UserError(
+            f"latency table {path} does not exist; make one with: econlm latency-table MODEL --out {path}"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"latency table {path} is not valid JSON ({error}); make it again with econlm latency-table") from None
+        raise UserError(
+            f"latency table {path} is not valid JSON ({error}); make it again with econlm latency-table"
+        ) from None
     try:
         if raw.get("format") != FORMAT:
             raise ValueError(f"format is {raw.get('format')!r}, expected {FORMAT!r}")
@@ -190,11 +194,15 @@ def load_table(path: str | Path) -> LatencyTable:
         if missing:
             raise ValueError(f"the model shape lacks {', '.join(missing)}")
     except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise UserError(f"latency table {path} is malformed ({error}); make it again with econlm latency-table") from None
+        raise UserError(
+            f"latency table {path} is malformed ({error}); make it again with econlm latency-table"
+        ) from None
     return table
 
 
-def check_table(table: LatencyTable, config, path: str | Path = "the latency table", threads: int | None = None) -> None:
+def check_table(
+    table: LatencyTable, config, path: str | Path = "the latency table", threads: int | None = None
+) -> None:
     """A table of another model or layer shape is an error; one made on another machine or thread count is
     used, with one line of warning on stderr naming what differs."""
     mine = model_shape(config)
@@ -216,8 +224,10 @@ def check_table(table: LatencyTable, config, path: str | Path = "the latency tab
     if table.setup.get("threads") != threads:
         notes.append(f"{table.setup.get('threads')} threads (here: {threads})")
     if notes:
-        print(f"econlm: warning: {path} was measured with {', '.join(notes)}; its prices may not fit this machine",
-              file=sys.stderr)
+        print(
+            f"econlm: warning: {path} was measured with {', '.join(notes)}; its prices may not fit this machine",
+            file=sys.stderr,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -285,7 +295,9 @@ def measure_table(
             del pruned
             pbar.update(1)
     if not dense_times:  # a model with one head and a one-neuron FFN: nothing to remove
-        dense_times.append(measure_interleaved({"dense": forward(model)}, warmup=warmup, repeats=repeats)["dense"].median)
+        dense_times.append(
+            measure_interleaved({"dense": forward(model)}, warmup=warmup, repeats=repeats)["dense"].median
+        )
     dense_times.sort()
     return LatencyTable(
         model={"name": name, **model_shape(model.config)},

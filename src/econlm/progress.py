@@ -1,8 +1,11 @@
-"""Progress bars (tqdm, on stderr); ``ECONLM_NO_PROGRESS=1`` switches them off."""
+"""What econlm prints while it works: progress bars (tqdm, on stderr; ``ECONLM_NO_PROGRESS=1`` switches them
+off), and transformers' loading chatter, silenced."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def bar(total: int | None = None, desc: str = "", unit: str = "it", leave: bool = True, enabled: bool = True):
@@ -10,3 +13,19 @@ def bar(total: int | None = None, desc: str = "", unit: str = "it", leave: bool 
 
     disabled = not enabled or os.environ.get("ECONLM_NO_PROGRESS", "").lower() in ("1", "true", "yes")
     return tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=disabled, dynamic_ncols=True)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' loading chatter (progress bars, 'newly initialized' notes) for one block."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -18,50 +18,47 @@ import torch
 from torch import nn
 
 from econlm import arch
-from econlm.compact import LayerPlan, _input_columns, _is_linear, apply_plan
-from econlm.errors import UserError
-
-IMPORTANCE = ("magnitude", "activation")
-
-
-def _out_rows(module: nn.Module) -> torch.Tensor:
-    """Weights as (out_features, in_features)."""
-    return module.weight if _is_linear(module) else module.weight.t()
+from econlm.registry import Registry
+from econlm.surgery import LayerPlan, apply_plan
 
 
 @torch.no_grad()
-def magnitude_importance(model: nn.Module) -> list[dict[str, torch.Tensor]]:
+def magnitude_importance(model: nn.Module, batches: list[dict] | None = None) -> list[dict[str, torch.Tensor]]:
+    """L2 norm of each head's and neuron's weights (``batches`` is not needed: the criterion reads no data)."""
     fam = arch.family(model.config)
     shape = arch.shape(model.config)
     d = shape.head_dim
     out = []
     for block in arch.blocks(model):
-        o_cols = _input_columns(block.get_submodule(fam.o)).float()  # (H*d, D)
+        o_cols = arch.in_columns(block.get_submodule(fam.o)).float()  # (H*d, D)
         heads = o_cols.shape[0] // d
         head_sq = o_cols.view(heads, d, -1).pow(2).sum(dim=(1, 2))
-        q = _out_rows(block.get_submodule(fam.q)).float()
-        if fam.qkv_fused:  # c_attn rows: [Q | K | V], each hidden wide
-            for part in range(3):
-                rows = q[part * shape.hidden : (part + 1) * shape.hidden]
-                head_sq = head_sq + rows.view(heads, d, -1).pow(2).sum(dim=(1, 2))
-        else:
-            head_sq = head_sq + q.view(heads, d, -1).pow(2).sum(dim=(1, 2))
-        down = _input_columns(block.get_submodule(fam.ffn_down)).float()  # (F, D)
-        up = _out_rows(block.get_submodule(fam.ffn_up)).float()  # (F, D)
+        q = arch.out_rows(block.get_submodule(fam.q)).float()
+        # GPT-2's fused c_attn: the head's Q, K and V rows; otherwise its Q rows (K/V heads may be shared).
+        for rows in arch.split_fused_qkv(q, shape.hidden) if fam.qkv_fused else (q,):
+            head_sq = head_sq + rows.view(heads, d, -1).pow(2).sum(dim=(1, 2))
+        down = arch.in_columns(block.get_submodule(fam.ffn_down)).float()  # (F, D)
+        up = arch.out_rows(block.get_submodule(fam.ffn_up)).float()  # (F, D)
         neuron = up.norm(dim=1) * down.norm(dim=1)
         if fam.ffn_gate:
-            neuron = neuron * _out_rows(block.get_submodule(fam.ffn_gate)).float().norm(dim=1)
+            neuron = neuron * arch.out_rows(block.get_submodule(fam.ffn_gate)).float().norm(dim=1)
         out.append({"heads": head_sq.sqrt(), "neurons": neuron})
     return out
 
 
-def activation_importance(model: nn.Module, batches: list[dict]) -> list[dict[str, torch.Tensor]]:
+def activation_importance(model: nn.Module, batches: list[dict] | None) -> list[dict[str, torch.Tensor]]:
     """Mean |output| of each head and neuron on calibration batches."""
     from econlm.activations import unit_statistics
 
+    if not batches:
+        raise ValueError("activation importance needs calibration batches")
     return [
         {"heads": layer["heads_mean"], "neurons": layer["neurons_mean"]} for layer in unit_statistics(model, batches)
     ]
+
+
+# Importance criteria: (model, calibration batches or None) -> per layer {"heads": (H,), "neurons": (F,)}.
+IMPORTANCE = Registry("importance", {"magnitude": magnitude_importance, "activation": activation_importance})
 
 
 def plan_by_importance(
@@ -98,14 +95,7 @@ def prune(
     batches: list[dict] | None = None,
 ) -> list[LayerPlan]:
     """Remove units in place; returns the plans applied."""
-    if importance not in IMPORTANCE:
-        raise UserError(f"unknown importance '{importance}'; valid: {', '.join(IMPORTANCE)}")
-    if importance == "activation":
-        if not batches:
-            raise ValueError("activation importance needs calibration batches")
-        scores = activation_importance(model, batches)
-    else:
-        scores = magnitude_importance(model)
+    scores = IMPORTANCE[importance](model, batches)
     plans = plan_by_importance(model, scores, remove_heads, remove_neurons)
     apply_plan(model, plans)
     return plans

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ try:
 except ImportError:  # Windows: no flock, so sweeps sharing a folder there are not protected from each other
     fcntl = None
 
+# Trial settings a sweep adds to TrainConfig's: distill trains against the lambda = 0 fine-tune of the same seed.
+SWEEP_SETTINGS = ("distill",)
 TOP_KEYS = ("name", "base", "grid", "trials", "compact", "baselines", "resources", "compute_axis")
 COMPUTE_AXES = ("dense_flops", "effective_flops", "latency")
 # What makes two trials comparable: same model, task, data, seed and evaluation.
@@ -68,7 +70,7 @@ class SweepConfig:
 
 
 def _train_fields() -> set[str]:
-    from econlm.train import TrainConfig
+    from econlm.training import TrainConfig
 
     return {f.name for f in fields(TrainConfig)} - {"out"}
 
@@ -78,10 +80,21 @@ def load_sweep(path: str | Path) -> SweepConfig:
     from econlm.config import key_lines, read_yaml_mapping
 
     data, _ = read_yaml_mapping(path)
-    lines = key_lines(path)
+    config = sweep_config(data, source=str(path), lines=key_lines(path))
+    return config if "name" in data else replace(config, name=Path(path).stem)
+
+
+def sweep_config(data: dict | SweepConfig, source: str = "sweep config", lines: dict | None = None) -> SweepConfig:
+    """Validate a sweep given in code, as a mapping with a sweep file's keys (or a :class:`SweepConfig`),
+    exactly as a file is validated, and build its config. Errors name ``source`` and the key (and the line,
+    when ``lines`` maps keys to the lines of a file)."""
+    if isinstance(data, SweepConfig):
+        data = asdict(data)
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a sweep is a mapping of {', '.join(TOP_KEYS)}, not {type(data).__name__}")
 
     def where(key: str) -> str:
-        return f"{path}:{lines.get(key, 1)}"
+        return f"{source}:{lines.get(key, 1)}" if lines is not None else f"{source} [{key}]"
 
     for key in data:
         if key not in TOP_KEYS:
@@ -94,14 +107,14 @@ def load_sweep(path: str | Path) -> SweepConfig:
     trials = _checked_trials(data.get("trials"), where)
     if not grid and not trials:
         raise UserError(
-            f"{path}: the sweep defines no trial; add a 'grid' (lists of values to combine over 'base') "
+            f"{source}: the sweep defines no trial; add a 'grid' (lists of values to combine over 'base') "
             "or a 'trials' list"
         )
     axis = data.get("compute_axis", "dense_flops")
     if axis not in COMPUTE_AXES:
         raise UserError(f"{where('compute_axis')}: compute_axis must be one of {', '.join(COMPUTE_AXES)}")
     config = SweepConfig(
-        name=str(data.get("name", Path(path).stem)),
+        name=str(data.get("name") or "sweep"),
         base=base,
         grid=grid,
         trials=trials,
@@ -115,7 +128,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
         try:
             _train_config(spec["settings"], "/dev/null")
         except UserError as error:
-            raise UserError(f"{path}: trial {spec['id']}: {error}") from None
+            raise UserError(f"{source}: trial {spec['id']}: {error}") from None
     return config
 
 
@@ -132,11 +145,16 @@ def _setting(key, value, where, at: str):
     string: it becomes a number). An int where a float is expected, and a list of names, stay as written,
     so the trial ids of existing sweep folders do not change."""
     from econlm.config import check_value
-    from econlm.train import TrainConfig
+    from econlm.training import TrainConfig
 
     name = str(key)
+    if name in SWEEP_SETTINGS:
+        if not isinstance(value, bool):
+            raise UserError(f"{where(at)}: '{name}' must be true or false, not {value!r}")
+        return value
     if name not in _train_fields():
-        raise UserError(f"{where(at)}: unknown training setting '{name}'.{did_you_mean(name, _train_fields())}")
+        known = _train_fields() | set(SWEEP_SETTINGS)
+        raise UserError(f"{where(at)}: unknown training setting '{name}'.{did_you_mean(name, known)}")
     checked = check_value(TrainConfig, name, value, where(at))
     if isinstance(checked, tuple) or (isinstance(checked, float) and isinstance(value, int)):
         return value
@@ -256,10 +274,63 @@ def expand(config: SweepConfig) -> list[dict]:
 
 
 def _train_config(settings: dict, out: str):
-    from econlm.train import TrainConfig
+    from econlm.training import TrainConfig
 
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.items()}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.items() if k not in SWEEP_SETTINGS}
     return TrainConfig(**values, out=out)
+
+
+DISTILL_FIELDS = ("teacher", "distill_weight", "distill_hidden_weight", "distill_temperature")
+
+
+def _untaxed_settings(settings: dict) -> dict:
+    """The settings of a trial other than its tax and distillation."""
+    from econlm.incentive import TaxConfig
+
+    dropped = {f.name for f in fields(TaxConfig)} | set(DISTILL_FIELDS) | set(SWEEP_SETTINGS)
+    return {k: v for k, v in settings.items() if k not in dropped}
+
+
+def _untaxed(settings: dict) -> str:
+    """A key of :func:`_untaxed_settings`, numbers as floats: two trials with the same key differ only in
+    what they pay for compute."""
+    kept = {
+        k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        for k, v in _untaxed_settings(settings).items()
+    }
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
+def _is_plain(settings: dict) -> bool:
+    """A plain fine-tune: no price and no gates (flops and latency train gates even at lambda = 0)."""
+    return (
+        float(settings.get("lam", 0)) == 0.0
+        and settings.get("budget") is None
+        and not {"flops", "latency"} & set(settings.get("cost", ()))
+        and not settings.get("distill")
+        and not settings.get("teacher")
+    )
+
+
+def teacher_settings(settings: dict, plain: list[dict] = ()) -> tuple[str, dict]:
+    """The id and settings of a ``distill: true`` trial's teacher: the sweep's plain fine-tune with the same
+    model, task, data, seed, epochs and optimisation when there is one, else that fine-tune made up."""
+    key = _untaxed(settings)
+    for spec in plain:
+        if _untaxed(spec["settings"]) == key and _is_plain(spec["settings"]):
+            return spec["id"], spec["settings"]
+    teacher = _normalise({**_untaxed_settings(settings), "lam": 0.0, "cost": ["ffn_l1"]})
+    return trial_id("train", teacher), teacher
+
+
+def _with_teacher(settings: dict, trials: Path, plain: list[dict]) -> dict:
+    """A ``distill: true`` trial's settings with its teacher's model folder, trained first if it is missing."""
+    if not settings.get("distill"):
+        return settings
+    teacher_id, teacher = teacher_settings(settings, plain)
+    teacher_dir = trials / teacher_id / "model"
+    _trained(teacher, teacher_dir)
+    return {**settings, "teacher": str(teacher_dir)}
 
 
 def _final_measurements(model_dir: Path, settings: dict, eps: float, result: dict) -> None:
@@ -269,7 +340,7 @@ def _final_measurements(model_dir: Path, settings: dict, eps: float, result: dic
     from econlm.flops import Structure, dense_macs
     from econlm.latency import measure
     from econlm.models import load_model
-    from econlm.probe import ProbeConfig, run_probe
+    from econlm.probing import ProbeConfig, run_probe
 
     loaded = load_model(str(model_dir))
     max_length = settings.get("max_length", 128)
@@ -312,7 +383,7 @@ def _is_lm(task: str) -> bool:
 def run_trial(spec: dict, trial_dir: str, context: dict) -> dict:
     """Run one trial and return its result. Failures are results too; only a stop (train's Interrupted,
     KeyboardInterrupt) propagates."""
-    from econlm.train import Interrupted
+    from econlm.training import Interrupted
 
     started = time.time()
     result: dict[str, Any] = {"id": spec["id"], "kind": spec["kind"], "settings": spec["settings"]}
@@ -359,7 +430,7 @@ def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -
     from econlm.compact import CompactConfig, run_compact
 
     model_dir = trial_dir / "model"
-    metrics = _trained(spec["settings"], model_dir)
+    metrics = _trained(spec["settings"], model_dir, context.get("plain", ()))
     _summary_fields(metrics, result)
     result["model_dir"] = str(model_dir)
     result["dense_flops_before"] = metrics["dense_flops"]
@@ -398,15 +469,15 @@ def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -
     _final_measurements(final_dir, spec["settings"], eps, result)
 
 
-def _trained(settings: dict, model_dir: Path) -> dict:
+def _trained(settings: dict, model_dir: Path, plain: list[dict] = ()) -> dict:
     """The metrics of the training in ``model_dir``: read back when it finished, else trained, resuming from
     the checkpoint an interrupted run (Ctrl-C, SIGTERM, a killed process) left."""
-    from econlm.train import train
+    from econlm.training import train
 
     metrics = _read_json(model_dir / "metrics.json", required=("score", "ffn_sparsity", "attention"))
     if metrics is not None:
         return metrics
-    config = _train_config(settings, str(model_dir))
+    config = _train_config(_with_teacher(settings, model_dir.parent.parent, plain), str(model_dir))
     return train(config, resume=(model_dir / "checkpoint" / "state.pt").exists(), progress=False)
 
 
@@ -470,7 +541,7 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
 
 def _run_topk_trial(spec: dict, trial_dir: Path, result: dict) -> None:
     from econlm.flops import Structure, dense_macs
-    from econlm.probe import ProbeConfig, run_probe, save_probe
+    from econlm.probing import ProbeConfig, run_probe, save_probe
 
     settings = spec["settings"]
     lm = _is_lm(settings["task"])
@@ -510,12 +581,7 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
     trained = [r for r in results.values() if r["kind"] == "train" and r.get("status") == "ok"]
     for reference in trained:
         settings = reference["settings"]
-        # A plain fine-tune: no price, and no stochastic gates (flops trains gates even at lambda = 0).
-        if (
-            float(settings.get("lam", 0)) != 0.0
-            or settings.get("budget") is not None
-            or "flops" in settings.get("cost", ())
-        ):
+        if not _is_plain(settings):
             continue
         same = {
             k: v
@@ -684,14 +750,20 @@ class _OnRay:
             on_result(pending.pop(done[0]), self.ray.get(done[0]))
 
 
-def run_sweep(config: SweepConfig, out: str | Path, ray: str | None = None, progress: bool = True) -> list[dict]:
+def run_sweep(
+    config: SweepConfig | dict, out: str | Path, ray: str | None = None, progress: bool = True
+) -> list[dict]:
     """Run every trial not finished yet; returns all results (finished earlier or now).
+
+    ``config`` is what :func:`load_sweep` read from a file, or a sweep built in code (a :class:`SweepConfig`
+    or a mapping with a sweep file's keys): either is validated exactly as a file is, before anything runs.
 
     Raises:
         SweepStopped: SIGTERM or Ctrl-C stopped the sweep; what finished is recorded, a rerun continues.
     """
-    from econlm.train import Interrupted
+    from econlm.training import Interrupted
 
+    config = sweep_config(config)
     received: dict = {}
     runner = None
     try:
@@ -753,7 +825,8 @@ def _run_sweep(config: SweepConfig, out: Path, runner, progress: bool) -> list[d
         write_results_jsonl()
         pbar.set_postfix_str(f"{result['id'][:40]} {result['status']}")
 
-    context = {"compact": config.compact, "started": started}
+    plain = [spec for spec in expand(config) if _is_plain(spec["settings"])]
+    context = {"compact": config.compact, "started": started, "plain": plain}
     phases = [lambda: expand(config), lambda: baseline_specs(config, results)]
     with bar(desc=f"sweep {config.name}", unit="trial", enabled=progress) as pbar:
         for make_specs in phases:

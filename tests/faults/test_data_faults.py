@@ -282,7 +282,7 @@ def test_probe_says_nothing_when_nothing_was_cut(capsys, tiny, tmp_path):
 
 
 def test_train_metrics_count_truncated_training_examples(tiny, tmp_path):
-    from econlm.train import TrainConfig, train
+    from econlm.training import TrainConfig, train
 
     sst = "sentence\tlabel\n" + "".join(f"{_sentence(n)}\t{i % 2}\n" for i, n in enumerate(WORDS))
     for split in ("train", "dev"):

@@ -184,7 +184,7 @@ def test_numbers_yaml_reads_as_strings_become_numbers(tiny, tmp_path):
 CLI_WITH_SLOW_STEPS = textwrap.dedent(
     """
     import os, sys, time
-    import econlm.train as t
+    import econlm.training as t
 
     real = t.train
 
@@ -244,10 +244,10 @@ def test_sigterm_stops_a_sweep_cleanly_and_a_rerun_resumes_the_trial(tiny, tmp_p
     assert not (out / "results.jsonl").exists() or not (out / "results.jsonl").read_text()
 
     # Rerunning the same command resumes the trial from its checkpoint, to the score of an uninterrupted run.
-    import econlm.train
+    import econlm.training
 
-    real, calls = econlm.train.train, []
-    monkeypatch.setattr(econlm.train, "train", lambda config, **kw: calls.append(kw) or real(config, **kw))
+    real, calls = econlm.training.train, []
+    monkeypatch.setattr(econlm.training, "train", lambda config, **kw: calls.append(kw) or real(config, **kw))
     assert main(["sweep", str(path), "--out", str(out)]) == 0
     assert [c["resume"] for c in calls] == [True]
     (resumed,) = _results(out)
@@ -257,11 +257,11 @@ def test_sigterm_stops_a_sweep_cleanly_and_a_rerun_resumes_the_trial(tiny, tmp_p
 
 
 def test_ctrl_c_in_training_exits_130_and_records_nothing(tiny, tmp_path, capsys, monkeypatch):
-    import econlm.train
+    import econlm.training
 
     path = _sweep_file(tiny, tmp_path, base="  save_every: 100\n")
     out = tmp_path / "out"
-    real = econlm.train.train
+    real = econlm.training.train
 
     def interrupted_at_step_1(config, **kwargs):
         def press_ctrl_c(step, model):
@@ -270,7 +270,7 @@ def test_ctrl_c_in_training_exits_130_and_records_nothing(tiny, tmp_path, capsys
 
         return real(config, on_step=press_ctrl_c, **kwargs)
 
-    monkeypatch.setattr(econlm.train, "train", interrupted_at_step_1)
+    monkeypatch.setattr(econlm.training, "train", interrupted_at_step_1)
     assert main(["sweep", str(path), "--out", str(out)]) == 130
     err = capsys.readouterr().err
     assert "sweep stopped by SIGINT during trial" in err and "Traceback" not in err

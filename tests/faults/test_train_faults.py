@@ -16,7 +16,7 @@ import torch
 
 from econlm.cli import main
 from econlm.errors import UserError
-from econlm.train import Interrupted, TrainConfig, train
+from econlm.training import Interrupted, TrainConfig, train
 from tests.conftest import save_tiny_checkpoint, write_tiny_glue
 
 # 10 epochs of 6 steps: long enough that a signal sent after the first checkpoint lands mid-run.
@@ -253,7 +253,7 @@ def test_config_file_that_sets_nothing_or_is_not_yaml_is_refused(tmp_path, capsy
 
 @pytest.mark.parametrize("max_length", [1, 0, -4])
 def test_train_and_probe_refuse_the_same_max_length_with_the_same_message(tiny, tmp_path, max_length):
-    from econlm.probe import ProbeConfig
+    from econlm.probing import ProbeConfig
 
     with pytest.raises(UserError) as by_train:
         _config(tiny, tmp_path / "run", max_length=max_length)

@@ -103,7 +103,7 @@ def test_smollm2_conversion_matches_gguf(smollm2):
 
 
 def test_smollm2_perplexity_and_budget(real_data, smollm2):
-    from econlm.probe import ProbeConfig, run_probe
+    from econlm.probing import ProbeConfig, run_probe
 
     config = ProbeConfig(
         model="smollm2",

@@ -213,3 +213,57 @@ def test_unsupported_architecture_names_the_supported_ones(tmp_path, capsys):
     code = main(["compact", str(tmp_path / "opt"), "--out", str(tmp_path / "o"), "--task", "sst2"])
     err = capsys.readouterr().err
     assert code == 2 and "'opt' is not supported" in err and "llama" in err and "bert" in err
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_compact_model_in_memory_returns_a_smaller_copy_and_a_typed_report(family):
+    from econlm.compact import compact_model
+
+    model = tiny_model(family)
+    gqa = family == "llama"
+    _kill_units(model, {0: [0, 1]} if gqa else {0: [0, 2], 1: [1]}, {1: list(range(10))})
+    batch = padded_batch(family)
+    with torch.no_grad():
+        reference = model(**batch).last_hidden_state
+    small, report = compact_model(model, [batch], eps=1e-3, seq_len=16)
+    assert Structure.of_model(model).ffn == (64, 64), "the model passed in is not changed"
+    assert Structure.of_model(small).ffn == (64, 54)
+    assert report.removed_neurons == 10 and report.removed_heads == 2 + (0 if gqa else 1)
+    assert report.only_exactly_dead_units_removed and report.max_abs_output_difference < 1e-5
+    assert report.flops_ratio == pytest.approx(report.dense_macs_after / report.dense_macs_before) and report.flops_ratio < 1
+    assert report.to_json()["removed"]["heads"] == report.removed_heads
+    with torch.no_grad():
+        torch.testing.assert_close(small(**batch).last_hidden_state, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_compact_model_with_nothing_dead_says_so_without_raising():
+    from econlm.compact import compact_model
+
+    model = tiny_model("bert")
+    small, report = compact_model(model, [padded_batch("bert")], eps=0.0)
+    assert not report.removed_anything and report.flops_ratio == 1.0
+
+
+def test_compact_reports_the_latency_tables_prediction(dead_checkpoint, tmp_path, capsys):
+    from econlm.models import load_config
+    from tests.conftest import latency_table_for
+
+    table = latency_table_for(load_config(str(dead_checkpoint["path"]))[0], seq_len=96)
+    table_path = tmp_path / "table.json"
+    table_path.write_text(json.dumps(table.to_json()))
+    out = tmp_path / "small"
+    argv = ["compact", str(dead_checkpoint["path"]), "--out", str(out), "--task", "sst2", "--data-dir",
+            str(dead_checkpoint["data"]), "--calib-examples", "16", "--eps", "1e-9", "--latency-repeats", "2",
+            "--no-onnx", "--latency-table", str(table_path)]
+    assert main(argv) == 0
+    assert "latency table predicts" in capsys.readouterr().out
+    predicted = json.loads((out / "compact.json").read_text())["latency_table"]
+    # Heads kept (3, 2) of 4 and FFN (32, 63) of 64, on the made-up linear curves of latency_table_for:
+    layer = 0.01 / 4
+    saved = layer * (1 / 4 + 2 / 4) + layer * (32 / 64 + 1 / 64)
+    assert predicted["predicted_speedup"] == pytest.approx(0.01 / (0.01 - saved))
+    assert predicted["measured_speedup"] > 0 and predicted["batch"] == 1 and predicted["seq_len"] == 96
+    (tmp_path / "bad.json").write_text("[]")
+    argv[argv.index(str(table_path))] = str(tmp_path / "bad.json")
+    argv[argv.index(str(out))] = str(tmp_path / "other")
+    assert main(argv) == 2 and "malformed" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from econlm.errors import UserError
 from econlm.flops import Structure, unit_macs_per_token
 from econlm.gates import add_gates, fold_gates, gates_active, get_gates
 from econlm.prices import Price
-from tests.conftest import FAMILIES, padded_batch, tiny_model
+from tests.conftest import FAMILIES, latency_table_for, padded_batch, tiny_model
 
 
 def _forward_cost(model, names, target="both", family="bert"):
@@ -28,7 +28,8 @@ def _forward_cost(model, names, target="both", family="bert"):
 def test_every_cost_is_finite_and_has_finite_gradients(name, family):
     model = tiny_model(family)
     model.train()
-    meter = CostMeter(model, (name,), "both")
+    table = latency_table_for(model.config) if name == "latency" else None
+    meter = CostMeter(model, (name,), "both", latency_table=table)
     batch = padded_batch(family)
     with meter.attached():
         meter.begin(batch["attention_mask"])
@@ -158,3 +159,30 @@ def test_price_schedules():
     again = Price("controller", 0.0, budget=0.5, eta=2.0)
     again.load_state_dict(state)
     assert again.update(0.6) == controller.update(0.6)
+
+
+@pytest.mark.parametrize("name", ["ffn_l1", "attn_entropy", "attn_sqrt", "attn_logits_l1"])
+def test_sum_reduction_is_the_papers_sum_over_tokens_units_and_layers(name):
+    """With equal counts per layer, sum = mean x layers x count (real tokens x FFN units, or real rows)."""
+    model = tiny_model("bert")
+    batch = padded_batch("bert")  # real lengths 11, 7, 3: 21 real tokens
+    values = {}
+    for reduction in ("mean", "sum"):
+        meter = CostMeter(model, (name,), "both", reduction=reduction)
+        with meter.attached(), torch.no_grad():
+            meter.begin(batch["attention_mask"])
+            model(**batch)
+            values[reduction] = meter.read().terms[name]
+    layers, heads, tokens = 2, 4, 21
+    if name == "ffn_l1":
+        count = tokens * 64  # every real token's 64 FFN activations
+    elif name == "attn_logits_l1":
+        count = heads * (11 * 11 + 7 * 7 + 3 * 3)  # every real query's allowed keys (bidirectional)
+    else:
+        count = heads * tokens  # one entropy (or sqrt sum) per real query row and head
+    assert values["sum"] == pytest.approx(values["mean"] * layers * count, rel=1e-5)
+
+
+def test_unknown_reduction_is_a_user_error():
+    with pytest.raises(UserError, match="cost reduction"):
+        CostMeter(tiny_model("bert"), ("ffn_l1",), "both", reduction="median")

@@ -66,7 +66,7 @@ def test_hard_threshold_really_zeroes_small_activations():
 
 def test_probe_rows_carry_effective_compute_measured_on_the_same_computation(tmp_path):
     from econlm.models import LoadedModel, ResolvedModel
-    from econlm.probe import ProbeConfig, run_probe
+    from econlm.probing import ProbeConfig, run_probe
     from tests.conftest import save_tiny_checkpoint, write_tiny_glue
 
     path = save_tiny_checkpoint(tmp_path / "m")

@@ -117,3 +117,20 @@ def test_measure_table_on_a_tiny_model(family):
     for curve in (table.attention, table.ffn):
         assert curve.saved[-1] == 0.0 and all(a >= b for a, b in zip(curve.saved, curve.saved[1:]))
     assert table.dense_seconds > 0 and table.setup["seq_len"] == 16
+
+
+def test_latency_table_cli_writes_a_table_that_loads_and_refuses_to_overwrite(tmp_path, capsys):
+    from econlm.cli import main
+    from tests.conftest import save_tiny_checkpoint
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "table.json"
+    argv = ["latency-table", str(checkpoint), "--out", str(out), "--seq-len", "16", "--repeats", "2", "--ffn-points", "2"]
+    assert main(argv) == 0
+    assert "predicted speedup with half the heads" in capsys.readouterr().out
+    table = load_table(out)
+    assert table.ffn.kept == (32, 64) and table.setup["seq_len"] == 16
+    assert json.loads(out.read_text())["meta"]["versions"]["torch"]
+    assert main(argv) == 2 and "exists" in capsys.readouterr().err
+    assert main(["latency-table", str(checkpoint), "--out", str(tmp_path / "t2.json"), "--seq-len", "999"]) == 2
+    assert "context" in capsys.readouterr().err

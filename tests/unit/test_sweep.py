@@ -131,3 +131,52 @@ def test_two_sweep_files_sharing_a_folder_keep_each_others_results(tiny, tmp_pat
     # rerunning the first file skips its finished trial and still keeps the second's
     assert main(["sweep", str(first), "--out", str(out)]) == 0
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_sweep_built_in_code_is_validated_like_a_file_and_runs(tiny, tmp_path):
+    from econlm.sweep import SweepConfig, run_sweep, sweep_config
+
+    base = {"model": str(tiny["model"]), "task": "sst2", "epochs": 1, "lr": 1e-3, "batch_size": 16,
+            "max_length": 32, "data_dir": str(tiny["data"])}
+    with pytest.raises(UserError, match=r"sweep config \[grid.lam.0\]: 'lam' must be a number, not 'abc'"):
+        run_sweep({"base": base, "grid": {"lam": ["abc"]}}, tmp_path / "bad")
+    with pytest.raises(UserError, match="defines no trial"):
+        run_sweep(SweepConfig(base=base), tmp_path / "bad")
+    with pytest.raises(UserError, match=r"unknown key 'gird'.*Did you mean 'grid'"):
+        sweep_config({"base": base, "gird": {"lam": [0]}})
+    assert not (tmp_path / "bad").exists()
+    # YAML's strings for numbers become numbers here too, and the ids match a file's.
+    in_code = sweep_config({"name": "t", "base": base, "grid": {"lam": ["1e-3"]}})
+    path = tmp_path / "s.yaml"
+    path.write_text(_yaml(tiny, grid="  lam: [1e-3]\n"))
+    assert [s["id"] for s in expand(in_code)] == [s["id"] for s in expand(load_sweep(path))]
+    results = run_sweep(SweepConfig(name="code", base=base, grid={"lam": [0.0]}), tmp_path / "run", progress=False)
+    assert [r["status"] for r in results] == ["ok"]
+
+
+def test_distill_trials_train_against_the_plain_fine_tune_of_the_same_seed(tiny, tmp_path):
+    from econlm.sweep import run_sweep
+
+    base = {"model": str(tiny["model"]), "task": "sst2", "epochs": 1, "lr": 1e-3, "batch_size": 16,
+            "max_length": 32, "data_dir": str(tiny["data"]), "seed": 3}
+    sweep = {"base": base, "trials": [{"lam": 0.1, "cost": ["ffn_l1"], "distill": True}], "grid": {"lam": [0]}}
+    results = {r["id"]: r for r in run_sweep(sweep, tmp_path / "run", progress=False)}
+    assert all(r["status"] == "ok" for r in results.values()) and len(results) == 2
+    student = next(r for r in results.values() if r["settings"].get("distill"))
+    teacher = next(r for r in results.values() if not r["settings"].get("distill"))
+    metrics = json.loads((tmp_path / "run" / "trials" / student["id"] / "model" / "metrics.json").read_text())
+    # The grid's lambda = 0 trial is the teacher: trained once, shared, not made up a second time.
+    assert metrics["distillation"]["teacher"] == str(tmp_path / "run" / "trials" / teacher["id"] / "model")
+    assert len(list((tmp_path / "run" / "trials").iterdir())) == 2
+    with pytest.raises(UserError, match="'distill' must be true or false"):
+        run_sweep({"base": base, "trials": [{"distill": "yes"}]}, tmp_path / "bad")
+
+
+def test_a_missing_teacher_is_trained_first():
+    from econlm.sweep import teacher_settings
+
+    student = {"model": "m", "task": "sst2", "seed": 2, "lam": 0.5, "cost": ["flops"], "budget": 0.5, "distill": True,
+               "lr": 1e-3}
+    teacher_id, teacher = teacher_settings(student)
+    assert teacher == {"model": "m", "task": "sst2", "seed": 2, "lr": 1e-3, "lam": 0.0, "cost": ["ffn_l1"]}
+    assert teacher_id.startswith("train-sst2-ffn_l1-lam0-s2-")

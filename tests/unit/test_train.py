@@ -9,7 +9,7 @@ import torch
 
 from econlm.cli import main
 from econlm.errors import UserError
-from econlm.train import Interrupted, TrainConfig, TrainingFault, train
+from econlm.training import Interrupted, TrainConfig, TrainingFault, train
 from tests.conftest import save_tiny_checkpoint, write_tiny_glue
 
 
@@ -89,7 +89,15 @@ def test_flops_cost_with_budget_controller_prices_compute(tiny_setup, tmp_path):
     assert metrics["metric"] == "spearman"
 
 
-def test_language_modelling_trains_on_validation_and_reports_test(tiny_setup, tmp_path):
+@pytest.mark.parametrize("has_train", [False, True])
+def test_language_modelling_trains_on_the_train_split_when_it_is_there_and_reports_test(tiny_setup, tmp_path, has_train):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_setup["data"] / "wikitext-2", data / "wikitext-2")
+    if has_train:  # WikiText-2 ships a train split; the local WikiText-103 has none
+        valid = (data / "wikitext-2" / "valid.txt").read_text()
+        (data / "wikitext-2" / "train.txt").write_text(valid.upper())
     config = _config(
         tiny_setup,
         tmp_path / "lm",
@@ -99,10 +107,13 @@ def test_language_modelling_trains_on_validation_and_reports_test(tiny_setup, tm
         cost=("attn_sqrt",),
         eval_limit=256,
         limit=6,
+        data_dir=str(data),
     )
     metrics = train(config, progress=False)
     assert metrics["metric"] == "perplexity" and metrics["score"] > 1
-    assert "trained on validation" in metrics["evaluated_on"]
+    assert metrics["evaluated_on"] == "test split"
+    expected = "train split" if has_train else "dev split"
+    assert metrics["trained_on"].startswith(expected) and "blocks of 32 tokens" in metrics["trained_on"]
     assert metrics["eval_examples"] == 255
 
 

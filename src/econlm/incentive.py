@@ -1,0 +1,286 @@
+"""The compute tax on a model you hold, in any training loop: ``L = L_task + lambda * C_comp``.
+
+In the spirit of PEFT's ``get_peft_model(model, config)``::
+
+    from econlm import TaxConfig, attach_tax
+
+    tax = attach_tax(model, TaxConfig(cost=("flops",), budget=0.5), total_steps=1000)
+    optimizer = torch.optim.AdamW(tax.parameter_groups(lr=5e-5, gate_lr=0.1))
+    with tax:                                  # hooks, attention taps and gates are live inside
+        for batch in batches:
+            tax.begin(batch["attention_mask"])
+            out = model(**batch)
+            loss = tax.loss(out.loss)          # the task loss plus the priced cost (and the budget anchor)
+            loss.backward(); optimizer.step(); optimizer.zero_grad()
+            tax.step()                         # the price moves (controller) or follows its schedule
+    print(tax.metrics())
+    report = tax.finalize()                    # fold the gates into the weights; the model is plain again
+
+``econlm train`` and the Hugging Face :class:`~econlm.hf.IncentiveTrainer` are built on this object.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from econlm.errors import UserError
+
+GATE_PREFIX = "econlm_gates."
+
+
+@dataclass(frozen=True)
+class TaxConfig:
+    """What is taxed, at what price. Validated on construction."""
+
+    cost: tuple[str, ...] = ("ffn_l1",)
+    lam: float = 0.0  # the price; the controller's starting price when a budget is set
+    target: str = "both"  # attention, ffn or both
+    attention_weight: float = 1.0
+    ffn_weight: float = 1.0
+    schedule: str = "constant"  # constant, warmup or controller (implied by budget)
+    warmup_steps: int = 0
+    budget: float | None = None  # target share of dense compute (flops) or dense latency (latency)
+    price_lr: float = 0.5  # eta of the controller's dual ascent
+    budget_rho: float = 20.0  # weight of the anchor 0.5 * rho * (share - budget)^2
+    budget_warmup: float = 0.5  # share of training over which the budget falls from 1 to its value
+    gate_freeze: float = 0.7  # share of training after which gates are fixed
+    latency_table: str | None = None  # the table a latency cost prices gates by
+    cost_reduction: str = "mean"  # mean per token and unit, or the paper's sums ("sum")
+
+    def __post_init__(self) -> None:
+        from econlm.cost import CONTROLLABLE, parse_cost_names, target_components
+        from econlm.prices import SCHEDULES
+
+        object.__setattr__(self, "cost", parse_cost_names(self.cost))
+        target_components(self.target)
+        if not math.isfinite(self.lam) or self.lam < 0:
+            raise UserError(f"--lam must be a non-negative number (a price), not {self.lam}")
+        if self.budget is not None:
+            if not (0 < self.budget <= 1):
+                raise UserError(f"--budget {self.budget} must lie in (0, 1]: a share of the dense compute")
+            if not CONTROLLABLE & set(self.cost):
+                raise UserError("--budget needs a cost that measures compute: add --cost flops (or latency)")
+            object.__setattr__(self, "schedule", "controller")
+        elif self.schedule == "controller":
+            raise UserError("the controller schedule needs --budget (a target share of dense compute)")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule '{self.schedule}'; valid: {', '.join(SCHEDULES)}")
+        from econlm.cost import REDUCTIONS
+
+        if self.cost_reduction not in REDUCTIONS:
+            raise UserError(f"--cost-reduction must be one of {', '.join(REDUCTIONS)}, not {self.cost_reduction!r}")
+        if "latency" in self.cost and not self.latency_table:
+            raise UserError("--cost latency needs --latency-table FILE (make one with econlm latency-table)")
+        for name in ("gate_freeze", "budget_warmup"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"--{name.replace('_', '-')} must lie in [0, 1], not {getattr(self, name)}")
+
+    @classmethod
+    def from_settings(cls, settings) -> TaxConfig:
+        """The tax part of any object or dict that carries these fields (a TrainConfig, a sweep trial)."""
+        get = settings.get if isinstance(settings, dict) else lambda k, d: getattr(settings, k, d)
+        return cls(**{f.name: get(f.name, f.default) for f in fields(cls)})
+
+
+class Incentive:
+    """Cost terms, gates and a price attached to one model. See the module docstring for the loop."""
+
+    def __init__(self, model: nn.Module, config: TaxConfig, total_steps: int | None = None):
+        from econlm.cost import CostMeter
+        from econlm.prices import Price
+
+        self.model = model
+        self.config = config
+        table = None
+        if config.latency_table:
+            from econlm.latency_table import check_table, load_table
+
+            table = load_table(config.latency_table)
+            check_table(table, model.config, config.latency_table)
+        self.meter = CostMeter(
+            model,
+            config.cost,
+            config.target,
+            config.attention_weight,
+            config.ffn_weight,
+            latency_table=table,
+            reduction=config.cost_reduction,
+        )
+        self.price = Price(config.schedule, config.lam, config.warmup_steps, config.budget, config.price_lr)
+        self.total_steps = None
+        self.set_total_steps(total_steps)
+        self.reading = None
+        self.frozen = False
+        self._stack = None
+
+    # -- setup ------------------------------------------------------------------------------------------
+
+    def set_total_steps(self, total_steps: int | None) -> None:
+        """The run's length sets when the budget reaches its value and when gates freeze."""
+        self.total_steps = total_steps
+        if total_steps:
+            self.price.target_warmup_steps = int(self.config.budget_warmup * total_steps)
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.model.named_parameters() if n.startswith(GATE_PREFIX)]
+
+    def parameter_groups(self, lr: float, gate_lr: float = 0.1, weight_decay: float = 0.01) -> list[dict]:
+        """AdamW groups: the model's weights, and the gates at their own rate without weight decay."""
+        gates = set(map(id, self.gate_parameters()))
+        groups = [
+            {
+                "params": [p for p in self.model.parameters() if id(p) not in gates],
+                "weight_decay": weight_decay,
+                "lr": lr,
+            }
+        ]
+        if gates:
+            groups.append({"params": self.gate_parameters(), "lr": gate_lr, "weight_decay": 0.0})
+        return groups
+
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are live (inside ``with tax:``)."""
+        return self._stack is not None
+
+    def __enter__(self) -> Incentive:
+        self._stack = self.meter.attached()
+        self._stack.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.detach()
+        return False
+
+    def detach(self) -> None:
+        """Remove every hook and attention tap; the gates stay until :meth:`finalize` folds them."""
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            stack.__exit__(None, None, None)
+
+    # -- one step ---------------------------------------------------------------------------------------
+
+    def begin(self, attention_mask: torch.Tensor | None, step: int | None = None) -> None:
+        """Call before the forward pass: which tokens are real, and whether the gates are now fixed."""
+        if not self.attached:
+            raise RuntimeError("the tax is not attached: use `with tax:` around the training loop")
+        self.frozen = self._freeze_gates_if_due(self.price.step if step is None else step)
+        self.meter.begin(attention_mask)
+
+    def loss(self, task_loss: torch.Tensor) -> torch.Tensor:
+        """The task loss plus lambda times the cost (plus the budget anchor while the gates learn)."""
+        self.reading = self.meter.read()
+        total = task_loss + self.price.current * self.reading.total
+        if self.config.budget is not None and not self.frozen and self.reading.share_tensor is not None:
+            # Augmented Lagrangian: dual ascent alone only ever pushes gates shut (lambda >= 0), and a closed
+            # gate gets no task gradient; the anchor reopens gates when the share undershoots the budget.
+            total = total + 0.5 * self.config.budget_rho * (self.reading.share_tensor - self.price.target()) ** 2
+        self.task_loss, self.total_loss = task_loss, total
+        return total
+
+    def drop_frozen_gate_gradients(self) -> None:
+        """After backward: fixed gates keep their values (parameters stay registered, which DDP needs)."""
+        if self.frozen:
+            for p in self.gate_parameters():
+                p.grad = None
+
+    def step(self, share: float | None = None) -> float:
+        """Call after the optimizer step; ``share`` overrides the measured compute share (averaged over
+        processes, say). Returns the price for the next step."""
+        share = self.reading.share if share is None and self.reading is not None else share
+        if self.frozen:
+            self.price.step += 1  # the schedule's clock runs on; a fixed structure has nothing to price
+            return self.price.current
+        return self.price.update(share)
+
+    def _freeze_gates_if_due(self, step: int) -> bool:
+        """From ``gate_freeze`` of training on, gates are deterministic and stop learning: the remaining
+        steps fine-tune the weights under the mask the gates chose."""
+        from econlm.gates import get_gates
+
+        gates = get_gates(self.model)
+        if gates is None or not self.total_steps or step < int(self.config.gate_freeze * self.total_steps):
+            return False
+        gates.eval()  # model.train() switched them back on; in eval mode they are deterministic
+        return True
+
+    # -- reporting --------------------------------------------------------------------------------------
+
+    def metrics(self) -> dict[str, float]:
+        """The last step's losses, cost terms, price and compute share, keyed for loggers."""
+        out = {"price/lambda": self.price.current}
+        if self.reading is None:
+            return out
+        out["loss/task"] = float(self.task_loss.detach())
+        out["loss/total"] = float(self.total_loss.detach())
+        out.update({f"cost/{k}": v for k, v in self.reading.terms.items()})
+        if self.reading.share is not None:
+            out["cost/compute_share"] = self.reading.share
+        if self.config.budget is not None:
+            out["price/budget_in_force"] = self.price.target()
+        return out
+
+    def check_finite(self, step: int) -> None:
+        """A NaN or infinite loss names the step and the term (raises :class:`NonFiniteLoss`)."""
+        task = float(self.task_loss.detach())
+        if not math.isfinite(task):
+            raise NonFiniteLoss(f"step {step}: the task loss is {task}")
+        for name, value in self.reading.terms.items():
+            if not math.isfinite(value):
+                raise NonFiniteLoss(f"step {step}: the cost term {name} is {value}")
+        total = float(self.total_loss.detach())
+        if not math.isfinite(total):
+            raise NonFiniteLoss(f"step {step}: the total loss is {total} (lambda times the cost overflowed)")
+
+    def gates_report(self) -> dict | None:
+        """Expected compute share and closed gates per layer (None without gates)."""
+        from econlm.cost import Flops
+        from econlm.gates import gate_values
+
+        priced = [t for t in self.meter.terms if isinstance(t, Flops)]
+        if not priced:
+            return None
+        report = {"expected_compute_share": priced[0].compute_share()}
+        for name, layers in gate_values(self.model).items():
+            closed = [sum(1 for v in layer if v == 0.0) for layer in layers]
+            report[name] = {
+                "closed_per_layer": closed,
+                "total": sum(len(layer) for layer in layers),
+                "closed": sum(closed),
+            }
+        return report
+
+    def state_dict(self) -> dict:
+        return {"price": self.price.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.price.load_state_dict(state["price"])
+
+    def finalize(self) -> dict:
+        """Detach, fold the gates into the weights (closed units become exact zeros) and remove them.
+        Returns ``{"gates": report before folding, "folded": per-layer gate values}``."""
+        from econlm.gates import fold_gates
+
+        self.detach()
+        report = self.gates_report()
+        return {"gates": report, "folded": fold_gates(self.model)}
+
+
+class NonFiniteLoss(Exception):
+    """A NaN or infinite loss or cost term."""
+
+
+def attach_tax(model: nn.Module, config: TaxConfig | None = None, total_steps: int | None = None, **settings):
+    """Attach cost terms, gates and a price to ``model``; returns the :class:`Incentive` handle.
+
+    ``settings`` are :class:`TaxConfig` fields, for ``attach_tax(model, cost=("flops",), budget=0.5)``.
+    """
+    if config is None:
+        config = TaxConfig(**settings)
+    elif settings:
+        raise TypeError("give either a TaxConfig or its fields, not both")
+    return Incentive(model, config, total_steps)
