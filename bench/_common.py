@@ -28,10 +28,4 @@ def save(name: str, payload: dict, markdown: str) -> None:
     atomic_write_text(DOCS / f"{name}.md", markdown.rstrip() + footer)
 
 
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+from econlm.verdicts import markdown_table  # noqa: E402,F401 - one table writer for docs and verdicts

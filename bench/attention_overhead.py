@@ -9,9 +9,8 @@ Forward time of the same model on the same batch with (a) plain eager attention,
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -22,66 +21,45 @@ from econlm.attention import budgeted_attention  # noqa: E402
 from econlm.models import load_model  # noqa: E402
 
 
-def _times(fn, n: int) -> list[float]:
-    fn()  # warm-up after switching implementation
-    out = []
-    for _ in range(n):
-        started = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - started)
-    return out
-
-
-def _summary(values: list[float]) -> dict:
-    ordered = sorted(values)
-    return {
-        "median": statistics.median(ordered),
-        "p10": ordered[len(ordered) // 10],
-        "p90": ordered[(9 * len(ordered)) // 10],
-        "repeats": len(ordered),
-        "timer": "perf_counter",
-        "threads": torch.get_num_threads(),
-        "device": "cpu",
-    }
-
-
 def time_model(spec: str, batch: int, length: int, rounds: int, per_round: int) -> dict:
+    from econlm.latency import measure_interleaved, model_call, random_inputs
+
     loaded = load_model(spec)
     model = loaded.model
-    ids = torch.randint(1000, 20000, (batch, length))
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    forward = model_call(model, random_inputs(batch, length, 1000, 20000))
+    stats_seen = []
 
-    def forward():
-        with torch.no_grad():
-            model(**inputs)
+    @contextmanager
+    def implementation(name: str, budget: str | None = None):
+        model.set_attn_implementation(name)
+        if budget is None:
+            yield
+            return
+        with budgeted_attention(model, budget) as stats:
+            yield
+        stats_seen.append(stats.rows)
 
     # Interleaved rounds, so that drift in the machine's speed hits every variant alike.
-    variants = {
-        "eager": (lambda: model.set_attn_implementation("eager"), None),
-        "sdpa": (lambda: model.set_attn_implementation("sdpa"), None),
-        "econlm_full_stats": (lambda: model.set_attn_implementation("eager"), "full"),
-    }
-    samples = {name: [] for name in variants}
-    rows_seen = 0
-    for _ in range(rounds):
-        for name, (setup, budget) in variants.items():
-            setup()
-            if budget is None:
-                samples[name] += _times(forward, per_round)
-            else:
-                with budgeted_attention(model, budget) as stats:
-                    samples[name] += _times(forward, per_round)
-                rows_seen += stats.rows
+    timings = measure_interleaved(
+        {"eager": forward, "sdpa": forward, "econlm_full_stats": forward},
+        warmup=1,
+        repeats=rounds,
+        per_round=per_round,
+        around={
+            "eager": lambda: implementation("eager"),
+            "sdpa": lambda: implementation("sdpa"),
+            "econlm_full_stats": lambda: implementation("eager", "full"),
+        },
+    )
     model.set_attn_implementation("eager")
-    assert rows_seen > 0
-    timings = {name: _summary(values) for name, values in samples.items()}
-    eager = timings["eager"]["median"]
+    assert sum(stats_seen) > 0
+    eager = timings["eager"].median
     return {
         "model": spec,
         "batch": batch,
         "seq_len": length,
-        "timings": timings,
-        "ratio_to_eager": {k: v["median"] / eager for k, v in timings.items()},
+        "timings": {name: t.as_dict() for name, t in timings.items()},
+        "ratio_to_eager": {name: t.median / eager for name, t in timings.items()},
     }
 
 

@@ -17,7 +17,11 @@ AXIS_FIELDS = {
 def method_of(result: dict) -> str:
     """incentive (any lambda, including the lam = 0 baseline), posthoc-<importance> or topk."""
     if result["kind"] == "posthoc":
-        return f"posthoc-{result['settings']['importance']}"
+        settings = result["settings"]
+        # Variants are methods of their own: a repaired or untrained rival is not the fine-tuned one.
+        rescaled = "-rescaled" if settings.get("rescale") else ""
+        untrained = "-untrained" if settings.get("finetune_epochs") == 0 else ""
+        return f"posthoc-{settings['importance']}{rescaled}{untrained}"
     if result["kind"] == "topk":
         return "topk"
     return "incentive"

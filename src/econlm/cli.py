@@ -358,11 +358,26 @@ def _cmd_sweep(args) -> int:
         return 128 + stop.signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     ok = sum(r["status"] == "ok" for r in results)
     print(f"{ok} trials finished, {len(results) - ok} failed; results in {args.out}/results.jsonl and pareto.json")
+    print(_trial_table(results))
     for r in results:
         if r["status"] == "failed":
             print(f"  failed: {r['id']}: {r['error']}")
     print(f"make the report with: econlm report {args.out}")
     return 0
+
+
+def _trial_table(results: list[dict]) -> str:
+    """One line per finished trial: its score, and for compacted models the FLOPs cut and measured speedup."""
+    lines = [f"  {'trial':<44} {'score':>8} {'FLOPs cut':>9} {'speedup b1':>10} {'b32':>6}"]
+    for r in results:
+        if r["status"] != "ok" or r.get("score") is None:
+            continue
+        ratios = (r.get("compact") or {}).get("ratios") or {}
+        cut = f"{1 - ratios['flops']:.1%}" if ratios.get("flops") else "-"
+        b1 = f"{ratios['speedup_batch1']:.2f}x" if ratios.get("speedup_batch1") else "-"
+        b32 = f"{ratios['speedup_batch32']:.2f}x" if ratios.get("speedup_batch32") else "-"
+        lines.append(f"  {r['id'][:44]:<44} {r['score']:>8.4f} {cut:>9} {b1:>10} {b32:>6}")
+    return "\n".join(lines)
 
 
 def _add_report(sub) -> None:

@@ -36,6 +36,7 @@ from econlm.surgery import (  # the surgery and checkpoint format; all these nam
     load_compacted,  # noqa: F401
     save_model,
 )
+from econlm.userdata import DataFields
 
 # ---------------------------------------------------------------------------------------------------------
 # Finding dead units
@@ -115,7 +116,7 @@ def exactly_dead_only(plans: list[LayerPlan], calibration: dict | None) -> bool:
 
 
 @dataclass(frozen=True)
-class CompactConfig:
+class CompactConfig(DataFields):  # a user's data file: by default as the checkpoint was trained
     checkpoint: str
     out: str
     calib_examples: int = 512
@@ -129,13 +130,6 @@ class CompactConfig:
     threads: int | None = None
     onnx: bool = False  # also time both models in ONNX Runtime (the CLI turns it on when onnxruntime is installed)
     latency_table: str | None = None  # report the speedup this table predicts next to the measured one
-    # Your own data (--task FILE), by default as the checkpoint was trained: see econlm.userdata
-    train_file: str | None = None
-    dev_file: str | None = None
-    text_columns: tuple[str, ...] = ()
-    label_column: str | None = None
-    task_type: str | None = None
-    metric: str | None = None
 
     def __post_init__(self) -> None:
         import math
@@ -160,18 +154,24 @@ class CompactConfig:
             normalise_data_fields(self)
 
 
-def _calibration_batches(loaded, task, config: CompactConfig) -> list[dict]:
+def _calibration_batches(loaded, task, config: CompactConfig, labels: bool = False) -> list[dict]:
+    """Model inputs of the first ``calib_examples`` training examples (LM: blocks of validation text); with
+    ``labels`` each batch carries its labels, so the model returns a loss (Fisher importance needs it)."""
     from econlm import data, evaluate
 
     tokenizer = loaded.tokenizer
     if task.is_lm:
-        ids = evaluate.lm_token_ids(tokenizer, data.load_text(task, "dev", config.data_dir), None)
+        # WikiText calibrates on validation and is scored on test; a user's corpus has one held-out split,
+        # which it is scored on, so it calibrates on its training text.
+        split = "train" if task.user is not None else "dev"
+        ids = evaluate.lm_token_ids(tokenizer, data.load_text(task, split, config.data_dir), None)
         blocks = [ids[i : i + config.max_length] for i in range(0, len(ids) - config.max_length + 1, config.max_length)]
         blocks = blocks[: config.calib_examples]
-        return [
+        batches = [
             {"input_ids": torch.tensor(blocks[i : i + config.batch_size])}
             for i in range(0, len(blocks), config.batch_size)
         ]
+        return [{**b, "labels": b["input_ids"]} for b in batches] if labels else batches
     examples = data.load_examples(task, "train", config.data_dir, config.calib_examples)
     batches = []
     for start in range(0, len(examples), config.batch_size):
@@ -195,7 +195,11 @@ def _calibration_batches(loaded, task, config: CompactConfig) -> list[dict]:
                 return_tensors="pt",
             )
         )
-        batches.append(dict(encoded))
+        batch = dict(encoded)
+        if labels:
+            dtype = torch.float32 if task.kind == "regression" else torch.long
+            batch["labels"] = torch.tensor([e.label for e in chunk], dtype=dtype)
+        batches.append(batch)
     return batches
 
 
@@ -249,45 +253,32 @@ def latency_seq_len(model, config: CompactConfig) -> int:
 
 
 def measure_latency(models: dict, tokenizer, config: CompactConfig, workdir: Path) -> dict:
-    """CPU latency of each model at batch 1 and 32, all models timed round by round in one run (so noise hits
-    them alike), in PyTorch eager and, when the onnx extra is installed and ``config.onnx``, in ONNX Runtime.
+    """CPU latency of each model at batch 1 and 32, the models timed round by round in one run (so noise hits
+    them alike), in PyTorch eager and, when the onnx extra is installed and ``config.onnx``, in ONNX Runtime
+    (each runtime's rounds of its own).
 
     Returns ``{runtime: {name: {"batchN": timing}}}`` with runtime ``torch`` and ``onnxruntime``.
     """
-    from econlm.latency import measure_interleaved
+    from econlm.latency import measure_interleaved, model_call, random_inputs
 
-    runtimes = {"torch": {name: _torch_forward(model) for name, model in models.items()}}
+    # Each runtime makes, for a batch of inputs, the call that is timed (built outside the timed region).
+    runtimes = {"torch": {name: (lambda inputs, m=model: model_call(m, inputs)) for name, model in models.items()}}
     if config.onnx:
         runtimes["onnxruntime"] = _onnx_forwards(models, tokenizer, workdir)
     seq_len = latency_seq_len(next(iter(models.values())), config)
     results: dict = {runtime: {name: {} for name in models} for runtime in runtimes}
     for batch in LATENCY_BATCHES:
-        ids = torch.randint(1000, 2000, (batch, seq_len))
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-        calls = {
-            (runtime, name): (lambda f=forward: f(inputs))
-            for runtime, forwards in runtimes.items()
-            for name, forward in forwards.items()
-        }
-        timings = measure_interleaved(calls, warmup=3, repeats=config.latency_repeats)
-        for (runtime, name), timing in timings.items():
-            entry = timing.as_dict()
-            entry["sequences_per_second"] = batch / entry["median"]
-            entry["tokens_per_second"] = batch * seq_len / entry["median"]
-            results[runtime][name][f"batch{batch}"] = entry
+        inputs = random_inputs(batch, seq_len)
+        # One runtime at a time, its models interleaved: two runtimes' thread pools never share the cores
+        # within a round, and each speedup is a ratio of medians taken under the same noise.
+        for runtime, makers in runtimes.items():
+            calls = {name: make_call(inputs) for name, make_call in makers.items()}
+            for name, timing in measure_interleaved(calls, warmup=3, repeats=config.latency_repeats).items():
+                entry = timing.as_dict()
+                entry["sequences_per_second"] = batch / entry["median"]
+                entry["tokens_per_second"] = batch * seq_len / entry["median"]
+                results[runtime][name][f"batch{batch}"] = entry
     return results
-
-
-def _torch_forward(model):
-    import inspect
-
-    accepted = set(inspect.signature(model.forward).parameters)
-
-    def forward(inputs):
-        with torch.no_grad():
-            model(**{k: v for k, v in inputs.items() if k in accepted})
-
-    return forward
 
 
 def _onnx_forwards(models: dict, tokenizer, workdir: Path) -> dict:
@@ -300,7 +291,7 @@ def _onnx_forwards(models: dict, tokenizer, workdir: Path) -> dict:
         if not report.matches:
             raise RuntimeError(f"the ONNX export of the {name} model differs from PyTorch by {report.max_abs_difference}")
         session = onnx_session(report.path)
-        forwards[name] = lambda inputs, s=session: onnx_forward(s, inputs)
+        forwards[name] = lambda inputs, s=session: (lambda: onnx_forward(s, inputs))
     return forwards
 
 
@@ -311,7 +302,7 @@ def latency_setup(seq_len: int, runtimes) -> dict:
         "device": "cpu",
         "runtimes": list(runtimes),
         "statistic": "median of repeated forward passes after warm-up (no grad); the original and compacted "
-        "models (and both runtimes) timed round by round in one run, the order rotating each round",
+        "models timed round by round in one run, the order rotating each round (each runtime on its own)",
     }
 
 

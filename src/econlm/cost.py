@@ -58,6 +58,7 @@ class CostTerm:
         self.tokens = tokens
         self.reduction = reduction
         self._per_layer: dict[object, torch.Tensor] = {}
+        self._calls: dict[object, int] = {}
 
     def _reduce(self, total: torch.Tensor, count) -> torch.Tensor:
         """Per token and unit (``mean``), or the plain sum over the batch's real tokens and units (``sum``)."""
@@ -67,6 +68,7 @@ class CostTerm:
 
     def reset(self) -> None:
         self._per_layer = {}
+        self._calls = {}
 
     def attention_tap(self, view: AttentionView) -> None:  # noqa: B027 - optional hook
         pass
@@ -75,11 +77,11 @@ class CostTerm:
         pass
 
     def _add(self, layer: object, value: torch.Tensor) -> None:
-        # A layer called twice in one step (not the case for the supported models) averages its calls.
-        if layer in self._per_layer:
-            self._per_layer[layer] = (self._per_layer[layer] + value) / 2
-        else:
-            self._per_layer[layer] = value
+        # A layer called several times in one step (not the case for the supported models) averages its calls.
+        calls = self._calls.get(layer, 0)
+        previous = self._per_layer.get(layer)
+        self._per_layer[layer] = value if previous is None else (previous * calls + value) / (calls + 1)
+        self._calls[layer] = calls + 1
 
     def value(self, weights: dict[str, float]) -> torch.Tensor:
         """The weighted term for the last forward pass: the mean over layers of the per-layer values (the sum

@@ -89,7 +89,7 @@ class DistillSettings:
 class Teacher:
     """A fine-tuned dense checkpoint of the same task, run in eval mode without gradients."""
 
-    def __init__(self, path: str | Path, *, task, student_config, device="cpu"):
+    def __init__(self, path: str | Path, *, task, student_config, device="cpu", hidden: bool = False):
         from econlm.models import load_model
 
         path = Path(path)
@@ -98,7 +98,7 @@ class Teacher:
                 f"the teacher {path} is not a checkpoint folder (no config.json); pass the --out of a "
                 "finished lambda = 0 fine-tune of the same task"
             )
-        check_teacher(path, task, student_config)
+        check_teacher(path, task, student_config, hidden)
         head = "causal-lm" if task.is_lm else "seq-cls"
         self.model = load_model(str(path), head).model.to(device).eval()
         for p in self.model.parameters():
@@ -110,7 +110,7 @@ class Teacher:
         return self.model(**inputs, output_hidden_states=hidden)
 
 
-def check_teacher(path: Path, task, student_config) -> None:
+def check_teacher(path: Path, task, student_config, hidden: bool = False) -> None:
     """One line for a teacher of another task, label count or vocabulary (read from its config.json)."""
     import json
 
@@ -131,6 +131,13 @@ def check_teacher(path: Path, task, student_config) -> None:
             raise UserError(
                 f"the teacher {path} predicts {labels} labels and {task.name} has {task.num_labels}; "
                 f"use a teacher fine-tuned on {task.name}"
+            )
+    for key, what in (("hidden_size", "hidden size"), ("num_hidden_layers", "number of layers")):
+        theirs, mine = config.get(key), getattr(student_config, key, None)
+        if hidden and theirs is not None and mine is not None and theirs != mine:
+            raise UserError(
+                f"the teacher {path} has a {what} of {theirs} and the student {mine}; hidden-state distillation "
+                "matches layers one to one: use a teacher of the same architecture, or --distill-hidden-weight 0"
             )
     vocab = config.get("vocab_size")
     if vocab is not None and vocab != getattr(student_config, "vocab_size", vocab):

@@ -78,6 +78,13 @@ class TaxConfig:
         for name in ("gate_freeze", "budget_warmup"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"--{name.replace('_', '-')} must lie in [0, 1], not {getattr(self, name)}")
+        # A negative weight or anchor would reward compute; a negative eta would run the controller backwards.
+        for name in ("attention_weight", "ffn_weight", "budget_rho", "price_lr", "warmup_steps"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UserError(f"--{name.replace('_', '-')} must be a number >= 0, not {value}")
+        if self.budget is not None and self.price_lr <= 0:
+            raise UserError("--price-lr must be positive with --budget: it is how fast the price moves")
 
     @classmethod
     def from_settings(cls, settings) -> TaxConfig:
@@ -116,6 +123,10 @@ class Incentive:
         self.reading = None
         self.frozen = False
         self._stack = None
+        self._freeze_hooks: list = []
+        self._finalized: dict | None = None
+        if config.budget is not None and table is not None:
+            _check_reachable(config, table)
 
     # -- setup ------------------------------------------------------------------------------------------
 
@@ -148,8 +159,13 @@ class Incentive:
         return self._stack is not None
 
     def __enter__(self) -> Incentive:
-        self._stack = self.meter.attached()
-        self._stack.__enter__()
+        if self.attached:  # hooks twice would scale every unit by its gate squared
+            raise RuntimeError("the tax is already attached")
+        if self._finalized is not None:
+            raise RuntimeError("the tax was finalized: its gates are folded into the weights")
+        stack = self.meter.attached()
+        stack.__enter__()
+        self._stack = stack
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -161,6 +177,9 @@ class Incentive:
         if self._stack is not None:
             stack, self._stack = self._stack, None
             stack.__exit__(None, None, None)
+        for handle in self._freeze_hooks:
+            handle.remove()
+        self._freeze_hooks = []
 
     # -- one step ---------------------------------------------------------------------------------------
 
@@ -183,7 +202,9 @@ class Incentive:
         return total
 
     def drop_frozen_gate_gradients(self) -> None:
-        """After backward: fixed gates keep their values (parameters stay registered, which DDP needs)."""
+        """After backward: fixed gates keep their values (parameters stay registered, which DDP needs). Once
+        frozen this already happens as each gradient is accumulated (see ``_freeze_gates_if_due``), so the
+        gates count neither in gradient clipping nor in the optimizer; calling it again is harmless."""
         if self.frozen:
             for p in self.gate_parameters():
                 p.grad = None
@@ -206,6 +227,13 @@ class Incentive:
         if gates is None or not self.total_steps or step < int(self.config.gate_freeze * self.total_steps):
             return False
         gates.eval()  # model.train() switched them back on; in eval mode they are deterministic
+        if not self._freeze_hooks:
+            # Drop each gate's gradient as soon as backward produces it: whatever loop runs the optimizer (ours,
+            # a Trainer, the user's), fixed gates then take no step and do not count in gradient clipping.
+            self._freeze_hooks = [
+                p.register_post_accumulate_grad_hook(lambda param: setattr(param, "grad", None))
+                for p in self.gate_parameters()
+            ]
         return True
 
     # -- reporting --------------------------------------------------------------------------------------
@@ -262,12 +290,34 @@ class Incentive:
 
     def finalize(self) -> dict:
         """Detach, fold the gates into the weights (closed units become exact zeros) and remove them.
-        Returns ``{"gates": report before folding, "folded": per-layer gate values}``."""
+        Returns ``{"gates": report before folding, "folded": per-layer gate values}`` (the same on later calls)."""
         from econlm.gates import fold_gates
 
-        self.detach()
-        report = self.gates_report()
-        return {"gates": report, "folded": fold_gates(self.model)}
+        if self._finalized is None:
+            self.detach()
+            report = self.gates_report()
+            self._finalized = {"gates": report, "folded": fold_gates(self.model)}
+        return self._finalized
+
+
+def _check_reachable(config: TaxConfig, table) -> None:
+    """A latency budget below what removing every removable unit reaches would make the price grow without
+    bound: embeddings, norms and the task head cost time that no gate saves."""
+    from econlm.cost import target_components
+
+    components = target_components(config.target)
+    layers = table.model["layers"]
+    saved = 0.0
+    if "attention" in components:
+        saved += layers * table.attention.at(1)  # one K/V group must stay per layer
+    if "ffn" in components:
+        saved += layers * table.ffn.at(1)
+    floor = (table.dense_seconds - saved) / table.dense_seconds
+    if config.budget < floor:
+        raise UserError(
+            f"--budget {config.budget} is below what this latency table says removing units can reach "
+            f"({floor:.3f} of dense latency with --target {config.target}); choose a budget of at least {floor:.2f}"
+        )
 
 
 class NonFiniteLoss(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 
 
@@ -47,30 +48,73 @@ def measure(fn: Callable[[], object], *, warmup: int = 5, repeats: int = 30, dev
 
 
 def measure_interleaved(
-    fns: Mapping[str, Callable[[], object]], *, warmup: int = 5, repeats: int = 30, device: str = "cpu"
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    warmup: int = 5,
+    repeats: int = 30,
+    device: str = "cpu",
+    per_round: int = 1,
+    around: Mapping[str, Callable[[], AbstractContextManager]] | None = None,
 ) -> dict[str, Timing]:
-    """Time several functions round by round: each round calls every function once, so a burst of machine
-    noise (another process, a frequency change) hits all of them alike and their ratio stays fair. The order
-    within a round rotates, so no function always runs first (right after the others warmed the caches)."""
+    """Time several functions round by round: each round calls every function (``per_round`` times), so a
+    burst of machine noise (another process, a frequency change) hits all of them alike and their ratio stays
+    fair. The order within a round rotates, so no function always runs first (right after the others warmed
+    the caches). ``around[name]()`` is a context entered around that function's calls in each round (an
+    attention implementation switched on, say), outside the timed region; after entering it, one untimed
+    call warms up again."""
     import torch
 
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
     names = list(fns)
+    around = around or {}
     for _ in range(warmup):
         for name in names:
-            fns[name]()
+            with _entered(around.get(name)):
+                fns[name]()
     on_gpu = device.startswith("cuda") and torch.cuda.is_available()
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            times[name].append(_time_once(fns[name], on_gpu))
+            with _entered(around.get(name)):
+                if name in around:
+                    fns[name]()  # the switch may have cold caches: one untimed call
+                times[name].extend(_time_once(fns[name], on_gpu) for _ in range(per_round))
     threads = torch.get_num_threads()
     return {
         name: _summarise(values, warmup, device, threads, "cuda-events" if on_gpu else "perf_counter")
         for name, values in times.items()
     }
+
+
+def _entered(factory):
+    return factory() if factory is not None else nullcontext()
+
+
+def model_call(model, inputs: Mapping) -> Callable[[], None]:
+    """The one closure every latency measurement times: a no-grad forward of ``model`` on ``inputs``, passing
+    only the inputs its forward accepts (token_type_ids to BERT, not to Llama)."""
+    import inspect
+
+    import torch
+
+    accepted = set(inspect.signature(model.forward).parameters)
+    kwargs = {k: v for k, v in inputs.items() if k in accepted}
+
+    def call() -> None:
+        with torch.no_grad():
+            model(**kwargs)
+
+    return call
+
+
+def random_inputs(batch: int, seq_len: int, low: int = 1000, high: int = 2000) -> dict:
+    """A full (unpadded) batch of random token ids: what dense-latency measurements run on."""
+    import torch
+
+    ids = torch.randint(low, high, (batch, seq_len))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
 
 
 def _time_once(fn: Callable[[], object], on_gpu: bool) -> float:

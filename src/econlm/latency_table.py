@@ -106,10 +106,12 @@ def fit_curve(kept: Sequence[int], saved: Sequence[float]) -> Curve:
     pairs = sorted(zip(kept, saved))
     ks = [k for k, _ in pairs]
     raw = [s for _, s in pairs]
-    fitted = monotone_fit(raw)
-    # Keeping every unit saves nothing, whatever the noise said; savings are never negative either.
-    shift = fitted[-1]
-    fitted = [max(0.0, s - shift) for s in fitted]
+    # Keeping every unit saves nothing, whatever the noise said: the dense count is fixed at 0 with an
+    # overwhelming weight, so pooling never moves it; savings are never negative either.
+    anchored = raw[:-1] + [0.0]
+    weights = [1.0] * (len(raw) - 1) + [1e12]
+    fitted = [max(0.0, s) for s in monotone_fit(anchored, weights)]
+    fitted[-1] = 0.0
     return Curve(kept=tuple(ks), saved=tuple(fitted), raw_saved=tuple(raw))
 
 

@@ -19,12 +19,13 @@ from pathlib import Path
 from econlm.attention import Budget, budgeted_attention, parse_budgets
 from econlm.config import check_max_length
 from econlm.errors import UserError
+from econlm.userdata import DataFields
 
 DEFAULT_BUDGETS = ("full", "32", "16", "8", "4", "2", "1")
 
 
 @dataclass(frozen=True)
-class ProbeConfig:
+class ProbeConfig(DataFields):
     """Settings of one probe run; validated on construction (before any model is loaded)."""
 
     model: str = "minilm"
@@ -38,12 +39,6 @@ class ProbeConfig:
     data_dir: str | None = None
     seed: int = 0
     ffn_eps: float | None = None  # FFN activations with |a| < ffn_eps are set to zero while scoring
-    # Your own data (--task FILE): see econlm.userdata
-    dev_file: str | None = None
-    text_columns: tuple[str, ...] = ()
-    label_column: str | None = None
-    task_type: str | None = None
-    metric: str | None = None
 
     def __post_init__(self) -> None:
 

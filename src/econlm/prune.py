@@ -7,6 +7,9 @@ most important ones, then (optionally) fine-tune briefly. Importance of a unit:
                 columns for a head; its up/gate rows times its down column norm for a neuron);
 ``activation``  its mean |output| on calibration data (the o-projection input slice for a head, the
                 down-projection input for a neuron).
+``fisher``      the empirical Fisher information of its mask variable on labelled calibration data (Kwon
+                et al. 2022; see :mod:`econlm.fisher`), optionally followed by the least-squares rescaling
+                of the units kept (``rescale=True``), their retraining-free repair.
 
 With grouped-query attention whole groups go (a key/value head and its query heads), ranked by their
 summed importance.
@@ -57,8 +60,17 @@ def activation_importance(model: nn.Module, batches: list[dict] | None) -> list[
     ]
 
 
+def fisher_importance(model: nn.Module, batches: list[dict] | None) -> list[dict[str, torch.Tensor]]:
+    from econlm.fisher import fisher_importance as fisher
+
+    return fisher(model, batches)
+
+
 # Importance criteria: (model, calibration batches or None) -> per layer {"heads": (H,), "neurons": (F,)}.
-IMPORTANCE = Registry("importance", {"magnitude": magnitude_importance, "activation": activation_importance})
+IMPORTANCE = Registry(
+    "importance",
+    {"magnitude": magnitude_importance, "activation": activation_importance, "fisher": fisher_importance},
+)
 
 
 def plan_by_importance(
@@ -93,9 +105,22 @@ def prune(
     remove_neurons: list[int],
     importance: str = "magnitude",
     batches: list[dict] | None = None,
+    rescale: bool = False,
 ) -> list[LayerPlan]:
-    """Remove units in place; returns the plans applied."""
+    """Remove units in place; returns the plans applied. With ``rescale`` the kept units are rescaled by least
+    squares to reproduce each layer's output on ``batches`` (Kwon et al.'s repair, no training)."""
     scores = IMPORTANCE[importance](model, batches)
     plans = plan_by_importance(model, scores, remove_heads, remove_neurons)
+    grams = None
+    if rescale:
+        if not batches:
+            raise ValueError("least-squares rescaling needs calibration batches")
+        from econlm.fisher import output_grams
+
+        grams = output_grams(model, batches)  # of the model before pruning: the outputs to reproduce
     apply_plan(model, plans)
+    if grams is not None:
+        from econlm.fisher import rescale_kept_units
+
+        rescale_kept_units(model, plans, grams)
     return plans

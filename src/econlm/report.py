@@ -20,8 +20,18 @@ METHOD_STYLE = {
     "incentive": ("tab:blue", "o"),
     "posthoc-magnitude": ("tab:red", "s"),
     "posthoc-activation": ("tab:orange", "D"),
+    "posthoc-fisher": ("tab:purple", "P"),
     "topk": ("tab:green", "^"),
 }
+
+
+def _style(method: str) -> tuple[str, str]:
+    """A method's colour and marker; a post-hoc variant (rescaled, untrained) keeps its criterion's colour."""
+    base = max((k for k in METHOD_STYLE if method.startswith(k)), key=len, default=None)
+    if base is None:
+        return "tab:gray", "x"
+    color, marker = METHOD_STYLE[base]
+    return color, ("x" if method.endswith("-untrained") else "*" if method.endswith("-rescaled") else marker)
 
 
 def _png(fig) -> str:
@@ -55,32 +65,120 @@ def load_results(folder: Path) -> list[dict]:
     return results
 
 
-def _frontier_figure(problem: dict):
+COLLAPSE = 0.25  # a run scoring under a quarter of the best (perplexity: over 4 times the best) has collapsed
+
+
+def score_window(problem: dict, lines: tuple[float, ...] = ()) -> tuple[float, float] | None:
+    """The score axis of a frontier plot, or None to show everything.
+
+    A collapsed run (a tax so high that the model predicts a constant) stretches the axis from 0 and
+    squeezes the points that matter into a sliver. A run counts as collapsed when it scores under a quarter
+    of the best score (for perplexity: over 4 times the best); the axis then spans every other run and the
+    reference ``lines``, with a margin, and the collapsed runs are drawn on its worse edge.
+    """
+    higher = problem.get("higher_is_better", True)
+    scores = [p["score"] for p in problem["points"] if not math.isnan(p["score"])]
+    if len(scores) < 2:
+        return None
+    best = max(scores) if higher else min(scores)
+    if best <= 0:
+        return None  # no scale to judge a collapse by (a correlation at or below 0)
+    kept = [v for v in scores if (v >= COLLAPSE * best if higher else v <= best / COLLAPSE)]
+    if len(kept) == len(scores):
+        return None
+    shown = kept + [v for v in lines if not math.isnan(v)]
+    low, high = min(shown), max(shown)
+    margin = max(high - low, abs(best) * 0.01) * 0.08
+    return low - margin, high + margin
+
+
+def references(problem: dict, folder: Path | None = None) -> dict[str, float]:
+    """Horizontal reference lines: the lambda = 0 fine-tune (mean over seeds) and, when the sweep folder
+    holds a probe of the same task, the model's zero-shot score at the full attention budget."""
+    out = {}
+    plain = [p["score"] for p in problem["points"] if p.get("ablation") == "baseline (lambda = 0)"]
+    if plain:
+        out["lambda = 0 fine-tune"] = sum(plain) / len(plain)
+    for data in _probes(folder):
+        full = next((r for r in data.get("rows", []) if r.get("budget") == "full"), None)
+        same = data.get("task") == problem["task"] and data.get("model") == problem["model"]
+        if same and full and full.get("metric") == problem.get("metric"):
+            out[f"zero-shot ({data.get('examples_scored')} {data.get('unit_of_examples')})"] = full["score"]
+    return out
+
+
+def _probes(folder: Path | None) -> list[dict]:
+    """The probe results saved in a sweep folder (a damaged file is skipped: the report is still made)."""
+    found = []
+    for path in sorted(folder.rglob("probe.json")) if folder is not None else []:
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _frontier_figure(problem: dict, folder: Path | None = None, speedups: dict | None = None):
     from econlm.plots import _pyplot
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    lines = references(problem, folder)
+    window = score_window(problem, tuple(lines.values()))
     for method, info in problem["methods"].items():
-        color, marker = METHOD_STYLE.get(method, ("tab:gray", "x"))
+        color, marker = _style(method)
         mine = [p for p in problem["points"] if p["method"] == method]
+        shown = [p for p in mine if window is None or window[0] <= p["score"] <= window[1]]
+        below = len(mine) - len(shown)
         ax.errorbar(
-            [p["compute"] for p in mine],
-            [p["score"] for p in mine],
-            xerr=[p["compute_std"] for p in mine],
-            yerr=[p["score_std"] for p in mine],
+            [p["compute"] for p in shown],
+            [p["score"] for p in shown],
+            xerr=[p["compute_std"] for p in shown],
+            yerr=[p["score_std"] for p in shown],
             fmt=marker,
+            markersize=7,
             color=color,
-            alpha=0.55,
-            label=f"{method} (HV {info['hypervolume']:.3g})",
+            alpha=0.7,
+            label=f"{method} (HV {info['hypervolume']:.3g})" + (f"; {below} below the axis" if below else ""),
         )
+        if below:  # collapsed runs stay visible, on the lower edge
+            edge = window[0] if problem.get("higher_is_better", True) else window[1]  # the worse end
+            ax.plot([p["compute"] for p in mine if p not in shown], [edge] * below, "v", color=color, alpha=0.5)
         front = info["front"]
         ax.plot([p["compute"] for p in front], [p["score"] for p in front], "-", color=color, linewidth=2)
+        for p in shown:
+            speedup = (speedups or {}).get(tuple(p.get("trials", ())))
+            if speedup:
+                ax.annotate(
+                    f"{speedup:.2f}x",
+                    (p["compute"], p["score"]),
+                    textcoords="offset points",
+                    xytext=(5, 5),
+                    fontsize=8,
+                    color=color,
+                )
+    for (label, value), style in zip(lines.items(), ("--", ":", "-.", (0, (1, 4)))):
+        ax.axhline(value, linestyle=style, color="black", linewidth=1, label=f"{label}: {value:.4f}")
+    if window is not None:
+        ax.set_ylim(*window)
     ax.set_xlabel(problem["compute_label"])
     ax.set_ylabel(problem["metric"] or "score")
-    ax.set_title(f"{Path(str(problem['model'])).name} on {problem['task']}: Pareto frontier")
+    title = f"{Path(str(problem['model'])).name} on {Path(str(problem['task'])).name}: Pareto frontier"
+    ax.set_title(title + ("\n(labels: measured CPU speedup at batch 1 after compaction)" if speedups else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def _speedups(results: list[dict]) -> dict[tuple, float]:
+    """Measured batch-1 speedup of each compacted trial, keyed by ``(trial id,)`` (seed groups are added as
+    the mean of their members by the caller)."""
+    out = {}
+    for r in results:
+        ratio = ((r.get("compact") or {}).get("ratios") or {}).get("speedup_batch1")
+        if ratio:
+            out[(r["id"],)] = ratio
+    return out
 
 
 def _incentive_rows(results: list[dict]) -> list[dict]:
@@ -266,11 +364,16 @@ def render(folder: str | Path) -> str:
         "language modelling) of exactly the model whose compute is shown.</p>",
     ]
     parts.append("<h2>Pareto frontiers</h2>")
+    speedups = _speedups(results)
     for axis in (primary, *[a for a in ("dense_flops", "effective_flops", "latency") if a != primary]):
         for problem in pareto[axis]["problems"]:
+            for point in problem["points"]:  # seed groups: the mean of their members' speedups
+                found = [speedups[(t,)] for t in point.get("trials", []) if (t,) in speedups]
+                if found:
+                    speedups[tuple(point["trials"])] = sum(found) / len(found)
             parts.append(
                 _img(
-                    _png(_frontier_figure(problem)),
+                    _png(_frontier_figure(problem, folder, speedups)),
                     f"{problem['model']} / {problem['task']}: score "
                     f"against {problem['compute_label']}; lines join each method's non-dominated points",
                 )

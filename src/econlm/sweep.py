@@ -212,8 +212,30 @@ def _checked_baselines(baselines, where) -> dict:
         for list_key in ("budgets", "importance"):
             if list_key in value and (not isinstance(value[list_key], list) or not value[list_key]):
                 raise UserError(f"{where(f'baselines.{key}.{list_key}')}: '{list_key}' must be a non-empty list")
+        if key == "posthoc":
+            _check_posthoc(value, lambda k: where(f"baselines.posthoc.{k}"))
         baselines[key] = value
     return dict(baselines)
+
+
+POSTHOC_KEYS = ("importance", "finetune_epochs", "rescale", "distill")
+
+
+def _check_posthoc(posthoc: dict, where) -> None:
+    from econlm.prune import IMPORTANCE
+
+    for key in posthoc:
+        if key not in POSTHOC_KEYS:
+            raise UserError(f"{where(key)}: unknown post-hoc setting '{key}'; valid: {', '.join(POSTHOC_KEYS)}")
+    for name in posthoc.get("importance", []):
+        if name not in IMPORTANCE:
+            raise IMPORTANCE.unknown(str(name))
+    for epochs in _as_list(posthoc.get("finetune_epochs", 0.5)):
+        if epochs != "matched" and (isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs < 0):
+            raise UserError(f"{where('finetune_epochs')}: epochs must be numbers >= 0 or 'matched', not {epochs!r}")
+    for flag in ("rescale", "distill"):
+        if not all(isinstance(v, bool) for v in _as_list(posthoc.get(flag, False))):
+            raise UserError(f"{where(flag)}: '{flag}' must be true or false (or a list of both)")
 
 
 def _checked_resources(resources, where) -> dict:
@@ -335,10 +357,9 @@ def _with_teacher(settings: dict, trials: Path, plain: list[dict]) -> dict:
 
 def _final_measurements(model_dir: Path, settings: dict, eps: float, result: dict) -> None:
     """Effective compute (FFN threshold eps, full budget), dense FLOPs and latency of the final model."""
-    import torch
 
     from econlm.flops import Structure, dense_macs
-    from econlm.latency import measure
+    from econlm.latency import measure, model_call, random_inputs
     from econlm.models import load_model
     from econlm.probing import ProbeConfig, run_probe
 
@@ -363,13 +384,7 @@ def _final_measurements(model_dir: Path, settings: dict, eps: float, result: dic
     result["dense_flops"] = dense_macs(structure, max_length, include_head=True)["flops"]
     result["effective_flops_per_token"] = 2 * row["effective_macs_per_token"]
     result["effective_score"] = row["score"]
-    ids = torch.randint(1000, 2000, (32, max_length))
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-    def forward():
-        with torch.no_grad():
-            loaded.model(**inputs)
-
+    forward = model_call(loaded.model, random_inputs(32, max_length))
     result["latency_ms"] = 1000 * measure(forward, warmup=2, repeats=5).median
     result["structure"] = {"heads": list(structure.heads), "ffn": list(structure.ffn)}
 
@@ -433,6 +448,8 @@ def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -
     metrics = _trained(spec["settings"], model_dir, context.get("plain", ()))
     _summary_fields(metrics, result)
     result["model_dir"] = str(model_dir)
+    teacher = (metrics.get("distillation") or {}).get("teacher")
+    result["training"] = _training_cost(metrics, [Path(teacher)] if teacher else [])
     result["dense_flops_before"] = metrics["dense_flops"]
     final_dir = model_dir
     compact = context.get("compact")
@@ -481,6 +498,20 @@ def _trained(settings: dict, model_dir: Path, plain: list[dict] = ()) -> dict:
     return train(config, resume=(model_dir / "checkpoint" / "state.pt").exists(), progress=False)
 
 
+def _training_cost(metrics: dict, before: list[Path]) -> dict:
+    """Every optimizer step and training second behind a model: its own, plus those of the models it was
+    made from (the lambda = 0 model a post-hoc rival was pruned from, a teacher). "Better" must not mean
+    "trained longer", so each method's score is reported with this."""
+    steps, seconds, parts = metrics["train"]["steps"], metrics["train"]["seconds"], ["own"]
+    for folder in before:
+        earlier = _read_json(folder / "metrics.json", required=("train",), set_aside=False)
+        if earlier is not None:
+            steps += earlier["train"]["steps"]
+            seconds += earlier["train"]["seconds"]
+            parts.append(str(folder))
+    return {"steps": steps, "seconds": seconds, "counted": parts}
+
+
 def _compact_report(compact_dir: Path) -> dict | None:
     """compact.json of a finished compaction, or None after clearing what an unfinished or damaged one left
     (run_compact refuses a folder that is not empty, which would silently skip compaction for good)."""
@@ -505,6 +536,7 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
     pruned_dir = trial_dir / "pruned"
     if not (pruned_dir / "config.json").exists():
         loaded = load_model(settings["source_model"])
+        labelled = settings["importance"] == "fisher"  # the gradient of the task loss needs labels
         batches = _calibration_batches(
             loaded,
             get_task(settings["task"]),
@@ -515,8 +547,16 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
                 data_dir=settings.get("data_dir"),
                 max_length=settings.get("max_length", 128),
             ),
+            labels=labelled,
         )
-        prune(loaded.model, settings["remove_heads"], settings["remove_neurons"], settings["importance"], batches)
+        prune(
+            loaded.model,
+            settings["remove_heads"],
+            settings["remove_neurons"],
+            settings["importance"],
+            batches,
+            rescale=bool(settings.get("rescale")),
+        )
         save_model(loaded.model, loaded.tokenizer, pruned_dir)
     train_settings = {k: v for k, v in settings.items() if k in _train_fields()}
     train_settings.update(
@@ -525,14 +565,17 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
             "lam": 0.0,
             "cost": ["ffn_l1"],
             "target": "ffn",
-            "epochs": settings["finetune_epochs"],
+            "epochs": settings["finetune_epochs"],  # 0: scored as pruned, with no recovery training
             "budget": None,
             "schedule": "constant",
         }
     )
+    if settings.get("distill"):  # the same teacher as distilled incentive runs: the lambda = 0 model itself
+        train_settings["teacher"] = settings["source_model"]
     model_dir = trial_dir / "model"
     metrics = _trained(train_settings, model_dir)
     _summary_fields(metrics, result)
+    result["training"] = _training_cost(metrics, [Path(settings["source_model"])])
     result["final_model"] = str(model_dir)
     _final_measurements(
         model_dir, settings, context.get("compact", {}).get("eps", 1e-3) if context.get("compact") else 1e-3, result
@@ -575,6 +618,24 @@ def _run_topk_trial(spec: dict, trial_dir: Path, result: dict) -> None:
     )
 
 
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _posthoc_variants(posthoc: dict, incentive_settings: dict) -> list[tuple[str, bool, float]]:
+    """(importance, rescale, fine-tuning epochs) for each post-hoc rival of one incentive run. ``matched``
+    epochs are the incentive run's own, so both get the same training steps after the lambda = 0 model."""
+    epochs = []
+    for value in _as_list(posthoc.get("finetune_epochs", 0.5)):
+        epochs.append(float(incentive_settings.get("epochs", 3.0)) if value == "matched" else value)
+    return [
+        (importance, bool(rescale), e)
+        for importance in _as_list(posthoc.get("importance", ["magnitude"]))
+        for rescale in _as_list(posthoc.get("rescale", False))
+        for e in epochs
+    ]
+
+
 def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
     """Baseline trials derived from finished training trials (needs the lam = 0 ones)."""
     specs = []
@@ -610,7 +671,7 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
                 shape = arch.shape(model_config)
                 heads = [shape.heads - layer["heads_kept"] for layer in removed["per_layer"]]
                 neurons = [shape.intermediate - layer["neurons_kept"] for layer in removed["per_layer"]]
-                for importance in posthoc.get("importance", ["magnitude"]):
+                for importance, rescale, epochs in _posthoc_variants(posthoc, other):
                     s = {
                         **same,
                         "source_model": source,
@@ -618,8 +679,12 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
                         "remove_heads": heads,
                         "remove_neurons": neurons,
                         "importance": importance,
-                        "finetune_epochs": posthoc.get("finetune_epochs", 0.5),
+                        "finetune_epochs": epochs,
                     }
+                    if rescale:
+                        s["rescale"] = True  # only when set: the ids of earlier sweeps stay as they were
+                    if posthoc.get("distill") and epochs:
+                        s["distill"] = True
                     specs.append({"id": trial_id("posthoc", s), "kind": "posthoc", "settings": s})
     unique = {}
     for spec in specs:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from econlm.checkpoint import CHECKPOINT
 from econlm.errors import UserError
+from econlm.userdata import DataFields
 
 SPARSITY_EPSILONS = (1e-3, 1e-2)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -42,8 +43,9 @@ UNMEASURED_ON_DEV = ("flops", "latency")  # gate terms: folded away before evalu
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """One incentive-training run. Validated on construction, before anything heavy happens."""
+class TrainConfig(DataFields):
+    """One incentive-training run. Validated on construction, before anything heavy happens. The fields of
+    :class:`~econlm.userdata.DataFields` describe a user's own data file (``task`` is then its path)."""
 
     model: str = "minilm"
     task: str = "stsb"
@@ -68,13 +70,6 @@ class TrainConfig:
     distill_weight: float = 1.0  # prediction-layer term (KL at a temperature; MSE for regression)
     distill_hidden_weight: float = 0.0  # per-layer hidden-state MSE
     distill_temperature: float = 2.0
-    # Your own data (--task FILE): see econlm.userdata
-    train_file: str | None = None
-    dev_file: str | None = None
-    text_columns: tuple[str, ...] = ()
-    label_column: str | None = None
-    task_type: str | None = None
-    metric: str | None = None
     # Optimisation and data
     epochs: float = 3.0
     lr: float = 5e-5
@@ -100,7 +95,9 @@ class TrainConfig:
         object.__setattr__(self, "cost", tax.cost)
         object.__setattr__(self, "schedule", tax.schedule)
         self.distill_settings()
-        for name in ("epochs", "lr", "batch_size", "save_every", "log_every"):
+        if not self.epochs >= 0:
+            raise UserError(f"--epochs must be >= 0 (0 evaluates and saves the model untrained), not {self.epochs}")
+        for name in ("lr", "batch_size", "save_every", "log_every"):
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         check_max_length(self.max_length)
@@ -379,7 +376,8 @@ def _setup(config: TrainConfig, resume: bool) -> _Run:
     teacher = _teacher(config, task, model, accelerator.device)
 
     steps_per_epoch = len(_epoch_batches(len(features), config.batch_size, accelerator.num_processes, config.seed, 0))
-    total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
+    # --epochs 0 trains nothing: the model is evaluated and saved as it is (a post-hoc model with no recovery).
+    total_steps = math.ceil(steps_per_epoch * config.epochs) if config.epochs > 0 else 0
     incentive = Incentive(model, config.tax(), total_steps)
     model.to(accelerator.device)
     optimizer = torch.optim.AdamW(incentive.parameter_groups(config.lr, config.gate_lr, config.weight_decay))
@@ -441,7 +439,9 @@ def _teacher(config: TrainConfig, task, model, device):
         return None
     from econlm.distill import Teacher
 
-    return Teacher(config.teacher, task=task, student_config=model.config, device=device)
+    return Teacher(
+        config.teacher, task=task, student_config=model.config, device=device, hidden=config.distill_hidden_weight > 0
+    )
 
 
 def _restore(out: Path, model, optimizer, scheduler, incentive) -> _State:

@@ -20,6 +20,7 @@ that are not UTF-8, a dev label never seen in train.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import random
@@ -59,6 +60,19 @@ class DataSpec:
             raise UserError(f"--text-columns takes one column or two (a pair), not {len(self.text_columns)}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class DataFields:
+    """The settings of a user's own data, shared by the train, probe and compact configs (keyword-only, so
+    they follow every config's own fields)."""
+
+    train_file: str | None = None  # a separate train file (else the task's file less its dev share)
+    dev_file: str | None = None  # a separate dev file (else 10% of the task's file)
+    text_columns: tuple[str, ...] = ()
+    label_column: str | None = None
+    task_type: str | None = None
+    metric: str | None = None
+
+
 @dataclass(frozen=True)
 class UserData:
     """What a user task reads: one row list per split, already checked."""
@@ -86,6 +100,7 @@ def build_task(name: str, spec: DataSpec):
     if _is_text(path) or spec.task_type == "lm":
         return _text_task(name, path, spec)
     files = {"train": Path(spec.train) if spec.train else path, "dev": Path(spec.dev) if spec.dev else None}
+    _check_exist(files)
     tables = {split: _read_table(file) for split, file in files.items() if file is not None}
     text_columns, label_column = _columns(tables, spec)
     rows = {split: _rows(file, tables[split], text_columns, label_column) for split, file in files.items() if file}
@@ -109,6 +124,13 @@ def build_task(name: str, spec: DataSpec):
     )
 
 
+def _check_exist(files: dict) -> None:
+    flags = {"train": "--train", "dev": "--dev"}
+    for split, file in files.items():
+        if file is not None and not Path(file).exists():
+            raise UserError(f"{flags[split]} {file}: no such file or folder")
+
+
 def _is_text(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in TEXT_SUFFIXES
 
@@ -121,6 +143,7 @@ def _text_task(name: str, path: Path, spec: DataSpec):
     files = {"train": str(Path(spec.train) if spec.train else path)}
     if spec.dev:
         files["dev"] = str(spec.dev)
+    _check_exist({k: Path(v) for k, v in files.items()})
     for file in files.values():
         text = _read_utf8(Path(file))
         if not text.strip():
@@ -162,15 +185,21 @@ def _read_any(path: Path) -> tuple[list[str], list[tuple[dict, int]]]:
         raise UserError(f"{path} is empty; expected a header line and examples")
     if TABLE_SUFFIXES[suffix] is None:
         return _read_jsonl(path, text)
-    reader = csv.reader(text.splitlines(), delimiter=TABLE_SUFFIXES[suffix])
+    # CSV quotes fields (a ticket body may hold newlines and commas); TSV, as GLUE's files, does not quote.
+    quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=TABLE_SUFFIXES[suffix], quoting=quoting)
     header = next(reader)
     rows = []
-    for line, values in enumerate(reader, start=2):
-        if not values or values == [""]:
-            continue
-        if len(values) != len(header):
-            raise UserError(f"{path}:{line}: expected {len(header)} fields (the header's), found {len(values)}")
-        rows.append((dict(zip(header, values)), line))
+    try:
+        for values in reader:
+            line = reader.line_num  # the row's last line: a quoted field can span several
+            if not values or values == [""]:
+                continue
+            if len(values) != len(header):
+                raise UserError(f"{path}:{line}: expected {len(header)} fields (the header's), found {len(values)}")
+            rows.append((dict(zip(header, values)), line))
+    except csv.Error as error:
+        raise UserError(f"{path}:{reader.line_num}: unreadable row ({error})") from None
     if not rows:
         raise UserError(f"{path} has a header but no examples")
     return header, rows
@@ -291,9 +320,9 @@ def _labels(kind: str, rows: dict, files: dict) -> tuple[dict, list]:
     if kind == "regression":
         return {split: [_score(label, files, split, line) for _, label, line in r] for split, r in rows.items()}, []
     numeric = all(_label_type(label) == "int" for _, label, _ in rows["train"])
-    names = sorted({_class(label, numeric) for _, label, _ in rows["train"]}, key=lambda v: (numeric and int(v), v))
-    if numeric:
-        names = [str(i) for i in range(max(int(n) for n in names) + 1)]
+    # The classes are the labels seen in training, in sorted order (numerically for integer labels): ids
+    # 0..K-1 stay themselves, and sparse ids (200, 404) or names become 0..K-1 in that order.
+    names = sorted({_class(label, numeric) for _, label, _ in rows["train"]}, key=lambda v: int(v) if numeric else v)
     index = {name: i for i, name in enumerate(names)}
     if len(index) < 2:
         raise UserError(f"{files['train']}: every example has the label {names[0]!r}; classification needs two classes")
@@ -379,6 +408,7 @@ def examples(task, split: str, limit: int | None):
 def text(task, split: str) -> str:
     """A corpus split: the dev file, or the first 90% / last 10% of the one file's lines."""
     data = task.user
+    split = "dev" if split == "test" else split  # a user's corpus has one held-out split: dev is the test
     if split in data.files:
         return _read_utf8(Path(data.files[split]))
     if split in ("dev", "test") and data.holdout:

@@ -90,3 +90,14 @@ def test_a_teacher_of_another_task_label_count_or_vocabulary_is_refused(tmp_path
 def test_a_matching_teacher_passes(tmp_path):
     path = _teacher_dir(tmp_path / "t", econlm={"train": {"task": "cola"}}, num_labels=2, vocab_size=30522)
     check_teacher(path, get_task("cola"), _Student())
+
+
+def test_hidden_distillation_needs_the_same_layers_and_width(tmp_path):
+    path = _teacher_dir(tmp_path / "t", num_labels=2, vocab_size=30522, hidden_size=768, num_hidden_layers=12)
+
+    class Student:
+        vocab_size, hidden_size, num_hidden_layers = 30522, 384, 6
+
+    check_teacher(path, get_task("cola"), Student(), hidden=False)  # predictions alone: any width will do
+    with pytest.raises(UserError, match="hidden size of 768 and the student 384"):
+        check_teacher(path, get_task("cola"), Student(), hidden=True)

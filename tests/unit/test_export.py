@@ -78,3 +78,10 @@ def test_export_cli_bad_suffix_is_one_line(tmp_path, capsys):
     assert main(["export", str(checkpoint), "--onnx", str(tmp_path / "model.bin")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ".onnx" in err
+
+
+def test_export_leaves_the_callers_model_and_tokenizer_as_they_were(tokenizer, tmp_path):
+    model = tiny_model("llama", head="causal-lm", vocab_size=30522).train().to(torch.bfloat16)
+    pad = tokenizer.pad_token
+    export_onnx(model, tokenizer, tmp_path / "m.onnx", tolerance=1.0)
+    assert model.training and next(model.parameters()).dtype == torch.bfloat16 and tokenizer.pad_token == pad

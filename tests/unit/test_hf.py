@@ -9,6 +9,7 @@ import torch
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, TrainingArguments
 
+from econlm.errors import UserError
 from econlm.hf import IncentiveTrainer
 from econlm.incentive import TaxConfig
 from tests.conftest import save_tiny_checkpoint, tiny_model, write_tiny_glue
@@ -58,12 +59,13 @@ def _trainer(tiny_data, tmp_path, tax, steps=6):
 
 def test_the_trainer_prices_compute_and_logs_it(tiny_data, tmp_path):
     trainer = _trainer(tiny_data, tmp_path, TaxConfig(cost=("flops",), budget=0.5, price_lr=1.0, gate_freeze=0.5))
+    gate_ids = {id(p) for p in trainer.tax.gate_parameters()}
     trainer.train()
     # The gates got their own group: their own rate and no weight decay.
     gate_groups = [g for g in trainer.optimizer.param_groups if g.get("econlm_gates")]
     assert len(gate_groups) == 1 and gate_groups[0]["weight_decay"] == 0.0
     assert gate_groups[0]["lr"] <= 0.05  # the linear schedule decays it from 0.05
-    assert {id(p) for p in gate_groups[0]["params"]} == {id(p) for p in trainer.tax.gate_parameters()}
+    assert {id(p) for p in gate_groups[0]["params"]} == gate_ids and len(gate_ids) == 4  # 2 layers x heads, neurons
     # The controller raised the price from 0 while the share was above the budget; the logs carry it.
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 6
@@ -101,3 +103,34 @@ def test_the_example_script_runs_on_a_tiny_model(tiny_data, tmp_path):
     subprocess.run(command, check=True, capture_output=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval_loss"] > 0 and summary["flops_ratio"] <= 1.0
+
+
+def test_under_gradient_accumulation_the_tax_is_divided_exactly_when_the_trainer_does_not_divide(tiny_data, tmp_path):
+    trainer = _trainer(tiny_data, tmp_path, TaxConfig(cost=("ffn_l1",), lam=0.5), steps=1)
+    batch = DataCollatorWithPadding(tiny_data["tokenizer"])([tiny_data["dataset"][i] for i in range(4)])
+    model = trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 2
+    with trainer.tax:
+        for scaled, expected_share in ((False, 1.0), (True, 0.5)):
+            trainer.loss_is_scaled_for_ga = scaled  # the Trainer's own switch (training_step reads it too)
+            loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(4))
+            task, cost = trainer.tax.task_loss, trainer.tax.reading.terms["ffn_l1"]
+            # Not scaled: the Trainer divides the whole loss by 2 later. Scaled: it does not, so the tax is.
+            assert float(loss.detach()) == pytest.approx(float(task.detach()) + expected_share * 0.5 * cost, rel=1e-6)
+
+
+def test_training_folds_the_gates_and_a_resumed_run_continues_at_its_price(tiny_data, tmp_path):
+    tax = TaxConfig(cost=("flops",), budget=0.5, price_lr=1.0, gate_freeze=1.0)
+    trainer = _trainer(tiny_data, tmp_path, tax, steps=4)
+    trainer.args.save_strategy = "steps"
+    trainer.args.save_steps = 2
+    trainer.train()
+    assert not hasattr(trainer.model, "econlm_gates")  # folded: evaluate and save_model see the chosen model
+    assert trainer.finalize()["gates"]["heads"]["total"] == 8
+    saved = json.loads((tmp_path / "out" / "checkpoint-2" / "econlm_price.json").read_text())
+    assert saved["price"]["step"] == 2 and saved["price"]["current"] > 0
+    with pytest.raises(UserError, match="make a new one"):
+        trainer.train()
+    again = _trainer(tiny_data, tmp_path, tax, steps=4)
+    again._restore_price(str(tmp_path / "out" / "checkpoint-2"))
+    assert again.tax.price.state_dict() == saved["price"]

@@ -30,7 +30,7 @@ def test_monotone_fit_pools_adjacent_violators():
 def test_fit_curve_anchors_the_dense_count_at_zero_and_never_goes_negative():
     curve = fit_curve([4, 1, 2, 3], [0.001, 0.010, 0.004, 0.005])  # noise made 2 < 3
     assert curve.kept == (1, 2, 3, 4)
-    assert curve.saved == pytest.approx((0.009, 0.0035, 0.0035, 0.0))
+    assert curve.saved == pytest.approx((0.010, 0.0045, 0.0045, 0.0))  # 2 and 3 pooled; dense is 0
     assert curve.raw_saved == (0.010, 0.004, 0.005, 0.001)
 
 

@@ -82,3 +82,50 @@ def test_attach_tax_refuses_bad_settings_in_one_line():
         econlm.attach_tax(tiny_model("bert"), cost=("ffn_l1",), budget=0.5)
     with pytest.raises(econlm.UserError, match="--cost latency needs --latency-table"):
         econlm.TaxConfig(cost=("latency",))
+
+
+def test_the_tax_attaches_once_and_freezes_gates_for_any_optimizer_loop():
+    model = tiny_model("bert").train()
+    batch = padded_batch("bert")
+    tax = econlm.attach_tax(model, cost=("flops",), lam=0.1, gate_freeze=0.5, total_steps=4)
+    with tax:
+        with pytest.raises(RuntimeError, match="already attached"):
+            tax.__enter__()
+        for step in range(4):
+            tax.begin(batch["attention_mask"], step)
+            tax.loss(model(**batch).last_hidden_state.pow(2).mean()).backward()
+            gate_grads = [p.grad for p in tax.gate_parameters()]
+            # steps 2 and 3 are past the freeze: the gates' gradients are dropped as backward makes them
+            assert all(g is None for g in gate_grads) == (step >= 2), step
+            model.zero_grad(set_to_none=True)
+            tax.step()
+    assert not tax.attached
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"cost": ("flops",), "budget": 0.5, "price_lr": -1.0}, "--price-lr must be a number >= 0"),
+        ({"cost": ("flops",), "budget": 0.5, "price_lr": 0.0}, "--price-lr must be positive with --budget"),
+        ({"cost": ("ffn_l1",), "ffn_weight": -0.5}, "--ffn-weight must be a number >= 0"),
+        ({"cost": ("flops",), "budget_rho": float("nan")}, "--budget-rho must be a number >= 0"),
+    ],
+)
+def test_tax_settings_that_would_reward_compute_are_refused(settings, message):
+    with pytest.raises(econlm.UserError, match=message):
+        econlm.TaxConfig(**settings)
+
+
+def test_a_latency_budget_below_what_removal_can_reach_is_refused(tmp_path):
+    import json
+
+    from tests.conftest import latency_table_for
+
+    model = tiny_model("bert")
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(latency_table_for(model.config).to_json()))
+    # The made-up table spends half the time in FFNs, linear in the neurons kept: with only FFN gates and one
+    # neuron left per layer, 1 - 0.5 * 63/64 = 0.508 of the dense latency remains.
+    with pytest.raises(econlm.UserError, match=r"below what this latency table says .*0\.508 of dense latency"):
+        econlm.attach_tax(model, cost=("latency",), target="ffn", budget=0.5, latency_table=str(path))
+    econlm.attach_tax(tiny_model("bert"), cost=("latency",), target="ffn", budget=0.7, latency_table=str(path))

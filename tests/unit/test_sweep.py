@@ -180,3 +180,49 @@ def test_a_missing_teacher_is_trained_first():
     teacher_id, teacher = teacher_settings(student)
     assert teacher == {"model": "m", "task": "sst2", "seed": 2, "lr": 1e-3, "lam": 0.0, "cost": ["ffn_l1"]}
     assert teacher_id.startswith("train-sst2-ffn_l1-lam0-s2-")
+
+
+def test_posthoc_rivals_fisher_rescaled_matched_and_untrained_report_their_training(tiny, tmp_path):
+    from econlm.sweep import run_sweep
+
+    base = {"model": str(tiny["model"]), "task": "sst2", "lr": 1e-3, "batch_size": 16, "max_length": 32,
+            "data_dir": str(tiny["data"]), "seed": 5, "epochs": 4}
+    sweep = {
+        "base": base,
+        "trials": [
+            {"lam": 0.0, "cost": ["ffn_l1"]},
+            {"lam": 0.0, "cost": ["flops"], "budget": 0.3, "price_lr": 50.0, "gate_lr": 2.0, "budget_warmup": 0.2,
+             "distill": True},
+        ],
+        "compact": {"eps": 1e-9, "calib_examples": 16},
+        "baselines": {"posthoc": {"importance": ["fisher"], "rescale": [False, True],
+                                  "finetune_epochs": [0, "matched"], "distill": True}},
+    }
+    results = run_sweep(sweep, tmp_path / "run", progress=False)
+    assert all(r["status"] == "ok" for r in results), [r.get("error") for r in results]
+    incentive = next(r for r in results if r["kind"] == "train" and r["settings"].get("distill"))
+    plain = next(r for r in results if r["kind"] == "train" and not r["settings"].get("distill"))
+    rivals = [r for r in results if r["kind"] == "posthoc"]
+    assert len(rivals) == 4 and {(r["settings"].get("rescale", False), r["settings"]["finetune_epochs"]) for r in rivals} \
+        == {(False, 0), (True, 0), (False, 4.0), (True, 4.0)}
+    # 48 examples in batches of 16 for 4 epochs: 12 steps a run. The distilled incentive run counts its
+    # teacher's 12 too; each rival counts the 12 of the model it was pruned from, plus its own 12 or none.
+    assert plain["training"]["steps"] == 12 and incentive["training"]["steps"] == 24
+    assert len(incentive["training"]["counted"]) == 2
+    for rival in rivals:
+        assert rival["training"]["steps"] == (12 if rival["settings"]["finetune_epochs"] == 0 else 24)
+        assert rival["settings"].get("distill", False) == (rival["settings"]["finetune_epochs"] > 0)
+    with pytest.raises(UserError, match="unknown importance 'fishr'.*Did you mean 'fisher'"):
+        run_sweep({**sweep, "baselines": {"posthoc": {"importance": ["fishr"]}}}, tmp_path / "bad")
+    with pytest.raises(UserError, match="'matched'"):
+        run_sweep({**sweep, "baselines": {"posthoc": {"finetune_epochs": "lots"}}}, tmp_path / "bad")
+
+
+def test_the_quick_start_sweep_file_is_valid_and_prices_compute():
+    from pathlib import Path
+
+    config = load_sweep(Path(__file__).resolve().parents[2] / "examples" / "demo_sweep.yaml")
+    specs = expand(config)
+    budgets = sorted(s["settings"].get("budget") or 1.0 for s in specs)
+    assert budgets == [0.5, 0.7, 1.0] and config.compact is not None  # a plain run and two gated budgets
+    assert all("flops" in s["settings"]["cost"] for s in specs if s["settings"].get("budget"))

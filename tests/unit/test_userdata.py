@@ -198,3 +198,41 @@ def test_a_jsonl_task_and_a_text_corpus_end_to_end(tmp_path):
     _run(["compact", str(tmp_path / "lm"), "--out", str(tmp_path / "lmsmall"), "--eps", "1e-9", "--calib-examples",
           "8", "--max-length", "16", "--latency-repeats", "1", "--no-onnx"])
     assert get_task(str(corpus.resolve())).is_lm
+
+
+def test_classes_are_the_labels_seen_sorted_numerically(tmp_path):
+    rows = [("a", 404), ("b", 200), ("c", 404), ("d", 200), ("e", -1), ("f", 200), ("g", 404), ("h", -1)] * 2
+    task = build_task(str(_csv(tmp_path / "codes.csv", rows)), DataSpec(dev=str(_csv(tmp_path / "d.csv", rows[:3]))))
+    assert task.label_names == ("-1", "200", "404") and task.num_labels == 3
+    with pytest.raises(UserError, match="every example has the label '1'; classification needs two classes"):
+        build_task(str(_csv(tmp_path / "one.csv", [("a", 1), ("b", 1)])), DataSpec(dev=str(_csv(tmp_path / "o.csv",
+                                                                                               [("c", 1)]))))
+
+
+def test_quoted_csv_fields_may_hold_commas_and_newlines_and_tsv_quotes_are_text(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('text,label\n"printer jams, again\\nand again",hw\n"login fails",acct\nplain,acct\nmore,hw\n')
+    task = build_task(str(path), DataSpec(dev=str(path)))
+    texts = [e.text_a for e in load_examples(task, "train", None, None)]
+    assert texts[0] == "printer jams, again\\nand again" and len(texts) == 4
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text('text\tlabel\nhe said "hi\tpos\nok\tneg\n')  # an unbalanced quote is just a character
+    assert load_examples(build_task(str(tsv), DataSpec(dev=str(tsv))), "train", None, None)[0].text_a == 'he said "hi'
+
+
+def test_missing_split_files_are_one_line(tmp_path):
+    data = _csv(tmp_path / "t.csv", _tickets(10))
+    with pytest.raises(UserError, match=r"--dev .*nope\.csv: no such file"):
+        build_task(str(data), DataSpec(dev=str(tmp_path / "nope.csv")))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("some text\n" * 10)
+    with pytest.raises(UserError, match=r"--train .*none\.txt: no such file"):
+        build_task(str(corpus), DataSpec(train=str(tmp_path / "none.txt")))
+
+
+def test_a_corpus_with_a_dev_file_is_scored_on_it(tmp_path):
+    corpus, dev = tmp_path / "c.txt", tmp_path / "d.txt"
+    corpus.write_text("train text\n" * 10)
+    dev.write_text("held out\n" * 3)
+    task = build_task(str(corpus), DataSpec(dev=str(dev)))
+    assert load_text(task, "train") == "train text\n" * 10 and load_text(task, "test") == "held out\n" * 3

@@ -1,0 +1,502 @@
+"""The verdicts behind docs/train_sweep.md, docs/compaction.md and docs/frontier.md, on hand-made rows whose
+expected sentences are worked out by hand, plus the stored benchmark results run through bench/summarize.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from econlm import verdicts as v
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def row(rid, *, kind="train", lam=0.0, cost=("ffn_l1",), seed=1, epochs=1, score=0.8, **fields):
+    """A finished trial's result row; settings not named here are left out, as the sweep leaves out defaults."""
+    settings = {"model": "minilm", "task": "stsb", "lam": lam, "cost": list(cost), "seed": seed, "epochs": epochs}
+    settings.update(fields.pop("settings", {}))
+    out = {
+        "id": rid,
+        "kind": kind,
+        "status": "ok",
+        "settings": settings,
+        "metric": "spearman",
+        "score": score,
+        "lambda_final": lam,
+        "sparsity": {"1e-03": 0.01, "1e-02": 0.05},
+        "gini": 0.6,
+        "entropy": 2.0,
+        "train_seconds": 100.0,
+    }
+    out.update(fields)
+    return out
+
+
+def gated(rid, *, budget, target=None, score=0.8, dense_flops=50.0, seed=1, epochs=3, **fields):
+    settings = {"budget": budget, **({"target": target} if target else {}), **fields.pop("settings", {})}
+    removed = {"heads": 4, "neurons": 100}
+    return row(
+        rid,
+        cost=("flops",),
+        seed=seed,
+        epochs=epochs,
+        score=score,
+        dense_flops=dense_flops,
+        dense_flops_before=100.0,
+        compact={"removed": removed, "score_after": {"value": score}},
+        settings=settings,
+        **fields,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def test_listed_and_number_text():
+    assert v.listed([2, 1, 2, None]) == "1 or 2"
+    assert v.listed([10, 2, 1]) == "1, 2 or 10"  # numbers in numeric order, not as text
+    assert v.listed([None]) == "unknown" and v.listed([]) == "unknown"
+    assert v.listed([1.0]) == "1"
+    assert v.number_text(1e-3) == "1e-3" and v.number_text(2.5e-4) == "2.5e-4"
+    assert v.number_text(0.5) == "0.5" and v.number_text(None) == "unknown"
+
+
+def test_markdown_table_formats_floats_to_four_digits():
+    assert v.markdown_table(["a", "b"], [[0.123456, "x"]]) == "| a | b |\n|---|---|\n| 0.1235 | x |"
+
+
+def test_baseline_for_takes_the_plain_fine_tune_of_the_same_seed_and_epochs():
+    plain_1 = row("plain-s1-e1")
+    plain_3 = row("plain-s1-e3", epochs=3)
+    plain_s2 = row("plain-s2-e3", seed=2, epochs=3)
+    failed = {**row("plain-failed", epochs=3, seed=3), "status": "failed"}
+    gates = gated("gated-s1", budget=0.5)  # lam 0, but gated: not a baseline
+    taxed = row("taxed", lam=0.1, epochs=3)
+    results = [gates, taxed, plain_1, failed, plain_s2, plain_3]
+    assert v.baseline_for(results, gates) is plain_3
+    assert v.baseline_for(results, gated("g2", budget=0.5, seed=2)) is plain_s2
+    assert v.baseline_for(results, gated("g3", budget=0.5, seed=3)) is None  # its plain run failed
+    assert v.baseline_for(results, row("tax-e1", lam=1.0)) is plain_1
+
+
+def test_status_line_and_model_names():
+    results = [row("a"), row("b"), {**row("c"), "status": "failed"}]
+    assert v.status_line("stsb", results) == "- stsb: 2 trials finished, failed: c"
+    assert v.model_names([row("a", settings={"model": "smollm2"}), row("b")]) == "minilm or smollm2"
+    assert v.model_names([]) == "unknown"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# docs/train_sweep.md
+
+
+def test_priced_runs_are_the_one_epoch_single_cost_runs_cheapest_first():
+    rows = [
+        row("e-1", lam=1.0, cost=["attn_entropy"]),
+        row("e-0.01", lam=0.01, cost=["attn_entropy"]),
+        row("e-0", lam=0.0, cost=["attn_entropy"]),
+        row("e-3ep", lam=0.1, cost=["attn_entropy"], epochs=3),
+        row("both", lam=0.1, cost=["ffn_l1", "attn_entropy"]),
+    ]
+    assert [r["id"] for r in v.priced_runs(rows, "attn_entropy")] == ["e-0.01", "e-1"]
+
+
+def test_attention_verdict_by_hand():
+    base = row("base", score=0.8)
+    cheap = row("cheap", lam=0.01, cost=["attn_sqrt"], gini=0.604, entropy=1.996, score=0.81)
+    dear = row("dear", lam=1.0, cost=["attn_sqrt"], gini=0.9, entropy=0.5, score=0.05)
+    # at the largest price: Gini +0.3 > 0.005 raises, entropy -1.5 nats lowers
+    assert v.attention_verdict("attn_sqrt", base, [cheap, dear]) == (
+        "- `attn_sqrt`: raises Gini and lowers entropy at the largest price (Gini 0.600 -> 0.900, entropy "
+        "2.000 -> 0.500; lambda = 0: spearman 0.8000). By price: lambda 0.01: Gini 0.604, entropy 1.996, "
+        "spearman 0.8100; lambda 1: Gini 0.900, entropy 0.500, spearman 0.0500."
+    )
+    # +0.004 Gini and -0.004 entropy are under the 0.005 steps: no change
+    assert v.attention_verdict("attn_sqrt", base, [cheap]).startswith(
+        "- `attn_sqrt`: does not raise Gini and does not lower entropy at the largest price"
+    )
+    assert v.attention_verdicts([cheap, dear], None) == []
+
+
+def test_ffn_verdict_starts_where_the_share_at_1e2_grows_by_more_than_a_point():
+    base = row("base", score=0.8)  # sparsity at 1e-2: 0.05
+    rows = [
+        base,
+        row("l0.01", lam=0.01, sparsity={"1e-03": 0.011, "1e-02": 0.055}, score=0.8),  # +0.005: not yet
+        row("l0.1", lam=0.1, sparsity={"1e-03": 0.03, "1e-02": 0.07}, score=0.79),  # +0.02: sparser
+    ]
+    assert v.ffn_verdict(rows, base) == (
+        "`ffn_l1` (mean |a| per FFN unit and token) makes activations sparser (share with |a| <= 1e-3 / 1e-2) "
+        "from lambda 0.1; lambda = 0: 0.010 / 0.050, spearman 0.8000. By price: lambda 0.01: 0.011 / 0.055, "
+        "spearman 0.8000; lambda 0.1: 0.030 / 0.070, spearman 0.7900.\n\n"
+    )
+    assert "at none of the prices run" in v.ffn_verdict(rows[:2], base)
+    assert v.ffn_verdict(rows, None) == ""
+
+
+def test_ablation_grid_cells_and_the_seed_from_the_rows():
+    base = row("base", seed=3)
+    rows = [
+        base,
+        row("f", lam=0.1, cost=["ffn_l1"], seed=3, score=0.75, gini=0.65),
+        row("fa", lam=0.1, cost=["ffn_l1", "attn_entropy"], seed=3, score=0.5, gini=0.9),
+    ]
+    grid = v.ablation_grid(rows, base, seed=3)
+    assert grid.startswith("The ablation grid (1 epoch, seed 3). ")
+    assert "lambda = 0: 0.8000 / 0.050 / 0.600. " in grid
+    assert grid.endswith("| 0.1 | 0.7500 / 0.050 / 0.650 | not run | 0.5000 / 0.050 / 0.900 |\n")
+    assert v.ablation_grid([base], base) == ""  # no priced run, no grid
+
+
+def test_train_section_reads_model_seed_split_and_threads_from_the_rows():
+    rows = [
+        row("plain", seed=2, settings={"model": "tiny-bert", "limit": 100}),
+        row("tax", lam=1.0, cost=["attn_entropy"], seed=2, gini=0.9, entropy=0.5, settings={"limit": 100}),
+        row("other-seed", lam=1.0, cost=["attn_entropy"], seed=5),
+    ]
+    two = {"plain": {"cpu_count": 2, "torch_threads": 2}, "tax": {"cpu_count": 2, "torch_threads": 1}}
+    text, shown = v.train_section("stsb", rows, two)
+    assert [r["id"] for r in shown] == ["tax", "plain"]  # the lowest seed only, sorted by cost
+    assert text.startswith(
+        "## minilm or tiny-bert on stsb\n\nSeed 2 (the sweep also has seed 5 runs, used in docs/frontier.md), "
+        "trained on the first 100 train examples, "
+    )
+    assert "scored on the full dev split. No run here was compacted." in text
+    assert (
+        "on a machine with 2 cores, with `threads` torch threads; runs with 1 thread shared the machine with another "
+        "benchmark run, the others sometimes did: indicative only." in text
+    )
+    assert "| attn_entropy | both | 1 | - | 1 | 1 | 0.8 | 0.01 | 0.05 | 0.9 | 0.5 | 100 | 1 |" in text
+    assert "`attn_entropy`: raises Gini and lowers entropy" in text
+    # change the machine the rows record, and the sentence and the threads column follow
+    eight = {"plain": {"cpu_count": 8, "torch_threads": 8}, "tax": {"cpu_count": 8, "torch_threads": 8}}
+    text8, _ = v.train_section("stsb", rows, eight)
+    assert "on a machine with 8 cores, with `threads` torch threads: indicative only." in text8
+    assert "| 100 | 8 |" in text8 and "shared" not in text8
+    unknown, _ = v.train_section("stsb", rows)
+    assert "on a machine with an unknown number of cores" in unknown and "| 100 | unknown |" in unknown
+
+
+def test_train_section_says_which_scores_are_the_compacted_models():
+    rows = [
+        row("plain"),
+        gated("g", budget=0.5, score=0.7),
+        row("collapsed", lam=1.0, cost=["attn_sqrt"], compact={"removed": {"heads": 0, "neurons": 3}}),
+    ]
+    rows[2]["compact"]["score_after"] = {"value": 0.04}
+    text, _ = v.train_section("stsb", rows)
+    assert "Where compaction removed something (1 flops-gated run, 1 other), the score is that of the compacted" in text
+    assert "| attn_sqrt | both | 1 | - | 1 | 1 | 0.04 |" in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# docs/compaction.md
+
+
+def timing(median, **overrides):
+    return {"median": median, "device": "cpu", "threads": 2, "repeats": 20, "warmup": 5, **overrides}
+
+
+def test_compaction_entry_by_hand():
+    r = gated("g", budget=0.5, score=0.84)
+    report = {
+        "eps": 1e-3,
+        "before": {"dense_flops": 200.0, "score": {"value": 0.85}},
+        "after": {"dense_flops": 100.0, "score": {"value": 0.84}},
+        "verification": {"max_abs_output_difference": 1e-6},
+    }
+    latency = {"before": {"batch1": timing(0.3)}, "after": {"batch1": timing(0.2)}}
+    entry = v.compaction_entry(r, report, latency, row("plain", score=0.845), sequence_length=128)
+    # half the FLOPs: implied speedup 2; measured 0.3 / 0.2 = 1.5, so 75% of the implied one is realized
+    assert entry["flops_reduction"] == 0.5 and entry["implied_speedup"] == 2.0
+    assert entry["speedup_batch1"] == pytest.approx(1.5) and entry["realized_over_implied_batch1"] == pytest.approx(
+        0.75
+    )
+    assert (entry["heads_removed"], entry["neurons_removed"], entry["baseline_score"]) == (4, 100, 0.845)
+    assert v.reaches_target(entry)  # 50% cut, 0.5 points lost
+
+
+def test_compaction_target_needs_the_cut_the_score_and_a_baseline():
+    hit = {"flops_reduction": 0.5, "baseline_score": 0.85, "score_after": 0.845}  # 0.5 points lost
+    shallow = {**hit, "flops_reduction": 0.49}
+    lossy = {**hit, "score_after": 0.835}  # 1.5 points lost
+    alone = {**hit, "baseline_score": None}
+    assert [v.reaches_target(e) for e in (hit, shallow, lossy, alone)] == [True, False, False, False]
+    assert v.compaction_verdict([hit, shallow, lossy]) == (
+        "1 of 3 compacted checkpoints reach the target (>= 50% fewer FLOPs at <= 1 point lost against the "
+        "lambda = 0 fine-tune of the same seed and epochs)."
+    )
+
+
+def test_latency_setup_comes_from_the_timing_dicts():
+    entry = {"sequence_length": 64, "latency_batch1": {"before": timing(1, threads=4, repeats=7, warmup=3)}}
+    assert v.latency_setup([entry]) == (
+        "Latency: CPU, 4 threads, sequence length 64, median of 7 runs after 3 warm-up runs, original and "
+        "compacted model timed round by round in the same run."
+    )
+    mixed = {"latency_batch1": {"before": timing(1, threads=1), "after": timing(1)}}
+    assert v.latency_setup([mixed]).startswith("Latency: CPU, 1 or 2 threads, sequence length unknown, median of 20")
+    assert v.latency_setup([]) == (
+        "Latency: unknown, unknown threads, sequence length unknown, median of unknown runs after unknown warm-up "
+        "runs, original and compacted model timed round by round in the same run."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# docs/frontier.md
+
+
+def test_flops_claim_holds_approximately_and_not_at_all_by_hand():
+    plain = row("plain", epochs=3, score=0.8, dense_flops=100.0)
+    close = gated("close", budget=0.5, score=0.797, dense_flops=55.0)  # 45% cut, 0.3 points lost
+    assert v.flops_claim([plain, close]).endswith(
+        "holds here: 1 trial(s), e.g. close (45.0% fewer dense FLOPs, 0.30 points lost)."
+    )
+    near = gated("near", budget=0.5, score=0.7935, dense_flops=55.0)  # 0.65 points: within the 0.7 tolerance
+    assert v.flops_claim([plain, near]).endswith(
+        "holds approximately here: the smallest loss at >= 40% fewer dense FLOPs is 0.65 points (45.0% fewer, near)."
+    )
+    far = gated("far", budget=0.5, score=0.7, dense_flops=55.0)
+    assert "does not hold here: the smallest loss at >= 40% fewer dense FLOPs is 10.00 points" in v.flops_claim(
+        [plain, far]
+    )
+    shallow = gated("shallow", budget=0.9, dense_flops=70.0)
+    assert v.flops_claim([plain, shallow]).endswith("not reached here: no trial cut 40% of the dense FLOPs.")
+    assert v.flops_claim([plain, close]).startswith("- *40% fewer FLOPs at 0.6 points lost* (paper: MNLI;")
+
+
+def posthoc(rid, matches, importance="activation", score=0.845, **settings):
+    return row(rid, kind="posthoc", score=score, settings={"matches": matches, "importance": importance, **settings})
+
+
+def test_matched_pair_where_incentive_beats_posthoc_by_half_a_point():
+    mine = gated("incentive", budget=0.5, score=0.85)
+    theirs = posthoc("ph", "incentive", finetune_epochs=1.0)
+    tax = row("tax", lam=1.0, cost=["attn_sqrt"])  # compacted by chance: not a compression method, never paired
+    results = [row("plain", epochs=3), mine, theirs, tax, posthoc("ph-tax", "tax")]
+    pairs = v.matched_pairs(results)
+    assert pairs == [("activation", mine, theirs)]
+    assert v.pairs_claim(pairs) == (
+        "- matched pairs for the flops-gated runs (the post-hoc model keeps the same number of heads and neurons "
+        "per layer, pruned from the lambda = 0 model and fine-tuned 1 more epoch): budget 0.5 seed 1: incentive "
+        "0.8500 vs post-hoc activation 0.8450."
+    )
+    fronts = {
+        "dense_flops": {"problems": [{"methods": {"incentive": {"hypervolume": 2.0}, "topk": {"hypervolume": 9.0}}}]}
+    }
+    assert v.dominance_claim(pairs, fronts) == (
+        "- *incentive training dominates post-hoc pruning*: holds here: against activation pruning incentive is as "
+        "good or better in 1 of 1 matched pairs (mean difference +0.50 points). Hypervolume on the dense FLOPs "
+        "axis (each method's own points, so unmatched points count): incentive 2."
+    )
+    assert v.pairs_claim([]) is None
+    assert "not measured yet" in v.dominance_claim([], fronts)
+
+
+def test_post_hoc_epochs_come_from_the_baseline_settings():
+    mine = gated("incentive", budget=0.5)
+    two = v.pairs_claim([("magnitude", mine, posthoc("a", "incentive", finetune_epochs=2))])
+    assert "fine-tuned 2 more epochs)" in two
+    half = v.pairs_claim([("magnitude", mine, posthoc("a", "incentive", finetune_epochs=0.5))])
+    assert "fine-tuned 0.5 more epochs)" in half
+    unknown = v.pairs_claim([("magnitude", mine, posthoc("a", "incentive"))])
+    assert "fine-tuned an unknown number of epochs more)" in unknown
+
+
+def test_dominance_does_not_hold_when_one_pair_is_lost():
+    a, b = gated("a", budget=0.5, score=0.85), gated("b", budget=0.3, score=0.80)
+    pairs = [("activation", a, posthoc("pa", "a", score=0.84)), ("activation", b, posthoc("pb", "b", score=0.82))]
+    # differences +1 and -2 points: mean -0.50
+    claim = v.dominance_claim(pairs, {"dense_flops": {"problems": []}})
+    assert "does not hold here: against activation pruning incentive is as good or better in 1 of 2" in claim
+    assert "(mean difference -0.50 points)" in claim and claim.endswith("count): unknown.")
+
+
+def test_tax_ablation_claim_by_hand_and_eps_from_the_sweep():
+    both = row("both", lam=0.1, cost=["ffn_l1", "attn_entropy"], score=0.8, effective_flops_per_token=50.0)
+    attention = row("attn", lam=0.1, cost=["attn_entropy"], score=0.7, effective_flops_per_token=80.0)
+    ffn = row("ffn", lam=0.1, cost=["ffn_l1"], score=0.74, effective_flops_per_token=60.0)
+    plain = row("plain", score=0.6, effective_flops_per_token=100.0)
+    results = [both, attention, ffn, plain]
+    # reference (0.6, 100.01): both (100.01 - 50) * 0.2 = 10.002; attention 20.01 * 0.1 = 2.001;
+    # FFN 40.01 * 0.14 = 5.6014
+    claim = v.tax_ablation_claim(results, [1e-3])
+    assert claim.endswith("holds here: attention + FFN 10, attention only 2.001, FFN only 5.601.")
+    assert "skip FFN activations under 1e-3, so" in claim
+    assert "under 5e-4 or 1e-3, so" in v.tax_ablation_claim(results, [1e-3, 5e-4])
+    assert "under unknown, so" in v.tax_ablation_claim(results, None)
+    assert v.tax_ablation_claim([both, plain], [1e-3]) is None  # groups missing: no claim
+    assert v.best_per_ablation(results) == {"attention + FFN": "both", "attention only": "attn", "FFN only": "ffn"}
+
+
+def test_gate_ablation_claim_by_hand():
+    plain = row("plain", epochs=3, dense_flops=100.0)
+    attention = gated("attn", budget=0.5, target="attention", score=0.85, dense_flops=80.0)
+    ffn = gated("ffn", budget=0.5, target="ffn", score=0.90, dense_flops=60.0)
+    both = gated("both", budget=0.5, score=0.86, dense_flops=70.0)
+    claim = v.gate_ablation_claim([plain, attention, ffn, both])
+    assert "holds partly here (1 of 2 beaten): " in claim
+    assert (
+        "attention at budget 0.5 (seed 1): spearman 0.8500, 20.0% fewer dense FLOPs; beaten by both at budget 0.5 "
+        "(seed 1): spearman 0.8600, 30.0% fewer dense FLOPs" in claim
+    )
+    assert claim.endswith(
+        "ffn at budget 0.5 (seed 1): spearman 0.9000, 40.0% fewer dense FLOPs; not beaten (no run on both as cheap)."
+    )
+    assert "not measured yet" in v.gate_ablation_claim([plain, both])
+
+
+def test_frontier_tables_count_the_seeds_of_the_points():
+    def problem(seeds):
+        point = {"score": 0.8, "score_std": 0.01, "compute": 1e9, "seeds": seeds}
+        return {
+            "compute_label": "dense FLOPs",
+            "reference_point": (0.1, 2e9),
+            "points": [point, {**point, "seeds": 1}],
+            "methods": {"incentive": {"hypervolume": 5e8, "front": [point]}},
+        }
+
+    [three] = v.frontier_tables({"dense_flops": {"problems": [problem(3)]}})
+    assert three.startswith(
+        "### compute axis: dense FLOPs\n\nReference point (0.1, 2000000000.0); means over seeds (± standard "
+        "deviation where 3 seeds finished)."
+    )
+    assert "| incentive | 5e+08 | 0.8000±0.010 @ 1e+09 |" in three
+    [one] = v.frontier_tables({"dense_flops": {"problems": [problem(1)]}})
+    assert "(every point has one seed, so ± is 0)" in one
+
+
+def test_frontier_section_names_the_model_and_does_not_change_the_rows():
+    plain = row("plain", epochs=3, dense_flops=100.0, settings={"model": "tiny"})
+    close = gated("close", budget=0.5, score=0.797, dense_flops=55.0, settings={"model": "tiny"})
+    before = json.dumps([plain, close], sort_keys=True)
+    text, data = v.frontier_section("stsb", [plain, close], {"dense_flops": {"problems": []}}, report="r.html")
+    assert text.startswith("## tiny on stsb\n") and text.endswith("Full report with plots: `r.html`.\n")
+    assert data["claims"][0].endswith("holds here: 1 trial(s), e.g. close (45.0% fewer dense FLOPs, 0.30 points lost).")
+    assert json.dumps([plain, close], sort_keys=True) == before
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bench/summarize.py on the stored benchmark results
+
+
+@pytest.fixture(scope="module")
+def summarize():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import summarize
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return summarize
+
+
+def _stored(name: str) -> dict:
+    return json.loads((ROOT / "bench" / "results" / f"{name}.json").read_text())
+
+
+def _lines(text: str) -> set[str]:
+    return {line for line in text.splitlines() if line.strip()}
+
+
+def test_summarize_rebuilds_the_stored_documents(summarize):
+    """bench/results keeps the seed-1 training rows, the compaction rows and the frontiers (not the post-hoc or
+    seed-2 rows), so the tables and the verdicts computed from those alone must be the lines docs/ has."""
+    train, compaction = _stored("train_sweep")["rows"], _stored("compaction")["rows"]
+    frontier = _stored("frontier")["tasks"]
+    tasks = {
+        task: {
+            "results": train[task],
+            "machines": {},
+            "compaction": compaction[task],
+            "fronts": frontier[task]["frontiers"],
+            "eps": [1e-3],
+        }
+        for task in ("stsb", "cola")
+    }
+    built = summarize.documents(tasks)
+    assert list(built) == ["train_sweep", "compaction", "frontier"]
+    docs = {name: (ROOT / "docs" / f"{name}.md").read_text() for name in built}
+
+    def without_threads(text: str) -> set[str]:  # the rows kept in bench/results do not record the machine
+        return {line.rsplit(" | ", 1)[0] if line.startswith("| ") else line for line in _lines(text)}
+
+    train_md = built["train_sweep"][1]
+    assert train_md.startswith("# Incentive training: compute taxes on minilm\n")
+    verdict_lines = [line for line in _lines(train_md) if line.startswith(("- `", "`ffn_l1`", "| "))]
+    assert len(verdict_lines) > 60
+    missing = {line for line in verdict_lines} - _lines(docs["train_sweep"])
+    assert {m.rsplit(" | ", 1)[0] for m in missing} <= without_threads(docs["train_sweep"])
+    assert train_md.count("Seed 1, trained on the full train split, scored on the full dev split.") == 2
+
+    compaction_md = built["compaction"][1]
+    table_and_verdicts = [
+        line for line in _lines(compaction_md) if line.startswith("| ") or "checkpoints reach the target" in line
+    ]
+    assert set(table_and_verdicts) <= _lines(docs["compaction"])
+    assert "2 of 11 compacted checkpoints reach the target" in compaction_md
+    assert compaction_md.count("## minilm on ") == 2
+    assert "Latency: CPU, 2 threads, sequence length unknown, median of 20 runs after 5 warm-up runs" in compaction_md
+
+    frontier_md = built["frontier"][1]
+    tables = [line for line in _lines(frontier_md) if line.startswith("| ")]
+    assert len(set(tables)) > 12 and set(tables) <= _lines(docs["frontier"])
+    assert frontier_md.count("(± standard deviation where 2 seeds finished)") == 4
+    cola_gates = built["frontier"][0]["tasks"]["cola"]["claims"]
+    assert any(claim in docs["frontier"] for claim in cola_gates if "with flops gates" in claim)
+
+
+def test_summarize_main_reads_machines_eps_and_timings_from_the_sweep_folder(summarize, tmp_path, monkeypatch):
+    """main() on a hand-made runs/bench_sweep/stsb: threads from metrics.json, eps from sweep.json, repeats and
+    warm-up from the timings, post-hoc epochs from the baseline's settings (latency, report and writes stubbed)."""
+    plain = row("plain", epochs=3, score=0.85, dense_flops=100.0, dense_flops_before=100.0)
+    mine = gated("gated", budget=0.5, score=0.848, dense_flops=50.0)
+    theirs = posthoc("ph", "gated", score=0.84, finetune_epochs=2.0)
+    folder = tmp_path / "stsb"
+    (folder / "trials").mkdir(parents=True)
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (plain, mine, theirs)))
+    (folder / "sweep.json").write_text(json.dumps({"config": {"compact": {"eps": 2e-3}}, "configs": {}}))
+    for rid in ("plain", "gated"):
+        (folder / "trials" / rid / "model").mkdir(parents=True)
+        meta = {"meta": {"machine": {"cpu_count": 4, "torch_threads": 3}}}
+        (folder / "trials" / rid / "model" / "metrics.json").write_text(json.dumps(meta))
+    (folder / "trials" / "gated" / "compact").mkdir()
+    report = {
+        "eps": 2e-3,
+        "before": {"dense_flops": 100.0, "score": {"value": 0.848}},
+        "after": {"dense_flops": 50.0, "score": {"value": 0.848}},
+        "verification": {"max_abs_output_difference": 0.0},
+    }
+    (folder / "trials" / "gated" / "compact" / "compact.json").write_text(json.dumps(report))
+
+    def fake_latency(model_dir, compact_dir, repeats):  # the compacted model is 1.6 times as fast as the original
+        return {
+            name: {f"batch{b}": timing(median, repeats=repeats, warmup=5, threads=2) for b in (1, 32)}
+            for name, median in (("before", 0.16), ("after", 0.1))
+        }
+
+    written = {}
+    monkeypatch.setattr(summarize, "SWEEPS", tmp_path)
+    monkeypatch.setattr(summarize, "measure_latency", fake_latency)
+    monkeypatch.setattr(summarize, "save", lambda name, payload, markdown: written.update({name: (payload, markdown)}))
+    monkeypatch.setattr(summarize, "_keep_onnx_runtime_block", lambda: None)
+    monkeypatch.setattr("econlm.report.write_report", lambda *args: None)
+    monkeypatch.setattr(sys, "argv", ["summarize.py", "--tasks", "stsb", "--latency-repeats", "7"])
+    summarize.main()
+
+    train = written["train_sweep"][1]
+    assert "- stsb: 3 trials finished" in train
+    assert "on a machine with 4 cores, with `threads` torch threads; runs with 3 threads shared" in train
+    assert written["train_sweep"][0]["machines"]["stsb"]["plain"]["torch_threads"] == 3
+    compaction = written["compaction"][1]
+    assert "Latency: CPU, 2 threads, sequence length 128, median of 7 runs after 5 warm-up runs" in compaction
+    # 50% cut at 0.2 points lost against the plain 3-epoch run: the target is reached
+    assert "| gated | 0.5 | 1 | 50.0% | 4 / 100 | 0.8480 -> 0.8480 | 0.85 | 1.6 | 1.6 | 0.8 | 0.8 |" in compaction
+    assert "1 of 1 compacted checkpoints reach the target" in compaction
+    frontier = written["frontier"][1]
+    assert "fine-tuned 2 more epochs): budget 0.5 seed 1: incentive 0.8480 vs post-hoc activation 0.8400." in frontier
+    assert "in 1 of 1 matched pairs (mean difference +0.80 points)" in frontier
+    assert "holds here: 1 trial(s), e.g. gated (50.0% fewer dense FLOPs, 0.20 points lost)." in frontier
