@@ -198,6 +198,14 @@ def test_a_jsonl_task_and_a_text_corpus_end_to_end(tmp_path):
     _run(["compact", str(tmp_path / "lm"), "--out", str(tmp_path / "lmsmall"), "--eps", "1e-9", "--calib-examples",
           "8", "--max-length", "16", "--latency-repeats", "1", "--no-onnx"])
     assert get_task(str(corpus.resolve())).is_lm
+    sweep = tmp_path / "lm.yaml"
+    sweep.write_text(f"base: {{model: {llama}, task: {corpus}, epochs: 1, max_length: 16, batch_size: 4}}\n"
+                     "grid:\n  lam: [0, 0.1]\n")
+    _run(["sweep", str(sweep), "--out", str(tmp_path / "lmsweep")])
+    _run(["report", str(tmp_path / "lmsweep")])
+    rows = [json.loads(line) for line in (tmp_path / "lmsweep" / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["ok", "ok"] and {r["metric"] for r in rows} == {"perplexity"}
+    assert (tmp_path / "lmsweep" / "report.html").read_text().count("data:image/png") >= 1
 
 
 def test_classes_are_the_labels_seen_sorted_numerically(tmp_path):
