@@ -149,7 +149,7 @@ class CompactConfig(DataFields):  # a user's data file: by default as the checkp
 
             load_table(self.latency_table)  # a missing or malformed table fails before any work
         if self.task is not None:
-            from econlm.userdata import normalise_data_fields
+            from econlm.data import normalise_data_fields
 
             normalise_data_fields(self)
 

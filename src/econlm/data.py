@@ -190,7 +190,7 @@ TASKS["mnli"].hub_splits.update({"dev": "validation_matched", "dev_mismatched": 
 TASKS["mnli"].hub_splits["test"] = "test_matched"
 
 
-_USER_TASKS: dict = {}  # user tasks read so far: by (path, spec), and by path for the latest spec
+_USER_TASKS: dict = {}  # user tasks read so far: by (path, spec, file stamps), and by path for the latest
 
 
 def get_task(name: str, spec=None) -> Task:
@@ -204,14 +204,56 @@ def get_task(name: str, spec=None) -> Task:
         if spec is None and name in _USER_TASKS:
             return _USER_TASKS[name]
         spec = spec or userdata.DataSpec()
-        if (name, spec) not in _USER_TASKS:
-            _USER_TASKS[(name, spec)] = userdata.build_task(name, spec)
-        _USER_TASKS[name] = _USER_TASKS[(name, spec)]
+        key = (name, spec, _stamps(name, spec))  # an edited file is read again
+        if key not in _USER_TASKS:
+            _USER_TASKS[key] = user_task(name, spec)
+        _USER_TASKS[name] = _USER_TASKS[key]
         return _USER_TASKS[name]
     if name in TASKS:
-        raise UserError(f"--text-columns, --label-column, --task-type, --metric, --train and --dev are for your own "
-                        f"data; {name} is a built-in task")
+        raise UserError(
+            f"--text-columns, --label-column, --task-type, --metric, --train and --dev are for your own data; "
+            f"{name} is a built-in task"
+        )
     return TASKS[name]  # the registry's one-line error with a suggestion
+
+
+def user_task(name: str, spec) -> Task:
+    """The task of a user's data file, read and checked now (see :mod:`econlm.userdata`)."""
+    from econlm import userdata
+
+    data = userdata.read(name, spec)
+    return Task(
+        name=name,
+        kind=data.kind,
+        metrics=data.metrics,
+        num_labels=data.num_labels,
+        label_names=data.label_names,
+        user=data,
+    )
+
+
+def _stamps(name: str, spec) -> tuple:
+    paths = [Path(p) for p in (name, spec.train, spec.dev) if p]
+    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else (str(p),) for p in paths)
+
+
+def normalise_data_fields(config) -> None:
+    """For a frozen config with ``task`` and the :class:`~econlm.userdata.DataFields`: a comma list of text
+    columns becomes a tuple, a user's file paths become absolute (the config is saved and read back from
+    elsewhere), and the task is looked up (built-in) or read and checked (a user's data), before anything
+    heavy happens."""
+    from econlm.userdata import DataSpec, looks_like_path, spec_of
+
+    spec = spec_of(config)
+    object.__setattr__(config, "text_columns", spec.text_columns)
+    user = config.task not in TASKS and looks_like_path(config.task)
+    if user:
+        object.__setattr__(config, "task", str(Path(config.task).expanduser().resolve()))
+        for name in ("train_file", "dev_file"):
+            if getattr(config, name, None):
+                object.__setattr__(config, name, str(Path(getattr(config, name)).expanduser().resolve()))
+        spec = spec_of(config)
+    get_task(config.task, spec if user or spec != DataSpec() else None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -253,7 +295,8 @@ def load_examples(task: Task | str, split: str = "dev", data_dir=None, limit: in
     if task.user is not None:
         from econlm import userdata
 
-        return userdata.examples(task, split, limit)
+        rows = userdata.split_rows(task.user, split, limit)
+        return [Example(texts[0], texts[1] if len(texts) > 1 else None, label) for texts, label in rows]
     _check_split(task, split)
     root = data_root(data_dir)
     tried: list[Path] = []
@@ -285,7 +328,7 @@ def load_text(task: Task | str, split: str = "dev", data_dir=None) -> str:
     if task.user is not None:
         from econlm import userdata
 
-        return userdata.train_text(task) if split == "train" else userdata.text(task, split)
+        return userdata.train_text(task.user) if split == "train" else userdata.text(task.user, split)
     _check_split(task, split)
     root = data_root(data_dir)
     tried: list[Path] = []

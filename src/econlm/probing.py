@@ -44,7 +44,7 @@ class ProbeConfig(DataFields):
 
         budgets = parse_budgets(",".join(self.budgets))
         object.__setattr__(self, "budgets", tuple(b.label for b in budgets))
-        from econlm.userdata import normalise_data_fields
+        from econlm.data import normalise_data_fields
 
         normalise_data_fields(self)
         if self.limit is not None and self.limit < 1:

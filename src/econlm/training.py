@@ -88,7 +88,7 @@ class TrainConfig(DataFields):
 
     def __post_init__(self) -> None:
         from econlm.config import check_max_length
-        from econlm.userdata import normalise_data_fields
+        from econlm.data import normalise_data_fields
 
         normalise_data_fields(self)  # a user's data file becomes a task (read and checked here)
         tax = self.tax()  # validates the tax fields, normalises cost and schedule

@@ -75,14 +75,22 @@ class DataFields:
 
 @dataclass(frozen=True)
 class UserData:
-    """What a user task reads: one row list per split, already checked."""
+    """A user's data, read and checked: what kind of task it makes, and one row list per split.
+    :mod:`econlm.data` turns it into a task; this module knows nothing of tasks (it is below them)."""
 
     spec: DataSpec
     files: dict  # split -> path
     text_columns: tuple[str, ...]
     label_column: str | None
     holdout: bool  # dev is 10% of the one file
-    rows: dict = field(default_factory=dict, compare=False, repr=False)  # split -> [(texts, label, line)]
+    kind: str = "classification"
+    metrics: tuple[str, ...] = ()
+    label_names: tuple[str, ...] = ()
+    rows: dict = field(default_factory=dict, compare=False, repr=False)  # split -> [(texts, label)]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names) if self.kind == "classification" else 1
 
 
 def looks_like_path(name: str) -> bool:
@@ -90,15 +98,13 @@ def looks_like_path(name: str) -> bool:
     return path.suffix.lower() in (*TABLE_SUFFIXES, *TEXT_SUFFIXES) or path.exists()
 
 
-def build_task(name: str, spec: DataSpec):
-    """The :class:`~econlm.data.Task` of a user's data; reads and checks the files (errors name them)."""
-    from econlm.data import Task
-
+def read(name: str, spec: DataSpec) -> UserData:
+    """Read and check a user's data (errors name the file, and the line)."""
     path = Path(name)
     if not path.exists():
         raise UserError(f"--task {name}: no such file or folder; give a built-in task (econlm list) or a data file")
     if _is_text(path) or spec.task_type == "lm":
-        return _text_task(name, path, spec)
+        return _text_data(path, spec)
     files = {"train": Path(spec.train) if spec.train else path, "dev": Path(spec.dev) if spec.dev else None}
     _check_exist(files)
     tables = {split: _read_table(file) for split, file in files.items() if file is not None}
@@ -112,16 +118,18 @@ def build_task(name: str, spec: DataSpec):
         rows["train"], rows["dev"] = _split_off_dev(rows["train"], files["train"])
     labels, label_names = _labels(kind, rows, files)
     metrics = _metrics(kind, len(label_names) if kind == "classification" else 1, spec.metric)
-    data = UserData(spec, {k: str(v) for k, v in files.items() if v}, text_columns, label_column, holdout)
-    data.rows.update({split: [(texts, labels[split][i]) for i, (texts, _, _) in enumerate(r)] for split, r in rows.items()})
-    return Task(
-        name=name,
+    data = UserData(
+        spec,
+        {k: str(v) for k, v in files.items() if v},
+        text_columns,
+        label_column,
+        holdout,
         kind=kind,
         metrics=metrics,
-        num_labels=len(label_names) if kind == "classification" else 1,
         label_names=tuple(label_names) if kind == "classification" else (),
-        user=data,
     )
+    data.rows.update({split: [(texts, labels[split][i]) for i, (texts, _, _) in enumerate(r)] for split, r in rows.items()})
+    return data
 
 
 def _check_exist(files: dict) -> None:
@@ -135,9 +143,7 @@ def _is_text(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in TEXT_SUFFIXES
 
 
-def _text_task(name: str, path: Path, spec: DataSpec):
-    from econlm.data import Task
-
+def _text_data(path: Path, spec: DataSpec) -> UserData:
     if spec.metric not in (None, "perplexity"):
         raise UserError(f"--metric {spec.metric}: a text corpus is scored by perplexity")
     files = {"train": str(Path(spec.train) if spec.train else path)}
@@ -148,8 +154,7 @@ def _text_task(name: str, path: Path, spec: DataSpec):
         text = _read_utf8(Path(file))
         if not text.strip():
             raise UserError(f"{file} is empty; a language-modelling corpus needs text")
-    data = UserData(spec, files, (), None, holdout="dev" not in files)
-    return Task(name=name, kind="lm", metrics=("perplexity",), user=data)
+    return UserData(spec, files, (), None, holdout="dev" not in files, kind="lm", metrics=("perplexity",))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -395,30 +400,26 @@ def _metrics(kind: str, num_labels: int, chosen: str | None) -> tuple[str, ...]:
 # Splits for the loaders
 
 
-def examples(task, split: str, limit: int | None):
-    from econlm.data import Example
-
-    data = task.user
+def split_rows(data: UserData, split: str, limit: int | None) -> list[tuple[tuple[str, ...], object]]:
+    """(texts, label) of a split's first ``limit`` examples."""
     if split not in data.rows:
-        raise UserError(f"{task.name} has the splits {', '.join(data.rows)}, not {split}")
-    out = [Example(texts[0], texts[1] if len(texts) > 1 else None, label) for texts, label in data.rows[split]]
-    return out[:limit] if limit is not None else out
+        raise UserError(f"{data.files['train']} has the splits {', '.join(data.rows)}, not {split}")
+    rows = data.rows[split]
+    return rows[:limit] if limit is not None else rows
 
 
-def text(task, split: str) -> str:
+def text(data: UserData, split: str) -> str:
     """A corpus split: the dev file, or the first 90% / last 10% of the one file's lines."""
-    data = task.user
     split = "dev" if split == "test" else split  # a user's corpus has one held-out split: dev is the test
     if split in data.files:
         return _read_utf8(Path(data.files[split]))
     if split in ("dev", "test") and data.holdout:
         lines = _read_utf8(Path(data.files["train"])).splitlines(keepends=True)
         return "".join(lines[len(lines) - max(1, round(HOLDOUT * len(lines))) :])
-    raise UserError(f"{task.name} has no {split} split")
+    raise UserError(f"{data.files['train']} has no {split} split")
 
 
-def train_text(task) -> str:
-    data = task.user
+def train_text(data: UserData) -> str:
     content = _read_utf8(Path(data.files["train"]))
     if not data.holdout:
         return content
@@ -451,28 +452,3 @@ def spec_of(settings) -> DataSpec:
         task_type=get("task_type", None),
         metric=get("metric", None),
     )
-
-
-
-def normalise_data_fields(config) -> None:
-    """For a frozen config with the DataSpec fields and ``task``: a comma list of text columns becomes a tuple,
-    a user's file paths become absolute (the config is saved and read back from elsewhere), and the task is
-    looked up (built-in) or read and checked (a user's data), before anything heavy happens."""
-    from econlm.data import get_task
-
-    spec = spec_of(config)
-    object.__setattr__(config, "text_columns", spec.text_columns)
-    user = config.task not in _builtin_names() and looks_like_path(config.task)
-    if user:
-        object.__setattr__(config, "task", str(Path(config.task).expanduser().resolve()))
-        for name in ("train_file", "dev_file"):
-            if getattr(config, name, None):
-                object.__setattr__(config, name, str(Path(getattr(config, name)).expanduser().resolve()))
-        spec = spec_of(config)
-    get_task(config.task, spec if user or spec != DataSpec() else None)
-
-
-def _builtin_names():
-    from econlm.data import TASKS
-
-    return TASKS

@@ -28,6 +28,12 @@ def test_models_does_not_import_compact():
     assert "econlm.compact" not in loaded
 
 
+def test_reading_a_users_files_does_not_need_the_task_registry():
+    # userdata sits below data: data turns what userdata read into a task, never the other way round.
+    loaded = _imported_after("import econlm.userdata")
+    assert "econlm.data" not in loaded
+
+
 def test_compact_still_exports_the_surgery_names():
     from econlm import compact, surgery
 

@@ -7,8 +7,9 @@ import pytest
 
 from econlm.cli import main
 from econlm.data import get_task, load_examples, load_text
+from econlm.data import user_task as build_task
 from econlm.errors import UserError
-from econlm.userdata import DataSpec, build_task
+from econlm.userdata import DataSpec
 from tests.conftest import save_tiny_checkpoint
 
 
@@ -244,3 +245,13 @@ def test_a_corpus_with_a_dev_file_is_scored_on_it(tmp_path):
     dev.write_text("held out\n" * 3)
     task = build_task(str(corpus), DataSpec(dev=str(dev)))
     assert load_text(task, "train") == "train text\n" * 10 and load_text(task, "test") == "held out\n" * 3
+
+
+def test_an_edited_file_is_read_again(tmp_path):
+    import os
+
+    path = _csv(tmp_path / "t.csv", [("a", "x"), ("b", "y")] * 5)
+    assert get_task(str(path), DataSpec()).label_names == ("x", "y")
+    _csv(path, [("a", "x"), ("b", "z"), ("c", "w")] * 5)
+    os.utime(path, ns=(1, 10**18))  # a new modification time, whatever the clock's resolution
+    assert get_task(str(path), DataSpec()).label_names == ("w", "x", "z")
