@@ -136,8 +136,15 @@ def test_two_sweep_files_sharing_a_folder_keep_each_others_results(tiny, tmp_pat
 def test_a_sweep_built_in_code_is_validated_like_a_file_and_runs(tiny, tmp_path):
     from econlm.sweep import SweepConfig, run_sweep, sweep_config
 
-    base = {"model": str(tiny["model"]), "task": "sst2", "epochs": 1, "lr": 1e-3, "batch_size": 16,
-            "max_length": 32, "data_dir": str(tiny["data"])}
+    base = {
+        "model": str(tiny["model"]),
+        "task": "sst2",
+        "epochs": 1,
+        "lr": 1e-3,
+        "batch_size": 16,
+        "max_length": 32,
+        "data_dir": str(tiny["data"]),
+    }
     with pytest.raises(UserError, match=r"sweep config \[grid.lam.0\]: 'lam' must be a number, not 'abc'"):
         run_sweep({"base": base, "grid": {"lam": ["abc"]}}, tmp_path / "bad")
     with pytest.raises(UserError, match="defines no trial"):
@@ -157,8 +164,16 @@ def test_a_sweep_built_in_code_is_validated_like_a_file_and_runs(tiny, tmp_path)
 def test_distill_trials_train_against_the_plain_fine_tune_of_the_same_seed(tiny, tmp_path):
     from econlm.sweep import run_sweep
 
-    base = {"model": str(tiny["model"]), "task": "sst2", "epochs": 1, "lr": 1e-3, "batch_size": 16,
-            "max_length": 32, "data_dir": str(tiny["data"]), "seed": 3}
+    base = {
+        "model": str(tiny["model"]),
+        "task": "sst2",
+        "epochs": 1,
+        "lr": 1e-3,
+        "batch_size": 16,
+        "max_length": 32,
+        "data_dir": str(tiny["data"]),
+        "seed": 3,
+    }
     sweep = {"base": base, "trials": [{"lam": 0.1, "cost": ["ffn_l1"], "distill": True}], "grid": {"lam": [0]}}
     results = {r["id"]: r for r in run_sweep(sweep, tmp_path / "run", progress=False)}
     assert all(r["status"] == "ok" for r in results.values()) and len(results) == 2
@@ -175,8 +190,16 @@ def test_distill_trials_train_against_the_plain_fine_tune_of_the_same_seed(tiny,
 def test_a_missing_teacher_is_trained_first():
     from econlm.sweep import teacher_settings
 
-    student = {"model": "m", "task": "sst2", "seed": 2, "lam": 0.5, "cost": ["flops"], "budget": 0.5, "distill": True,
-               "lr": 1e-3}
+    student = {
+        "model": "m",
+        "task": "sst2",
+        "seed": 2,
+        "lam": 0.5,
+        "cost": ["flops"],
+        "budget": 0.5,
+        "distill": True,
+        "lr": 1e-3,
+    }
     teacher_id, teacher = teacher_settings(student)
     assert teacher == {"model": "m", "task": "sst2", "seed": 2, "lr": 1e-3, "lam": 0.0, "cost": ["ffn_l1"]}
     assert teacher_id.startswith("train-sst2-ffn_l1-lam0-s2-")
@@ -185,26 +208,48 @@ def test_a_missing_teacher_is_trained_first():
 def test_posthoc_rivals_fisher_rescaled_matched_and_untrained_report_their_training(tiny, tmp_path):
     from econlm.sweep import run_sweep
 
-    base = {"model": str(tiny["model"]), "task": "sst2", "lr": 1e-3, "batch_size": 16, "max_length": 32,
-            "data_dir": str(tiny["data"]), "seed": 5, "epochs": 4}
+    base = {
+        "model": str(tiny["model"]),
+        "task": "sst2",
+        "lr": 1e-3,
+        "batch_size": 16,
+        "max_length": 32,
+        "data_dir": str(tiny["data"]),
+        "seed": 5,
+        "epochs": 4,
+    }
     sweep = {
         "base": base,
         "trials": [
             {"lam": 0.0, "cost": ["ffn_l1"]},
-            {"lam": 0.0, "cost": ["flops"], "budget": 0.3, "price_lr": 50.0, "gate_lr": 2.0, "budget_warmup": 0.2,
-             "distill": True},
+            {
+                "lam": 0.0,
+                "cost": ["flops"],
+                "budget": 0.3,
+                "price_lr": 50.0,
+                "gate_lr": 2.0,
+                "budget_warmup": 0.2,
+                "distill": True,
+            },
         ],
         "compact": {"eps": 1e-9, "calib_examples": 16},
-        "baselines": {"posthoc": {"importance": ["fisher"], "rescale": [False, True],
-                                  "finetune_epochs": [0, "matched"], "distill": True}},
+        "baselines": {
+            "posthoc": {
+                "importance": ["fisher"],
+                "rescale": [False, True],
+                "finetune_epochs": [0, "matched"],
+                "distill": True,
+            }
+        },
     }
     results = run_sweep(sweep, tmp_path / "run", progress=False)
     assert all(r["status"] == "ok" for r in results), [r.get("error") for r in results]
     incentive = next(r for r in results if r["kind"] == "train" and r["settings"].get("distill"))
     plain = next(r for r in results if r["kind"] == "train" and not r["settings"].get("distill"))
     rivals = [r for r in results if r["kind"] == "posthoc"]
-    assert len(rivals) == 4 and {(r["settings"].get("rescale", False), r["settings"]["finetune_epochs"]) for r in rivals} \
-        == {(False, 0), (True, 0), (False, 4.0), (True, 4.0)}
+    assert len(rivals) == 4 and {
+        (r["settings"].get("rescale", False), r["settings"]["finetune_epochs"]) for r in rivals
+    } == {(False, 0), (True, 0), (False, 4.0), (True, 4.0)}
     # 48 examples in batches of 16 for 4 epochs: 12 steps a run. The distilled incentive run counts its
     # teacher's 12 too; each rival counts the 12 of the model it was pruned from, plus its own 12 or none.
     assert plain["training"]["steps"] == 12 and incentive["training"]["steps"] == 24
@@ -226,3 +271,16 @@ def test_the_quick_start_sweep_file_is_valid_and_prices_compute():
     budgets = sorted(s["settings"].get("budget") or 1.0 for s in specs)
     assert budgets == [0.5, 0.7, 1.0] and config.compact is not None  # a plain run and two gated budgets
     assert all("flops" in s["settings"]["cost"] for s in specs if s["settings"].get("budget"))
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        p.name for p in (__import__("pathlib").Path(__file__).resolve().parents[2] / "bench" / "sweeps").glob("*.yaml")
+    ),
+)
+def test_every_benchmark_sweep_file_is_valid(name):
+    from pathlib import Path
+
+    config = load_sweep(Path(__file__).resolve().parents[2] / "bench" / "sweeps" / name)
+    assert expand(config)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Issue #10's benchmark: incentive training against fair post-hoc rivals, the latency price, the paper's scale.
+# Resumable (rerun to continue); outputs in runs/bench_fair/<task>. Plan (2 CPU cores, 2 seeds): STS-B about
+# 9 CPU-hours, CoLA about 20, the paper-scale grid about 1 (docs/frontier.md states what ran and what it cost).
+#
+#   bench/run_fair.sh            # the latency table, then STS-B, CoLA and the paper-scale grid
+#   bench/run_fair.sh stsb       # one of them: stsb, cola or paper
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${ECONLM_DATA:-}" ] && [ -d ../shared/data ]; then export ECONLM_DATA="$(cd ../shared/data && pwd)"; fi
+table=bench/latency/minilm_b1_s128_t2.json
+[ -f "$table" ] || .venv/bin/econlm latency-table minilm --batch 1 --seq-len 128 --threads 2 --out "$table"
+parts=("$@")
+[ ${#parts[@]} -gt 0 ] || parts=(stsb cola paper)
+for part in "${parts[@]}"; do
+  case "$part" in
+    stsb|cola) .venv/bin/econlm sweep "bench/sweeps/fair_$part.yaml" --out "runs/bench_fair/$part" ;;
+    paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out runs/bench_fair/paper ;;
+    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola or paper" >&2; exit 2 ;;
+  esac
+done
