@@ -5,17 +5,19 @@
 #
 #   bench/run_fair.sh            # the latency table, then STS-B, CoLA and the paper-scale grid
 #   bench/run_fair.sh stsb       # one of them: stsb, cola or paper
+#   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${ECONLM_DATA:-}" ] && [ -d ../shared/data ]; then export ECONLM_DATA="$(cd ../shared/data && pwd)"; fi
 table=bench/latency/minilm_b1_s128_t2.json
 [ -f "$table" ] || .venv/bin/econlm latency-table minilm --batch 1 --seq-len 128 --threads 2 --out "$table"
+out="${ECONLM_BENCH_OUT:-runs/bench_fair}"
 parts=("$@")
 [ ${#parts[@]} -gt 0 ] || parts=(stsb cola paper)
 for part in "${parts[@]}"; do
   case "$part" in
-    stsb|cola) .venv/bin/econlm sweep "bench/sweeps/fair_$part.yaml" --out "runs/bench_fair/$part" ;;
-    paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out runs/bench_fair/paper ;;
+    stsb|cola) .venv/bin/econlm sweep "bench/sweeps/fair_$part.yaml" --out "$out/$part" ;;
+    paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
     *) echo "run_fair.sh: unknown part '$part'; use stsb, cola or paper" >&2; exit 2 ;;
   esac
 done
