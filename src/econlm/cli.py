@@ -276,6 +276,8 @@ def _add_compact(sub) -> None:
     p.add_argument(
         "--latency-table", default=None, help="report the speedup this table (econlm latency-table) predicts"
     )
+    p.add_argument("--prefill-length", type=int, default=512, help="decoders: prompt tokens of the prefill timing")
+    p.add_argument("--decode-tokens", type=int, default=128, help="decoders: new tokens per timed generate call")
     _add_data_flags(p, ("train", "dev"))
     p.set_defaults(func=_cmd_compact)
 
@@ -298,6 +300,8 @@ def _cmd_compact(args) -> int:
         threads=args.threads,
         onnx=onnx_available() if args.onnx is None else args.onnx,
         latency_table=args.latency_table,
+        prefill_length=args.prefill_length,
+        decode_tokens=args.decode_tokens,
         **_data_fields(args),
     )
     report = run_compact(config)
@@ -312,6 +316,14 @@ def _cmd_compact(args) -> int:
             f"ONNX Runtime CPU speedup batch 1: {ratios['onnxruntime_speedup_batch1']:.2f}x, "
             f"batch 32: {ratios['onnxruntime_speedup_batch32']:.2f}x"
         )
+    if "prefill_speedup" in ratios:
+        decode = ", ".join(
+            f"batch {after['decoding'][k]['batch']}: {after['decoding'][k]['tokens_per_second']:.1f} tokens/s "
+            f"({ratios[k + '_speedup']:.2f}x)"
+            for k in after["decoding"]
+            if k.startswith("decode_")
+        )
+        print(f"decoder: prefill {ratios['prefill_speedup']:.2f}x faster; generation {decode}")
     predicted = report.get("latency_table")
     if predicted:
         measured = predicted["measured_speedup"]

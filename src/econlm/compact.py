@@ -130,6 +130,10 @@ class CompactConfig(DataFields):  # a user's data file: by default as the checkp
     threads: int | None = None
     onnx: bool = False  # also time both models in ONNX Runtime (the CLI turns it on when onnxruntime is installed)
     latency_table: str | None = None  # report the speedup this table predicts next to the measured one
+    # Decoders also get what their users feel: prefill of one long prompt, and generation throughput.
+    prefill_length: int = 512
+    decode_tokens: int = 128  # new tokens per greedy generate call (with the KV cache)
+    decode_batches: tuple[int, ...] = (1, 8)
 
     def __post_init__(self) -> None:
         import math
@@ -140,6 +144,8 @@ class CompactConfig(DataFields):  # a user's data file: by default as the checkp
             raise UserError("--calib-examples must be at least 1")
         if self.latency_repeats < 1:
             raise UserError("--latency-repeats must be at least 1")
+        if min(self.prefill_length, self.decode_tokens, *self.decode_batches) < 1:
+            raise UserError("the prefill length, decode tokens and decode batch sizes must be at least 1")
         if self.onnx:
             from econlm.export import require_onnx
 
@@ -279,6 +285,52 @@ def measure_latency(models: dict, tokenizer, config: CompactConfig, workdir: Pat
                 entry["tokens_per_second"] = batch * seq_len / entry["median"]
                 results[runtime][name][f"batch{batch}"] = entry
     return results
+
+
+def measure_decoding(models: dict, config: CompactConfig) -> dict:
+    """What a decoder's users feel, for each model, the models interleaved round by round in one run:
+    ``prefill`` (one forward pass over a batch-1 prompt of ``prefill_length`` tokens) and ``decode_batchN``
+    (greedy ``generate`` of ``decode_tokens`` new tokens with the KV cache from a 16-token prompt, batch N;
+    ``tokens_per_second`` counts the new tokens of the whole batch)."""
+    from econlm.latency import measure_interleaved, model_call, random_inputs
+
+    any_model = next(iter(models.values()))
+    context = getattr(any_model.config, "max_position_embeddings", None) or config.prefill_length
+    prefill = min(config.prefill_length, context)
+    prompt = 16
+    new_tokens = max(1, min(config.decode_tokens, context - prompt))
+    results: dict = {name: {} for name in models}
+    inputs = random_inputs(1, prefill, 100, min(1000, any_model.config.vocab_size))
+    for name, timing in measure_interleaved(
+        {name: model_call(m, inputs) for name, m in models.items()}, warmup=1, repeats=config.latency_repeats
+    ).items():
+        results[name]["prefill"] = {**timing.as_dict(), "tokens": prefill, "batch": 1}
+    for batch in config.decode_batches:
+        ids = random_inputs(batch, prompt, 100, min(1000, any_model.config.vocab_size))["input_ids"]
+        calls = {name: _generate_call(m, ids, new_tokens) for name, m in models.items()}
+        for name, timing in measure_interleaved(calls, warmup=1, repeats=config.latency_repeats).items():
+            entry = timing.as_dict()
+            entry.update({"batch": batch, "new_tokens": new_tokens, "prompt_tokens": prompt})
+            entry["tokens_per_second"] = batch * new_tokens / entry["median"]
+            results[name][f"decode_batch{batch}"] = entry
+    return results
+
+
+def _generate_call(model, ids: torch.Tensor, new_tokens: int):
+    def call():
+        with torch.no_grad():
+            # min_new_tokens: no early stop at an end-of-text token, so every call does the same work
+            model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=getattr(model.config, "pad_token_id", None) or 0,
+            )
+
+    return call
 
 
 def _onnx_forwards(models: dict, tokenizer, workdir: Path) -> dict:
@@ -463,11 +515,14 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     pbar.set_postfix_str("timing both models" + (" in PyTorch and ONNX Runtime" if config.onnx else ""))
     with tempfile.TemporaryDirectory(prefix="econlm-onnx-") as workdir:
         latency = measure_latency({"before": model, "after": compacted}, loaded.tokenizer, config, Path(workdir))
+        decoding = measure_decoding({"before": model, "after": compacted}, config) if loaded.head == "causal-lm" else None
     for name, measured in (("before", before), ("after", after)):
         measured["latency_seconds"] = latency["torch"][name]
         if "onnxruntime" in latency:
             measured["onnxruntime_latency_seconds"] = latency["onnxruntime"][name]
         measured["latency_setup"] = latency_setup(latency_seq_len(model, config), latency)
+        if decoding is not None:
+            measured["decoding"] = decoding[name]
     pbar.update(1)
     pbar.set_postfix_str("saving")
     core_json = core.to_json()
@@ -491,6 +546,11 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
                 f"onnxruntime_speedup_{k}": before["onnxruntime_latency_seconds"][k]["median"]
                 / after["onnxruntime_latency_seconds"][k]["median"]
                 for k in before.get("onnxruntime_latency_seconds", {})
+            },
+            **{
+                f"{k}_speedup": before["decoding"][k]["median"] / after["decoding"][k]["median"]
+                for k in (before.get("decoding") or {})
+                if k != "setup"
             },
         },
         "meta": run_metadata(config=config.__dict__),

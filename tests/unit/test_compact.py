@@ -267,3 +267,35 @@ def test_compact_reports_the_latency_tables_prediction(dead_checkpoint, tmp_path
     argv[argv.index(str(table_path))] = str(tmp_path / "bad.json")
     argv[argv.index(str(out))] = str(tmp_path / "other")
     assert main(argv) == 2 and "malformed" in capsys.readouterr().err
+
+
+def test_a_compacted_gqa_decoder_generates_and_reports_prefill_and_decoding(tmp_path, capsys):
+    from econlm.models import load_model
+
+    path = save_tiny_checkpoint(tmp_path / "llama", family="llama", head="causal-lm")
+    loaded = load_model(str(path))
+    # Layer 0 loses K/V group 0 with both its query heads (0, 1), and 20 FFN neurons.
+    _kill_units(loaded.model.model, {0: [0, 1]}, {0: list(range(20))})
+    loaded.model.save_pretrained(path)
+    data = write_tiny_glue(tmp_path / "data")
+    argv = ["compact", str(path), "--out", str(tmp_path / "small"), "--task", "wikitext2", "--data-dir", str(data),
+            "--eps", "1e-9", "--calib-examples", "4", "--max-length", "16", "--latency-repeats", "2", "--no-onnx",
+            "--prefill-length", "32", "--decode-tokens", "4"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "decoder: prefill" in capsys.readouterr().out
+    report = json.loads((tmp_path / "small" / "compact.json").read_text())
+    assert report["after"]["structure"] == {"heads": [2, 4], "kv_heads": [1, 2], "ffn": [44, 64]}
+    assert report["verification"]["only_exactly_dead_units_removed"]
+    decoding = report["after"]["decoding"]
+    assert decoding["prefill"]["tokens"] == 32 and decoding["prefill"]["repeats"] == 2
+    for batch in (1, 8):
+        entry = decoding[f"decode_batch{batch}"]
+        assert entry["new_tokens"] == 4 and entry["tokens_per_second"] == pytest.approx(batch * 4 / entry["median"])
+        assert report["ratios"][f"decode_batch{batch}_speedup"] > 0
+    # The saved compacted decoder reloads and generates the same tokens as the original (dead units only).
+    small = load_model(str(tmp_path / "small")).model
+    prompt = torch.tensor([[5, 17, 99, 3]])
+    with torch.no_grad():
+        ours = small.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        theirs = loaded.model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours, theirs)
