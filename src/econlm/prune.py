@@ -7,6 +7,8 @@ most important ones, then (optionally) fine-tune briefly. Importance of a unit:
                 columns for a head; its up/gate rows times its down column norm for a neuron);
 ``activation``  its mean |output| on calibration data (the o-projection input slice for a head, the
                 down-projection input for a neuron).
+``wanda``       Wanda-sp / FLAP's structured score: the sum, over the weights that read the unit's output, of
+                |weight| times the L2 norm of that input feature over calibration tokens.
 ``fisher``      the empirical Fisher information of its mask variable on labelled calibration data (Kwon
                 et al. 2022; see :mod:`econlm.fisher`), optionally followed by the least-squares rescaling
                 of the units kept (``rescale=True``), their retraining-free repair.
@@ -60,6 +62,48 @@ def activation_importance(model: nn.Module, batches: list[dict] | None) -> list[
     ]
 
 
+@torch.no_grad()
+def wanda_importance(model: nn.Module, batches: list[dict] | None) -> list[dict[str, torch.Tensor]]:
+    """Per unit: sum over the output projection's weights that read it of |W| x ||input feature||_2, the norm
+    taken over the real tokens of the calibration batches (Wanda's score, summed over a structure)."""
+    from econlm.activations import TokenMask
+
+    if not batches:
+        raise ValueError("Wanda importance needs calibration batches")
+    fam = arch.family(model.config)
+    head_dim = arch.shape(model.config).head_dim
+    tokens = TokenMask()
+    squares: dict[tuple[str, int], torch.Tensor] = {}
+    handles = []
+
+    def record(key):
+        def hook(module, args):
+            x = tokens.select(args[0]).double()
+            squares[key] = squares.get(key, 0) + x.pow(2).sum(dim=0)
+
+        return hook
+
+    try:
+        for i, block in enumerate(arch.blocks(model)):
+            handles.append(block.get_submodule(fam.ffn_down).register_forward_pre_hook(record(("neurons", i))))
+            handles.append(block.get_submodule(fam.o).register_forward_pre_hook(record(("heads", i))))
+        for batch in batches:
+            tokens.set(batch.get("attention_mask"))
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = []
+    for i, block in enumerate(arch.blocks(model)):
+        scores = {}
+        for kind, module, group in (("neurons", fam.ffn_down, 1), ("heads", fam.o, head_dim)):
+            weights = arch.in_columns(block.get_submodule(module)).double().abs()  # (in features, out)
+            per_feature = weights.sum(dim=1) * squares[(kind, i)].sqrt()  # sum_j |W_jf| * ||x_f||
+            scores[kind] = per_feature.view(-1, group).sum(dim=1).float()
+        out.append(scores)
+    return out
+
+
 def fisher_importance(model: nn.Module, batches: list[dict] | None) -> list[dict[str, torch.Tensor]]:
     from econlm.fisher import fisher_importance as fisher
 
@@ -69,7 +113,12 @@ def fisher_importance(model: nn.Module, batches: list[dict] | None) -> list[dict
 # Importance criteria: (model, calibration batches or None) -> per layer {"heads": (H,), "neurons": (F,)}.
 IMPORTANCE = Registry(
     "importance",
-    {"magnitude": magnitude_importance, "activation": activation_importance, "fisher": fisher_importance},
+    {
+        "magnitude": magnitude_importance,
+        "activation": activation_importance,
+        "wanda": wanda_importance,
+        "fisher": fisher_importance,
+    },
 )
 
 

@@ -90,3 +90,28 @@ def test_rescaling_makes_up_for_a_removed_duplicate_neuron_and_head(monkeypatch)
         off = (plain(**batch).last_hidden_state - reference).abs().max()
         torch.testing.assert_close(repaired(**batch).last_hidden_state, reference, rtol=1e-3, atol=1e-3)
     assert off > 1e-2, "without the repair the output changes"
+
+
+def test_wanda_scores_are_weight_magnitude_times_input_norm_summed_over_the_unit():
+    from econlm.prune import wanda_importance
+
+    model = tiny_model("bert")
+    batch = padded_batch("bert")
+    seen = {}
+    block = model.encoder.layer[1]
+    hooks = [
+        block.output.dense.register_forward_pre_hook(lambda m, a: seen.__setitem__("down", a[0])),
+        block.attention.output.dense.register_forward_pre_hook(lambda m, a: seen.__setitem__("o", a[0])),
+    ]
+    with torch.no_grad():
+        model(**batch)
+    for h in hooks:
+        h.remove()
+    real = batch["attention_mask"].bool()
+    scores = wanda_importance(model, [batch])[1]
+    down_in = seen["down"][real].double()  # (21 real tokens, 64)
+    expected = block.output.dense.weight.double().abs().sum(dim=0) * down_in.pow(2).sum(dim=0).sqrt()
+    torch.testing.assert_close(scores["neurons"], expected.float(), rtol=1e-5, atol=1e-7)
+    o_in = seen["o"][real].double()  # (21, 4 heads x 8)
+    per_feature = block.attention.output.dense.weight.double().abs().sum(dim=0) * o_in.pow(2).sum(dim=0).sqrt()
+    torch.testing.assert_close(scores["heads"], per_feature.view(4, 8).sum(dim=1).float(), rtol=1e-5, atol=1e-7)

@@ -53,7 +53,7 @@ def test_unknown_names_share_one_error():
     [
         ("econlm.data", "TASKS", "sst", "unknown task 'sst'; valid: cola, "),
         ("econlm.cost", "COSTS", "flop", "unknown cost 'flop'; valid: attn_entropy, "),
-        ("econlm.prune", "IMPORTANCE", "magnitud", "unknown importance 'magnitud'; valid: activation, fisher, magnitude."),
+        ("econlm.prune", "IMPORTANCE", "magnitud", "unknown importance 'magnitud'; valid: activation, fisher, magnitude, wanda."),
         ("econlm.models", "ALIASES", "MiniLM", "unknown model alias 'MiniLM'; valid: minilm, smollm2."),
         ("econlm.arch", "FAMILIES", "bret", "unknown model type 'bret'; valid: bert, distilbert, "),
     ],
