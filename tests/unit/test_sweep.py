@@ -133,18 +133,16 @@ def test_two_sweep_files_sharing_a_folder_keep_each_others_results(tiny, tmp_pat
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
 
 
+def _base(tiny, **extra) -> dict:
+    """The base settings of the in-code sweeps: a tiny model on a tiny SST-2, one quick epoch."""
+    base = {"model": str(tiny["model"]), "task": "sst2", "epochs": 1, "lr": 1e-3, "batch_size": 16}
+    return {**base, "max_length": 32, "data_dir": str(tiny["data"]), **extra}
+
+
 def test_a_sweep_built_in_code_is_validated_like_a_file_and_runs(tiny, tmp_path):
     from econlm.sweep import SweepConfig, run_sweep, sweep_config
 
-    base = {
-        "model": str(tiny["model"]),
-        "task": "sst2",
-        "epochs": 1,
-        "lr": 1e-3,
-        "batch_size": 16,
-        "max_length": 32,
-        "data_dir": str(tiny["data"]),
-    }
+    base = _base(tiny)
     with pytest.raises(UserError, match=r"sweep config \[grid.lam.0\]: 'lam' must be a number, not 'abc'"):
         run_sweep({"base": base, "grid": {"lam": ["abc"]}}, tmp_path / "bad")
     with pytest.raises(UserError, match="defines no trial"):
@@ -164,16 +162,7 @@ def test_a_sweep_built_in_code_is_validated_like_a_file_and_runs(tiny, tmp_path)
 def test_distill_trials_train_against_the_plain_fine_tune_of_the_same_seed(tiny, tmp_path):
     from econlm.sweep import run_sweep
 
-    base = {
-        "model": str(tiny["model"]),
-        "task": "sst2",
-        "epochs": 1,
-        "lr": 1e-3,
-        "batch_size": 16,
-        "max_length": 32,
-        "data_dir": str(tiny["data"]),
-        "seed": 3,
-    }
+    base = _base(tiny, seed=3)
     sweep = {"base": base, "trials": [{"lam": 0.1, "cost": ["ffn_l1"], "distill": True}], "grid": {"lam": [0]}}
     results = {r["id"]: r for r in run_sweep(sweep, tmp_path / "run", progress=False)}
     assert all(r["status"] == "ok" for r in results.values()) and len(results) == 2
@@ -208,16 +197,7 @@ def test_a_missing_teacher_is_trained_first():
 def test_posthoc_rivals_fisher_rescaled_matched_and_untrained_report_their_training(tiny, tmp_path):
     from econlm.sweep import run_sweep
 
-    base = {
-        "model": str(tiny["model"]),
-        "task": "sst2",
-        "lr": 1e-3,
-        "batch_size": 16,
-        "max_length": 32,
-        "data_dir": str(tiny["data"]),
-        "seed": 5,
-        "epochs": 4,
-    }
+    base = _base(tiny, seed=5, epochs=4)
     sweep = {
         "base": base,
         "trials": [
