@@ -48,10 +48,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_data_flags(p, splits: tuple[str, ...]) -> None:
     """Flags that describe a user's own data file (--task FILE): columns, type, metric, split files."""
+    from econlm.userdata import TASK_TYPES
+
     g = p.add_argument_group("your own data (--task FILE: .csv, .tsv, .jsonl, a save_to_disk folder or a .txt corpus)")
     g.add_argument("--text-columns", default=None, help="the text column, or two for pairs: A[,B] (default: text)")
     g.add_argument("--label-column", default=None, help="the label column (default: label)")
-    g.add_argument("--task-type", default=None, choices=("classification", "regression", "lm"),
+    g.add_argument("--task-type", default=None, choices=TASK_TYPES,
                    help="default: from the labels (class names or ids: classification; scores: regression)")
     g.add_argument("--metric", default=None, help="the headline metric (default by task type)")
     if "train" in splits:
@@ -60,11 +62,9 @@ def _add_data_flags(p, splits: tuple[str, ...]) -> None:
 
 
 def _data_fields(args) -> dict:
-    return {
-        k: getattr(args, k)
-        for k in ("train_file", "dev_file", "text_columns", "label_column", "task_type", "metric")
-        if hasattr(args, k) and getattr(args, k) is not None
-    }
+    from econlm.userdata import DATA_FIELDS
+
+    return {k: getattr(args, k) for k in DATA_FIELDS if getattr(args, k, None) is not None}
 
 
 def _add_probe(sub) -> None:

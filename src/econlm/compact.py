@@ -19,7 +19,7 @@ the largest difference is reported either way.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -136,8 +136,6 @@ class CompactConfig(DataFields):  # a user's data file: by default as the checkp
     decode_batches: tuple[int, ...] = (1, 8)
 
     def __post_init__(self) -> None:
-        import math
-
         if not (math.isfinite(self.eps) and self.eps > 0):
             raise UserError(f"--eps must be a positive number (an activation threshold), not {self.eps}")
         if self.calib_examples < 1:
@@ -370,8 +368,12 @@ def run_compact(config: CompactConfig, progress: bool = True) -> dict:
     check_spec(config.checkpoint)
     if config.threads:
         torch.set_num_threads(config.threads)
-    with bar(total=6, desc=f"compact {config.checkpoint}", unit="stage", enabled=progress) as pbar:
+    with bar(total=5, desc=f"compact {config.checkpoint}", unit="stage", enabled=progress) as pbar:
         return _compact(config, out, pbar)
+
+
+class NothingToRemove(UserError):
+    """No head or neuron is gated off or below eps: compaction would write a copy of the model."""
 
 
 @dataclass(frozen=True)
@@ -475,10 +477,10 @@ def compact_model(
 
 def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     import os
-    import shutil
     import tempfile
 
     from econlm import data
+    from econlm.checkpoint import staging_dir, tensor_bytes
     from econlm.models import load_model
     from econlm.runinfo import run_metadata, write_json
 
@@ -486,21 +488,22 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     loaded = load_model(config.checkpoint)
     model = loaded.model
     trained = (getattr(model.config, "econlm", None) or {}).get("train", {})
+    as_trained = {}
     if config.task is None and trained.get("task"):
         # The task it was trained on, read as it was then (a user's file with its columns and splits).
         from econlm.userdata import DATA_FIELDS
 
-        as_trained = {k: trained[k] for k in DATA_FIELDS if trained.get(k)}
-        config = CompactConfig(**{**config.__dict__, "task": trained["task"], **as_trained})
+        as_trained = {k: trained[k] for k in ("task", *DATA_FIELDS) if trained.get(k)}
+    if config.data_dir is None and trained.get("data_dir"):
+        as_trained["data_dir"] = trained["data_dir"]
+    config = replace(config, **as_trained) if as_trained else config
     if config.task is None:
         raise UserError("the checkpoint does not say which task it was trained on; pass --task for calibration")
     task = data.get_task(config.task)
-    if config.data_dir is None and trained.get("data_dir"):
-        config = CompactConfig(**{**config.__dict__, "data_dir": trained["data_dir"]})
     batches = _calibration_batches(loaded, task, config)
     compacted, core = compact_model(model, batches, config.eps, seq_len=latency_seq_len(model, config))
     if not core.removed_anything:
-        raise UserError(
+        raise NothingToRemove(
             f"nothing to remove in {config.checkpoint}: no head or FFN neuron is gated off or stays at or below "
             f"|a| <= {config.eps:g} on {config.calib_examples} calibration examples; nothing was written"
         )
@@ -508,7 +511,6 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     pbar.set_postfix_str("scoring the original")
     before = measure_model(model, loaded, task, config, loaded.head)
     pbar.update(1)
-    pbar.update(1)  # removing and verifying happened in compact_model
     pbar.set_postfix_str("scoring the compacted model")
     after = measure_model(compacted, loaded, task, config, loaded.head)
     pbar.update(1)
@@ -558,16 +560,14 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     if config.latency_table:
         report["latency_table"] = _table_prediction(config, model, before, after)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        compacted.config.econlm = {**(getattr(model.config, "econlm", None) or {}), "compact": report["removed"]}
+    compacted.config.econlm = {**(getattr(model.config, "econlm", None) or {}), "compact": report["removed"]}
+    # Written beside --out and renamed into place: a failed write (a full disk) leaves no half-written model.
+    with staging_dir(out.parent, f".{out.name}-", tensor_bytes(compacted.state_dict())) as staging:
         save_model(compacted, loaded.tokenizer, staging)
         write_json(staging / "compact.json", report)
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     pbar.update(1)
     return report
 

@@ -162,6 +162,10 @@ class Flops(CostTerm):
     def ffn_activation(self, layer: int, x: torch.Tensor) -> None:
         self.seq_len = x.shape[1]  # the batch's sequence length sets the attention part's cost
 
+    def kv_open(self, layer: int, p: torch.Tensor) -> torch.Tensor:
+        """Probability each K/V head of ``layer`` is needed: while any query head that reads it is open."""
+        return 1 - (1 - p.view(self.structure.kv_heads[layer], -1)).prod(-1)
+
     def expected(self) -> dict[str, tuple[torch.Tensor, float]]:
         """Per component: (expected MACs per token of open units, dense MACs per token), at ``seq_len``."""
         from econlm.flops import unit_macs_per_token
@@ -174,10 +178,9 @@ class Flops(CostTerm):
             for i, gate in enumerate(self.gates.heads):
                 unit = unit_macs_per_token(self.structure, i, self.seq_len)
                 p = gate.prob_open()  # (H,)
-                groups = p.view(self.structure.kv_heads[i], -1)  # query heads sharing a K/V head
-                kv_open = 1 - (1 - groups).prod(-1)  # a K/V head is needed while any of its queries is
+                kv_open = self.kv_open(i, p)
                 expected = expected + unit["query_head"] * p.sum() + unit["kv_head"] * kv_open.sum()
-                dense += unit["query_head"] * p.numel() + unit["kv_head"] * groups.shape[0]
+                dense += unit["query_head"] * p.numel() + unit["kv_head"] * kv_open.numel()
             out["attention"] = (expected, dense)
         if self.gates.neurons is not None:
             expected = torch.zeros((), device=device)
@@ -217,20 +220,16 @@ class Latency(Flops):
         groups, neurons = [], []
         if self.gates.heads is not None:
             for i, gate in enumerate(self.gates.heads):
-                per_group = gate.prob_open().view(self.structure.kv_heads[i], -1)
-                groups.append((1 - (1 - per_group).prod(-1)).sum())  # a group is needed while any query is
+                groups.append(self.kv_open(i, gate.prob_open()).sum())
         if self.gates.neurons is not None:
             neurons = [gate.prob_open().sum() for gate in self.gates.neurons]
         return groups, neurons
 
     def value(self, weights: dict[str, float]) -> torch.Tensor:
-        from econlm.latency_table import interpolate
+        from econlm.latency_table import expected_savings
 
-        groups, neurons = self.expected_kept()
+        saved_attention, saved_ffn = expected_savings(self.table, *self.expected_kept())
         dense = self.table.dense_seconds
-        zero = torch.zeros((), device=_device(self.model))
-        saved_attention = sum((interpolate(k, self.table.attention) for k in groups), zero)
-        saved_ffn = sum((interpolate(k, self.table.ffn) for k in neurons), zero)
         self.share_tensor = (dense - saved_attention - saved_ffn) / dense
         self._last_share = float(self.share_tensor.detach())
         return (dense - weights["attention"] * saved_attention - weights["ffn"] * saved_ffn) / dense

@@ -74,21 +74,25 @@ def _texts(texts_a, texts_b) -> tuple[list[str], ...]:
     return (list(texts_a),) if texts_b is None else (list(texts_a), list(texts_b))
 
 
-def too_long(tokenizer, texts_a, texts_b, max_length: int) -> list[bool]:
-    """For each example (a text or a pair), whether it has more than ``max_length`` tokens uncut.
+def encode(tokenizer, texts_a, texts_b, max_length: int):
+    """Token ids (and token types, or None) cut to ``max_length``, and which examples were cut.
 
-    Tokenizing without truncation is the only way to know what truncation removes; verbose=False keeps
-    the tokenizer from warning about sequences longer than the model takes.
+    One pass without truncation says what truncation removes (verbose=False: no warning about sequences
+    longer than the model takes); only the examples that are too long are encoded again, cut.
     """
-    full = tokenizer(*_texts(texts_a, texts_b), verbose=False)["input_ids"]
-    return [len(ids) > max_length for ids in full]
-
-
-def _encode(tokenizer, texts_a, texts_b, max_length: int):
-    """Token ids (and token types) cut to ``max_length``, and which examples were cut."""
-    encoded = tokenizer(*_texts(texts_a, texts_b), truncation=True, max_length=max_length)
-    cut = too_long(tokenizer, texts_a, texts_b, max_length)
-    return encoded["input_ids"], encoded.get("token_type_ids"), cut
+    full = tokenizer(*_texts(texts_a, texts_b), verbose=False)
+    ids, types = list(full["input_ids"]), full.get("token_type_ids")
+    types = list(types) if types is not None else None
+    cut = [len(x) > max_length for x in ids]
+    long = [i for i, c in enumerate(cut) if c]
+    if long:
+        pairs = None if texts_b is None else [texts_b[i] for i in long]
+        short = tokenizer([texts_a[i] for i in long], pairs, truncation=True, max_length=max_length)
+        for j, i in enumerate(long):
+            ids[i] = short["input_ids"][j]
+            if types is not None:
+                types[i] = short["token_type_ids"][j]
+    return ids, types, cut
 
 
 def _padded_batches(tokenizer, input_ids, token_types, batch_size) -> Iterator[tuple[list[int], dict]]:
@@ -144,7 +148,7 @@ def score_glue(
     else:
         predictions = [None] * len(examples)
         texts_b = [e.text_b for e in examples] if pair else None
-        input_ids, token_types, cut = _encode(tokenizer, [e.text_a for e in examples], texts_b, max_length)
+        input_ids, token_types, cut = encode(tokenizer, [e.text_a for e in examples], texts_b, max_length)
         for indices, batch in _padded_batches(tokenizer, input_ids, token_types, batch_size):
             batch = batch.to(device)
             if on_inputs:
@@ -178,7 +182,7 @@ def _mean_pooled(model, tokenizer, texts, max_length, batch_size, device, hooks)
     """Mean-pooled embeddings of ``texts``, and which texts were cut to ``max_length``."""
     on_inputs, on_batch = hooks
     out = torch.empty(len(texts), model.config.hidden_size)
-    input_ids, _, cut = _encode(tokenizer, texts, None, max_length)
+    input_ids, _, cut = encode(tokenizer, texts, None, max_length)
     for indices, batch in _padded_batches(tokenizer, input_ids, None, batch_size):
         batch = batch.to(device)
         if on_inputs:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from econlm.errors import UserError
+from econlm.progress import quiet_exporter
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "output"
@@ -88,14 +89,15 @@ class _SingleOutput(nn.Module):
         super().__init__()
         self.model = model
         self.inputs = inputs
-        self.is_decoder = bool(getattr(model.config, "is_decoder", False)) or hasattr(model, "generate")
+        self.output = ""  # logits or last_hidden_state: what forward returned
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         kwargs = dict(zip(self.inputs, tensors))
         if "use_cache" in inspect.signature(self.model.forward).parameters:
             kwargs["use_cache"] = False  # one full forward pass; the KV cache is a generation concern
         out = self.model(**kwargs)
-        return out.logits if hasattr(out, "logits") else out.last_hidden_state
+        self.output = "logits" if hasattr(out, "logits") else "last_hidden_state"
+        return getattr(out, self.output)
 
 
 def model_inputs(model: nn.Module, tokenizer) -> tuple[str, ...]:
@@ -142,7 +144,7 @@ def export_onnx(
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:
-        with torch.no_grad(), _quiet_exporter():
+        with torch.no_grad(), quiet_exporter():
             torch.onnx.export(
                 wrapper,
                 tuple(example[n] for n in names),
@@ -159,10 +161,9 @@ def export_onnx(
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    output = "logits" if _has_logits(model) else "last_hidden_state"
     return ExportReport(
         path=str(path),
-        output=output,
+        output=wrapper.output,
         inputs=names,
         dynamic_axes={name: {"0": "batch", "1": "sequence"} for name in names},
         opset=opset,
@@ -171,10 +172,6 @@ def export_onnx(
         max_abs_difference=difference,
         tolerance=tolerance,
     )
-
-
-def _has_logits(model: nn.Module) -> bool:
-    return any(hasattr(model, attr) for attr in ("classifier", "lm_head", "score"))
 
 
 def _check(onnx_path: str, wrapper: nn.Module, tokenizer, names) -> tuple[tuple[tuple[int, int], ...], float]:
@@ -213,27 +210,3 @@ def onnx_forward(session, inputs: dict[str, torch.Tensor]):
     """One forward pass in ONNX Runtime; int64 numpy inputs, the single output as a numpy array."""
     feeds = {i.name: inputs[i.name].to(torch.int64).numpy() for i in session.get_inputs()}
     return session.run(None, feeds)[0]
-
-
-class _quiet_exporter:
-    """The exporter prints progress lines and warnings for optional packages (torchvision) on every call."""
-
-    def __enter__(self):
-        import contextlib
-        import io
-        import logging
-        import warnings
-
-        self._stack = contextlib.ExitStack()
-        self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-        self._stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore")
-        logger = logging.getLogger("torch.onnx")
-        previous = logger.level
-        logger.setLevel(logging.ERROR)
-        self._stack.callback(logger.setLevel, previous)
-        return self
-
-    def __exit__(self, *exc):
-        self._stack.close()
-        return False

@@ -31,22 +31,20 @@ RIDGE = 1e-4  # relative to the mean diagonal of the system matrix: keeps the so
 @contextmanager
 def mask_hooks(model: nn.Module, masks: dict[str, list[torch.Tensor]]) -> Iterator[None]:
     """Multiply each head's output-projection input slice and each neuron's activation by its mask."""
+    from econlm.gates import scale_input_hook
+
     fam = arch.family(model.config)
     head_dim = arch.shape(model.config).head_dim
-
-    def scale(mask: torch.Tensor, group: int):
-        def hook(module, args):
-            x, *rest = args
-            shape = x.shape
-            return ((x.view(*shape[:-1], mask.shape[0], group) * mask.to(x.dtype).unsqueeze(-1)).view(shape), *rest)
-
-        return hook
-
     handles = []
     try:
         for i, block in enumerate(arch.blocks(model)):
-            handles.append(block.get_submodule(fam.o).register_forward_pre_hook(scale(masks["heads"][i], head_dim)))
-            handles.append(block.get_submodule(fam.ffn_down).register_forward_pre_hook(scale(masks["neurons"][i], 1)))
+            heads, neurons = masks["heads"][i], masks["neurons"][i]
+            handles.append(
+                block.get_submodule(fam.o).register_forward_pre_hook(scale_input_hook(lambda m=heads: m, head_dim))
+            )
+            handles.append(
+                block.get_submodule(fam.ffn_down).register_forward_pre_hook(scale_input_hook(lambda m=neurons: m, 1))
+            )
         yield
     finally:
         for handle in handles:
@@ -58,12 +56,11 @@ def _examples(batch: dict) -> Iterator[dict]:
     size = batch["input_ids"].shape[0]
     mask = batch.get("attention_mask")
     for i in range(size):
-        keep = int(mask[i].sum()) if mask is not None else batch["input_ids"].shape[1]
         one = {}
         for key, value in batch.items():
             row = value[i : i + 1]
-            if row.dim() >= 2 and key != "labels" or key == "labels" and row.dim() == 2:
-                row = row[:, :keep] if mask is None or mask[i, :keep].all() else row[:, mask[i].bool()]
+            if mask is not None and row.dim() == 2:  # token-level inputs (and LM labels): real tokens only
+                row = row[:, mask[i].bool()]
             one[key] = row
         yield one
 
@@ -75,14 +72,17 @@ def fisher_importance(model: nn.Module, batches: Sequence[dict] | None) -> list[
         raise ValueError("Fisher importance needs calibration batches with labels")
     if any("labels" not in b for b in batches):
         raise UserError("Fisher importance needs labelled calibration data (the gradient of the task loss)")
-    shape = arch.shape(model.config)
-    layers = len(arch.blocks(model))
+    from econlm.flops import Structure
+
+    structure = Structure.of_model(model)  # the real per-layer widths (a compacted model has its own)
+    layers = len(structure.heads)
     device = next(model.parameters()).device
     masks = {
-        "heads": [torch.ones(shape.heads, requires_grad=True, device=device) for _ in range(layers)],
-        "neurons": [torch.ones(n, requires_grad=True, device=device) for n in _ffn_widths(model)],
+        "heads": [torch.ones(h, requires_grad=True, device=device) for h in structure.heads],
+        "neurons": [torch.ones(f, requires_grad=True, device=device) for f in structure.ffn],
     }
     fisher = {kind: [torch.zeros_like(m) for m in masks[kind]] for kind in masks}
+    variables, sums = masks["heads"] + masks["neurons"], fisher["heads"] + fisher["neurons"]
     was_training = model.training
     model.eval()  # dropout off: the gradient of the model as it will be used
     try:
@@ -90,19 +90,11 @@ def fisher_importance(model: nn.Module, batches: Sequence[dict] | None) -> list[
             for batch in batches:
                 for example in _examples(batch):
                     loss = model(**{k: v.to(device) for k, v in example.items()}).loss
-                    flat = masks["heads"] + masks["neurons"]
-                    grads = torch.autograd.grad(loss, flat)
-                    for kind, offset in (("heads", 0), ("neurons", layers)):
-                        for i in range(layers):
-                            fisher[kind][i] += grads[offset + i].detach().pow(2)
+                    for total, grad in zip(sums, torch.autograd.grad(loss, variables)):
+                        total += grad.detach().pow(2)
     finally:
         model.train(was_training)
     return [{"heads": fisher["heads"][i], "neurons": fisher["neurons"][i]} for i in range(layers)]
-
-
-def _ffn_widths(model: nn.Module) -> list[int]:
-    fam = arch.family(model.config)
-    return [arch.in_features(block.get_submodule(fam.ffn_down)) for block in arch.blocks(model)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -171,13 +163,15 @@ def solve_scales(system: torch.Tensor, keep: Sequence[int], ridge: float = RIDGE
 def rescale_kept_units(model: nn.Module, plans, grams: list[dict[str, torch.Tensor]]) -> list[dict[str, list[float]]]:
     """Scale the kept units of an already pruned ``model`` (``plans`` say which were kept, in the original
     numbering; ``grams`` come from the model before pruning). Returns the scales per layer."""
+    from econlm.gates import scale_input_columns
+
     fam = arch.family(model.config)
     head_dim = arch.shape(model.config).head_dim
     applied = []
     for i, (block, plan) in enumerate(zip(arch.blocks(model), plans)):
         neuron_scale = solve_scales(grams[i]["neurons"], plan.keep_neurons).float()
         head_scale = solve_scales(grams[i]["heads"], plan.keep_heads).float()
-        arch.in_columns(block.get_submodule(fam.ffn_down)).mul_(neuron_scale.unsqueeze(1))
-        arch.in_columns(block.get_submodule(fam.o)).mul_(head_scale.repeat_interleave(head_dim).unsqueeze(1))
+        scale_input_columns(block.get_submodule(fam.ffn_down), neuron_scale)
+        scale_input_columns(block.get_submodule(fam.o), head_scale.repeat_interleave(head_dim))
         applied.append({"heads": head_scale.tolist(), "neurons": neuron_scale.tolist()})
     return applied

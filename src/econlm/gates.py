@@ -15,7 +15,7 @@ down projections and removes the module, leaving a standard checkpoint that comp
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -82,12 +82,13 @@ def get_gates(model: nn.Module) -> ModelGates | None:
     return getattr(model, ATTRIBUTE, None)
 
 
-def _scale_input_hook(gate: HardConcrete, group: int):
-    """A forward pre-hook multiplying the last dim of the input, in groups of ``group``, by the gate sample."""
+def scale_input_hook(scales: Callable[[], torch.Tensor], group: int):
+    """A forward pre-hook multiplying the last dim of the input, in groups of ``group``, by ``scales()`` (n,):
+    a gate's sample, or a fixed mask."""
 
     def hook(module, args):
         (x, *rest) = args
-        z = gate()  # (n,)
+        z = scales()  # (n,)
         shape = x.shape
         scaled = (x.view(*shape[:-1], z.shape[0], group) * z.to(x.dtype).unsqueeze(-1)).view(shape)
         return (scaled, *rest)
@@ -109,17 +110,17 @@ def gates_active(model: nn.Module) -> Iterator[ModelGates | None]:
         for i, block in enumerate(arch.blocks(model)):
             if gates.heads is not None:
                 o_proj = block.get_submodule(fam.o)
-                handles.append(o_proj.register_forward_pre_hook(_scale_input_hook(gates.heads[i], head_dim)))
+                handles.append(o_proj.register_forward_pre_hook(scale_input_hook(gates.heads[i], head_dim)))
             if gates.neurons is not None:
                 down = block.get_submodule(fam.ffn_down)
-                handles.append(down.register_forward_pre_hook(_scale_input_hook(gates.neurons[i], 1)))
+                handles.append(down.register_forward_pre_hook(scale_input_hook(gates.neurons[i], 1)))
         yield gates
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _scale_input_columns(module: nn.Module, scale: torch.Tensor) -> None:
+def scale_input_columns(module: nn.Module, scale: torch.Tensor) -> None:
     """Multiply the weights that read input feature ``j`` by ``scale[j]``."""
     with torch.no_grad():
         arch.in_columns(module).mul_(scale.to(module.weight.dtype).unsqueeze(1))  # (in, out), a view
@@ -157,8 +158,8 @@ def fold_gates(model: nn.Module) -> dict[str, list[list[float]]]:
     for i, block in enumerate(arch.blocks(model)):
         if "heads" in values:
             z = torch.tensor(values["heads"][i]).repeat_interleave(head_dim)
-            _scale_input_columns(block.get_submodule(fam.o), z)
+            scale_input_columns(block.get_submodule(fam.o), z)
         if "neurons" in values:
-            _scale_input_columns(block.get_submodule(fam.ffn_down), torch.tensor(values["neurons"][i]))
+            scale_input_columns(block.get_submodule(fam.ffn_down), torch.tensor(values["neurons"][i]))
     delattr(model, ATTRIBUTE)
     return values

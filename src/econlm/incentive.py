@@ -11,7 +11,7 @@ In the spirit of PEFT's ``get_peft_model(model, config)``::
             tax.begin(batch["attention_mask"])
             out = model(**batch)
             loss = tax.loss(out.loss)          # the task loss plus the priced cost (and the budget anchor)
-            loss.backward(); optimizer.step(); optimizer.zero_grad()
+            loss.backward(); optimizer.step(); optimizer.zero_grad()   # fixed gates get no gradient
             tax.step()                         # the price moves (controller) or follows its schedule
     print(tax.metrics())
     report = tax.finalize()                    # fold the gates into the weights; the model is plain again
@@ -73,6 +73,8 @@ class TaxConfig:
 
         if self.cost_reduction not in REDUCTIONS:
             raise UserError(f"--cost-reduction must be one of {', '.join(REDUCTIONS)}, not {self.cost_reduction!r}")
+        if {"flops", "latency"} <= set(self.cost):
+            raise UserError("flops and latency price the same gates; choose one of them")
         if "latency" in self.cost and not self.latency_table:
             raise UserError("--cost latency needs --latency-table FILE (make one with econlm latency-table)")
         for name in ("gate_freeze", "budget_warmup"):
@@ -88,9 +90,8 @@ class TaxConfig:
 
     @classmethod
     def from_settings(cls, settings) -> TaxConfig:
-        """The tax part of any object or dict that carries these fields (a TrainConfig, a sweep trial)."""
-        get = settings.get if isinstance(settings, dict) else lambda k, d: getattr(settings, k, d)
-        return cls(**{f.name: get(f.name, f.default) for f in fields(cls)})
+        """The tax part of a config that carries these fields (a TrainConfig)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 class Incentive:
@@ -108,6 +109,8 @@ class Incentive:
 
             table = load_table(config.latency_table)
             check_table(table, model.config, config.latency_table)
+            if config.budget is not None:
+                _check_reachable(config, table)  # before the meter adds gates to the model
         self.meter = CostMeter(
             model,
             config.cost,
@@ -125,8 +128,6 @@ class Incentive:
         self._stack = None
         self._freeze_hooks: list = []
         self._finalized: dict | None = None
-        if config.budget is not None and table is not None:
-            _check_reachable(config, table)
 
     # -- setup ------------------------------------------------------------------------------------------
 
@@ -200,14 +201,6 @@ class Incentive:
             total = total + 0.5 * self.config.budget_rho * (self.reading.share_tensor - self.price.target()) ** 2
         self.task_loss, self.total_loss = task_loss, total
         return total
-
-    def drop_frozen_gate_gradients(self) -> None:
-        """After backward: fixed gates keep their values (parameters stay registered, which DDP needs). Once
-        frozen this already happens as each gradient is accumulated (see ``_freeze_gates_if_due``), so the
-        gates count neither in gradient clipping nor in the optimizer; calling it again is harmless."""
-        if self.frozen:
-            for p in self.gate_parameters():
-                p.grad = None
 
     def step(self, share: float | None = None) -> float:
         """Call after the optimizer step; ``share`` overrides the measured compute share (averaged over
@@ -306,13 +299,10 @@ def _check_reachable(config: TaxConfig, table) -> None:
     from econlm.cost import target_components
 
     components = target_components(config.target)
-    layers = table.model["layers"]
-    saved = 0.0
-    if "attention" in components:
-        saved += layers * table.attention.at(1)  # one K/V group must stay per layer
-    if "ffn" in components:
-        saved += layers * table.ffn.at(1)
-    floor = (table.dense_seconds - saved) / table.dense_seconds
+    model, layers = table.model, table.model["layers"]
+    heads = [table.group if "attention" in components else model["heads"]] * layers  # one K/V group stays
+    ffn = [1 if "ffn" in components else model["intermediate"]] * layers
+    floor = table.predict(heads, ffn) / table.dense_seconds
     if config.budget < floor:
         raise UserError(
             f"--budget {config.budget} is below what this latency table says removing units can reach "

@@ -16,12 +16,13 @@ Predicted latency of a structure with ``h_l`` heads and ``f_l`` neurons in layer
 
     T = T_dense - sum_l attention_saved(h_l) - sum_l ffn_saved(f_l)
 
-:func:`expected_share` is the same in torch, at expected kept counts, so gates can be priced by it.
+:func:`expected_savings` is the same in torch, at expected kept counts, so gates can be priced by it.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import sys
@@ -117,26 +118,35 @@ def fit_curve(kept: Sequence[int], saved: Sequence[float]) -> Curve:
 
 def interpolate(k: torch.Tensor, curve: Curve) -> torch.Tensor:
     """Saved seconds at (possibly fractional) ``k`` kept units, linear between measured points; below the
-    smallest measured count the first segment's slope continues (differentiable almost everywhere)."""
-    xs = torch.tensor(curve.kept, dtype=k.dtype if k.is_floating_point() else torch.float32, device=k.device)
-    ys = torch.tensor(curve.saved, dtype=xs.dtype, device=k.device)
+    smallest measured count the first segment's slope continues, above the largest nothing is saved
+    (differentiable almost everywhere; no host round trip, so it costs nothing extra in a training step)."""
+    xs, ys = _points(curve, k.dtype if k.is_floating_point() else torch.float32, k.device)
     if len(xs) == 1:
         return ys[0] + 0 * k
     index = torch.clamp(torch.searchsorted(xs, k.detach().reshape(1), right=True) - 1, 0, len(xs) - 2)[0]
     x0, x1, y0, y1 = xs[index], xs[index + 1], ys[index], ys[index + 1]
-    value = y0 + (y1 - y0) * (k - x0) / (x1 - x0)
-    return torch.clamp(value, min=0.0) if float(k.detach()) <= float(xs[-1]) else ys[-1] + 0 * k
+    value = (y0 + (y1 - y0) * (k - x0) / (x1 - x0)).clamp_min(0.0)
+    return torch.where(k <= xs[-1], value, ys[-1] + 0 * k)
 
 
-def expected_share(table: LatencyTable, kept_groups: Sequence[torch.Tensor], kept_neurons: Sequence[torch.Tensor]):
-    """Expected latency of a gated model as a share of the dense latency (a tensor with gradients).
+@functools.lru_cache(maxsize=64)
+def _points(curve: Curve, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A curve's measured points as tensors, made once per curve, dtype and device."""
+    return torch.tensor(curve.kept, dtype=dtype, device=device), torch.tensor(curve.saved, dtype=dtype, device=device)
+
+
+def expected_savings(
+    table: LatencyTable, kept_groups: Sequence[torch.Tensor], kept_neurons: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seconds the attention and the FFNs of a gated model save against the dense model (tensors with gradients).
 
     ``kept_groups[l]``: expected open K/V groups (= heads without GQA) of layer l; ``kept_neurons[l]``: expected
     open FFN neurons. Empty sequences leave that component dense.
     """
-    saved = sum((interpolate(k, table.attention) for k in kept_groups), torch.zeros(()))
-    saved = saved + sum((interpolate(k, table.ffn) for k in kept_neurons), torch.zeros(()))
-    return (table.dense_seconds - saved) / table.dense_seconds
+    device = next((k.device for k in (*kept_groups, *kept_neurons)), None)
+    zero = torch.zeros((), device=device)
+    attention = sum((interpolate(k, table.attention) for k in kept_groups), zero)
+    return attention, sum((interpolate(k, table.ffn) for k in kept_neurons), zero)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -256,7 +266,7 @@ def measure_table(
 ) -> LatencyTable:
     """Measure the attention and FFN curves of ``model`` at this batch, sequence length and thread count."""
     from econlm import arch
-    from econlm.latency import measure_interleaved
+    from econlm.latency import measure_interleaved, model_call, random_inputs
     from econlm.progress import bar
     from econlm.prune import prune
     from econlm.runinfo import machine
@@ -264,15 +274,10 @@ def measure_table(
     shape = arch.shape(model.config)
     group = shape.heads // shape.kv_heads
     model = model.eval()
-    ids = torch.randint(100, min(1000, model.config.vocab_size), (batch, seq_len))
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    inputs = random_inputs(batch, seq_len, 100, min(1000, model.config.vocab_size))
 
     def forward(m):
-        def call():
-            with torch.no_grad():
-                m(**inputs)
-
-        return call
+        return model_call(m, inputs)
 
     head_grid = _grid(shape.kv_heads, shape.kv_heads)  # every kept group count: heads are few
     ffn_grid = _grid(shape.intermediate, ffn_points)

@@ -1,5 +1,5 @@
 """What econlm prints while it works: progress bars (tqdm, on stderr; ``ECONLM_NO_PROGRESS=1`` switches them
-off), and transformers' loading chatter, silenced."""
+off), and transformers' loading chatter and the ONNX exporter's, silenced."""
 
 from __future__ import annotations
 
@@ -29,3 +29,22 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the ONNX exporter's progress lines and its warnings about optional packages (torchvision)."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from econlm import arch
+from econlm.fisher import fisher_importance, output_grams, rescale_kept_units
 from econlm.registry import Registry
 from econlm.surgery import LayerPlan, apply_plan
 
@@ -104,12 +105,6 @@ def wanda_importance(model: nn.Module, batches: list[dict] | None) -> list[dict[
     return out
 
 
-def fisher_importance(model: nn.Module, batches: list[dict] | None) -> list[dict[str, torch.Tensor]]:
-    from econlm.fisher import fisher_importance as fisher
-
-    return fisher(model, batches)
-
-
 # Importance criteria: (model, calibration batches or None) -> per layer {"heads": (H,), "neurons": (F,)}.
 IMPORTANCE = Registry(
     "importance",
@@ -164,12 +159,8 @@ def prune(
     if rescale:
         if not batches:
             raise ValueError("least-squares rescaling needs calibration batches")
-        from econlm.fisher import output_grams
-
         grams = output_grams(model, batches)  # of the model before pruning: the outputs to reproduce
     apply_plan(model, plans)
     if grams is not None:
-        from econlm.fisher import rescale_kept_units
-
         rescale_kept_units(model, plans, grams)
     return plans

@@ -93,14 +93,14 @@ def score_window(problem: dict, lines: tuple[float, ...] = ()) -> tuple[float, f
     return low - margin, high + margin
 
 
-def references(problem: dict, folder: Path | None = None) -> dict[str, float]:
-    """Horizontal reference lines: the lambda = 0 fine-tune (mean over seeds) and, when the sweep folder
-    holds a probe of the same task, the model's zero-shot score at the full attention budget."""
+def references(problem: dict, probes: list[dict] = ()) -> dict[str, float]:
+    """Horizontal reference lines: the lambda = 0 fine-tune (mean over seeds) and, when ``probes`` (see
+    :func:`read_probes`) hold one of the same model and task, its zero-shot score at the full budget."""
     out = {}
     plain = [p["score"] for p in problem["points"] if p.get("ablation") == "baseline (lambda = 0)"]
     if plain:
         out["lambda = 0 fine-tune"] = sum(plain) / len(plain)
-    for data in _probes(folder):
+    for data in probes:
         full = next((r for r in data.get("rows", []) if r.get("budget") == "full"), None)
         same = data.get("task") == problem["task"] and data.get("model") == problem["model"]
         if same and full and full.get("metric") == problem.get("metric"):
@@ -108,7 +108,7 @@ def references(problem: dict, folder: Path | None = None) -> dict[str, float]:
     return out
 
 
-def _probes(folder: Path | None) -> list[dict]:
+def read_probes(folder: Path | None) -> list[dict]:
     """The probe results saved in a sweep folder (a damaged file is skipped: the report is still made)."""
     found = []
     for path in sorted(folder.rglob("probe.json")) if folder is not None else []:
@@ -119,12 +119,13 @@ def _probes(folder: Path | None) -> list[dict]:
     return found
 
 
-def _frontier_figure(problem: dict, folder: Path | None = None, speedups: dict | None = None):
+def _frontier_figure(problem: dict, probes: list[dict] = (), speedups: dict | None = None):
+    """``speedups``: measured batch-1 speedup by trial id; a seed group is labelled with its members' mean."""
     from econlm.plots import _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    lines = references(problem, folder)
+    lines = references(problem, probes)
     window = score_window(problem, tuple(lines.values()))
     for method, info in problem["methods"].items():
         color, marker = _style(method)
@@ -148,7 +149,8 @@ def _frontier_figure(problem: dict, folder: Path | None = None, speedups: dict |
         front = info["front"]
         ax.plot([p["compute"] for p in front], [p["score"] for p in front], "-", color=color, linewidth=2)
         for p in shown:
-            speedup = (speedups or {}).get(tuple(p.get("trials", ())))
+            found = [speedups[t] for t in p.get("trials", ()) if t in (speedups or {})]
+            speedup = sum(found) / len(found) if found else None
             if speedup:
                 ax.annotate(
                     f"{speedup:.2f}x",
@@ -171,14 +173,13 @@ def _frontier_figure(problem: dict, folder: Path | None = None, speedups: dict |
     return fig
 
 
-def _speedups(results: list[dict]) -> dict[tuple, float]:
-    """Measured batch-1 speedup of each compacted trial, keyed by ``(trial id,)`` (seed groups are added as
-    the mean of their members by the caller)."""
+def _speedups(results: list[dict]) -> dict[str, float]:
+    """Measured batch-1 speedup of each compacted trial, by trial id."""
     out = {}
     for r in results:
         ratio = ((r.get("compact") or {}).get("ratios") or {}).get("speedup_batch1")
         if ratio:
-            out[(r["id"],)] = ratio
+            out[r["id"]] = ratio
     return out
 
 
@@ -365,16 +366,12 @@ def render(folder: str | Path) -> str:
         "language modelling) of exactly the model whose compute is shown.</p>",
     ]
     parts.append("<h2>Pareto frontiers</h2>")
-    speedups = _speedups(results)
+    speedups, probes = _speedups(results), read_probes(folder)
     for axis in (primary, *[a for a in ("dense_flops", "effective_flops", "latency") if a != primary]):
         for problem in pareto[axis]["problems"]:
-            for point in problem["points"]:  # seed groups: the mean of their members' speedups
-                found = [speedups[(t,)] for t in point.get("trials", []) if (t,) in speedups]
-                if found:
-                    speedups[tuple(point["trials"])] = sum(found) / len(found)
             parts.append(
                 _img(
-                    _png(_frontier_figure(problem, folder, speedups)),
+                    _png(_frontier_figure(problem, probes, speedups)),
                     f"{problem['model']} / {problem['task']}: score "
                     f"against {problem['compute_label']}; lines join each method's non-dominated points",
                 )

@@ -198,8 +198,8 @@ def _checked_compact(compact, where) -> dict | None:
     if not isinstance(compact, dict) or set(compact) - {"eps", "calib_examples"}:
         raise UserError(f"{where('compact')}: 'compact' takes eps and calib_examples")
     checked = {k: check_value(_CompactSettings, k, v, where(f"compact.{k}")) for k, v in compact.items()}
-    if checked.get("eps", 0) < 0 or checked.get("calib_examples", 1) < 1:
-        raise UserError(f"{where('compact')}: compact needs eps >= 0 and calib_examples >= 1, not {compact}")
+    if checked.get("eps", 1e-3) <= 0 or checked.get("calib_examples", 1) < 1:  # the rules of CompactConfig
+        raise UserError(f"{where('compact')}: compact needs eps > 0 and calib_examples >= 1, not {compact}")
     return checked
 
 
@@ -374,7 +374,8 @@ def _final_measurements(model_dir: Path, settings: dict, eps: float, result: dic
             max_length=max_length,
             data_dir=settings.get("data_dir"),
             ffn_eps=eps,
-            split="test" if _is_lm(settings["task"]) else "dev",
+            split="test" if _is_lm(settings) else "dev",
+            **_data_fields(settings),
         ),
         model=loaded,
         progress=False,
@@ -389,10 +390,18 @@ def _final_measurements(model_dir: Path, settings: dict, eps: float, result: dic
     result["structure"] = {"heads": list(structure.heads), "ffn": list(structure.ffn)}
 
 
-def _is_lm(task: str) -> bool:
+def _is_lm(settings: dict) -> bool:
     from econlm.data import get_task
+    from econlm.userdata import spec_of
 
-    return get_task(task).is_lm
+    return get_task(settings["task"], spec_of(settings)).is_lm
+
+
+def _data_fields(settings: dict) -> dict:
+    """A trial's own-data settings (text columns, label column, split files...), for the probe configs."""
+    from econlm.userdata import DATA_FIELDS
+
+    return {k: settings[k] for k in DATA_FIELDS if settings.get(k)}
 
 
 def run_trial(spec: dict, trial_dir: str, context: dict) -> dict:
@@ -442,7 +451,7 @@ def _summary_fields(metrics: dict, result: dict) -> None:
 
 
 def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -> None:
-    from econlm.compact import CompactConfig, run_compact
+    from econlm.compact import CompactConfig, NothingToRemove, run_compact
 
     model_dir = trial_dir / "model"
     metrics = _trained(spec["settings"], model_dir, context.get("plain", ()))
@@ -470,7 +479,7 @@ def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -
                     ),
                     progress=False,
                 )
-            except UserError as nothing:
+            except NothingToRemove as nothing:
                 result["compact"] = {"removed": None, "note": str(nothing)}
             report = _compact_report(compact_dir)
         if report is not None:
@@ -531,6 +540,7 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
     from econlm.data import get_task
     from econlm.models import load_model
     from econlm.prune import prune
+    from econlm.userdata import spec_of
 
     settings = spec["settings"]
     pruned_dir = trial_dir / "pruned"
@@ -539,7 +549,7 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
         labelled = settings["importance"] == "fisher"  # the gradient of the task loss needs labels
         batches = _calibration_batches(
             loaded,
-            get_task(settings["task"]),
+            get_task(settings["task"], spec_of(settings)),
             CompactConfig(
                 checkpoint=settings["source_model"],
                 out="unused",
@@ -578,7 +588,7 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
     result["training"] = _training_cost(metrics, [Path(settings["source_model"])])
     result["final_model"] = str(model_dir)
     _final_measurements(
-        model_dir, settings, context.get("compact", {}).get("eps", 1e-3) if context.get("compact") else 1e-3, result
+        model_dir, settings, (context.get("compact") or {}).get("eps", 1e-3), result
     )
 
 
@@ -587,7 +597,7 @@ def _run_topk_trial(spec: dict, trial_dir: Path, result: dict) -> None:
     from econlm.probing import ProbeConfig, run_probe, save_probe
 
     settings = spec["settings"]
-    lm = _is_lm(settings["task"])
+    lm = _is_lm(settings)
     probe = run_probe(
         ProbeConfig(
             model=settings["source_model"],
@@ -597,6 +607,7 @@ def _run_topk_trial(spec: dict, trial_dir: Path, result: dict) -> None:
             max_length=settings.get("max_length", 128),
             data_dir=settings.get("data_dir"),
             split="test" if lm else "dev",
+            **_data_fields(settings),
         ),
         progress=False,
     )

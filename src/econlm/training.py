@@ -39,7 +39,6 @@ from econlm.userdata import DataFields
 
 SPARSITY_EPSILONS = (1e-3, 1e-2)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-UNMEASURED_ON_DEV = ("flops", "latency")  # gate terms: folded away before evaluation
 
 
 @dataclass(frozen=True)
@@ -149,19 +148,18 @@ class _State:
 
 def _glue_features(tokenizer, task, examples, max_length):
     """Tokenized training examples cut to ``max_length``, and how many of them were longer than that."""
-    from econlm.evaluate import too_long
+    from econlm.evaluate import encode
 
     pairs = examples and examples[0].text_b is not None
-    texts_a = [e.text_a for e in examples]
     texts_b = [e.text_b for e in examples] if pairs else None
-    encoded = (
-        tokenizer(texts_a, texts_b, truncation=True, max_length=max_length)
-        if pairs
-        else tokenizer(texts_a, truncation=True, max_length=max_length)
-    )
-    keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
-    features = [{**{k: encoded[k][i] for k in keys}, "labels": e.label} for i, e in enumerate(examples)]
-    return features, sum(too_long(tokenizer, texts_a, texts_b, max_length))
+    ids, types, cut = encode(tokenizer, [e.text_a for e in examples], texts_b, max_length)
+    features = []
+    for i, e in enumerate(examples):
+        feature = {"input_ids": ids[i], "labels": e.label}
+        if types is not None:
+            feature["token_type_ids"] = types[i]
+        features.append(feature)
+    return features, sum(cut)
 
 
 def _lm_features(ids: list[int], max_length: int, limit: int | None):
@@ -495,6 +493,8 @@ def _step(run: _Run, global_batch: list[int]) -> dict:
     """One optimizer step on this process's share of a global batch; returns what is logged."""
     import torch
 
+    from econlm.incentive import NonFiniteLoss
+
     started = time.perf_counter()
     accelerator, incentive, state = run.accelerator, run.incentive, run.state
     mine = global_batch[accelerator.process_index :: accelerator.num_processes]
@@ -509,12 +509,12 @@ def _step(run: _Run, global_batch: list[int]) -> dict:
     loss = loss + sum(distilled.values()) if distilled else loss
     try:
         incentive.check_finite(state.global_step + 1)
-    except Exception as fault:
+    except NonFiniteLoss as fault:
         raise TrainingFault(str(fault)) from None
-    if not math.isfinite(float(loss.detach())):
+    total = float(loss.detach())
+    if distilled and not math.isfinite(total):  # without a teacher check_finite has seen this total
         raise TrainingFault(f"step {state.global_step + 1}: the distillation loss is not finite")
     accelerator.backward(loss)
-    incentive.drop_frozen_gate_gradients()
     accelerator.clip_grad_norm_(run.model.parameters(), 1.0)
     run.optimizer.step()
     run.scheduler.step()
@@ -522,7 +522,7 @@ def _step(run: _Run, global_batch: list[int]) -> dict:
     share = incentive.reading.share
     if share is not None and accelerator.num_processes > 1:
         share = float(accelerator.reduce(torch.tensor([share], device=accelerator.device), "mean"))
-    log = {**incentive.metrics(), "loss/total": float(loss.detach())}
+    log = {**incentive.metrics(), "loss/total": total}
     if share is not None:
         log["cost/compute_share"] = share
     log.update({f"distill/{k}": float(v.detach()) for k, v in distilled.items()})
@@ -639,8 +639,11 @@ def _evaluate(run: _Run) -> dict:
     from econlm.cost import CostMeter
 
     config, task, model = run.config, run.task, run.inner
-    measured = tuple(n for n in config.cost if n not in UNMEASURED_ON_DEV)
-    meter = CostMeter(model, measured, config.target, 1.0, 1.0)
+    from econlm.cost import CONTROLLABLE
+
+    # The terms training measured, less the gates (folded away by now), at the same reduction.
+    measured = tuple(n for n in run.incentive.meter.names if n not in CONTROLLABLE)
+    meter = CostMeter(model, measured, config.target, reduction=config.cost_reduction)
     sums: dict[str, float] = {}
     calls = [0]
 

@@ -24,7 +24,7 @@ import io
 import json
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from econlm.errors import UserError
@@ -39,7 +39,6 @@ TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
 TEXT_SUFFIXES = (".txt", ".tokens", ".raw")
 DEFAULT_TEXT_COLUMNS = (("text",), ("sentence",), ("sentence1", "sentence2"), ("question", "sentence"))
 HOLDOUT = 0.1  # share of a single file held out as dev
-DATA_FIELDS = ("train_file", "dev_file", "text_columns", "label_column", "task_type", "metric")  # in the configs
 
 
 @dataclass(frozen=True)
@@ -73,15 +72,15 @@ class DataFields:
     metric: str | None = None
 
 
+DATA_FIELDS = tuple(f.name for f in fields(DataFields))  # the configs' fields that describe a user's data
+
+
 @dataclass(frozen=True)
 class UserData:
     """A user's data, read and checked: what kind of task it makes, and one row list per split.
     :mod:`econlm.data` turns it into a task; this module knows nothing of tasks (it is below them)."""
 
-    spec: DataSpec
     files: dict  # split -> path
-    text_columns: tuple[str, ...]
-    label_column: str | None
     holdout: bool  # dev is 10% of the one file
     kind: str = "classification"
     metrics: tuple[str, ...] = ()
@@ -119,10 +118,7 @@ def read(name: str, spec: DataSpec) -> UserData:
     labels, label_names = _labels(kind, rows, files)
     metrics = _metrics(kind, len(label_names) if kind == "classification" else 1, spec.metric)
     data = UserData(
-        spec,
         {k: str(v) for k, v in files.items() if v},
-        text_columns,
-        label_column,
         holdout,
         kind=kind,
         metrics=metrics,
@@ -154,7 +150,7 @@ def _text_data(path: Path, spec: DataSpec) -> UserData:
         text = _read_utf8(Path(file))
         if not text.strip():
             raise UserError(f"{file} is empty; a language-modelling corpus needs text")
-    return UserData(spec, files, (), None, holdout="dev" not in files, kind="lm", metrics=("perplexity",))
+    return UserData(files, holdout="dev" not in files, kind="lm", metrics=("perplexity",))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -425,17 +421,6 @@ def train_text(data: UserData) -> str:
         return content
     lines = content.splitlines(keepends=True)
     return "".join(lines[: len(lines) - max(1, round(HOLDOUT * len(lines)))])
-
-
-def spec_fields(spec: DataSpec) -> dict:
-    return {
-        "train_file": spec.train,
-        "dev_file": spec.dev,
-        "text_columns": spec.text_columns,
-        "label_column": spec.label_column,
-        "task_type": spec.task_type,
-        "metric": spec.metric,
-    }
 
 
 def spec_of(settings) -> DataSpec:

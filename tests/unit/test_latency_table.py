@@ -10,7 +10,7 @@ from econlm.latency_table import (
     Curve,
     LatencyTable,
     check_table,
-    expected_share,
+    expected_savings,
     fit_curve,
     interpolate,
     load_table,
@@ -65,8 +65,10 @@ def test_predicted_latency_subtracts_each_layers_savings():
     # Layer 0 keeps 2 heads (0.04 saved) and 32 neurons (0.1); layer 1 stays dense.
     assert table.predict([2, 4], [32, 64]) == pytest.approx(1.0 - 0.04 - 0.1)
     assert table.predicted_speedup([2, 4], [32, 64]) == pytest.approx(1 / 0.86)
-    share = expected_share(table, [torch.tensor(2.0), torch.tensor(4.0)], [torch.tensor(32.0), torch.tensor(64.0)])
-    assert float(share) == pytest.approx(0.86)
+    attention, ffn = expected_savings(
+        table, [torch.tensor(2.0), torch.tensor(4.0)], [torch.tensor(32.0), torch.tensor(64.0)]
+    )
+    assert (float(attention), float(ffn)) == pytest.approx((0.04, 0.1))
 
 
 def test_a_table_round_trips_through_json(tmp_path):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from econlm.report import _frontier_figure, references, score_window
+from econlm.report import _frontier_figure, read_probes, references, score_window
 
 
 def _problem(scores_by_method: dict[str, list[tuple[float, float]]], plain: float | None = 0.86):
@@ -73,14 +73,14 @@ def test_references_are_the_plain_fine_tune_and_the_zero_shot_probe(tmp_path):
     probe.write_text(json.dumps({"model": "minilm", "task": "stsb", "examples_scored": 1500, "unit_of_examples": "examples",
                                  "rows": [{"budget": "full", "metric": "spearman", "score": 0.867},
                                           {"budget": "8", "metric": "spearman", "score": 0.86}]}))
-    refs = references(_problem({"incentive": [(0.85, 5.0)]}), tmp_path)
+    refs = references(_problem({"incentive": [(0.85, 5.0)]}), read_probes(tmp_path))
     assert refs == {"lambda = 0 fine-tune": 0.86, "zero-shot (1500 examples)": 0.867}
-    assert references(_problem({"incentive": [(0.85, 5.0)]}, plain=None), None) == {}
+    assert references(_problem({"incentive": [(0.85, 5.0)]}, plain=None), read_probes(None)) == {}
 
 
 def test_the_figure_draws_collapsed_runs_on_the_edge_and_labels_speedups(tmp_path):
     problem = _problem({"incentive": [(0.85, 5.0), (0.86, 7.0), (0.05, 9.0)], "topk": [(0.84, 4.0)]})
-    fig = _frontier_figure(problem, tmp_path, {("incentive0",): 1.93})
+    fig = _frontier_figure(problem, read_probes(tmp_path), {"incentive0": 1.93})
     ax = fig.axes[0]
     low, high = ax.get_ylim()
     assert low == pytest.approx(0.84 - 0.0016) and high == pytest.approx(0.86 + 0.0016)
@@ -96,7 +96,7 @@ def test_perplexity_keeps_its_axis_upright_and_marks_collapses_on_the_worse_end(
     problem["higher_is_better"] = False
     low, high = score_window(problem)
     assert low < 16.0 and 17.0 < high < 900.0
-    ax = _frontier_figure(problem, tmp_path).axes[0]
+    ax = _frontier_figure(problem).axes[0]
     assert ax.get_ylim()[0] < ax.get_ylim()[1]  # not inverted
     edge_markers = [line for line in ax.lines if list(line.get_ydata()) == [high]]
     assert edge_markers, "the collapsed run is drawn on the upper (worse) edge"

@@ -64,7 +64,7 @@ def test_latency_price_with_a_budget_controls_the_latency_share(tiny_setup, tmp_
     lambdas = [lam for _, lam in metrics["lambda_history"]]
     assert lambdas[0] == 0.0 and lambdas[-1] > 0.0  # gates start open: the latency share is above 0.5
     last = metrics["cost_terms_last_step"]
-    assert 0 < last["cost/compute_share"] <= 1 and last["cost/compute_share"] == pytest.approx(last["cost/latency"])
+    assert 0 < last["cost/compute_share"] < 1  # the priced gates closed some latency
     assert metrics["gates"]["heads"]["total"] == 8
 
 

@@ -46,7 +46,11 @@ def test_string_labels_become_sorted_ids_and_a_tenth_is_held_out(tmp_path):
     assert task.metrics == ("accuracy",) and task.num_labels == 3
     train, dev = load_examples(task, "train", None, None), load_examples(task, "dev", None, None)
     assert len(train) == 36 and len(dev) == 4  # 10% of 40, the same for every run
-    assert {e.text_a for e in train}.isdisjoint({e.text_a for e in dev} - {e.text_a for e in train})
+    from collections import Counter
+
+    # Every row of the file is in exactly one split.
+    seen = Counter((e.text_a, task.label_names[e.label]) for e in train + dev)
+    assert seen == Counter(_tickets())
     assert all(e.label == task.label_names.index({"invoice": "billing", "printer": "hardware",
                                                   "password": "account"}[e.text_a.split()[-1]]) for e in train + dev)
 
@@ -176,6 +180,8 @@ def test_a_csv_classification_task_end_to_end(tmp_path, capsys):
         "max_length: 32, batch_size: 16}\ngrid:\n  lam: [0, 0.1]\n"
     )
     _run(["sweep", str(sweep), "--out", str(tmp_path / "sw")])
+    rows = [json.loads(line) for line in (tmp_path / "sw" / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["ok", "ok"], [r.get("error") for r in rows]
     _run(["report", str(tmp_path / "sw")])
     assert (tmp_path / "sw" / "report.html").stat().st_size > 1000
 
@@ -220,10 +226,10 @@ def test_classes_are_the_labels_seen_sorted_numerically(tmp_path):
 
 def test_quoted_csv_fields_may_hold_commas_and_newlines_and_tsv_quotes_are_text(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_text('text,label\n"printer jams, again\\nand again",hw\n"login fails",acct\nplain,acct\nmore,hw\n')
+    path.write_text('text,label\n"printer jams, again\nand again",hw\n"login fails",acct\nplain,acct\nmore,hw\n')
     task = build_task(str(path), DataSpec(dev=str(path)))
     texts = [e.text_a for e in load_examples(task, "train", None, None)]
-    assert texts[0] == "printer jams, again\\nand again" and len(texts) == 4
+    assert texts[0] == "printer jams, again\nand again" and len(texts) == 4  # a real newline inside the quotes
     tsv = tmp_path / "t.tsv"
     tsv.write_text('text\tlabel\nhe said "hi\tpos\nok\tneg\n')  # an unbalanced quote is just a character
     assert load_examples(build_task(str(tsv), DataSpec(dev=str(tsv))), "train", None, None)[0].text_a == 'he said "hi'
