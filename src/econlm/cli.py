@@ -392,6 +392,92 @@ def _trial_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _add_market(sub) -> None:
+    p = sub.add_parser(
+        "market",
+        help="what each head and FFN block is worth (Shapley values), what it costs, and a market-clearing pruning",
+        description="Estimate Shapley values of attention heads and FFN neuron blocks for the task metric on a dev "
+        "subset (antithetic permutation sampling, truncated at half the units, per-unit early stopping, 95%% "
+        "intervals); price each unit by its MACs; estimate interactions among the top heads; keep units by value "
+        "per MAC at each --budgets share of compute and compare with activation and Fisher pruning at the same "
+        "structure on held-out dev examples. With --sweep DIR, also check whether each controller run's price "
+        "is the shadow price of compute. Writes market.json and PNG figures to --out.",
+    )
+    p.add_argument("model", nargs="?", default=None, help="a checkpoint fine-tuned on --task (econlm train writes one)")
+    p.add_argument("--task", default=None, help="the task the model was fine-tuned on")
+    p.add_argument("--out", required=True)
+    p.add_argument("--units", default="head,ffn", help="head, ffn or head,ffn (one game with both)")
+    p.add_argument("--block", type=int, default=128, help="FFN neurons per block (must divide the FFN width)")
+    p.add_argument("--examples", type=int, default=512, help="dev examples the values are measured on")
+    p.add_argument("--value", default="metric", choices=("metric", "loss"), help="the task metric or minus the loss")
+    p.add_argument("--pairs", type=int, default=200, help="antithetic permutation pairs at most")
+    p.add_argument("--tol", type=float, default=0.01, help="stop sampling a unit at this 95%% half-width")
+    p.add_argument("--truncate", default="half", choices=("half", "none"), help="stop each walk at half the units")
+    p.add_argument("--max-minutes", type=float, default=60.0, help="stop sampling after this long")
+    p.add_argument("--interaction-top", type=int, default=6, help="interactions among this many top heads (0: none)")
+    p.add_argument("--interaction-samples", type=int, default=24)
+    p.add_argument("--budgets", default="0.8,0.6,0.5", help="shares of the blocks' dense MACs the market may spend")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--sweep", default=None, help="a sweep folder: check its controller runs' prices (shadow prices)")
+    _add_data_flags(p, ("dev",))
+    p.set_defaults(func=_cmd_market)
+
+
+def _cmd_market(args) -> int:
+    from pathlib import Path
+
+    if args.model is None and args.sweep is None:
+        raise UserError("econlm market needs a MODEL fine-tuned on --task, or --sweep DIR for the shadow-price check")
+    if args.model is not None and args.task is None:
+        raise UserError("--task is required with a MODEL: the task it was fine-tuned on")
+    result = {}
+    if args.model is not None:
+        from econlm.market_run import MarketConfig, market_summary, run_market
+
+        config = MarketConfig(
+            model=args.model,
+            task=args.task,
+            out=args.out,
+            units=args.units.replace("heads", "head"),
+            block=args.block,
+            examples=args.examples,
+            value=args.value,
+            pairs=args.pairs,
+            tol=args.tol,
+            truncate=args.truncate,
+            max_minutes=args.max_minutes,
+            interaction_top=args.interaction_top,
+            interaction_samples=args.interaction_samples,
+            budgets=args.budgets,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            seed=args.seed,
+            data_dir=args.data_dir,
+            **_data_fields(args),
+        )
+        result = run_market(config)
+        print(market_summary(result))
+    if args.sweep is not None:
+        from econlm.shadow import format_shadow, shadow_prices
+
+        result["shadow_prices"] = shadow_prices(args.sweep, data_dir=args.data_dir)
+        print(format_shadow(result["shadow_prices"]))
+    from econlm.market_run import save_market
+
+    if args.model is None:
+        existing = Path(args.out) / "market.json"
+        if existing.exists():
+            import json
+
+            result = {**json.loads(existing.read_text()), "shadow_prices": result["shadow_prices"]}
+    paths = save_market(result, args.out)
+    print(f"wrote {paths['json']}")
+    return 0
+
+
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="one self-contained HTML page with the plots of a sweep folder")
     p.add_argument("folder", help="the --out folder of econlm sweep")
@@ -537,6 +623,7 @@ COMMANDS: list[Callable] = [
     _add_export,
     _add_latency_table,
     _add_sweep,
+    _add_market,
     _add_report,
     _add_list,
 ]

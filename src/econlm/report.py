@@ -331,6 +331,8 @@ def _fmt(value) -> str:
         return "-"
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value)
     return str(value)
 
 
@@ -382,6 +384,7 @@ def render(folder: str | Path) -> str:
     parts += [_img(data, alt) for data, alt in _heatmaps(results)]
     parts.append("<h2>Ablation: which component to tax</h2>")
     parts.append(_ablation_table(results))
+    parts += _market_sections(folder)
     probes = _probe_figures(folder)
     if probes:
         parts.append("<h2>Scarcity probe</h2>")
@@ -391,6 +394,82 @@ def render(folder: str | Path) -> str:
     parts.append("<h2>Configuration and versions</h2>")
     parts.append(f"<pre>{html.escape(json.dumps(sweep, indent=2, sort_keys=True, default=str))}</pre>")
     return f"<!doctype html><html><head><meta charset='utf-8'><title>econlm report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+
+
+def market_files(folder: Path) -> list[Path]:
+    """market.json files in a sweep folder or one level down (``econlm market --out SWEEP/market``)."""
+    return sorted([*folder.glob("market.json"), *folder.glob("*/market.json")])
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _market_sections(folder: Path) -> list[str]:
+    """The market (econlm market): value heatmaps, Lorenz curves, interactions, allocations, shadow prices."""
+    from econlm.plots import market_figures
+
+    parts = []
+    for path in market_files(folder):
+        try:
+            result = json.loads(path.read_text())
+        except ValueError:
+            raise UserError(f"{path} is not valid JSON; rerun econlm market to rewrite it") from None
+        title = f"The market: {result.get('task', '')} ({path.parent.name})"
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if "units" in result:
+            est = result["estimator"]
+            parts.append(
+                f"<p>{len(result['units'])} units valued on {html.escape(result['value_definition'])}: "
+                f"{est['pairs']} antithetic permutation pairs, truncation {est['truncate']}, {est['evaluations']} "
+                f"evaluations in {est['seconds'] / 60:.1f} min ({html.escape(est['stopped_by'])}). Compute: "
+                f"{html.escape(result['compute']['unit'])}.</p>"
+            )
+            captions = {
+                "market_head_values": "Shapley value and value per MAC of each head (layer x head)",
+                "market_ffn_values": "Shapley value and value per MAC of each FFN block (layer x block)",
+                "market_lorenz": "Lorenz curves of value and of compute across units",
+                "market_interactions": "Shapley interaction indices among the most valuable heads",
+            }
+            for name, fig in market_figures(result).items():
+                parts.append(_img(_png(fig), captions.get(name, name)))
+            parts.append("<h3>Costly units that return the least</h3>")
+            parts.append(
+                _table(
+                    ["unit", "value", "MACs per token"],
+                    [[u["name"], u["value"], u["macs_per_token"]] for u in result["costly_low_return"]],
+                )
+            )
+            parts.append("<h3>Market-clearing allocations (held-out dev, no retraining)</h3>")
+            parts.append(
+                _table(
+                    ["budget", "method", result["metric"], "dense compute share"],
+                    [[r["budget"], r["method"], r["score"], r["dense_share"]] for r in result["allocations"]],
+                )
+            )
+            half = result.get("head_ranking_at_half") or {}
+            if half.get("rows"):
+                parts.append(f"<h3>{half['heads_removed']} of {half['of']} heads removed, no retraining</h3>")
+                parts.append(
+                    _table(["layout", "ranking", result["metric"]], [[r["layout"], r["ranking"], r["score"]] for r in half["rows"]])
+                )
+        shadow = result.get("shadow_prices")
+        if shadow:
+            parts.append("<h3>Is the price a shadow price of compute?</h3>")
+            parts.append(f"<p>{html.escape(shadow['definition'])}.</p>")
+            parts.append(
+                _table(
+                    ["seed", "cost", "budgets", "shares", "dev losses", "final lambdas", "-dL/dC", "consistent"],
+                    [
+                        [p["seed"], "+".join(p["cost"] or []), p["budgets"], p["shares"], p["losses"], p["lambdas"],
+                         p["finite_difference"], "yes" if p["consistent"] else "no"]
+                        for p in shadow["pairs"]
+                    ],
+                )
+            )
+    return parts
 
 
 def write_report(folder: str | Path, out: str | Path | None = None) -> Path:

@@ -1,0 +1,435 @@
+"""``econlm market``: value every head and FFN block of a fine-tuned model on a task, price it by its compute,
+and clear the market at compute budgets, against activation and Fisher post-hoc pruning at the same
+structure.
+
+The dev split is shuffled once (by ``seed``) and cut in two: the first ``examples`` measure the values (the
+game), the rest (*held out*) score every pruned model, so no ranking is scored on the examples it was
+chosen on. Activation and Fisher importance are computed on the same examples as the values.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from econlm.errors import UserError
+from econlm.userdata import DataFields
+
+KINDS = ("head", "ffn")
+VALUES = ("metric", "loss")
+MIN_HELD_OUT = 100  # dev examples left to score pruned models on
+
+
+def needed_examples(tol: float) -> int:
+    """Dev examples an interval of half-width ``tol`` needs: one example moves an accuracy-type metric by
+    1/n, which must be at most half of ``tol`` for values at that precision to mean anything."""
+    return math.ceil(2 / tol)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MarketConfig(DataFields):
+    model: str
+    task: str
+    out: str = "runs/market"
+    units: tuple[str, ...] = KINDS
+    block: int = 128  # FFN neurons per block (MiniLM: 1536 / 128 = 12 blocks a layer, as many as its heads)
+    examples: int = 512  # dev examples the values are measured on
+    value: str = "metric"  # the task metric, or "loss": minus the mean task loss
+    pairs: int = 200  # antithetic permutation pairs at most
+    tol: float = 0.01  # a unit stops being sampled when its 95% empirical-Bernstein half-width is this small
+    truncate: str = "half"
+    max_minutes: float | None = 60.0
+    interaction_top: int = 6  # pairs among this many most valuable heads
+    interaction_samples: int = 24
+    budgets: tuple[float, ...] = (0.8, 0.6, 0.5)  # shares of the blocks' dense MACs the market may spend
+    batch_size: int = 64
+    max_length: int = 128
+    seed: int = 0
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        from econlm.market import walk_length
+
+        units = tuple(self.units.split(",")) if isinstance(self.units, str) else tuple(self.units)
+        budgets = tuple(float(b) for b in (self.budgets.split(",") if isinstance(self.budgets, str) else self.budgets))
+        object.__setattr__(self, "units", units)
+        object.__setattr__(self, "budgets", budgets)
+        if not units or any(u not in KINDS for u in units):
+            raise UserError(f"--units takes head, ffn or both (comma-separated), not {','.join(units) or 'nothing'}")
+        for b in budgets:
+            if not 0 < b <= 1:
+                raise UserError(f"a budget must be in (0, 1] (a share of the dense compute), not {b}")
+        if self.pairs < 1:
+            raise UserError("--pairs must be at least 1: zero permutations estimate nothing")
+        if self.block < 1:
+            raise UserError(f"--block must be a positive number of FFN neurons, not {self.block}")
+        if not (math.isfinite(self.tol) and self.tol > 0):
+            raise UserError(f"--tol must be a positive half-width in the metric's units, not {self.tol}")
+        if self.examples < needed_examples(self.tol):
+            raise UserError(
+                f"--examples {self.examples} is too few for --tol {self.tol}: one example moves an accuracy-type "
+                f"metric by 1/{self.examples}, more than half the interval; use at least {needed_examples(self.tol)}"
+            )
+        if self.value not in VALUES:
+            raise UserError(f"--value must be one of {', '.join(VALUES)}, not {self.value!r}")
+        walk_length(2, self.truncate)  # checks the name
+        if self.interaction_top == 1 or self.interaction_top < 0:
+            raise UserError("--interaction-top must be 0 (no interactions) or at least 2 heads")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class _Split:
+    batches: list[dict]  # model inputs, length-sorted
+    order: list[int]  # example index of each row of the concatenated batches
+    labels: list
+    examples: list
+    mean_tokens: float
+
+
+def _split(loaded, task, examples, config: MarketConfig, labelled: bool = False) -> _Split:
+    import torch
+
+    from econlm import evaluate
+
+    tokenizer = loaded.tokenizer
+    texts_b = [e.text_b for e in examples] if examples[0].text_b is not None else None
+    ids, types, _ = evaluate.encode(tokenizer, [e.text_a for e in examples], texts_b, config.max_length)
+    batches, order = [], []
+    for indices, batch in evaluate._padded_batches(tokenizer, ids, types, config.batch_size):
+        batch = dict(batch)
+        if labelled:
+            dtype = torch.float32 if task.kind == "regression" else torch.long
+            batch["labels"] = torch.tensor([examples[i].label for i in indices], dtype=dtype)
+        batches.append(batch)
+        order += indices
+    return _Split(batches, order, [e.label for e in examples], examples, sum(len(x) for x in ids) / len(ids))
+
+
+def _scorer(task, split: _Split, value: str):
+    """The game's value of the model's logits on ``split``: the task metric, or minus the mean task loss."""
+    import torch
+
+    from econlm.evaluate import task_metrics
+
+    labels = [split.labels[i] for i in split.order]
+    regression = task.kind == "regression"
+
+    def score(logits: list) -> float:
+        out = torch.cat(logits).float()
+        if value == "loss":
+            target = torch.tensor(labels, dtype=torch.float32 if regression else torch.long)
+            if regression:
+                loss = torch.nn.functional.mse_loss(out.squeeze(-1), target)
+            else:
+                loss = torch.nn.functional.cross_entropy(out, target)
+            return -float(loss)
+        predictions = out.squeeze(-1).tolist() if regression else out.argmax(-1).tolist()
+        return task_metrics(task, predictions, labels)[task.metric]
+
+    return score
+
+
+def _held_out_score(model, split: _Split, task) -> float:
+    import torch
+
+    with torch.no_grad():
+        logits = [model(**b).logits for b in split.batches]
+    return _scorer(task, split, "metric")(logits)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run
+
+
+def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict:
+    """Values, returns, interactions and market-clearing allocations; returns what market.json holds."""
+    import torch
+
+    from econlm import data, evaluate, market
+    from econlm.models import check_spec, load_model
+    from econlm.runinfo import run_metadata
+    from econlm.userdata import spec_of
+
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    task = data.get_task(config.task, spec_of(config))
+    if task.is_lm:
+        raise UserError(f"econlm market scores GLUE-style tasks with a task head; {task.name} is language modelling")
+    examples = data.load_examples(task, "dev", config.data_dir)
+    random.Random(config.seed).shuffle(examples)
+    if len(examples) < config.examples + MIN_HELD_OUT:
+        raise UserError(
+            f"{task.name} has {len(examples)} dev examples; --examples {config.examples} leaves fewer than "
+            f"{MIN_HELD_OUT} to score pruned models on: use --examples {max(len(examples) - MIN_HELD_OUT, 0)} or fewer"
+        )
+    if loaded is None:
+        check_spec(config.model)
+        loaded = load_model(config.model)
+    method = evaluate.scoring_method(task, loaded.head)
+    if not method.endswith("-head"):
+        raise UserError(
+            f"econlm market needs a model fine-tuned on {task.name} (a task head); "
+            f"train one with `econlm train --model {config.model} --task {task.name}` and pass its folder"
+        )
+    model = loaded.model.eval()
+    game_split = _split(loaded, task, examples[: config.examples], config, labelled=True)
+    held_out = _split(loaded, task, examples[config.examples :], config)
+    units = market.units_of(model, config.units, config.block)
+    inputs = [{k: v for k, v in b.items() if k != "labels"} for b in game_split.batches]
+    game = market.Game(model, inputs, units, _scorer(task, game_split, config.value), config.block)
+    max_seconds = None if config.max_minutes is None else 60 * config.max_minutes
+    result = market.shapley(
+        game,
+        pairs=config.pairs,
+        tol=config.tol,
+        truncate=config.truncate,
+        seed=config.seed,
+        max_seconds=max_seconds,
+        progress=progress,
+    )
+    values = [e.mean for e in result["values"]]
+    macs = market.unit_macs(model, units, config.block, game_split.mean_tokens)
+    out = {
+        "task": task.name,
+        "metric": task.metric,
+        "value": config.value,
+        "value_definition": (
+            f"{task.metric} on {config.examples} dev examples"
+            if config.value == "metric"
+            else f"minus the mean task loss on {config.examples} dev examples"
+        ),
+        "full_value": result["full"],
+        "units": [_unit_row(u, e, m) for u, e, m in zip(units, result["values"], macs)],
+        "estimator": {k: v for k, v in result.items() if k not in ("values", "full")},
+        "compute": {
+            "unit": "MACs per token (FLOPs = 2 x MACs)",
+            "seq_len": game_split.mean_tokens,
+            "counted": "a head group: its query heads' Q, O, score and value products and its K/V head's K and V "
+            f"at the dev subset's mean length; an FFN block: {config.block} neurons' up (and gate) rows and down columns",
+        },
+        "inequality": _inequality(units, values, macs),
+        "costly_low_return": _costly_low_return(units, values, macs),
+    }
+    out["interactions"] = _interactions(game, units, values, config)
+    out["allocations"] = _allocations(loaded, task, game_split, held_out, units, values, macs, config, progress)
+    out["head_ranking_at_half"] = _half_heads(loaded, task, game_split, held_out, units, values, config)
+    out["meta"] = run_metadata(seed=config.seed, config=asdict(config))
+    out["meta"].update(
+        {
+            "model": config.model,
+            "held_out_examples": len(held_out.examples),
+            "seconds": time.perf_counter() - started,
+            "threads": torch.get_num_threads(),
+        }
+    )
+    return out
+
+
+def _unit_row(unit, estimate, macs: float) -> dict:
+    return {
+        "name": unit.name,
+        "kind": unit.kind,
+        "layer": unit.layer,
+        "index": unit.index,
+        **estimate.to_json(),
+        "macs_per_token": macs,
+        "value_per_mmac": estimate.mean / macs * 1e6,
+    }
+
+
+def _inequality(units, values, macs) -> dict:
+    from econlm import market
+
+    out = {}
+    for kind in ("all", *KINDS):
+        chosen = [i for i, u in enumerate(units) if kind == "all" or u.kind == kind]
+        if not chosen:
+            continue
+        v = [values[i] for i in chosen]
+        c = [macs[i] for i in chosen]
+        out[kind] = {
+            "units": len(chosen),
+            "negative_value": sum(x < 0 for x in v),
+            "gini_value": market.gini(v),
+            "gini_compute": market.gini(c),
+            "lorenz_value": market.lorenz(v),
+            "lorenz_compute": market.lorenz(c),
+            "note": "Gini and Lorenz of values count negative values as zero (they hold no share of the value)",
+        }
+    return out
+
+
+def _costly_low_return(units, values, macs, n: int = 10) -> list[dict]:
+    """The units that cost the most per unit of value returned: lowest value per MAC first."""
+    order = sorted(range(len(units)), key=lambda i: values[i] / macs[i])[:n]
+    return [{"name": units[i].name, "value": values[i], "macs_per_token": macs[i]} for i in order]
+
+
+def _interactions(game, units, values, config: MarketConfig) -> dict:
+    from econlm import market
+
+    heads = [i for i, u in enumerate(units) if u.kind == "head"]
+    top = sorted(heads, key=lambda i: values[i], reverse=True)[: config.interaction_top]
+    if len(top) < 2:
+        return {"heads": [], "pairs": []}
+    pairs = [(a, b) for k, a in enumerate(top) for b in top[k + 1 :]]
+    started = time.perf_counter()
+    estimates = market.interactions(
+        game, pairs, samples=config.interaction_samples, truncate=config.truncate, seed=config.seed + 1
+    )
+    return {
+        "heads": [units[i].name for i in top],
+        "pairs": [
+            {"a": units[a].name, "b": units[b].name, **e.to_json()} for (a, b), e in zip(pairs, estimates)
+        ],
+        "definition": "Shapley interaction index: mean of v(S+a+b) - v(S+a) - v(S+b) + v(S) over coalitions S of "
+        "the other units (> 0: complements, < 0: substitutes)",
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _dense_share(model, config: MarketConfig, dense_macs_total: float) -> float:
+    from econlm.flops import Structure, dense_macs
+
+    return dense_macs(Structure.of_model(model), config.max_length, include_head=True)["macs"] / dense_macs_total
+
+
+def _allocations(loaded, task, game_split, held_out, units, values, macs, config, progress) -> list[dict]:
+    """At each budget: the market's choice, and activation / Fisher choosing the same number of units per
+    layer; each compacted, scored on the held-out examples with no retraining."""
+    import copy
+
+    from econlm import market
+    from econlm.flops import Structure, dense_macs
+    from econlm.progress import bar
+    from econlm.prune import IMPORTANCE, plan_by_importance
+    from econlm.surgery import apply_plan
+
+    model = loaded.model
+    dense_total = dense_macs(Structure.of_model(model), config.max_length, include_head=True)["macs"]
+    importance = {
+        "activation": IMPORTANCE["activation"](model, [_inputs(b) for b in game_split.batches]),
+        "fisher": IMPORTANCE["fisher"](model, game_split.batches),
+    }
+    rows = [{"budget": 1.0, "method": "dense", "score": _held_out_score(model, held_out, task), "dense_share": 1.0}]
+    with bar(total=len(config.budgets) * 3, desc="market allocations", unit="model", enabled=progress) as pbar:
+        for budget in config.budgets:
+            kept = market.clear_market(values, macs, units, budget)
+            plans = market.plans_for(model, units, kept, config.block)
+            remove_heads = [Structure.of_model(model).heads[i] - len(p.keep_heads) for i, p in enumerate(plans)]
+            remove_neurons = [Structure.of_model(model).ffn[i] - len(p.keep_neurons) for i, p in enumerate(plans)]
+            candidates = {"market": plans}
+            for name, scores in importance.items():
+                candidates[name] = plan_by_importance(model, scores, remove_heads, remove_neurons)
+            for name, chosen in candidates.items():
+                pruned = copy.deepcopy(model)
+                apply_plan(pruned, chosen)
+                rows.append(
+                    {
+                        "budget": budget,
+                        "method": name,
+                        "score": _held_out_score(pruned, held_out, task),
+                        "dense_share": _dense_share(pruned, config, dense_total),
+                        "heads_removed": sum(remove_heads),
+                        "neurons_removed": sum(remove_neurons),
+                    }
+                )
+                pbar.update(1)
+    return rows
+
+
+def _inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def _half_heads(loaded, task, game_split, held_out, units, values, config) -> dict:
+    """Half the heads removed, no retraining: the Shapley ranking against activation and Fisher importance,
+    all removing the same number of heads in each layer (the Shapley ranking's global choice), and all
+    removing half of each layer's heads."""
+    import copy
+
+    import torch
+
+    from econlm.flops import Structure
+    from econlm.prune import IMPORTANCE, plan_by_importance
+    from econlm.surgery import apply_plan
+
+    model = loaded.model
+    structure = Structure.of_model(model)
+    head_units = [i for i, u in enumerate(units) if u.kind == "head"]
+    if not head_units:
+        return {}
+    group = structure.heads[0] // structure.kv_heads[0]
+    shapley_scores = []
+    for layer in range(structure.layers):
+        per_group = torch.tensor([values[i] for i in head_units if units[i].layer == layer])
+        shapley_scores.append({"heads": per_group.repeat_interleave(group), "neurons": torch.zeros(structure.ffn[layer])})
+    scores = {
+        "shapley": shapley_scores,
+        "activation": IMPORTANCE["activation"](model, [_inputs(b) for b in game_split.batches]),
+        "fisher": IMPORTANCE["fisher"](model, game_split.batches),
+    }
+    groups = [structure.kv_heads[i] for i in range(structure.layers)]
+    half = sum(groups) // 2
+    order = sorted(head_units, key=lambda i: values[i])
+    per_layer = [0] * structure.layers
+    for i in order:  # the globally least valuable half, keeping one group per layer
+        if sum(per_layer) == half:
+            break
+        if per_layer[units[i].layer] < groups[units[i].layer] - 1:
+            per_layer[units[i].layer] += 1
+    layouts = {
+        "shapley's global choice": [n * group for n in per_layer],
+        "half of each layer": [(g // 2) * group for g in groups],
+    }
+    out = {"heads_removed": half * group, "of": sum(groups) * group, "rows": []}
+    for layout, remove_heads in layouts.items():
+        for name, s in scores.items():
+            pruned = copy.deepcopy(model)
+            apply_plan(pruned, plan_by_importance(pruned, s, remove_heads, [0] * structure.layers))
+            out["rows"].append({"layout": layout, "ranking": name, "score": _held_out_score(pruned, held_out, task)})
+    return out
+
+
+def save_market(result: dict, out: str | Path) -> dict[str, Path]:
+    """market.json and its figures in ``out``."""
+    from econlm import plots
+    from econlm.runinfo import write_json
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": folder / "market.json"}
+    write_json(paths["json"], result)
+    for name, fig in plots.market_figures(result).items():
+        paths[name] = folder / f"{name}.png"
+        plots.save_figure(fig, paths[name])
+    return paths
+
+
+def market_summary(result: dict) -> str:
+    """A few lines for the terminal."""
+    est = result["estimator"]
+    top = sorted(result["units"], key=lambda u: u["value"], reverse=True)[:5]
+    lines = [
+        f"{len(result['units'])} units valued on {result['value_definition']} (full model {result['full_value']:.4f}); "
+        f"{est['pairs']} permutation pairs, {est['evaluations']} evaluations, {est['seconds'] / 60:.1f} min "
+        f"({est['stopped_by']}; {est['converged']} units within ±{est['tol']})",
+        "most valuable: " + ", ".join(f"{u['name']} {u['value']:+.4f}±{u['ci95']:.4f}" for u in top),
+    ]
+    for row in result["allocations"]:
+        if row["method"] != "dense":
+            lines.append(
+                f"budget {row['budget']:.2f} {row['method']:<10} held-out {result['metric']} {row['score']:.4f} "
+                f"at {row['dense_share']:.1%} of dense MACs"
+            )
+    return "\n".join(lines)
+
+
+__all__ = ["MarketConfig", "run_market", "save_market", "market_summary", "needed_examples"]
