@@ -34,6 +34,8 @@ _EXPORTS = {
     "attach_tax": "econlm.incentive",
     "export_onnx": "econlm.export",
     "load_latency_table": "econlm.latency_table",
+    "token_budget": "econlm.tokens",
+    "TokenSchedule": "econlm.tokens",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

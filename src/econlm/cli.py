@@ -96,6 +96,14 @@ def _add_probe(sub) -> None:
         default=None,
         help="set FFN activations with |a| < EPS to zero while scoring (effective compute counts the rest)",
     )
+    p.add_argument(
+        "--token-budget",
+        default=None,
+        metavar="F[,F...]",
+        help="encoders: after each layer keep this share of each example's tokens, the most attended-to ones "
+        "([CLS]/[SEP] always kept): one fraction in (0, 1] for every layer, or one per layer (1,0.8,0.6,...); "
+        "reports the exact MACs of the shortened sequences",
+    )
     p.add_argument("--out", required=True, help="output folder")
     _add_data_flags(p, ("dev",))
     p.set_defaults(func=_cmd_probe)
@@ -116,6 +124,7 @@ def _cmd_probe(args) -> int:
         data_dir=args.data_dir,
         seed=args.seed,
         ffn_eps=args.ffn_eps,
+        token_budget=args.token_budget,
         **_data_fields(args),
     )
     result = run_probe(config)
@@ -153,9 +162,10 @@ TRAIN_HELP = {
     "gate_lr": "learning rate of the gates (flops, latency)",
     "weight_decay": "AdamW weight decay",
     "batch_size": "examples per step (per process)",
-    "max_length": "tokens per sequence",
+    "max_length": "tokens per sequence (LM tasks: at most the model's context)",
+    "gradient_checkpointing": "recompute each layer's activations in the backward pass: less memory, slower steps",
     "seed": "random seed (data order, initialisation, dropout, gates)",
-    "limit": "use only the first N training examples",
+    "limit": "use only the first N training examples (LM tasks: the first N training tokens, in whole blocks)",
     "eval_limit": "evaluate on the first N dev examples (test tokens for LM tasks)",
     "data_dir": "local data folder (default $ECONLM_DATA, else the HF hub)",
     "save_every": "steps between checkpoints",
@@ -186,6 +196,8 @@ def train_flags() -> dict[str, tuple[type, str]]:
     def kind(annotation: str) -> type:
         if annotation.startswith("tuple"):
             return str  # comma-separated, split below
+        if annotation == "bool":
+            return bool  # --name / --no-name
         return float if "float" in annotation else int if "int" in annotation else str
 
     return {f.name: (kind(str(f.type)), TRAIN_HELP.get(f.name, "")) for f in fields(TrainConfig) if f.name != "out"}
@@ -202,7 +214,10 @@ def _add_train(sub) -> None:
     aliases = {"train_file": ["--train"], "dev_file": ["--dev"]}  # the short names users type
     for name, (kind, text) in train_flags().items():
         flags = ["--" + name.replace("_", "-"), *aliases.get(name, [])]
-        p.add_argument(*flags, dest=name, type=kind, default=None, help=text)
+        if kind is bool:
+            p.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            p.add_argument(*flags, dest=name, type=kind, default=None, help=text)
     p.add_argument("--out", default=None, help="output folder (required, here or in the YAML file)")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
     p.set_defaults(func=_cmd_train)
@@ -413,6 +428,8 @@ def _add_market(sub) -> None:
     p.add_argument("--pairs", type=int, default=200, help="antithetic permutation pairs at most")
     p.add_argument("--tol", type=float, default=0.01, help="stop sampling a unit at this 95%% half-width")
     p.add_argument("--truncate", default="half", choices=("half", "none"), help="stop each walk at half the units")
+    p.add_argument("--interval", default="normal", choices=("normal", "bernstein"),
+                   help="the 95%% half-width early stopping reads (empirical Bernstein is more conservative)")
     p.add_argument("--max-minutes", type=float, default=60.0, help="stop sampling after this long")
     p.add_argument("--interaction-top", type=int, default=6, help="interactions among this many top heads (0: none)")
     p.add_argument("--interaction-samples", type=int, default=24)
@@ -448,6 +465,7 @@ def _cmd_market(args) -> int:
             pairs=args.pairs,
             tol=args.tol,
             truncate=args.truncate,
+            interval=args.interval,
             max_minutes=args.max_minutes,
             interaction_top=args.interaction_top,
             interaction_samples=args.interaction_samples,

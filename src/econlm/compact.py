@@ -8,9 +8,13 @@ Dead units, layer by layer:
   on the calibration set. With grouped-query attention a key/value head goes only together with all
   the query heads that share it (transformers' modules need equal groups), so GQA models lose whole groups.
 
-Every layer keeps at least one head and one neuron. The removal itself and the saved format (per-layer
-shapes in ``econlm_structure.json`` next to the weights, which ``econlm.load`` and every econlm command given
-the folder rebuild) are :mod:`econlm.surgery`'s; this module decides what goes, and runs the command.
+Every layer keeps at least one head (K/V group) and one neuron: transformers' attention and MLP modules
+cannot be empty. When the gates closed every head of a layer (or every neuron), the first group (neuron)
+stays with its output projection at zero, so the layer adds nothing but the residual and outputs do not
+change; the plan never asks surgery for a zero-width layer (tested). The removal itself and the saved
+format (per-layer shapes in ``econlm_structure.json`` next to the weights, which ``econlm.load`` and every
+econlm command given the folder rebuild) are :mod:`econlm.surgery`'s; this module decides what goes, and
+runs the command.
 On save the result is verified against the original on the calibration batches: when only truly dead
 units went (zero weights or activations exactly zero) outputs must match (``torch.testing.assert_close``);
 the largest difference is reported either way.
@@ -54,7 +58,7 @@ def calibrate(model: nn.Module, batches: list[dict]) -> dict:
 
 
 def plan_removal(model: nn.Module, calibration: dict | None, eps: float) -> list[LayerPlan]:
-    """Decide, per layer, which heads and neurons stay."""
+    """Decide, per layer, which heads and neurons stay (at least one K/V group and one neuron per layer)."""
     fam = arch.family(model.config)
     structure = Structure.of_model(model)
     d = structure.head_dim
@@ -500,6 +504,10 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     if config.task is None:
         raise UserError("the checkpoint does not say which task it was trained on; pass --task for calibration")
     task = data.get_task(config.task)
+    if task.is_lm:  # calibration blocks and scoring windows are --max-length tokens long
+        from econlm.config import check_context
+
+        check_context(config.max_length, model.config)
     batches = _calibration_batches(loaded, task, config)
     compacted, core = compact_model(model, batches, config.eps, seq_len=latency_seq_len(model, config))
     if not core.removed_anything:

@@ -155,3 +155,23 @@ def check_max_length(max_length: int) -> None:
     """
     if not max_length >= 2:
         raise UserError(f"--max-length must be at least 2, not {max_length}")
+
+
+def model_context(model_config) -> int | None:
+    """The longest sequence a model's position encoding is meant for (``max_position_embeddings``; GPT-2's
+    ``n_positions`` answers to that name too), or None when its config does not say."""
+    context = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    return int(context) if context else None
+
+
+def check_context(max_length: int, model_config) -> None:
+    """The one rule for ``--max-length`` against a model's context (language modelling in train, probe and
+    compact): a block or window longer than the model's positions would index past its position embeddings
+    (GPT-2: an error deep inside the model) or run RoPE at positions it never saw (a silently worse score).
+    """
+    context = model_context(model_config)
+    if context is not None and max_length > context:
+        raise UserError(
+            f"--max-length {max_length} is above the model's context of {context} tokens; "
+            f"use --max-length {context} or less"
+        )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from econlm import metrics
+from econlm.config import check_context
 from econlm.data import Example, Task
 from econlm.errors import UserError
 
@@ -242,7 +243,9 @@ def score_lm(
     on_batch: Callable[[], None] | None = None,
     on_inputs: Callable[[dict], None] | None = None,
 ) -> Score:
-    """Token-level perplexity with a sliding window; reports the number of scored tokens."""
+    """Token-level perplexity with a sliding window; reports the number of scored tokens. A ``max_length``
+    above the model's context is a :class:`UserError` (:func:`econlm.config.check_context`)."""
+    check_context(max_length, model.config)
     stride = stride or max_length // 2
     windows = sliding_windows(len(ids), max_length, stride)
     if not windows:

@@ -197,3 +197,55 @@ def effective_macs_per_token(structure: Structure, layers: list[dict]) -> dict:
         "ratio": effective / reference if reference else float("nan"),
         "by_layer": by_layer,
     }
+
+
+def shortened_macs(structure: Structure, profiles) -> dict:
+    """Exact MACs of the blocks when examples run later layers on fewer tokens (a token budget).
+
+    ``profiles`` maps a length profile ``(n_0, ..., n_{L-1})`` (real tokens layer ``l`` runs on; ``n_0``
+    the example's real length) to how many examples had it; a plain sequence of profiles counts each once.
+    Each layer is counted densely on its own tokens (:func:`layer_macs` with ``seq_len = n_l``: every
+    projection and FFN over ``n_l`` tokens, ``n_l x n_l`` scores and attention x value products), each
+    example alone, so padding is not counted (a batch padded to its longest row multiplies more). The
+    reference is the full model on the same real tokens (``n_l = n_0`` in every layer). Not counted: the
+    selection itself (column sums of the attention probabilities and a sort: no matrix products), nor the
+    task head, which reads the first token either way.
+
+    Returns ``{"macs", "reference_macs", "flops", "reference_flops", "ratio", "examples", "by_layer",
+    "counted"}``, ``by_layer`` a list of ``{"macs", "reference_macs", "tokens_mean"}``.
+    """
+    from collections import Counter
+    from collections.abc import Mapping
+
+    counts = Counter(profiles) if not isinstance(profiles, Mapping) else profiles
+    by_layer = [{"macs": 0, "reference_macs": 0, "tokens": 0} for _ in range(structure.layers)]
+    examples = 0
+    for profile, count in counts.items():
+        profile = tuple(int(n) for n in profile)
+        if len(profile) != structure.layers:
+            raise ValueError(f"a length profile has {len(profile)} entries for {structure.layers} layers")
+        examples += count
+        for layer, n in enumerate(profile):
+            by_layer[layer]["macs"] += count * sum(layer_macs(structure, layer, n).values())
+            by_layer[layer]["reference_macs"] += count * sum(layer_macs(structure, layer, profile[0]).values())
+            by_layer[layer]["tokens"] += count * n
+    macs = sum(entry["macs"] for entry in by_layer)
+    reference = sum(entry["reference_macs"] for entry in by_layer)
+    return {
+        "macs": macs,
+        "reference_macs": reference,
+        "flops": 2 * macs,
+        "reference_flops": 2 * reference,
+        "ratio": macs / reference if reference else float("nan"),
+        "examples": examples,
+        "by_layer": [
+            {
+                "macs": entry["macs"],
+                "reference_macs": entry["reference_macs"],
+                "tokens_mean": entry["tokens"] / examples if examples else float("nan"),
+            }
+            for entry in by_layer
+        ],
+        "counted": "matrix products of the blocks over each example's real tokens, per layer on the tokens it "
+        "kept; padding, the token selection and the task head not counted",
+    }

@@ -147,3 +147,88 @@ def _summarise(times: list[float], warmup: int, device: str, threads: int, timer
         threads=threads,
         timer=timer,
     )
+
+
+def text_batches(tokenizer, texts, pairs=None, *, batch_size: int = 32, max_length: int = 128) -> list[dict]:
+    """Real batches of ``texts`` (and ``pairs``) with dynamic padding: grouped by length, each padded to its own
+    longest row, as scoring runs them (:func:`econlm.evaluate.encode`, cut at ``max_length``)."""
+    from econlm.evaluate import _padded_batches, encode
+
+    input_ids, token_types, _ = encode(tokenizer, list(texts), None if pairs is None else list(pairs), max_length)
+    return [dict(batch) for _, batch in _padded_batches(tokenizer, input_ids, token_types, batch_size)]
+
+
+def batches_call(model, batches) -> Callable[[], None]:
+    """One closure that runs ``model`` (no grad) over every batch in turn: one timed call is one pass."""
+    calls = [model_call(model, batch) for batch in batches]
+
+    def call() -> None:
+        for fn in calls:
+            fn()
+
+    return call
+
+
+def measure_token_budget(
+    model,
+    batches,
+    schedule,
+    *,
+    tokenizer=None,
+    warmup: int = 2,
+    repeats: int = 10,
+    device: str = "cpu",
+) -> dict:
+    """Time ``model`` with and without a token budget on the same real batches, round by round.
+
+    Args:
+        model: an encoder (see :func:`econlm.tokens.token_budget`).
+        batches: real batches, each padded to its own longest row (:func:`text_batches`).
+        schedule: the token budget (``0.5``, ``"1,0.8,0.6,..."``).
+        tokenizer: its tokenizer, whose special tokens the budget always keeps.
+
+    Returns ``{"timings": {"full": Timing, "token_budget": Timing[, "full_eager": Timing]}, "speedup",
+    "attn_implementation", "token_budget_attn_implementation"}``. The budget reads attention probabilities,
+    so under sdpa it runs eager attention; then ``full_eager`` (the full model on eager attention) is timed
+    too, and ``speedup_same_attention`` compares the two eager runs. ``speedup`` is always full (the model
+    as it is) over token budget, in medians.
+    """
+    from econlm.tokens import _RETURNS_WEIGHTS, TokenSchedule, token_budget
+
+    parsed = TokenSchedule.parse(schedule)
+    fn = batches_call(model, batches)
+    impl = model.config._attn_implementation
+    budget_impl = impl if impl in _RETURNS_WEIGHTS or parsed.is_full else "eager"
+    fns = {"full": fn, "token_budget": fn}
+    around = {"token_budget": lambda: token_budget(model, parsed, tokenizer=tokenizer)}
+    if budget_impl != impl:
+        fns["full_eager"] = fn
+        around["full_eager"] = lambda: _attention_implementation(model, budget_impl)
+    timings = measure_interleaved(fns, warmup=warmup, repeats=repeats, device=device, around=around)
+    out = {
+        "timings": timings,
+        "speedup": timings["full"].median / timings["token_budget"].median,
+        "schedule": parsed.label,
+        "batches": len(batches),
+        "attn_implementation": impl,
+        "token_budget_attn_implementation": budget_impl,
+    }
+    if "full_eager" in timings:
+        out["speedup_same_attention"] = timings["full_eager"].median / timings["token_budget"].median
+    return out
+
+
+def _attention_implementation(model, name: str):
+    """A context in which ``model`` runs the attention implementation ``name``."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def switched():
+        previous = model.config._attn_implementation
+        model.set_attn_implementation(name)
+        try:
+            yield
+        finally:
+            model.set_attn_implementation(previous)
+
+    return switched()

@@ -17,9 +17,10 @@ Values are Shapley values estimated by permutation sampling (:func:`shapley`):
   Shapley average restricted to coalitions of at least half the units (the regime pruning up to 50%
   lives in). ``truncate="none"`` estimates the Shapley value itself. :func:`exact_values` enumerates
   either exactly, for tests on tiny models.
-* **Per-unit early stopping.** A unit stops being sampled once its empirical-Bernstein 95% half-width
-  (Maurer & Pontil 2009, with the observed range) is at most ``tol``; a walk skips the evaluations that
-  only stopped units need.
+* **Per-unit early stopping.** A unit stops being sampled once its 95% half-width is at most ``tol``: the
+  normal approximation over its per-pair samples (``interval="normal"``), or the more conservative
+  empirical-Bernstein bound (``"bernstein"``, Maurer & Pontil 2009 with the observed range, as Held & Yang
+  used); a walk skips the evaluations that only stopped units need.
 
 Every value comes with a 95% interval (normal approximation over the per-pair samples, and the more
 conservative empirical-Bernstein bound). Shapley interaction indices of unit pairs (:func:`interactions`)
@@ -44,6 +45,7 @@ from econlm.errors import UserError
 DELTA = 0.05  # 95% intervals
 MIN_PAIRS = 8  # samples before a unit may stop: the variance and range must be seen first
 TRUNCATIONS = ("half", "none")
+INTERVALS = ("normal", "bernstein")
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,7 @@ def shapley(
     seed: int = 0,
     max_seconds: float | None = None,
     permutations: Sequence[Sequence[int]] | None = None,
+    interval: str = "normal",
     progress: bool = False,
 ) -> dict:
     """Shapley values of ``game.units`` by antithetic permutation sampling with truncation and per-unit early
@@ -270,6 +273,8 @@ def shapley(
     reverse), for exact checks. Returns ``{"values": [Estimate], "pairs": int, "evaluations": int, ...}``."""
     from econlm.progress import bar
 
+    if interval not in INTERVALS:
+        raise UserError(f"--interval must be one of {', '.join(INTERVALS)}, not {interval!r}")
     n = game.n
     length = walk_length(n, truncate)
     generator = torch.Generator().manual_seed(seed)
@@ -295,7 +300,7 @@ def shapley(
                     samples[unit].append(sums[unit] / counts[unit])
             if permutations is None:
                 for unit in range(n):
-                    if active[unit] and len(samples[unit]) >= MIN_PAIRS and estimate(samples[unit]).bernstein <= tol:
+                    if active[unit] and len(samples[unit]) >= MIN_PAIRS and _half_width(samples[unit], interval) <= tol:
                         active[unit] = False
             pbar.update(1)
             pbar.set_postfix(open=sum(active), evals=game.evaluations)
@@ -316,7 +321,13 @@ def shapley(
         "seconds": time.perf_counter() - start,
         "truncate": truncate,
         "tol": tol,
+        "interval": interval,
     }
+
+
+def _half_width(samples: Sequence[float], interval: str) -> float:
+    e = estimate(samples)
+    return e.ci95 if interval == "normal" else e.bernstein
 
 
 def position_weights(n: int, truncate: str) -> list[float]:

@@ -39,7 +39,8 @@ class MarketConfig(DataFields):
     examples: int = 512  # dev examples the values are measured on
     value: str = "metric"  # the task metric, or "loss": minus the mean task loss
     pairs: int = 200  # antithetic permutation pairs at most
-    tol: float = 0.01  # a unit stops being sampled when its 95% empirical-Bernstein half-width is this small
+    tol: float = 0.01  # a unit stops being sampled when its 95% half-width is this small
+    interval: str = "normal"  # the half-width early stopping reads: normal approximation, or empirical Bernstein
     truncate: str = "half"
     max_minutes: float | None = 60.0
     interaction_top: int = 6  # pairs among this many most valuable heads
@@ -76,6 +77,10 @@ class MarketConfig(DataFields):
         if self.value not in VALUES:
             raise UserError(f"--value must be one of {', '.join(VALUES)}, not {self.value!r}")
         walk_length(2, self.truncate)  # checks the name
+        from econlm.market import INTERVALS
+
+        if self.interval not in INTERVALS:
+            raise UserError(f"--interval must be one of {', '.join(INTERVALS)}, not {self.interval!r}")
         if self.interaction_top == 1 or self.interaction_top < 0:
             raise UserError("--interaction-top must be 0 (no interactions) or at least 2 heads")
 
@@ -192,6 +197,7 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
         truncate=config.truncate,
         seed=config.seed,
         max_seconds=max_seconds,
+        interval=config.interval,
         progress=progress,
     )
     values = [e.mean for e in result["values"]]
@@ -286,9 +292,7 @@ def _interactions(game, units, values, config: MarketConfig) -> dict:
     )
     return {
         "heads": [units[i].name for i in top],
-        "pairs": [
-            {"a": units[a].name, "b": units[b].name, **e.to_json()} for (a, b), e in zip(pairs, estimates)
-        ],
+        "pairs": [{"a": units[a].name, "b": units[b].name, **e.to_json()} for (a, b), e in zip(pairs, estimates)],
         "definition": "Shapley interaction index: mean of v(S+a+b) - v(S+a) - v(S+b) + v(S) over coalitions S of "
         "the other units (> 0: complements, < 0: substitutes)",
         "seconds": time.perf_counter() - started,
@@ -370,7 +374,9 @@ def _half_heads(loaded, task, game_split, held_out, units, values, config) -> di
     shapley_scores = []
     for layer in range(structure.layers):
         per_group = torch.tensor([values[i] for i in head_units if units[i].layer == layer])
-        shapley_scores.append({"heads": per_group.repeat_interleave(group), "neurons": torch.zeros(structure.ffn[layer])})
+        shapley_scores.append(
+            {"heads": per_group.repeat_interleave(group), "neurons": torch.zeros(structure.ffn[layer])}
+        )
     scores = {
         "shapley": shapley_scores,
         "activation": IMPORTANCE["activation"](model, [_inputs(b) for b in game_split.batches]),

@@ -39,11 +39,16 @@ class ProbeConfig(DataFields):
     data_dir: str | None = None
     seed: int = 0
     ffn_eps: float | None = None  # FFN activations with |a| < ffn_eps are set to zero while scoring
+    token_budget: str | None = None  # encoders: share of tokens kept after each layer ("0.5" or "1,0.8,...")
 
     def __post_init__(self) -> None:
 
         budgets = parse_budgets(",".join(self.budgets))
         object.__setattr__(self, "budgets", tuple(b.label for b in budgets))
+        if self.token_budget is not None:
+            from econlm.tokens import TokenSchedule
+
+            object.__setattr__(self, "token_budget", TokenSchedule.parse(self.token_budget).label)
         from econlm.data import normalise_data_fields
 
         normalise_data_fields(self)
@@ -90,6 +95,7 @@ def probe(
     max_length: int = 128,
     stride: int | None = None,
     ffn_eps: float | None = None,
+    token_budget=None,
     progress: bool = False,
 ) -> ProbeResult:
     """The scarcity probe on a model you hold (any supported Hugging Face model, in memory).
@@ -102,6 +108,8 @@ def probe(
             score, only how the model spends attention and compute on them.
         budgets: ``"full"``, keys per query (``8``) or fractions (``0.25``, ``"25%"``).
         task: a task name or :class:`~econlm.data.Task`; needed to score.
+        token_budget: encoders only: a share of each example's tokens kept after every layer (``0.5``) or one
+            per layer (``"1,0.8,0.6,..."``); see :func:`econlm.tokens.token_budget`.
     """
     import torch
 
@@ -113,6 +121,7 @@ def probe(
     parsed = parse_budgets(",".join(str(b) for b in budgets))
     task = get_task(task) if isinstance(task, str) else task
     head = model_head(model.config)
+    schedule = _token_schedule(model, token_budget)
     model.eval()
     if isinstance(examples, str):
         if task is None or not task.is_lm:
@@ -156,7 +165,9 @@ def probe(
             return _forward_only(model, tokenizer, texts, pairs, batch_size, max_length, on_batch, on_inputs)
 
     with torch.no_grad():
-        rows, score = _probe_rows(model, parsed, ffn_eps, score_once, per_budget, "probe", progress)
+        rows, score = _probe_rows(
+            model, parsed, ffn_eps, score_once, per_budget, "probe", progress, schedule, tokenizer
+        )
     meta = {
         "model": getattr(model.config, "name_or_path", "") or model.config.model_type,
         "model_type": model.config.model_type,
@@ -165,8 +176,38 @@ def probe(
         "examples_scored": rows[0]["examples"] if rows else 0,
         "unit_of_examples": "tokens" if task is not None and task.is_lm else "examples",
         "scoring": score.details if score else {},
+        "token_budget": _token_meta(schedule),
     }
     return ProbeResult(config=None, rows=rows, meta=meta)
+
+
+def _token_schedule(model, token_budget) -> tuple[float, ...] | None:
+    """The per-layer token budget for ``model``, checked (an encoder, one fraction or one per layer); None if unset."""
+    if token_budget is None:
+        return None
+    from econlm import arch
+    from econlm.tokens import TokenSchedule, check_encoder
+
+    check_encoder(model)
+    return TokenSchedule.parse(token_budget).per_layer(len(arch.blocks(model)))
+
+
+def _token_meta(schedule: tuple[float, ...] | None) -> dict | None:
+    if schedule is None:
+        return None
+    return {
+        "schedule": list(schedule),
+        "rule": "after layer l each example keeps its ceil(schedule[l] * real length) tokens that receive the most "
+        "attention in layer l (column sums of the probabilities over heads and real query rows); the first token "
+        "and the tokenizer's [CLS]/[SEP]/BOS/EOS are always kept; later layers run on the kept tokens only. The "
+        "output is put back at full length: a dropped token keeps the state it had when dropped (mean pooling "
+        "averages every token at the last layer it reached)",
+        "token_macs": "MACs of the blocks over each example's real tokens, each layer on the tokens it ran on "
+        "(econlm.flops.shortened_macs); token_reference_macs: the full model on the same real tokens; padding, the "
+        "selection and the task head not counted",
+        "effective_compute_note": "effective_macs_per_token is per token a layer runs on; the token budget's "
+        "saving is token_macs_ratio",
+    }
 
 
 def _forward_only(model, tokenizer, texts, pairs, batch_size, max_length, on_batch, on_inputs):
@@ -229,6 +270,7 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
     loaded = model or load_model(config.model)
     evaluate.scoring_method(task, loaded.head)
     model_, tokenizer = loaded.model, loaded.tokenizer
+    schedule = _token_schedule(model_, config.token_budget)
     model_.eval()
 
     if task.is_lm:
@@ -262,7 +304,15 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
 
     started = time.perf_counter()
     rows, score = _probe_rows(
-        model_, budgets, config.ffn_eps, score_once, per_budget, f"probe {config.model} on {task.name}", progress
+        model_,
+        budgets,
+        config.ffn_eps,
+        score_once,
+        per_budget,
+        f"probe {config.model} on {task.name}",
+        progress,
+        schedule,
+        tokenizer,
     )
     meta = run_metadata(seed=config.seed, config=asdict(config))
     meta.update(
@@ -287,19 +337,24 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
             "full budget with no activation skipped. The score in the same row was measured on exactly that "
             "computation (budget and FFN threshold applied).",
             "seconds": time.perf_counter() - started,
+            "token_budget": _token_meta(schedule),
         }
     )
     return ProbeResult(config=config, rows=rows, meta=meta)
 
 
-def _probe_rows(model_, budgets, ffn_eps, score_once, per_budget: int, desc: str, progress: bool):
+def _probe_rows(
+    model_, budgets, ffn_eps, score_once, per_budget: int, desc: str, progress: bool, schedule=None, tokenizer=None
+):
     """One row per budget: the score ``score_once(on_batch, on_inputs)`` measures under that budget (and the
-    FFN threshold), with the attention statistics and the effective compute of exactly that computation."""
+    FFN threshold and token budget), with the attention statistics and the effective compute of exactly that
+    computation, and with a token budget the exact MACs of the shortened sequences."""
     from contextlib import ExitStack
 
     from econlm.activations import TokenMask, hard_threshold, record_sparsity
     from econlm.flops import Structure, effective_macs_per_token
     from econlm.progress import bar
+    from econlm.tokens import token_budget
 
     structure = Structure.of_model(model_)
     rows, score = [], None
@@ -310,6 +365,9 @@ def _probe_rows(model_, budgets, ffn_eps, score_once, per_budget: int, desc: str
             tokens = TokenMask()
             with ExitStack() as stack:
                 stats = stack.enter_context(budgeted_attention(model_, budget))
+                kept = None
+                if schedule is not None:  # inside the budgeted attention, whose probabilities it reads
+                    kept = stack.enter_context(token_budget(model_, schedule, tokenizer=tokenizer, token_mask=tokens))
                 if ffn_eps is not None:
                     stack.enter_context(hard_threshold(model_, ffn_eps))
                 # Registered after the threshold, so it sees the activations the model really uses.
@@ -326,6 +384,7 @@ def _probe_rows(model_, budgets, ffn_eps, score_once, per_budget: int, desc: str
                 for i, entry in enumerate(summary["per_layer"])
             ]
             effective = effective_macs_per_token(structure, layer_stats)
+            token_row, token_layers = _token_row(kept, structure, len(summary["per_layer"]))
             rows.append(
                 {
                     "budget": budget.label,
@@ -343,13 +402,34 @@ def _probe_rows(model_, budgets, ffn_eps, score_once, per_budget: int, desc: str
                     "effective_macs_per_token": effective["effective_macs_per_token"],
                     "reference_macs_per_token": effective["reference_macs_per_token"],
                     "effective_ratio": effective["ratio"],
+                    **token_row,
                     "per_layer": [
-                        {**entry, **stat, "effective_macs_per_token": eff["effective"]}
-                        for entry, stat, eff in zip(summary["per_layer"], layer_stats, effective["by_layer"])
+                        {**entry, **stat, "effective_macs_per_token": eff["effective"], **tok}
+                        for entry, stat, eff, tok in zip(
+                            summary["per_layer"], layer_stats, effective["by_layer"], token_layers
+                        )
                     ],
                 }
             )
     return rows, score
+
+
+def _token_row(kept, structure, layers: int) -> tuple[dict, list[dict]]:
+    """A row's token-budget fields (schedule, exact MACs of the shortened sequences) and per-layer entries."""
+    if kept is None:
+        return {}, [{}] * layers
+    macs = kept.macs(structure)
+    row = {
+        "token_budget": ",".join(f"{f:g}" for f in kept.schedule),
+        "token_macs": macs["macs"],
+        "token_reference_macs": macs["reference_macs"],
+        "token_macs_ratio": macs["ratio"],
+    }
+    per_layer = [
+        {"token_budget": f, "tokens_mean": entry["tokens_mean"], "token_macs": entry["macs"]}
+        for f, entry in zip(kept.schedule, macs["by_layer"])
+    ]
+    return row, per_layer
 
 
 CSV_COLUMNS = [
@@ -367,6 +447,7 @@ CSV_COLUMNS = [
     "effective_ratio",
     "seconds",
 ]
+TOKEN_COLUMNS = ["token_budget", "token_macs", "token_reference_macs", "token_macs_ratio"]
 
 
 def save_probe(result: ProbeResult, out: str | os.PathLike) -> dict[str, Path]:
@@ -380,6 +461,7 @@ def save_probe(result: ProbeResult, out: str | os.PathLike) -> dict[str, Path]:
     csv_rows = []
     for row in result.rows:
         flat = {k: row[k] for k in CSV_COLUMNS}
+        flat.update({k: row[k] for k in TOKEN_COLUMNS if k in row})
         flat.update({f"metric_{k}": v for k, v in row["metrics"].items()})
         csv_rows.append(flat)
     extra = sorted({k for r in csv_rows for k in r} - set(CSV_COLUMNS))
@@ -395,10 +477,17 @@ def save_probe(result: ProbeResult, out: str | os.PathLike) -> dict[str, Path]:
 def format_table(rows: list[dict]) -> str:
     """A short fixed-width table of budget, score, Gini and entropy."""
     metric = rows[0]["metric"] if rows else "score"
+    tokens = bool(rows) and "token_macs_ratio" in rows[0]
     lines = [f"{'budget':>7}  {metric:>10}  {'gini':>6}  {'entropy':>7}  {'eff. compute':>12}"]
+    if tokens:
+        lines[0] += f"  {'token MACs':>10}"
     for r in rows:
         lines.append(
             f"{r['budget']:>7}  {r['score']:>10.4f}  {r['gini']:>6.3f}  {r['entropy']:>7.3f}  "
             f"{r['effective_ratio']:>12.3f}"
         )
+        if tokens:
+            lines[-1] += f"  {r['token_macs_ratio']:>10.3f}"
+    if tokens:
+        lines.append(f"token budget {rows[0]['token_budget']} (kept share per layer); token MACs: shortened / full")
     return "\n".join(lines)

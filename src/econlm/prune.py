@@ -120,7 +120,11 @@ IMPORTANCE = Registry(
 def plan_by_importance(
     model: nn.Module, importance: list[dict[str, torch.Tensor]], remove_heads: list[int], remove_neurons: list[int]
 ) -> list[LayerPlan]:
-    """Per layer, drop the given numbers of least important heads (whole GQA groups) and neurons."""
+    """Per layer, drop the given numbers of least important heads (whole GQA groups) and neurons.
+
+    A head count that is not a whole number of groups rounds down to whole groups, and a request for every
+    group (or every neuron) of a layer is cut to all but one: the most important group and neuron stay, since
+    a layer cannot be emptied (:func:`econlm.compact.plan_removal` keeps one the same way)."""
     shape = arch.shape(model.config)
     plans = []
     for i, scores in enumerate(importance):

@@ -77,8 +77,9 @@ class TrainConfig(DataFields):
     lr_warmup_ratio: float = 0.06
     batch_size: int = 32
     max_length: int = 128
+    gradient_checkpointing: bool = False  # recompute each layer's activations in backward: less memory, slower
     seed: int = 42
-    limit: int | None = None  # training examples (sequences of max_length tokens for LM tasks)
+    limit: int | None = None  # training examples (training tokens for LM tasks, in whole blocks of max_length)
     eval_limit: int | None = None  # dev examples (test tokens for LM tasks; default 8192)
     data_dir: str | None = None
     save_every: int = 200  # steps between checkpoints
@@ -102,6 +103,8 @@ class TrainConfig(DataFields):
         check_max_length(self.max_length)
         if self.limit is not None and self.limit < 1:
             raise UserError("--limit must be at least 1")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise UserError(f"--gradient-checkpointing must be true or false, not {self.gradient_checkpointing!r}")
         if self.device not in ("cpu", "auto"):
             raise UserError(f"--device must be cpu or auto, not {self.device}")
 
@@ -163,8 +166,15 @@ def _glue_features(tokenizer, task, examples, max_length):
 
 
 def _lm_features(ids: list[int], max_length: int, limit: int | None):
-    blocks = [ids[i : i + max_length] for i in range(0, len(ids) - max_length + 1, max_length)]
-    blocks = blocks[:limit] if limit else blocks
+    """Consecutive blocks of ``max_length`` tokens; ``limit`` counts training tokens (as the probe's and
+    ``eval_limit``'s do), so it keeps the first ``limit // max_length`` whole blocks."""
+    if limit is not None and limit < max_length:
+        raise UserError(
+            f"--limit {limit} is fewer training tokens than one block of --max-length {max_length}; "
+            f"use --limit {max_length} or more (language-modelling limits count tokens)"
+        )
+    end = len(ids) if limit is None else min(len(ids), limit)
+    blocks = [ids[i : i + max_length] for i in range(0, end - max_length + 1, max_length)]
     return [{"input_ids": b, "labels": b} for b in blocks]
 
 
@@ -272,6 +282,22 @@ def _label_map(model, task) -> None:
         model.config.label2id = {name: i for i, name in enumerate(task.label_names)}
 
 
+def enable_checkpointing(model) -> None:
+    """Gradient (activation) checkpointing of every layer, non-reentrant: each layer's activations are
+    recomputed in the backward pass instead of kept, which trades about one more forward pass for the memory
+    of the stored activations. Gradients are the same (the recompute replays the same RNG state, so dropout
+    and gate samples match); hooks (cost terms, gates) fire again during the recompute, after the step's
+    cost was read, so they change nothing."""
+    kwargs = {"use_reentrant": False}
+    try:
+        if hasattr(model, "activation_checkpointing_enable"):  # the newer name; the old one warns it is deprecated
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    except ValueError as error:  # "X does not support gradient checkpointing"
+        raise UserError(f"--gradient-checkpointing: {error}") from None
+
+
 def _load_for_task(config: TrainConfig, task):
     from econlm import arch
     from econlm.models import load_config, load_model, model_head
@@ -283,6 +309,9 @@ def _load_for_task(config: TrainConfig, task):
                 f"{config.model} is an encoder ({model_config.model_type}) without a language-modelling head; "
                 f"{task.name} needs a decoder such as smollm2"
             )
+        from econlm.config import check_context
+
+        check_context(config.max_length, model_config)  # blocks longer than the context: refused before loading
         return load_model(config.model, "causal-lm")
     existing = model_head(model_config)
     num_labels = task.num_labels
@@ -370,6 +399,8 @@ def _setup(config: TrainConfig, resume: bool) -> _Run:
     loaded = _load_for_task(config, task)
     model, tokenizer = loaded.model, loaded.tokenizer
     model.config.pad_token_id = tokenizer.pad_token_id
+    if config.gradient_checkpointing:
+        enable_checkpointing(model)
     features, truncated = _features(config, task, tokenizer, train_data)
     teacher = _teacher(config, task, model, accelerator.device)
 
@@ -503,7 +534,9 @@ def _step(run: _Run, global_batch: list[int]) -> dict:
     run.model.train()
     incentive.begin(batch["attention_mask"], state.global_step)
     hidden = run.teacher is not None and run.config.distill_hidden_weight > 0
-    output = run.model(**batch, output_hidden_states=hidden) if hidden else run.model(**batch)
+    # A decoder's KV cache is of no use in training (and gradient checkpointing would refuse it with a warning).
+    extra = {"use_cache": False} if run.task.is_lm else {}
+    output = run.model(**batch, **extra, output_hidden_states=hidden) if hidden else run.model(**batch, **extra)
     loss = incentive.loss(output.loss)
     distilled = _distillation(run, batch, output, hidden)
     loss = loss + sum(distilled.values()) if distilled else loss
@@ -688,14 +721,16 @@ def _evaluate(run: _Run) -> dict:
     }
 
 
-def _trained_on(config: TrainConfig, task) -> str:
+def _trained_on(config: TrainConfig, task, blocks: int) -> str:
     if not task.is_lm:
         return "train split" + (f" (first {config.limit} examples)" if config.limit else "")
     from econlm.data import lm_train_split
 
     split = lm_train_split(task, config.data_dir)
     note = "" if split == "train" else " (no local train split: trained on validation, scored on test)"
-    return f"{split} split in blocks of {config.max_length} tokens{note}"
+    used = f": {blocks} blocks, {blocks * config.max_length} tokens"
+    used += f" (--limit {config.limit})" if config.limit else ""
+    return f"{split} split in blocks of {config.max_length} tokens{used}{note}"
 
 
 def _metrics(run: _Run, evaluation: dict, gates_report: dict | None) -> dict:
@@ -711,7 +746,7 @@ def _metrics(run: _Run, evaluation: dict, gates_report: dict | None) -> dict:
         "score": score.value,
         "metrics": score.metrics,
         "evaluated_on": "test split" if task.is_lm else "dev split",
-        "trained_on": _trained_on(config, task),
+        "trained_on": _trained_on(config, task, len(run.features)),
         "eval_examples": score.examples,
         "truncated_train_examples": run.truncated_train,  # longer than max_length, trained on cut
         "scoring": score.details,

@@ -301,3 +301,58 @@ def test_a_compacted_gqa_decoder_generates_and_reports_prefill_and_decoding(tmp_
         ours = small.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
         theirs = loaded.model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert torch.equal(ours, theirs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A layer whose every head (or neuron) is dead keeps one K/V group (one neuron): never an empty layer
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_gates_closing_a_whole_layer_compact_to_one_kept_group_and_reload(family, tmp_path):
+    """What training leaves when the gates close every head of layer 0 and every FFN neuron of layer 1:
+    compaction keeps one K/V group (llama: 2 query heads; bert: one head) and one neuron there, their output
+    projections zero, so outputs do not change; the result saves and reloads (no shape error in surgery)."""
+    from econlm.compact import compact_model
+    from econlm.gates import add_gates, fold_gates
+    from econlm.surgery import load_compacted, save_model
+
+    model = tiny_model(family, head="causal-lm" if family == "llama" else "base")
+    gates = add_gates(model, ("attention", "ffn"))
+    with torch.no_grad():
+        gates.heads[0].log_alpha.fill_(-30.0)  # closed in eval mode: folded to exact zeros
+        gates.neurons[1].log_alpha.fill_(-30.0)
+        gates.heads[1].log_alpha.fill_(30.0)
+        gates.neurons[0].log_alpha.fill_(30.0)
+    folded = fold_gates(model)
+    assert folded["heads"][0] == [0.0] * 4 and folded["neurons"][1] == [0.0] * 64
+    batch = padded_batch(family)
+    small, report = compact_model(model, [batch], eps=1e-3, seq_len=16)
+    after = Structure.of_model(small)
+    if family == "llama":  # groups of 2 query heads over 2 K/V heads: one group of the dead layer stays
+        assert after.heads == (2, 4) and after.kv_heads == (1, 2)
+    else:
+        assert after.heads == (1, 4)
+    assert after.ffn == (64, 1)
+    assert report.per_layer[0]["heads_zero"] == 4 - after.heads[0]  # the removed heads were zero
+    assert report.per_layer[1]["neurons_zero"] == 63
+    assert report.only_exactly_dead_units_removed and report.max_abs_output_difference < 1e-5
+    save_model(small, None, tmp_path / "small")
+    reloaded = load_compacted(tmp_path / "small", "causal-lm" if family == "llama" else "base")
+    assert Structure.of_model(reloaded) == after
+    with torch.no_grad():
+        reference = _outputs(model, batch)
+        torch.testing.assert_close(_outputs(reloaded.eval(), batch), reference, rtol=1e-5, atol=1e-5)
+
+
+def _outputs(model, batch):
+    out = model(**batch)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def test_plan_removal_of_all_dead_heads_keeps_the_first_group_of_that_layer():
+    model = tiny_model("qwen2")
+    _kill_units(model, {1: [0, 1, 2, 3]}, {0: list(range(64))})
+    plans = plan_removal(model, None, eps=1e-3)
+    assert plans[1].keep_kv_heads == [0] and plans[1].keep_heads == [0, 1] and plans[1].heads_zero == 2
+    assert plans[0].keep_neurons == [0] and plans[0].neurons_zero == 63
+    assert plans[0].keep_heads == [0, 1, 2, 3] and len(plans[1].keep_neurons) == 64

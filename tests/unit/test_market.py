@@ -67,7 +67,7 @@ def test_position_weights():
 
 
 def _logit_sum(logits):
-    return float(sum(l.double().sum() for l in logits))
+    return float(sum(x.double().sum() for x in logits))
 
 
 def _tiny_game(family="bert", kinds=("head",), block=32, **overrides):
@@ -116,7 +116,7 @@ def test_sampled_values_agree_with_exact_enumeration_on_a_model():
 
 def test_early_stopping_stops_a_unit_with_no_variance():
     game = TableGame([1.0, 2.0, 3.0, 4.0], bonus=1.0)
-    result = market.shapley(game, pairs=50, tol=0.05, truncate="none")
+    result = market.shapley(game, pairs=50, tol=0.05, truncate="none", interval="bernstein")
     assert result["stopped_by"] == "every unit within tol"
     assert result["pairs"] == market.MIN_PAIRS + 0 or result["pairs"] < 50
 

@@ -24,8 +24,29 @@ def test_market_writes_values_allocations_and_figures(capsys, tmp_path, glue):
     ckpt = save_tiny_checkpoint(tmp_path / "ckpt", head="seq-cls")
     out = tmp_path / "market"
     code, err = _run(
-        capsys, "market", ckpt, "--task", "sst2", "--data-dir", glue, "--out", out, "--examples", 24, "--tol", 0.1,
-        "--pairs", 3, "--block", 32, "--interaction-top", 3, "--interaction-samples", 2, "--budgets", "0.8,0.5",
+        capsys,
+        "market",
+        ckpt,
+        "--task",
+        "sst2",
+        "--data-dir",
+        glue,
+        "--out",
+        out,
+        "--examples",
+        24,
+        "--tol",
+        0.1,
+        "--pairs",
+        3,
+        "--block",
+        32,
+        "--interaction-top",
+        3,
+        "--interaction-samples",
+        2,
+        "--budgets",
+        "0.8,0.5",
     )
     assert code == 0, err
     result = json.loads((out / "market.json").read_text())
@@ -67,8 +88,21 @@ def test_bad_settings_are_one_line_before_loading(capsys, tmp_path, flags, messa
 def test_a_block_that_does_not_divide_the_ffn(capsys, tmp_path, glue):
     ckpt = save_tiny_checkpoint(tmp_path / "ckpt", head="seq-cls")
     code, err = _run(
-        capsys, "market", ckpt, "--task", "sst2", "--data-dir", glue, "--out", tmp_path / "o", "--examples", 24,
-        "--tol", 0.1, "--block", 24,
+        capsys,
+        "market",
+        ckpt,
+        "--task",
+        "sst2",
+        "--data-dir",
+        glue,
+        "--out",
+        tmp_path / "o",
+        "--examples",
+        24,
+        "--tol",
+        0.1,
+        "--block",
+        24,
     )
     assert code == 2 and "--block 24 does not divide the FFN width 64; use one of 1, 2, 4, 8, 16, 32" in err
 
@@ -76,8 +110,19 @@ def test_a_block_that_does_not_divide_the_ffn(capsys, tmp_path, glue):
 def test_a_model_without_a_task_head_is_told_to_fine_tune(capsys, tmp_path, glue):
     ckpt = save_tiny_checkpoint(tmp_path / "ckpt", head="base")
     code, err = _run(
-        capsys, "market", ckpt, "--task", "stsb", "--data-dir", glue, "--out", tmp_path / "o", "--examples", 24,
-        "--tol", 0.1,
+        capsys,
+        "market",
+        ckpt,
+        "--task",
+        "stsb",
+        "--data-dir",
+        glue,
+        "--out",
+        tmp_path / "o",
+        "--examples",
+        24,
+        "--tol",
+        0.1,
     )
     assert code == 2 and "needs a model fine-tuned on stsb" in err and "econlm train" in err
 
@@ -85,8 +130,19 @@ def test_a_model_without_a_task_head_is_told_to_fine_tune(capsys, tmp_path, glue
 def test_too_few_dev_examples_for_a_held_out_part(capsys, tmp_path, glue):
     ckpt = save_tiny_checkpoint(tmp_path / "ckpt", head="seq-cls")
     code, err = _run(
-        capsys, "market", ckpt, "--task", "sst2", "--data-dir", glue, "--out", tmp_path / "o", "--examples", 100,
-        "--tol", 0.1,
+        capsys,
+        "market",
+        ckpt,
+        "--task",
+        "sst2",
+        "--data-dir",
+        glue,
+        "--out",
+        tmp_path / "o",
+        "--examples",
+        100,
+        "--tol",
+        0.1,
     )
     assert code == 2 and "use --examples 30 or fewer" in err
 
@@ -113,8 +169,16 @@ def _fake_sweep(tmp_path, glue):
         (model_dir / "metrics.json").write_text(json.dumps({"cost_terms_last_step": {"cost/compute_share": share}}))
         settings = {"task": "sst2", "seed": 1, "cost": ["flops"], "lam": 0.0, "budget": budget, "data_dir": str(glue)}
         lines.append(
-            json.dumps({"id": f"t{i}", "kind": "train", "status": "ok", "settings": settings,
-                        "model_dir": str(model_dir), "lambda_final": lam})
+            json.dumps(
+                {
+                    "id": f"t{i}",
+                    "kind": "train",
+                    "status": "ok",
+                    "settings": settings,
+                    "model_dir": str(model_dir),
+                    "lambda_final": lam,
+                }
+            )
         )
     (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
     return folder

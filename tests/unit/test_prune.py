@@ -33,3 +33,25 @@ def test_magnitude_pruning_keeps_the_largest_unit():
     assert int(scores[0]["neurons"].argmax()) == 7 and int(scores[0]["neurons"].argmin()) == 3
     plans = prune(model, [0, 0], [63, 0])
     assert plans[0].keep_neurons == [7]
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_pruning_every_unit_of_a_layer_keeps_the_most_important_group_and_neuron(family):
+    """A request to remove all heads (K/V groups) or all neurons of a layer is cut to all but one: the most
+    important group and neuron stay, and the model still runs."""
+    from econlm.prune import plan_by_importance
+
+    model = tiny_model(family)
+    scores = magnitude_importance(model)
+    plans = plan_by_importance(model, scores, [4, 0], [64, 0])
+    group = 2 if family == "llama" else 1
+    best_group = int(scores[0]["heads"].view(-1, group).sum(dim=1).argmax())
+    assert plans[0].keep_kv_heads == [best_group]
+    assert plans[0].keep_heads == [best_group * group + j for j in range(group)]
+    assert plans[0].keep_neurons == [int(scores[0]["neurons"].argmax())]
+    assert len(plans[1].keep_heads) == 4 and len(plans[1].keep_neurons) == 64
+    prune(model, [4, 0], [64, 0])
+    batch = padded_batch(family)
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).last_hidden_state).all()
+    assert Structure.of_model(model).ffn == (1, 64)

@@ -106,7 +106,7 @@ def test_language_modelling_trains_on_the_train_split_when_it_is_there_and_repor
         epochs=1,
         cost=("attn_sqrt",),
         eval_limit=256,
-        limit=6,
+        limit=6 * 32,  # training tokens: 6 blocks
         data_dir=str(data),
     )
     metrics = train(config, progress=False)

@@ -1,0 +1,227 @@
+"""Issue #14's benchmark: Shapley values of MiniLM's heads and FFN blocks, value per MAC, interactions, market
+allocations against activation and Fisher pruning, and the shadow-price check of the fair sweep's runs.
+
+    python bench/market.py run stsb MODEL_DIR [--units head] [--sweep SWEEP_DIR]   # one task (resumable: skips if done)
+    python bench/market.py docs                                                   # docs/market.md from the results
+
+`run` writes runs/bench_market/<task>/ (econlm market's market.json and figures) and copies market.json to
+bench/results/market_<task>.json; `docs` renders every bench/results/market_*.json into docs/market.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DOCS, RESULTS, ROOT, markdown_table  # noqa: E402
+
+
+def run(task: str, model: str, units: str, sweep: str | None, minutes: float) -> None:
+    import torch
+
+    from econlm.market_run import MarketConfig, market_summary, run_market, save_market
+
+    torch.set_num_threads(2)
+    out = ROOT / "runs" / "bench_market" / task
+    target = RESULTS / f"market_{task}.json"
+    if not (out / "market.json").exists():
+        config = MarketConfig(model=model, task=task, out=str(out), units=units, max_minutes=minutes)
+        result = run_market(config)
+        if sweep:
+            from econlm.shadow import shadow_prices
+
+            result["shadow_prices"] = shadow_prices(sweep)
+        save_market(result, out)
+        print(market_summary(result))
+    elif sweep:
+        from econlm.shadow import shadow_prices
+
+        result = json.loads((out / "market.json").read_text())
+        result["shadow_prices"] = shadow_prices(sweep)
+        save_market(result, out)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "market.json", target)
+    for png in out.glob("*.png"):
+        (DOCS / "market").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, DOCS / "market" / f"{task}_{png.name}")
+
+
+def _task_section(result: dict) -> list[str]:
+    task, est = result["task"], result["estimator"]
+    units = result["units"]
+    heads = sorted((u for u in units if u["kind"] == "head"), key=lambda u: u["value"], reverse=True)
+    top = heads[:10]
+    lines = [
+        f"## {task}",
+        "",
+        f"Model: `{result['meta']['model']}`. Value: {result['value_definition']} (full model "
+        f"{result['full_value']:.4f}); every pruned model below is scored on the other "
+        f"{result['meta']['held_out_examples']} dev examples. Estimator: {len(units)} units "
+        f"({', '.join(result['meta']['config']['units'])}), antithetic permutation pairs truncated at {est['truncate']}, "
+        f"{est['pairs']} pairs, {est['evaluations']} evaluations, the cache ran {est['blocks_run_share']:.0%} of the "
+        f"blocks a full forward runs; {est['seconds'] / 60:.1f} min on {result['meta']['threads']} threads "
+        f"(stopped: {est['stopped_by']}; {est['converged']} of {len(units)} units reached the 95% "
+        f"empirical-Bernstein half-width {est['tol']}).",
+        "",
+        "### The ten most valuable heads",
+        "",
+        markdown_table(
+            ["head", "value", "95% CI half-width (normal)", "empirical Bernstein", "pairs"],
+            [
+                [u["name"], f"{u['value']:+.4f}", f"{u['ci95']:.4f}", f"{u['bernstein95']:.4f}", u["samples"]]
+                for u in top
+            ],
+        ),
+        "",
+        f"Largest normal half-width among them: {max(u['ci95'] for u in top):.4f} (target <= 0.01). "
+        f"Heads with negative value: {sum(u['value'] < 0 for u in heads)} of {len(heads)}.",
+        "",
+        "### Inequality (Gini of value, negative values as zero; of compute in MACs per token)",
+        "",
+        markdown_table(
+            ["units", "count", "negative", "Gini of value", "Gini of compute"],
+            [
+                [k, s["units"], s["negative_value"], f"{s['gini_value']:.3f}", f"{s['gini_compute']:.3f}"]
+                for k, s in result["inequality"].items()
+            ],
+        ),
+        "",
+        "### Costly units that return the least (lowest value per MAC)",
+        "",
+        markdown_table(
+            ["unit", "value", "MACs per token"],
+            [[u["name"], f"{u['value']:+.4f}", f"{u['macs_per_token']:.0f}"] for u in result["costly_low_return"]],
+        ),
+        "",
+    ]
+    inter = result.get("interactions") or {}
+    if inter.get("pairs"):
+        ranked = sorted(inter["pairs"], key=lambda p: p["value"])
+        lines += [
+            f"### Interactions among the {len(inter['heads'])} most valuable heads",
+            "",
+            f"{inter['definition']}; {ranked[0]['samples']} samples per pair, {inter['seconds'] / 60:.1f} min.",
+            "",
+            markdown_table(
+                ["pair", "interaction", "95% CI half-width"],
+                [[f"{p['a']} x {p['b']}", f"{p['value']:+.4f}", f"{p['ci95']:.4f}"] for p in ranked],
+            ),
+            "",
+        ]
+    half = result.get("head_ranking_at_half") or {}
+    if half.get("rows"):
+        lines += [
+            f"### {half['heads_removed']} of {half['of']} heads removed, no retraining (held-out {result['metric']})",
+            "",
+            markdown_table(
+                ["layout", "ranking", result["metric"]],
+                [[r["layout"], r["ranking"], f"{r['score']:.4f}"] for r in half["rows"]],
+            ),
+            "",
+        ]
+    lines += [
+        "### Market-clearing allocations against activation and Fisher at the same structure (no retraining)",
+        "",
+        markdown_table(
+            [
+                "budget",
+                "method",
+                f"held-out {result['metric']}",
+                "dense compute share",
+                "heads removed",
+                "neurons removed",
+            ],
+            [
+                [
+                    r["budget"],
+                    r["method"],
+                    f"{r['score']:.4f}",
+                    f"{r['dense_share']:.3f}",
+                    r.get("heads_removed", 0),
+                    r.get("neurons_removed", 0),
+                ]
+                for r in result["allocations"]
+            ],
+        ),
+        "",
+    ]
+    for name in ("head_values", "ffn_values", "lorenz", "interactions"):
+        if (DOCS / "market" / f"{task}_market_{name}.png").exists():
+            lines.append(f"![{task} {name}](market/{task}_market_{name}.png)")
+    lines.append("")
+    shadow = result.get("shadow_prices")
+    if shadow:
+        lines += [
+            "### Is the controller's price a shadow price of compute?",
+            "",
+            shadow["definition"] + f" (sweep `{Path(shadow['sweep']).name}`).",
+            "",
+            markdown_table(
+                ["seed", "cost", "budgets", "shares cleared", "dev losses", "final lambdas", "-dL/dC", "consistent"],
+                [
+                    [
+                        p["seed"],
+                        "+".join(p["cost"] or []),
+                        f"{p['budgets'][0]} / {p['budgets'][1]}",
+                        f"{p['shares'][0]:.3f} / {p['shares'][1]:.3f}",
+                        f"{p['losses'][0]:.4f} / {p['losses'][1]:.4f}",
+                        f"{p['lambdas'][0]:.4g} / {p['lambdas'][1]:.4g}",
+                        f"{p['finite_difference']:.4g}",
+                        "yes" if p["consistent"] else "no",
+                    ]
+                    for p in shadow["pairs"]
+                ],
+            ),
+            "",
+        ]
+    meta = result["meta"]
+    lines.append(
+        f"Measured with `{meta['command']}`, git {meta['git']}, torch {meta['versions'].get('torch')}, "
+        f"{meta['machine']['processor']} ({meta['machine']['cpu_count']} CPUs), {meta['time_utc']}; "
+        f"the whole run took {meta['seconds'] / 60:.1f} min. Raw numbers: `bench/results/market_{task}.json`."
+    )
+    return lines
+
+
+def docs() -> None:
+    from econlm.runinfo import atomic_write_text
+
+    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("market_*.json"))]
+    lines = [
+        "# The market: what MiniLM's heads and FFN blocks are worth",
+        "",
+        "`econlm market` (issue #14). Values are truncated Shapley values: the average value a unit adds to "
+        "coalitions holding at least half of the units (the regime pruning up to 50% lives in), estimated by "
+        "antithetic permutation walks from the full model, cached below the first changed layer; see "
+        "`econlm.market`. Compute is MACs per token (FLOPs = 2 x MACs) at the dev subset's mean length.",
+        "",
+    ]
+    for result in results:
+        lines += _task_section(result)
+        lines.append("")
+    atomic_write_text(DOCS / "market.md", "\n".join(lines).rstrip() + "\n")
+    print(f"wrote {DOCS / 'market.md'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("task")
+    r.add_argument("model")
+    r.add_argument("--units", default="head,ffn")
+    r.add_argument("--sweep", default=None)
+    r.add_argument("--minutes", type=float, default=60.0)
+    sub.add_parser("docs")
+    args = parser.parse_args()
+    if args.command == "run":
+        run(args.task, args.model, args.units, args.sweep, args.minutes)
+    docs()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Issue #10's benchmark tables: incentive training against fair post-hoc rivals, from bench/run_fair.sh's sweeps.
+
+    python bench/summarize_fair.py stsb [--repeats 30]      # reads $ECONLM_BENCH_OUT/stsb (default runs/bench_fair)
+
+For every seed, the lambda = 0 fine-tune (the teacher) and every final model of that seed (compacted
+incentive models, post-hoc rivals) are timed in one interleaved run (batch 1 and 32, 128 tokens, 2 threads,
+median of --repeats rounds after warm-up), so each speedup is a ratio measured in one run. Writes
+bench/results/fair_<task>.json and docs/fair_<task>.md; run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, markdown_table, save  # noqa: E402
+
+THREADS = 2
+SEQ_LEN = 128
+BATCHES = (1, 32)
+TABLE = ROOT / "bench" / "latency" / "minilm_b1_s128_t2.json"
+TARGETS = {"stsb": (2.0, 0.005), "cola": (1.6, 0.02)}  # (batch-1 speedup, largest score loss)
+
+
+def load(task: str) -> list[dict]:
+    folder = Path(os.environ.get("ECONLM_BENCH_OUT", ROOT / "runs" / "bench_fair")) / task
+    path = folder / "results.jsonl"
+    if not path.exists():
+        raise SystemExit(f"no results in {folder}; run bench/run_fair.sh {task} first")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _label(r: dict) -> str:
+    s = r["settings"]
+    if r["kind"] == "train":
+        if s.get("budget") is None:
+            return "lambda=0 fine-tune (teacher)"
+        return f"incentive {'+'.join(s['cost'])} budget {s['budget']}" + (" +distill" if s.get("distill") else "")
+    epochs = s["finetune_epochs"]
+    return f"post-hoc {s['importance']}{' +LS rescale' if s.get('rescale') else ''}, " + (
+        f"{epochs} epochs" + (" +distill" if s.get("distill") else "") if epochs else "no retraining"
+    )
+
+
+def time_seed(models: dict[str, str], repeats: int) -> dict[str, dict[int, float]]:
+    """Median seconds per forward of each model at each batch size, all interleaved in one run."""
+    import torch
+
+    from econlm.latency import measure_interleaved, model_call, random_inputs
+    from econlm.models import load_model
+
+    torch.set_num_threads(THREADS)
+    loaded = {name: load_model(path).model.eval() for name, path in models.items()}
+    out: dict[str, dict[int, float]] = {name: {} for name in models}
+    for batch in BATCHES:
+        inputs = random_inputs(batch, SEQ_LEN)
+        timings = measure_interleaved(
+            {name: model_call(m, inputs) for name, m in loaded.items()}, warmup=3, repeats=repeats
+        )
+        for name, timing in timings.items():
+            out[name][batch] = timing.median
+    return out
+
+
+def predicted_speedup(final_model: str) -> float | None:
+    from econlm.flops import Structure
+    from econlm.latency_table import load_table
+    from econlm.models import load_model
+
+    if not TABLE.exists():
+        return None
+    structure = Structure.of_model(load_model(final_model).model)
+    return load_table(TABLE).predicted_speedup(list(structure.heads), list(structure.ffn))
+
+
+def summarize(task: str, repeats: int) -> tuple[dict, str]:
+    results = [r for r in load(task) if r.get("status") == "ok" and r["kind"] in ("train", "posthoc")]
+    seeds = sorted({r["settings"]["seed"] for r in results})
+    rows, pairs = [], []
+    for seed in seeds:
+        mine = [r for r in results if r["settings"]["seed"] == seed]
+        teacher = next((r for r in mine if r["kind"] == "train" and r["settings"].get("budget") is None), None)
+        if teacher is None:
+            continue
+        students = [r for r in mine if r is not teacher]
+        models = {"teacher": teacher["final_model"], **{r["id"]: r["final_model"] for r in students}}
+        times = time_seed(models, repeats)
+        for r in [teacher, *students]:
+            key = "teacher" if r is teacher else r["id"]
+            row = {
+                "seed": seed,
+                "id": r["id"],
+                "method": _label(r),
+                "matches": r["settings"].get("matches"),
+                "score": r["score"],
+                "lost": teacher["score"] - r["score"],
+                "flops_share": r["dense_flops"] / teacher["dense_flops"],
+                "training_steps": r["training"]["steps"],
+                "training_seconds": r["training"]["seconds"],
+                **{f"speedup_b{b}": times["teacher"][b] / times[key][b] for b in BATCHES},
+            }
+            if r["kind"] == "train" and r is not teacher:
+                row["predicted_speedup_b1"] = predicted_speedup(r["final_model"])
+            rows.append(row)
+        for incentive in (r for r in rows if r["seed"] == seed and r["method"].startswith("incentive")):
+            rivals = [r for r in rows if r["matches"] == incentive["id"] and "epochs" in r["method"]]
+            if rivals:
+                best = max(rivals, key=lambda r: r["score"])
+                pairs.append(
+                    {
+                        "seed": seed,
+                        "incentive": incentive["method"],
+                        "incentive_score": incentive["score"],
+                        "best_rival": best["method"],
+                        "rival_score": best["score"],
+                        "difference": incentive["score"] - best["score"],
+                        "same_steps": incentive["training_steps"] == best["training_steps"],
+                    }
+                )
+    return {"task": task, "rows": rows, "pairs": pairs, "repeats": repeats}, render(task, rows, pairs, repeats)
+
+
+def render(task: str, rows: list[dict], pairs: list[dict], repeats: int) -> str:
+    speed_target, loss_target = TARGETS.get(task, (2.0, 0.005))
+    lines = [
+        f"# Issue #10 on {task}: incentive training against fair post-hoc rivals",
+        "",
+        "Every student learns from the same teacher (the lambda = 0 fine-tune of its seed) and every rival gets "
+        "the same training steps as the incentive run it is paired with (`matched`), or none. Steps and seconds "
+        "count everything behind a model (the teacher's fine-tune included). Speedups: the teacher's median "
+        f"forward time over the model's, batch 1 and 32, {SEQ_LEN} tokens, {THREADS} threads, CPU, all models of a "
+        f"seed interleaved round by round in one run ({repeats} rounds after 3 warm-up rounds). Scores: the dev "
+        "split, of exactly the model timed (compacted).",
+        "",
+        markdown_table(
+            [
+                "seed",
+                "method",
+                "score",
+                "lost",
+                "FLOPs share",
+                "speedup b1",
+                "predicted b1",
+                "speedup b32",
+                "steps",
+                "train s",
+            ],
+            [
+                [
+                    r["seed"],
+                    r["method"],
+                    f"{r['score']:.4f}",
+                    f"{r['lost']:+.4f}",
+                    f"{r['flops_share']:.3f}",
+                    f"{r['speedup_b1']:.2f}x",
+                    f"{r['predicted_speedup_b1']:.2f}x" if r.get("predicted_speedup_b1") else "-",
+                    f"{r['speedup_b32']:.2f}x",
+                    r["training_steps"],
+                    f"{r['training_seconds']:.0f}",
+                ]
+                for r in rows
+            ],
+        ),
+        "",
+        "## Incentive against the best rival with the same training",
+        "",
+        markdown_table(
+            ["seed", "incentive", "score", "best matched rival", "score", "difference", "same steps"],
+            [
+                [
+                    p["seed"],
+                    p["incentive"],
+                    f"{p['incentive_score']:.4f}",
+                    p["best_rival"],
+                    f"{p['rival_score']:.4f}",
+                    f"{p['difference']:+.4f}",
+                    "yes" if p["same_steps"] else "no",
+                ]
+                for p in pairs
+            ],
+        ),
+        "",
+        "## Targets",
+        "",
+    ]
+    incentive = [r for r in rows if r["method"].startswith("incentive")]
+    hits = [r for r in incentive if r["speedup_b1"] >= speed_target and r["lost"] <= loss_target]
+    lines.append(
+        f"- >= {speed_target}x batch-1 speedup at <= {loss_target} lost: "
+        + (
+            "met by "
+            + ", ".join(f"seed {r['seed']} {r['method']} ({r['speedup_b1']:.2f}x, {r['lost']:+.4f})" for r in hits)
+            if hits
+            else "**missed**: "
+            + ", ".join(f"seed {r['seed']} {r['method']} {r['speedup_b1']:.2f}x at {r['lost']:+.4f}" for r in incentive)
+        )
+    )
+    wins = sum(p["difference"] >= 0 for p in pairs)
+    mean = statistics.mean(p["difference"] for p in pairs) if pairs else float("nan")
+    lines.append(
+        f"- incentive as good or better than the best matched rival: {wins} of {len(pairs)} pairs "
+        f"(target: 4 of 6), mean difference {mean:+.4f}"
+    )
+    predictions = [r for r in incentive if r.get("predicted_speedup_b1")]
+    within = [r for r in predictions if abs(r["predicted_speedup_b1"] / r["speedup_b1"] - 1) <= 0.10]
+    lines.append(
+        f"- latency table's batch-1 prediction within 10% of the measured speedup: {len(within)} of {len(predictions)} "
+        "compacted incentive models ("
+        + ", ".join(f"{r['predicted_speedup_b1']:.2f}x vs {r['speedup_b1']:.2f}x" for r in predictions)
+        + ")"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("task", choices=("stsb", "cola"))
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    payload, markdown = summarize(args.task, args.repeats)
+    save(f"fair_{args.task}", payload, markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,503 @@
+"""A post-hoc token budget at inference for encoders (PoWER-BERT style): later layers run on fewer tokens.
+
+After layer ``l`` each example keeps its ``r_l`` most attended-to tokens and the others leave the sequence
+for every later layer (Goyal et al., 2020, "PoWER-BERT", section 3, without the retraining). A token's
+value is the attention it receives in layer ``l``: the column sum of the attention probabilities over
+heads and over real (non-padding) query rows. The first real token ([CLS], which classification heads
+read) and the tokenizer's [CLS]/[SEP]/BOS/EOS tokens are always kept; padding is never kept or counted.
+
+The computation really shrinks: the kept tokens of each example are gathered into a shorter batch
+(padded to the longest kept row, with its own attention mask), so later layers multiply smaller
+matrices. Nothing is forked: forward hooks on the blocks gather the hidden states, forward pre-hooks
+hand later blocks the shortened mask in the format the block was given (additive float or boolean), and
+a forward hook on each attention module reads the probabilities it returns. After the last block the
+output is put back at full length: kept tokens carry their final state, a dropped token the state it
+had when it was dropped (so mean pooling over the original mask still works; the [CLS] head reads a
+token that is always kept).
+
+The pure core (:func:`keep_counts`, :func:`token_values`, :func:`select_tokens`, :func:`padding_mask`)
+takes tensors and returns tensors; :func:`token_budget` attaches the hooks in a context manager that
+always removes them.
+
+Example::
+
+    with token_budget(model, "0.5", tokenizer=tokenizer) as stats:
+        model(**batch)
+    stats.macs(Structure.of_model(model))["ratio"]
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from econlm import arch
+from econlm.attention import ATTENTION_NAME
+from econlm.errors import UserError
+
+# Attention implementations that return their probabilities (the token values need them). Under any other
+# (sdpa, flash) the model runs eager attention inside the block: the same numbers, and the weights.
+_RETURNS_WEIGHTS = ("eager", ATTENTION_NAME)
+
+# ceil(fraction * length) in floating point: 0.7 * 10 is 7.000000000000001, whose ceiling is 8, not 7.
+_CEIL_SLACK = 1e-9
+
+# ---------------------------------------------------------------------------------------------------------
+# The schedule
+
+
+@dataclass(frozen=True)
+class TokenSchedule:
+    """The share of each example's real length kept after each layer: one fraction per layer, or one for all.
+
+    After layer ``l`` an example of ``n`` real tokens keeps ``ceil(fraction_l * n)`` of them (never fewer
+    than its special tokens). Tokens once dropped stay dropped, so fractions may not grow with depth. The
+    last layer's entry decides nothing: no layer follows it, and the output is put back at full length.
+    """
+
+    fractions: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.fractions:
+            raise UserError("a token budget needs a fraction, such as 0.5, or one per layer, such as 1,0.8,0.6")
+        for f in self.fractions:
+            if not (isinstance(f, (int, float)) and math.isfinite(f) and 0 < f <= 1):
+                raise UserError(
+                    f"token budget fraction {f} must lie in (0, 1]: the share of each example's tokens kept"
+                )
+        for layer, (before, after) in enumerate(zip(self.fractions, self.fractions[1:])):
+            if after > before:
+                raise UserError(
+                    f"token budget {self.label} grows from {before:g} to {after:g} after layer {layer + 1}: a dropped "
+                    "token cannot come back, so give fractions that never increase"
+                )
+
+    @classmethod
+    def parse(cls, text: str | float | Sequence[float] | TokenSchedule) -> TokenSchedule:
+        """``0.5``, ``"0.5"``, ``"50%"``, ``"1,0.8,0.6,..."`` (one per layer) or a sequence of floats."""
+        if isinstance(text, TokenSchedule):
+            return text
+        if isinstance(text, (int, float)):
+            parts: list = [text]
+        elif isinstance(text, str):
+            parts = [p.strip() for p in text.split(",")]
+        else:
+            parts = list(text)
+        values = []
+        for part in parts:
+            try:
+                value = float(part[:-1]) / 100 if isinstance(part, str) and part.endswith("%") else float(part)
+            except (TypeError, ValueError):
+                raise UserError(
+                    f"token budget '{text}' is not a list of numbers: give a fraction such as 0.5, or one per "
+                    "layer such as 1,0.8,0.6"
+                ) from None
+            values.append(value)
+        return cls(tuple(values))
+
+    @property
+    def label(self) -> str:
+        return ",".join(f"{f:g}" for f in self.fractions)
+
+    @property
+    def is_full(self) -> bool:
+        return all(f == 1 for f in self.fractions)
+
+    def per_layer(self, layers: int) -> tuple[float, ...]:
+        """One fraction per layer; a single fraction applies to every layer."""
+        if len(self.fractions) == 1:
+            return self.fractions * layers
+        if len(self.fractions) != layers:
+            raise UserError(
+                f"token budget {self.label} gives {len(self.fractions)} fractions but the model has {layers} layers: "
+                f"give one per layer, or a single fraction for all"
+            )
+        return self.fractions
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The pure core
+
+
+def keep_counts(fraction: float, lengths: torch.Tensor, specials: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """Tokens each example keeps: ``ceil(fraction * length)``, at least its specials, at most what it has now.
+
+    Args:
+        fraction: share of the example's original real length to keep.
+        lengths: (B,) original real lengths.
+        specials: (B,) special tokens per example (always kept).
+        current: (B,) real tokens the example has now.
+    """
+    keep = torch.ceil(lengths.double() * fraction - _CEIL_SLACK).long()  # (B,)
+    return torch.minimum(torch.maximum(keep, specials), current)
+
+
+def token_values(probs: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Attention each token receives: probabilities (B, H, Q, K) summed over heads and real query rows.
+
+    ``real`` is the bool (B, Q) mask of real query rows (queries and keys are the same tokens here).
+    Returns float32 (B, K).
+    """
+    return torch.einsum("bhqk,bq->bk", probs.float(), real.float())
+
+
+def select_tokens(
+    values: torch.Tensor, real: torch.Tensor, special: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``keep`` highest-value real tokens, specials first, in their original order.
+
+    Args:
+        values: (B, T) token values.
+        real: bool (B, T), real (non-padding) tokens; padding is never kept.
+        special: bool (B, T), tokens kept whatever their value (``keep`` must cover them).
+        keep: (B,) tokens to keep per row, at most the row's real tokens.
+
+    Returns:
+        ``index`` (B, T') positions to gather (T' = the largest ``keep``, at least 1) and ``kept`` bool
+        (B, T'), True at real kept tokens, which come first in each row in their original order; the
+        slots after them are padding (their index points at some dropped token). Ties go to the earlier
+        position.
+    """
+    batch, length = values.shape
+    rank = values.float().masked_fill(special, math.inf).masked_fill(~real, -math.inf)  # (B, T)
+    order = rank.argsort(dim=1, descending=True, stable=True)  # (B, T), best first
+    width = max(int(keep.max()) if batch else 0, 1)
+    chosen = order[:, :width]  # (B, T')
+    within = torch.arange(width, device=values.device) < keep.unsqueeze(1)  # (B, T')
+    # Kept positions sort by position; the rest are pushed behind them (+T) and become padding slots.
+    key = torch.where(within, chosen, chosen + length).sort(dim=1).values  # (B, T')
+    return key % length, key < length
+
+
+def padding_mask(kept: torch.Tensor, like: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """The (B, 1, T, T) mask a block expects for a batch whose real tokens are ``kept`` (bool (B, T)).
+
+    Boolean (True = attend) when the model gave its blocks a boolean mask, otherwise additive: 0 where a
+    key may be attended, the dtype's minimum where not (what eager attention and transformers' eager
+    mask use). Every query row sees the real keys of its example, as in transformers' padding masks.
+    """
+    batch, length = kept.shape
+    keys = kept[:, None, None, :].expand(batch, 1, length, length)  # (B, 1, T, T)
+    if like is not None and like.dtype == torch.bool:
+        return keys
+    mask_dtype = like.dtype if like is not None else dtype
+    zeros = torch.zeros(batch, 1, length, length, dtype=mask_dtype, device=kept.device)
+    return zeros.masked_fill(~keys, torch.finfo(mask_dtype).min)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a run recorded
+
+
+@dataclass
+class TokenBudgetStats:
+    """Real tokens each example fed each layer, over every forward pass inside :func:`token_budget`.
+
+    ``profiles`` counts length profiles: ``(n_0, n_1, ..., n_{L-1})`` -> examples, where ``n_l`` is the
+    number of real tokens layer ``l`` ran on (``n_0`` the example's real length). ``last_positions``
+    holds, for the last forward pass, the original positions of the tokens each layer ran on, (B, T_l)
+    with -1 at padding slots (:meth:`last_kept` gives them as lists).
+    """
+
+    schedule: tuple[float, ...]
+    profiles: Counter = field(default_factory=Counter)
+    last_positions: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def examples(self) -> int:
+        return sum(self.profiles.values())
+
+    def tokens_per_layer(self) -> list[float]:
+        """Mean real tokens per example entering each layer."""
+        n = self.examples
+        if not n:
+            return [float("nan")] * len(self.schedule)
+        return [sum(p[layer] * c for p, c in self.profiles.items()) / n for layer in range(len(self.schedule))]
+
+    def last_kept(self) -> list[list[list[int]]]:
+        """Per layer, per example of the last batch, the original positions of the real tokens it ran on."""
+        return [[[int(i) for i in row if i >= 0] for row in pos.tolist()] for pos in self.last_positions]
+
+    def macs(self, structure) -> dict:
+        """Exact MACs of the blocks on the shortened sequences and on the full ones (same real tokens);
+        see :func:`econlm.flops.shortened_macs`."""
+        from econlm.flops import shortened_macs
+
+        return shortened_macs(structure, self.profiles)
+
+    def summary(self, structure=None) -> dict:
+        out = {
+            "schedule": list(self.schedule),
+            "examples": self.examples,
+            "tokens_per_layer": self.tokens_per_layer(),
+        }
+        if structure is not None:
+            out.update(self.macs(structure))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The hooks
+
+
+@dataclass
+class _Pass:
+    """State of one forward pass: where each row's tokens came from and what is real."""
+
+    real: torch.Tensor  # bool (B, T): real tokens of the current (possibly shortened) batch
+    special: torch.Tensor  # bool (B, T): always-kept tokens
+    lengths: torch.Tensor  # (B,) original real lengths
+    specials: torch.Tensor  # (B,) special tokens per row
+    positions: torch.Tensor  # (B, T) original position of each slot; `width` at padding slots after a drop
+    width: int  # original sequence length
+    counts: list[torch.Tensor]  # real tokens per row entering each layer so far
+    original_real: torch.Tensor  # the batch's own real mask, (B, T0)
+    entered: list[torch.Tensor]  # per layer so far, (B, T_l): original positions of its tokens, -1 at padding
+    mask: torch.Tensor | None = None  # the shortened mask later blocks get; None until a token is dropped
+    given_mask: torch.Tensor | None = None  # what the model handed its first block (its format is kept)
+    full: torch.Tensor | None = None  # (B, T0 + 1, D): every token's latest state (last slot: scratch)
+    probs: torch.Tensor | None = None  # the current layer's attention probabilities
+
+
+class _Session:
+    def __init__(self, model: nn.Module, fractions: tuple[float, ...], special_ids: list[int], stats, token_mask):
+        self.model = model
+        self.fractions = fractions
+        self.layers = len(fractions)
+        self.special_ids = special_ids
+        self.stats: TokenBudgetStats = stats
+        self.token_mask = token_mask
+        self.state: _Pass | None = None
+        self._signatures: dict[int, object] = {}
+
+    # -- the whole model --------------------------------------------------------------------------------
+    def begin(self, module, args, kwargs):
+        import inspect
+
+        signature = self._signatures.get(id(module))
+        if signature is None:
+            signature = self._signatures[id(module)] = inspect.signature(module.forward)
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        input_ids, mask, embeds = bound.get("input_ids"), bound.get("attention_mask"), bound.get("inputs_embeds")
+        source = input_ids if input_ids is not None else embeds
+        if source is None:
+            self.state = None
+            return
+        batch, width = source.shape[:2]
+        device = source.device
+        if mask is None:
+            real = torch.ones(batch, width, dtype=torch.bool, device=device)
+        elif mask.dim() == 2:
+            real = mask.to(device).bool()
+        else:
+            raise UserError("a token budget needs the usual (batch, tokens) attention mask of 0s and 1s")
+        special = torch.zeros_like(real)
+        if input_ids is not None and self.special_ids:
+            special = torch.isin(input_ids, torch.tensor(self.special_ids, device=device))
+        first = real.long().argmax(dim=1)  # (B,) the first real token: [CLS]
+        special[torch.arange(batch, device=device), first] = True
+        special &= real
+        lengths = real.sum(1)
+        positions = torch.arange(width, device=device).expand(batch, width)
+        self.state = _Pass(
+            real=real,
+            special=special,
+            lengths=lengths,
+            specials=special.sum(1),
+            positions=positions,
+            width=width,
+            counts=[lengths],
+            original_real=real,
+            entered=[torch.where(real, positions, -1)],
+        )
+
+    # -- each block ---------------------------------------------------------------------------------------
+    def before_layer(self, layer: int, mask_index: int | None):
+        def hook(module, args, kwargs):
+            state = self.state
+            if state is None:
+                return None
+            if state.mask is None:
+                if layer == 0:
+                    state.given_mask = kwargs.get("attention_mask") if mask_index is None else _arg(args, mask_index)
+                return None
+            if mask_index is None or "attention_mask" in kwargs:
+                return args, {**kwargs, "attention_mask": state.mask}
+            args = list(args) + [None] * max(0, mask_index + 1 - len(args))
+            args[mask_index] = state.mask
+            return tuple(args), kwargs
+
+        return hook
+
+    def read_probs(self, module, args, output):
+        if self.state is not None:
+            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if weights is None:
+                raise RuntimeError("the attention module returned no probabilities; the token budget needs them")
+            self.state.probs = weights
+
+    def after_layer(self, layer: int):
+        def hook(module, args, output):
+            state = self.state
+            if state is None:
+                return None
+            hidden = output[0] if isinstance(output, tuple) else output  # (B, T, D)
+            if layer < self.layers - 1:
+                hidden = self._drop(state, layer, hidden)
+            else:
+                hidden = self._finish(state, hidden)
+            state.probs = None
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        return hook
+
+    def _drop(self, state: _Pass, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        current = state.counts[-1]
+        keep = keep_counts(self.fractions[layer], state.lengths, state.specials, current)
+        state.counts.append(keep)
+        if state.probs is None or not bool((keep < current).any()):
+            state.entered.append(state.entered[-1])
+            return hidden
+        values = token_values(state.probs, state.real)  # (B, T)
+        index, kept = select_tokens(values, state.real, state.special, keep)  # (B, T')
+        if state.full is None:  # the first drop: every slot is still at its own position
+            batch, _, dim = hidden.shape
+            state.full = hidden.new_zeros(batch, state.width + 1, dim)
+        self._store(state, hidden)
+        hidden = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # (B, T', D)
+        state.positions = torch.where(kept, state.positions.gather(1, index), state.width)
+        state.special = state.special.gather(1, index) & kept
+        state.real = kept
+        state.mask = padding_mask(kept, state.given_mask, hidden.dtype)
+        state.entered.append(torch.where(kept, state.positions, -1))
+        if self.token_mask is not None:
+            self.token_mask.mask = kept
+        return hidden
+
+    @staticmethod
+    def _store(state: _Pass, hidden: torch.Tensor) -> None:
+        """Write each slot's state at its original position (padding slots after a drop go to scratch)."""
+        index = state.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, T, D)
+        state.full.scatter_(1, index, hidden)
+
+    def _finish(self, state: _Pass, hidden: torch.Tensor) -> torch.Tensor:
+        profile = torch.stack(state.counts, dim=1).tolist()  # (B, L)
+        self.stats.profiles.update(tuple(row) for row, real in zip(profile, state.lengths.tolist()) if real)
+        self.stats.last_positions = state.entered
+        if state.full is not None:
+            self._store(state, hidden)
+            hidden = state.full[:, : state.width]
+        if self.token_mask is not None:
+            self.token_mask.mask = state.original_real
+        self.state = None
+        return hidden
+
+
+def _arg(args: tuple, index: int):
+    return args[index] if index < len(args) else None
+
+
+def _mask_position(block: nn.Module) -> int | None:
+    """Where a block's forward takes ``attention_mask`` positionally (None: keyword only)."""
+    import inspect
+
+    names = [
+        name
+        for name, p in inspect.signature(block.forward).parameters.items()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return names.index("attention_mask") if "attention_mask" in names else None
+
+
+def special_token_ids(tokenizer=None, config=None, extra: Iterable[int] = ()) -> list[int]:
+    """Ids of the tokens a budget always keeps: [CLS], [SEP], BOS and EOS of the tokenizer and the config."""
+    ids = set(extra)
+    for source in (tokenizer, config):
+        if source is None:
+            continue
+        for name in ("cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(source, name, None)
+            if isinstance(value, int):
+                ids.add(value)
+    return sorted(ids)
+
+
+def check_encoder(model: nn.Module) -> None:
+    """A token budget is for encoders; decoders are refused with the reason."""
+    if arch.is_decoder(model.config) or getattr(model.config, "is_decoder", False):
+        raise UserError(
+            f"a token budget drops tokens from the sequence, which breaks causal generation ({model.config.model_type} "
+            "is a decoder: every later token and the key/value cache need the earlier tokens); use it on an encoder "
+            "(BERT, RoBERTa, DistilBERT, ELECTRA)"
+        )
+
+
+@contextmanager
+def token_budget(
+    model: nn.Module,
+    schedule: str | float | Sequence[float] | TokenSchedule,
+    *,
+    tokenizer=None,
+    special_ids: Iterable[int] = (),
+    token_mask=None,
+) -> Iterator[TokenBudgetStats]:
+    """Run an encoder with a token budget inside the ``with`` block; remove every hook afterwards, always.
+
+    Args:
+        model: a transformers encoder of a supported family (BERT, RoBERTa, DistilBERT, ELECTRA, MiniLM),
+            with or without a task head.
+        schedule: a fraction of each example's real length kept after every layer (``0.5``), or one per layer
+            (``"1,0.8,0.6,0.5,0.4,0.4"``); see :class:`TokenSchedule`.
+        tokenizer: its tokenizer, whose [CLS]/[SEP]/BOS/EOS ids are always kept (so are ids the config names
+            and ``special_ids``; the first real token always is).
+        token_mask: an :class:`econlm.activations.TokenMask` to keep pointed at the real tokens of the current
+            (shortened) batch, so FFN statistics count real tokens only.
+
+    Yields:
+        :class:`TokenBudgetStats`, filled by every forward pass: tokens per layer and exact MACs.
+
+    Under an attention implementation that returns no probabilities (sdpa, flash) the model runs eager
+    attention inside the block (the same numbers), and gets its own back afterwards.
+    """
+    check_encoder(model)
+    parsed = TokenSchedule.parse(schedule)
+    blocks = arch.blocks(model)
+    fractions = parsed.per_layer(len(blocks))
+    ids = special_token_ids(tokenizer, model.config, special_ids)
+    if not ids:
+        warnings.warn(
+            "token budget: no special token ids known (pass tokenizer=...), so only the first token is always kept",
+            stacklevel=3,
+        )
+    stats = TokenBudgetStats(schedule=fractions)
+    session = _Session(model, fractions, ids, stats, token_mask)
+    fam = arch.family(model.config)
+    # Layers whose selection can drop something: all but the last (no layer follows it).
+    selecting = [i for i in range(len(blocks) - 1) if fractions[i] < 1]
+    previous_impl = model.config._attn_implementation
+    handles = []
+    try:
+        if selecting and previous_impl not in _RETURNS_WEIGHTS:
+            model.set_attn_implementation("eager")
+        handles.append(model.base_model.register_forward_pre_hook(session.begin, with_kwargs=True))
+        for i, block in enumerate(blocks):
+            handles.append(
+                block.register_forward_pre_hook(session.before_layer(i, _mask_position(block)), with_kwargs=True)
+            )
+            handles.append(block.register_forward_hook(session.after_layer(i)))
+            if i in selecting:
+                handles.append(arch.get_submodule(block, fam.attention).register_forward_hook(session.read_probs))
+        yield stats
+    finally:
+        for handle in handles:
+            handle.remove()
+        session.state = None
+        if model.config._attn_implementation != previous_impl:
+            model.set_attn_implementation(previous_impl)
