@@ -1,7 +1,7 @@
 """Issue #14's benchmark: Shapley values of MiniLM's heads and FFN blocks, value per MAC, interactions, market
 allocations against activation and Fisher pruning, and the shadow-price check of the fair sweep's runs.
 
-    python bench/market.py run stsb MODEL_DIR [--units head] [--sweep SWEEP_DIR]   # one task (resumable: skips if done)
+    python bench/market.py run stsb MODEL_DIR [--units head] [--sweep SWEEP_DIR]   # one task (resumable)
     python bench/market.py docs                                                   # docs/market.md from the results
 
 `run` writes runs/bench_market/<task>/ (econlm market's market.json and figures) and copies market.json to
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DOCS, RESULTS, ROOT, markdown_table  # noqa: E402
 
 
-def run(task: str, model: str, units: str, sweep: str | None, minutes: float) -> None:
+def run(task: str, model: str, units: str, sweep: str | None, minutes: float, examples: int) -> None:
     import torch
 
     from econlm.market_run import MarketConfig, market_summary, run_market, save_market
@@ -29,7 +29,7 @@ def run(task: str, model: str, units: str, sweep: str | None, minutes: float) ->
     out = ROOT / "runs" / "bench_market" / task
     target = RESULTS / f"market_{task}.json"
     if not (out / "market.json").exists():
-        config = MarketConfig(model=model, task=task, out=str(out), units=units, max_minutes=minutes)
+        config = MarketConfig(model=model, task=task, out=str(out), units=units, max_minutes=minutes, examples=examples)
         result = run_market(config)
         if sweep:
             from econlm.shadow import shadow_prices
@@ -216,10 +216,11 @@ def main() -> None:
     r.add_argument("--units", default="head,ffn")
     r.add_argument("--sweep", default=None)
     r.add_argument("--minutes", type=float, default=60.0)
+    r.add_argument("--examples", type=int, default=256)
     sub.add_parser("docs")
     args = parser.parse_args()
     if args.command == "run":
-        run(args.task, args.model, args.units, args.sweep, args.minutes)
+        run(args.task, args.model, args.units, args.sweep, args.minutes, args.examples)
     docs()
 
 

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -266,11 +267,14 @@ def shapley(
     max_seconds: float | None = None,
     permutations: Sequence[Sequence[int]] | None = None,
     interval: str = "normal",
+    state: str | Path | None = None,
     progress: bool = False,
 ) -> dict:
     """Shapley values of ``game.units`` by antithetic permutation sampling with truncation and per-unit early
     stopping (see the module docstring). ``permutations`` replaces the sampling (each is walked with its
-    reverse), for exact checks. Returns ``{"values": [Estimate], "pairs": int, "evaluations": int, ...}``."""
+    reverse), for exact checks. With ``state`` (a JSON file) the samples are saved after every pair and a
+    rerun with the same settings continues where the last one stopped, drawing the same permutations.
+    Returns ``{"values": [Estimate], "pairs": int, "evaluations": int, ...}``."""
     from econlm.progress import bar
 
     if interval not in INTERVALS:
@@ -278,14 +282,28 @@ def shapley(
     n = game.n
     length = walk_length(n, truncate)
     generator = torch.Generator().manual_seed(seed)
-    samples: list[list[float]] = [[] for _ in range(n)]
-    active = [True] * n
+    settings = {"units": [u.name for u in game.units] if hasattr(game, "units") else n, "seed": seed,
+                "truncate": truncate, "interval": interval, "tol": tol}
+    saved = _load_state(state, settings)
+    samples: list[list[float]] = saved["samples"] if saved else [[] for _ in range(n)]
+    active = saved["active"] if saved else [True] * n
+    done = saved["pairs"] if saved else 0
+    earlier = saved["seconds"] if saved else 0.0
+    for _ in range(done):  # the permutations the saved pairs used: the rerun draws the ones after them
+        torch.randperm(n, generator=generator)
     full = game.full()
     start = time.perf_counter()
     planned = len(permutations) if permutations is not None else pairs
     stopped_by = "pairs"
+    completed = done
     with bar(total=planned, desc="shapley", unit="pair", enabled=progress) as pbar:
-        for p in range(planned):
+        pbar.update(done)
+        for p in range(done, planned):
+            if not any(active):
+                break
+            if max_seconds is not None and earlier + time.perf_counter() - start > max_seconds:
+                stopped_by = "time limit"
+                break
             if permutations is not None:
                 order = list(permutations[p])
             else:
@@ -302,27 +320,46 @@ def shapley(
                 for unit in range(n):
                     if active[unit] and len(samples[unit]) >= MIN_PAIRS and _half_width(samples[unit], interval) <= tol:
                         active[unit] = False
+            completed += 1
+            if state is not None:
+                _save_state(state, settings, samples, active, completed, earlier + time.perf_counter() - start)
             pbar.update(1)
             pbar.set_postfix(open=sum(active), evals=game.evaluations)
-            if not any(active):
-                stopped_by = "every unit within tol"
-                break
-            if max_seconds is not None and time.perf_counter() - start > max_seconds:
-                stopped_by = "time limit"
-                break
+    if not any(active):
+        stopped_by = "every unit within tol"
     return {
         "values": [estimate(s) for s in samples],
         "full": full,
-        "pairs": p + 1,
+        "pairs": completed,
         "stopped_by": stopped_by,
         "converged": n - sum(active),
         "evaluations": game.evaluations,
         "blocks_run_share": game.blocks_run / max(game.evaluations * game._layers, 1),
-        "seconds": time.perf_counter() - start,
+        "seconds": earlier + time.perf_counter() - start,
+        "resumed_from_pair": done,
         "truncate": truncate,
         "tol": tol,
         "interval": interval,
     }
+
+
+def _load_state(path, settings: dict) -> dict | None:
+    """The saved samples of an earlier run with the same settings (else None: a fresh start)."""
+    import json
+
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        saved = json.loads(Path(path).read_text())
+    except ValueError:
+        return None  # a damaged state is redone, not trusted
+    return saved if saved.get("settings") == settings else None
+
+
+def _save_state(path, settings: dict, samples, active, pairs: int, seconds: float) -> None:
+    from econlm.runinfo import write_json
+
+    write_json(path, {"settings": settings, "samples": samples, "active": active, "pairs": pairs, "seconds": seconds})
 
 
 def _half_width(samples: Sequence[float], interval: str) -> float:

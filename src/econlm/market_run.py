@@ -190,6 +190,7 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
     inputs = [{k: v for k, v in b.items() if k != "labels"} for b in game_split.batches]
     game = market.Game(model, inputs, units, _scorer(task, game_split, config.value), config.block)
     max_seconds = None if config.max_minutes is None else 60 * config.max_minutes
+    Path(config.out).mkdir(parents=True, exist_ok=True)  # the estimator's saved samples live there
     result = market.shapley(
         game,
         pairs=config.pairs,
@@ -198,6 +199,7 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
         seed=config.seed,
         max_seconds=max_seconds,
         interval=config.interval,
+        state=Path(config.out) / "shapley_state.json",
         progress=progress,
     )
     values = [e.mean for e in result["values"]]

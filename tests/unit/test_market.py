@@ -159,3 +159,17 @@ def test_a_block_that_does_not_divide_the_width_names_the_ones_that_do():
     model = tiny_model("bert")
     with pytest.raises(UserError, match="does not divide the FFN width 64; use one of 1, 2, 4, 8, 16, 32"):
         market.units_of(model, ("ffn",), 24)
+
+
+def test_a_stopped_estimate_resumes_with_the_same_permutations(tmp_path):
+    game = TableGame([0.3, -0.2, 0.5, 0.1, 0.7, 0.2], pair=(1, 3), bonus=0.4)
+    whole = market.shapley(game, pairs=12, tol=0.0, seed=4)
+    state = tmp_path / "state.json"
+    first = market.shapley(game, pairs=5, tol=0.0, seed=4, state=state)
+    assert first["pairs"] == 5
+    rest = market.shapley(game, pairs=12, tol=0.0, seed=4, state=state)
+    assert rest["resumed_from_pair"] == 5 and rest["pairs"] == 12
+    assert [e.mean for e in rest["values"]] == pytest.approx([e.mean for e in whole["values"]], abs=1e-12)
+    # Other settings do not reuse the saved samples.
+    other = market.shapley(game, pairs=3, tol=0.0, seed=5, state=state)
+    assert other["resumed_from_pair"] == 0
