@@ -45,13 +45,35 @@ def run(task: str, model: str, units: str, sweep: str | None, minutes: float, ex
         save_market(result, out)
     RESULTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / "market.json", target)
+    if (out / "shapley_state.json").exists():  # the per-pair samples behind every interval
+        shutil.copyfile(out / "shapley_state.json", RESULTS / f"market_{task}_samples.json")
     for png in out.glob("*.png"):
         (DOCS / "market").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(png, DOCS / "market" / f"{task}_{png.name}")
 
 
+def _removed(half: dict, layout: str) -> int:
+    removed = half["heads_removed"]
+    return removed[layout] if isinstance(removed, dict) else removed  # older results: one count for both
+
+
+def _recomputed(result: dict, task: str) -> None:
+    """Intervals from the saved per-pair samples with the current estimator (Student-t quantiles), so the
+    table does not depend on the version that ran."""
+    from econlm.market import estimate
+
+    path = RESULTS / f"market_{task}_samples.json"
+    if not path.exists():
+        return
+    samples = json.loads(path.read_text())["samples"]
+    for unit, s in zip(result["units"], samples):
+        e = estimate(s)
+        unit.update({"ci95": e.ci95, "bernstein95": e.bernstein, "samples": e.samples})
+
+
 def _task_section(result: dict) -> list[str]:
     task, est = result["task"], result["estimator"]
+    _recomputed(result, task)
     units = result["units"]
     heads = sorted((u for u in units if u["kind"] == "head"), key=lambda u: u["value"], reverse=True)
     top = heads[:10]
@@ -64,8 +86,9 @@ def _task_section(result: dict) -> list[str]:
         f"({', '.join(result['meta']['config']['units'])}), antithetic permutation pairs truncated at {est['truncate']}, "
         f"{est['pairs']} pairs, {est['evaluations']} evaluations, the cache ran {est['blocks_run_share']:.0%} of the "
         f"blocks a full forward runs; {est['seconds'] / 60:.1f} min on {result['meta']['threads']} threads "
-        f"(stopped: {est['stopped_by']}; {est['converged']} of {len(units)} units reached the 95% "
-        f"empirical-Bernstein half-width {est['tol']}).",
+        f"(stopped: {est['stopped_by']}; {est['converged']} of {len(units)} units reached a 95% "
+        f"{'normal-approximation' if est.get('interval', 'normal') == 'normal' else 'empirical-Bernstein'} half-width "
+        f"of {est['tol']}).",
         "",
         "### The ten most valuable heads",
         "",
@@ -77,7 +100,7 @@ def _task_section(result: dict) -> list[str]:
             ],
         ),
         "",
-        f"Largest normal half-width among them: {max(u['ci95'] for u in top):.4f} (target <= 0.01). "
+        f"Largest normal half-width among them: {max(u['ci95'] for u in top):.4f} (issue #14's target: <= 0.01). "
         f"Heads with negative value: {sum(u['value'] < 0 for u in heads)} of {len(heads)}.",
         "",
         "### Inequality (Gini of value, negative values as zero; of compute in MACs per token)",
@@ -115,11 +138,16 @@ def _task_section(result: dict) -> list[str]:
     half = result.get("head_ranking_at_half") or {}
     if half.get("rows"):
         lines += [
-            f"### {half['heads_removed']} of {half['of']} heads removed, no retraining (held-out {result['metric']})",
+            f"### About half of the {half['of']} heads removed, no retraining (held-out {result['metric']})",
+            "",
+            half.get("note", "every ranking removes the same number of heads in each layer") + ".",
             "",
             markdown_table(
-                ["layout", "ranking", result["metric"]],
-                [[r["layout"], r["ranking"], f"{r['score']:.4f}"] for r in half["rows"]],
+                ["layout", "heads removed", "ranking", result["metric"]],
+                [
+                    [r["layout"], half["heads_removed"][r["layout"]], r["ranking"], f"{r['score']:.4f}"]
+                    for r in half["rows"]
+                ],
             ),
             "",
         ]

@@ -19,7 +19,7 @@ Values are Shapley values estimated by permutation sampling (:func:`shapley`):
   either exactly, for tests on tiny models.
 * **Per-unit early stopping.** A unit stops being sampled once its 95% half-width is at most ``tol``: the
   normal approximation over its per-pair samples (``interval="normal"``), or the more conservative
-  empirical-Bernstein bound (``"bernstein"``, Maurer & Pontil 2009 with the observed range, as Held & Yang
+  empirical-Bernstein bound (``"bernstein"``, Audibert, Munos & Szepesvari 2009, with the observed range, as Held & Yang
   used); a walk skips the evaluations that only stopped units need.
 
 Every value comes with a 95% interval (normal approximation over the per-pair samples, and the more
@@ -145,7 +145,7 @@ class Game:
 
         self.model, self.batches, self.units, self.score, self.block = model, list(batches), list(units), score, block
         structure = Structure.of_model(model)
-        self.group = structure.heads[0] // structure.kv_heads[0]
+        self.groups = [h // g for h, g in zip(structure.heads, structure.kv_heads)]  # query heads per K/V head
         self.masks = {
             "heads": [torch.ones(h) for h in structure.heads],
             "neurons": [torch.ones(f) for f in structure.ffn],
@@ -163,7 +163,8 @@ class Game:
 
     def _set(self, unit: Unit, on: bool) -> None:
         if unit.kind == "head":
-            self.masks["heads"][unit.layer][unit.index * self.group : (unit.index + 1) * self.group] = float(on)
+            group = self.groups[unit.layer]
+            self.masks["heads"][unit.layer][unit.index * group : (unit.index + 1) * group] = float(on)
         else:
             self.masks["neurons"][unit.layer][unit.index * self.block : (unit.index + 1) * self.block] = float(on)
 
@@ -190,9 +191,13 @@ class Game:
                 for b, batch in enumerate(self.batches):
                     with _replayed(self.model, self._outputs[b], first):
                         logits.append(self.model(**batch).logits)
+            value = float(self.score(logits))
+        except BaseException:
+            self._kept = None  # the recorded outputs are a mix of coalitions now: the next call runs in full
+            raise
         finally:
             self.model.train(was_training)
-        self._kept, self._value = kept, float(self.score(logits))
+        self._kept, self._value = kept, value
         self.evaluations += 1
         self.blocks_run += self._layers - first
         return self._value
@@ -210,7 +215,7 @@ class Estimate:
     """A sampled mean with its 95% intervals: normal approximation and empirical Bernstein."""
 
     mean: float
-    ci95: float  # 1.96 * standard error of the per-pair samples
+    ci95: float  # Student-t 97.5% quantile (1.96 from 31 samples on) x standard error of the per-pair samples
     bernstein: float  # empirical-Bernstein half-width at delta = 0.05 (finite-sample; uses the observed range)
     samples: int
 
@@ -218,7 +223,45 @@ class Estimate:
         return {"value": self.mean, "ci95": self.ci95, "bernstein95": self.bernstein, "samples": self.samples}
 
 
-def estimate(samples: Sequence[float], delta: float = DELTA) -> Estimate:
+# Student-t 97.5% quantiles for 1..30 degrees of freedom (1.96 beyond): few samples, wider intervals.
+_T975 = (
+    12.71,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
+
+
+def estimate(samples: Sequence[float], delta: float = DELTA, resolution: float = 0.0) -> Estimate:
+    """Mean and 95% half-widths of per-pair samples. ``resolution`` is the smallest change the value can make
+    (1/n for accuracy on n examples): the variance is floored at resolution**2 / 4 and the range at the
+    resolution, so identical samples of a discrete metric do not claim an exact value."""
     t = len(samples)
     if t == 0:
         return Estimate(float("nan"), float("inf"), float("inf"), 0)
@@ -226,11 +269,12 @@ def estimate(samples: Sequence[float], delta: float = DELTA) -> Estimate:
     mean = float(x.mean())
     if t < 2:
         return Estimate(mean, float("inf"), float("inf"), t)
-    var = float(x.var(unbiased=True))
-    spread = float(x.max() - x.min())
+    var = max(float(x.var(unbiased=True)), resolution**2 / 4)
+    spread = max(float(x.max() - x.min()), resolution)
     log_term = math.log(3 / delta)
     bernstein = math.sqrt(2 * var * log_term / t) + 3 * spread * log_term / t
-    return Estimate(mean, 1.96 * math.sqrt(var / t), bernstein, t)
+    quantile = _T975[t - 2] if t - 1 <= len(_T975) else 1.96
+    return Estimate(mean, quantile * math.sqrt(var / t), bernstein, t)
 
 
 def walk_length(n: int, truncate: str) -> int:
@@ -268,13 +312,15 @@ def shapley(
     permutations: Sequence[Sequence[int]] | None = None,
     interval: str = "normal",
     state: str | Path | None = None,
+    key: dict | None = None,
+    resolution: float = 0.0,
     progress: bool = False,
 ) -> dict:
     """Shapley values of ``game.units`` by antithetic permutation sampling with truncation and per-unit early
     stopping (see the module docstring). ``permutations`` replaces the sampling (each is walked with its
     reverse), for exact checks. With ``state`` (a JSON file) the samples are saved after every pair and a
-    rerun with the same settings continues where the last one stopped, drawing the same permutations.
-    Returns ``{"values": [Estimate], "pairs": int, "evaluations": int, ...}``."""
+    rerun with the same settings and ``key`` (what defines the game: model, data, value) continues where the
+    last one stopped, drawing the same permutations. ``resolution``: see :func:`estimate`. Returns ``{"values": [Estimate], "pairs": int, "evaluations": int, ...}``."""
     from econlm.progress import bar
 
     if interval not in INTERVALS:
@@ -282,13 +328,22 @@ def shapley(
     n = game.n
     length = walk_length(n, truncate)
     generator = torch.Generator().manual_seed(seed)
-    settings = {"units": [u.name for u in game.units] if hasattr(game, "units") else n, "seed": seed,
-                "truncate": truncate, "interval": interval, "tol": tol}
+    settings = {
+        "units": [u.name for u in game.units] if hasattr(game, "units") else n,
+        "seed": seed,
+        "truncate": truncate,
+        "interval": interval,
+        "tol": tol,
+        "resolution": resolution,
+        "game": key or {},
+    }
     saved = _load_state(state, settings)
     samples: list[list[float]] = saved["samples"] if saved else [[] for _ in range(n)]
     active = saved["active"] if saved else [True] * n
     done = saved["pairs"] if saved else 0
     earlier = saved["seconds"] if saved else 0.0
+    evaluations_before = saved.get("evaluations", 0) if saved else 0
+    blocks_before = saved.get("blocks_run", 0) if saved else 0
     for _ in range(done):  # the permutations the saved pairs used: the rerun draws the ones after them
         torch.randperm(n, generator=generator)
     full = game.full()
@@ -318,23 +373,39 @@ def shapley(
                     samples[unit].append(sums[unit] / counts[unit])
             if permutations is None:
                 for unit in range(n):
-                    if active[unit] and len(samples[unit]) >= MIN_PAIRS and _half_width(samples[unit], interval) <= tol:
+                    if (
+                        active[unit]
+                        and len(samples[unit]) >= MIN_PAIRS
+                        and _half_width(samples[unit], interval, resolution) <= tol
+                    ):
                         active[unit] = False
             completed += 1
             if state is not None:
-                _save_state(state, settings, samples, active, completed, earlier + time.perf_counter() - start)
+                _save_state(
+                    state,
+                    {
+                        "settings": settings,
+                        "samples": samples,
+                        "active": active,
+                        "pairs": completed,
+                        "seconds": earlier + time.perf_counter() - start,
+                        "evaluations": evaluations_before + game.evaluations,
+                        "blocks_run": blocks_before + game.blocks_run,
+                    },
+                )
             pbar.update(1)
             pbar.set_postfix(open=sum(active), evals=game.evaluations)
     if not any(active):
         stopped_by = "every unit within tol"
     return {
-        "values": [estimate(s) for s in samples],
+        "values": [estimate(s, resolution=resolution) for s in samples],
         "full": full,
         "pairs": completed,
         "stopped_by": stopped_by,
         "converged": n - sum(active),
-        "evaluations": game.evaluations,
-        "blocks_run_share": game.blocks_run / max(game.evaluations * game._layers, 1),
+        "evaluations": evaluations_before + game.evaluations,
+        "blocks_run_share": (blocks_before + game.blocks_run)
+        / max((evaluations_before + game.evaluations) * game._layers, 1),
         "seconds": earlier + time.perf_counter() - start,
         "resumed_from_pair": done,
         "truncate": truncate,
@@ -356,14 +427,14 @@ def _load_state(path, settings: dict) -> dict | None:
     return saved if saved.get("settings") == settings else None
 
 
-def _save_state(path, settings: dict, samples, active, pairs: int, seconds: float) -> None:
+def _save_state(path, payload: dict) -> None:
     from econlm.runinfo import write_json
 
-    write_json(path, {"settings": settings, "samples": samples, "active": active, "pairs": pairs, "seconds": seconds})
+    write_json(path, payload)
 
 
-def _half_width(samples: Sequence[float], interval: str) -> float:
-    e = estimate(samples)
+def _half_width(samples: Sequence[float], interval: str, resolution: float = 0.0) -> float:
+    e = estimate(samples, resolution=resolution)
     return e.ci95 if interval == "normal" else e.bernstein
 
 

@@ -81,6 +81,8 @@ class MarketConfig(DataFields):
 
         if self.interval not in INTERVALS:
             raise UserError(f"--interval must be one of {', '.join(INTERVALS)}, not {self.interval!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise UserError(f"--max-minutes must be positive (the time the estimate may take), not {self.max_minutes}")
         if self.interaction_top == 1 or self.interaction_top < 0:
             raise UserError("--interaction-top must be 0 (no interactions) or at least 2 heads")
 
@@ -200,8 +202,12 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
         max_seconds=max_seconds,
         interval=config.interval,
         state=Path(config.out) / "shapley_state.json",
+        key=_game_key(config),
+        resolution=1 / config.examples if task.kind == "classification" and config.value == "metric" else 0.0,
         progress=progress,
     )
+    if result["pairs"] == 0:
+        raise UserError(f"no permutation pair finished within --max-minutes {config.max_minutes}; allow more time")
     values = [e.mean for e in result["values"]]
     macs = market.unit_macs(model, units, config.block, game_split.mean_tokens)
     out = {
@@ -226,8 +232,9 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
         "costly_low_return": _costly_low_return(units, values, macs),
     }
     out["interactions"] = _interactions(game, units, values, config)
-    out["allocations"] = _allocations(loaded, task, game_split, held_out, units, values, macs, config, progress)
-    out["head_ranking_at_half"] = _half_heads(loaded, task, game_split, held_out, units, values, config)
+    importance = _importance(model, game_split)
+    out["allocations"] = _allocations(loaded, task, held_out, units, values, macs, config, importance, progress)
+    out["head_ranking_at_half"] = _half_heads(loaded, task, held_out, units, values, importance)
     out["meta"] = run_metadata(seed=config.seed, config=asdict(config))
     out["meta"].update(
         {
@@ -238,6 +245,17 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
         }
     )
     return out
+
+
+def _game_key(config: MarketConfig) -> dict:
+    """What defines the game, so saved samples are reused only for the same one: the model (path and weights'
+    modification time), the data and the value."""
+    model = Path(config.model)
+    stamps = {p.name: p.stat().st_mtime_ns for p in sorted(model.glob("*.safetensors"))} if model.is_dir() else {}
+    fields = ("model", "task", "value", "examples", "max_length", "seed", "data_dir", "block", "units", "batch_size")
+    from econlm.userdata import DATA_FIELDS
+
+    return {**{k: getattr(config, k) for k in fields + DATA_FIELDS}, "weights": stamps}
 
 
 def _unit_row(unit, estimate, macs: float) -> dict:
@@ -296,7 +314,9 @@ def _interactions(game, units, values, config: MarketConfig) -> dict:
         "heads": [units[i].name for i in top],
         "pairs": [{"a": units[a].name, "b": units[b].name, **e.to_json()} for (a, b), e in zip(pairs, estimates)],
         "definition": "Shapley interaction index: mean of v(S+a+b) - v(S+a) - v(S+b) + v(S) over coalitions S of "
-        "the other units (> 0: complements, < 0: substitutes)",
+        "the other units"
+        + (" holding at least half of all units (truncated like the values)" if config.truncate == "half" else "")
+        + " (> 0: complements, < 0: substitutes)",
         "seconds": time.perf_counter() - started,
     }
 
@@ -307,7 +327,17 @@ def _dense_share(model, config: MarketConfig, dense_macs_total: float) -> float:
     return dense_macs(Structure.of_model(model), config.max_length, include_head=True)["macs"] / dense_macs_total
 
 
-def _allocations(loaded, task, game_split, held_out, units, values, macs, config, progress) -> list[dict]:
+def _importance(model, game_split) -> dict:
+    """Activation and Fisher importance on the examples the values were measured on."""
+    from econlm.prune import IMPORTANCE
+
+    return {
+        "activation": IMPORTANCE["activation"](model, [_inputs(b) for b in game_split.batches]),
+        "fisher": IMPORTANCE["fisher"](model, game_split.batches),
+    }
+
+
+def _allocations(loaded, task, held_out, units, values, macs, config, importance, progress) -> list[dict]:
     """At each budget: the market's choice, and activation / Fisher choosing the same number of units per
     layer; each compacted, scored on the held-out examples with no retraining."""
     import copy
@@ -315,15 +345,11 @@ def _allocations(loaded, task, game_split, held_out, units, values, macs, config
     from econlm import market
     from econlm.flops import Structure, dense_macs
     from econlm.progress import bar
-    from econlm.prune import IMPORTANCE, plan_by_importance
+    from econlm.prune import plan_by_importance
     from econlm.surgery import apply_plan
 
     model = loaded.model
     dense_total = dense_macs(Structure.of_model(model), config.max_length, include_head=True)["macs"]
-    importance = {
-        "activation": IMPORTANCE["activation"](model, [_inputs(b) for b in game_split.batches]),
-        "fisher": IMPORTANCE["fisher"](model, game_split.batches),
-    }
     rows = [{"budget": 1.0, "method": "dense", "score": _held_out_score(model, held_out, task), "dense_share": 1.0}]
     with bar(total=len(config.budgets) * 3, desc="market allocations", unit="model", enabled=progress) as pbar:
         for budget in config.budgets:
@@ -355,7 +381,7 @@ def _inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
-def _half_heads(loaded, task, game_split, held_out, units, values, config) -> dict:
+def _half_heads(loaded, task, held_out, units, values, importance) -> dict:
     """Half the heads removed, no retraining: the Shapley ranking against activation and Fisher importance,
     all removing the same number of heads in each layer (the Shapley ranking's global choice), and all
     removing half of each layer's heads."""
@@ -364,7 +390,7 @@ def _half_heads(loaded, task, game_split, held_out, units, values, config) -> di
     import torch
 
     from econlm.flops import Structure
-    from econlm.prune import IMPORTANCE, plan_by_importance
+    from econlm.prune import plan_by_importance
     from econlm.surgery import apply_plan
 
     model = loaded.model
@@ -372,18 +398,14 @@ def _half_heads(loaded, task, game_split, held_out, units, values, config) -> di
     head_units = [i for i, u in enumerate(units) if u.kind == "head"]
     if not head_units:
         return {}
-    group = structure.heads[0] // structure.kv_heads[0]
+    group = [h // g for h, g in zip(structure.heads, structure.kv_heads)]
     shapley_scores = []
     for layer in range(structure.layers):
         per_group = torch.tensor([values[i] for i in head_units if units[i].layer == layer])
         shapley_scores.append(
-            {"heads": per_group.repeat_interleave(group), "neurons": torch.zeros(structure.ffn[layer])}
+            {"heads": per_group.repeat_interleave(group[layer]), "neurons": torch.zeros(structure.ffn[layer])}
         )
-    scores = {
-        "shapley": shapley_scores,
-        "activation": IMPORTANCE["activation"](model, [_inputs(b) for b in game_split.batches]),
-        "fisher": IMPORTANCE["fisher"](model, game_split.batches),
-    }
+    scores = {"shapley": shapley_scores, **importance}
     groups = [structure.kv_heads[i] for i in range(structure.layers)]
     half = sum(groups) // 2
     order = sorted(head_units, key=lambda i: values[i])
@@ -394,10 +416,16 @@ def _half_heads(loaded, task, game_split, held_out, units, values, config) -> di
         if per_layer[units[i].layer] < groups[units[i].layer] - 1:
             per_layer[units[i].layer] += 1
     layouts = {
-        "shapley's global choice": [n * group for n in per_layer],
-        "half of each layer": [(g // 2) * group for g in groups],
+        "shapley's global choice": [n * g for n, g in zip(per_layer, group)],
+        "half of each layer": [(k // 2) * g for k, g in zip(groups, group)],
     }
-    out = {"heads_removed": half * group, "of": sum(groups) * group, "rows": []}
+    out = {
+        "heads_removed": {layout: sum(counts) for layout, counts in layouts.items()},
+        "of": sum(structure.heads),
+        "note": "in both layouts every ranking removes the same number of heads in each layer; the first layout's "
+        "counts come from the Shapley values, so there activation and Fisher compete only on which heads within a layer",
+        "rows": [],
+    }
     for layout, remove_heads in layouts.items():
         for name, s in scores.items():
             pruned = copy.deepcopy(model)

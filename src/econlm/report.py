@@ -451,9 +451,13 @@ def _market_sections(folder: Path) -> list[str]:
             )
             half = result.get("head_ranking_at_half") or {}
             if half.get("rows"):
-                parts.append(f"<h3>{half['heads_removed']} of {half['of']} heads removed, no retraining</h3>")
+                parts.append(f"<h3>About half of {half['of']} heads removed, no retraining</h3>")
+                parts.append(f"<p>{html.escape(half['note'])}.</p>")
                 parts.append(
-                    _table(["layout", "ranking", result["metric"]], [[r["layout"], r["ranking"], r["score"]] for r in half["rows"]])
+                    _table(
+                        ["layout", "heads removed", "ranking", result["metric"]],
+                        [[r["layout"], half["heads_removed"][r["layout"]], r["ranking"], r["score"]] for r in half["rows"]],
+                    )
                 )
         shadow = result.get("shadow_prices")
         if shadow:

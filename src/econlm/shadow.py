@@ -11,7 +11,10 @@ For a convex ``L*`` the slope between two budgets lies between the prices at eit
 budget's price is the higher). A pair is called *consistent* when the finite difference lies within that
 interval widened by a factor of two either way (training noise); its ratio to the mean price is reported
 either way. With distillation the trained objective also holds the distillation terms, which this check
-leaves out (the task loss is what users pay for).
+leaves out (the task loss is what users pay for). The final lambda is the whole marginal price of the share
+once the gates are frozen (the budget's quadratic anchor acts only while they learn); a run whose cost list
+holds more than the one budgeted term, or weights other than 1, is flagged. The share is of dense FLOPs for
+``flops`` runs and of dense latency (as the latency table predicts it) for ``latency`` runs.
 """
 
 from __future__ import annotations
@@ -62,13 +65,31 @@ def shadow_prices(sweep_dir: str | Path, data_dir=None) -> dict:
     with bar(total=len(runs), desc="shadow prices: dev loss", unit="run") as pbar:
         for r in runs:
             metrics = json.loads((Path(r["model_dir"]) / "metrics.json").read_text())
-            share = (metrics.get("cost_terms_last_step") or {}).get("cost/compute_share", r["settings"]["budget"])
+            logged = (metrics.get("cost_terms_last_step") or {}).get("cost/compute_share")
+            settings = r["settings"]
+            cost = list(settings.get("cost") or [])
             row = {
                 "id": r["id"],
-                "seed": r["settings"].get("seed"),
-                "cost": r["settings"].get("cost"),
-                "budget": r["settings"]["budget"],
-                "share": share,
+                "seed": settings.get("seed"),
+                "cost": cost,
+                "axis": "latency share" if "latency" in cost else "dense FLOPs share",
+                "budget": settings["budget"],
+                "share": logged if logged is not None else settings["budget"],
+                "share_source": "gates' expected share at the last step"
+                if logged is not None
+                else "the budget (no share logged)",
+                "caveats": [
+                    c
+                    for c, bad in (
+                        ("more than one cost term", len(cost) > 1),
+                        (
+                            "cost weights other than 1",
+                            any(settings.get(w, 1.0) != 1.0 for w in ("attention_weight", "ffn_weight")),
+                        ),
+                        ("distilled: the objective also held distillation terms", bool(settings.get("distill"))),
+                    )
+                    if bad
+                ],
                 "lambda_final": r["lambda_final"],
                 **dev_loss(r["model_dir"], r["settings"], data_dir),
             }
@@ -99,6 +120,8 @@ def compare(lo: dict, hi: dict) -> dict:
     return {
         "seed": lo["seed"],
         "cost": lo["cost"],
+        "axis": lo.get("axis", "compute share"),
+        "caveats": sorted(set(lo.get("caveats", [])) | set(hi.get("caveats", []))),
         "budgets": [lo["budget"], hi["budget"]],
         "shares": [lo["share"], hi["share"]],
         "losses": [lo["loss"], hi["loss"]],

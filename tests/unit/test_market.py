@@ -114,11 +114,15 @@ def test_sampled_values_agree_with_exact_enumeration_on_a_model():
     assert abs(sampled.mean - exact_pair) <= 4 * sampled.ci95 + 1e-6
 
 
-def test_early_stopping_stops_a_unit_with_no_variance():
+def test_early_stopping_stops_units_with_no_variance():
     game = TableGame([1.0, 2.0, 3.0, 4.0], bonus=1.0)
+    # Units 2 and 3 add their weight in every coalition. Units 0 and 1 gain the bonus in exactly one walk of
+    # each antithetic pair (the partner comes first in one of the two orders), so every pair sample is the
+    # Shapley value itself: no variance, and every unit stops as soon as it may.
     result = market.shapley(game, pairs=50, tol=0.05, truncate="none", interval="bernstein")
     assert result["stopped_by"] == "every unit within tol"
-    assert result["pairs"] == market.MIN_PAIRS + 0 or result["pairs"] < 50
+    assert result["pairs"] == market.MIN_PAIRS
+    assert [e.mean for e in result["values"]] == pytest.approx([1.5, 2.5, 3.0, 4.0])
 
 
 def test_market_clearing_keeps_the_best_value_per_mac_within_budget():
@@ -173,3 +177,10 @@ def test_a_stopped_estimate_resumes_with_the_same_permutations(tmp_path):
     # Other settings do not reuse the saved samples.
     other = market.shapley(game, pairs=3, tol=0.0, seed=5, state=state)
     assert other["resumed_from_pair"] == 0
+
+
+def test_a_discrete_metric_never_claims_a_zero_interval():
+    same = [0.0] * 10  # ten pair samples of a head that never changed a prediction
+    assert market.estimate(same).ci95 == 0.0
+    floored = market.estimate(same, resolution=1 / 200)  # accuracy on 200 examples moves in steps of 0.005
+    assert floored.ci95 == pytest.approx(2.262 * (0.005 / 2) / 10**0.5)  # t(9 df) x floor sd / sqrt(10)
