@@ -424,7 +424,8 @@ def _load_state(path, settings: dict) -> dict | None:
         saved = json.loads(Path(path).read_text())
     except ValueError:
         return None  # a damaged state is redone, not trusted
-    return saved if saved.get("settings") == settings else None
+    same = saved.get("settings") == json.loads(json.dumps(settings, default=str))  # as saved: tuples are lists
+    return saved if same else None
 
 
 def _save_state(path, payload: dict) -> None:

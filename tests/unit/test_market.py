@@ -184,3 +184,11 @@ def test_a_discrete_metric_never_claims_a_zero_interval():
     assert market.estimate(same).ci95 == 0.0
     floored = market.estimate(same, resolution=1 / 200)  # accuracy on 200 examples moves in steps of 0.005
     assert floored.ci95 == pytest.approx(2.262 * (0.005 / 2) / 10**0.5)  # t(9 df) x floor sd / sqrt(10)
+
+
+def test_a_key_with_tuples_still_matches_after_saving(tmp_path):
+    game = TableGame([0.3, -0.2, 0.5, 0.1])
+    state = tmp_path / "state.json"
+    market.shapley(game, pairs=2, tol=0.0, state=state, key={"units": ("head",)})
+    again = market.shapley(game, pairs=4, tol=0.0, state=state, key={"units": ("head",)})
+    assert again["resumed_from_pair"] == 2
