@@ -29,7 +29,16 @@ def run(task: str, model: str, units: str, sweep: str | None, minutes: float, ex
     out = ROOT / "runs" / "bench_market" / task
     target = RESULTS / f"market_{task}.json"
     if not (out / "market.json").exists():
-        config = MarketConfig(model=model, task=task, out=str(out), units=units, max_minutes=minutes, examples=examples)
+        config = MarketConfig(
+            model=model,
+            task=task,
+            out=str(out),
+            units=units,
+            max_minutes=minutes,
+            examples=examples,
+            interaction_top=5,  # 10 pairs x 8 samples x 4 evaluations: minutes, not an hour, on 2 cores
+            interaction_samples=8,
+        )
         result = run_market(config)
         if sweep:
             from econlm.shadow import shadow_prices

@@ -73,6 +73,21 @@ def time_seed(models: dict[str, str], repeats: int) -> dict[str, dict[int, float
     return out
 
 
+def _market(r: dict) -> dict:
+    """Did the controller clear its budget? The share the gates' expected latency (or FLOPs) reached at the
+    last step, the price then, and the price path."""
+    metrics = json.loads((Path(r["model_dir"]) / "metrics.json").read_text())
+    last = metrics.get("cost_terms_last_step") or {}
+    history = metrics.get("lambda_history") or []
+    return {
+        "budget": r["settings"].get("budget"),
+        "share_at_end": last.get("cost/compute_share"),
+        "lambda_final": metrics.get("lambda_final"),
+        "lambda_path": history[:: max(1, len(history) // 8)],
+        "gate_freeze": r["settings"].get("gate_freeze", 0.7),
+    }
+
+
 def predicted_speedup(final_model: str) -> float | None:
     from econlm.flops import Structure
     from econlm.latency_table import load_table
@@ -113,6 +128,7 @@ def summarize(task: str, repeats: int) -> tuple[dict, str]:
             }
             if r["kind"] == "train" and r is not teacher:
                 row["predicted_speedup_b1"] = predicted_speedup(r["final_model"])
+                row["market"] = _market(r)
             rows.append(row)
         for incentive in (r for r in rows if r["seed"] == seed and r["method"].startswith("incentive")):
             rivals = [r for r in rows if r["matches"] == incentive["id"] and r["retrained"]]
@@ -222,6 +238,30 @@ def render(task: str, rows: list[dict], pairs: list[dict], repeats: int) -> str:
         + ", ".join(f"{r['predicted_speedup_b1']:.2f}x vs {r['speedup_b1']:.2f}x" for r in predictions)
         + ")"
     )
+    markets = [r for r in incentive if r.get("market")]
+    if markets:
+        lines += ["", "## Did the price clear the budget?", ""]
+        lines.append(
+            markdown_table(
+                ["seed", "method", "budget", "share at the end", "final lambda", "lambda by step"],
+                [
+                    [
+                        r["seed"],
+                        r["method"],
+                        r["market"]["budget"],
+                        f"{r['market']['share_at_end']:.3f}" if r["market"]["share_at_end"] is not None else "-",
+                        f"{r['market']['lambda_final']:.3g}",
+                        ", ".join(f"{step}: {lam:.3g}" for step, lam in r["market"]["lambda_path"]),
+                    ]
+                    for r in markets
+                ],
+            )
+        )
+        lines.append(
+            "\nThe share is the gates' expected share of dense latency (as the latency table prices it) at the last "
+            f"step; gates freeze after {markets[0]['market']['gate_freeze']:.0%} of training, and the price stops "
+            "moving with them."
+        )
     return "\n".join(lines)
 
 

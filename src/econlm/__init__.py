@@ -36,6 +36,7 @@ _EXPORTS = {
     "load_latency_table": "econlm.latency_table",
     "token_budget": "econlm.tokens",
     "TokenSchedule": "econlm.tokens",
+    "threshold_budget": "econlm.tokens",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

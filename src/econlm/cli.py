@@ -146,15 +146,21 @@ TRAIN_HELP = {
     "model": "{aliases}, a local checkpoint directory or a hub id",
     "task": "one of {tasks}",
     "lam": "lambda, the price of compute (>= 0); the controller's starting price with --budget",
-    "cost": "comma-separated cost terms: {costs}",
+    "cost": "comma-separated cost terms: {costs} (tokens: learned token budgets for encoders, one threshold per "
+    "layer on the attention a token receives; flops,tokens prices units and tokens in one market)",
     "target": "components taxed: attention, ffn or both (the paper's ablation)",
     "attention_weight": "weight of the attention component",
     "ffn_weight": "weight of the FFN component",
     "schedule": "lambda schedule: constant, warmup (linear over --warmup-steps) or controller",
     "warmup_steps": "steps of the linear lambda warm-up",
-    "budget": "target share of dense compute in (0, 1]: lambda becomes a price set by dual ascent",
+    "budget": "target share of dense compute in (0, 1] (flops, latency or tokens): lambda becomes a price set by "
+    "dual ascent",
     "price_lr": "eta of the price controller: lambda += eta * (share - budget) each step",
-    "gate_freeze": "gates (flops, latency): share of training after which they are fixed and the weights recover",
+    "gate_freeze": "gates (flops, latency) and token thresholds: share of training after which they are fixed "
+    "(token masks turn hard) and the weights recover",
+    "token_temperature": "--cost tokens: temperature T of the soft token mask sigmoid((value - threshold) / T); "
+    "values average 1 over an example's tokens",
+    "token_lr": "--cost tokens: learning rate of the token thresholds",
     "budget_warmup": "controller only: share of training over which the budget falls from 1 to --budget",
     "budget_rho": "controller only: weight rho of the anchor 0.5 * rho * (share - budget)^2",
     "epochs": "training epochs (fractions allowed)",
@@ -259,6 +265,13 @@ def _cmd_train(args) -> int:
             f"entropy {metrics['attention']['entropy']:.3f}; FFN sparsity "
             + ", ".join(f"|a|<={k}: {v:.3f}" for k, v in sparsity.items())
         )
+        tokens = metrics.get("token_budget")
+        if tokens:
+            print(
+                "learned token budget: tokens per layer "
+                + ", ".join(f"{n:.1f}" for n in tokens["tokens_per_layer"])
+                + f"; block MACs x{tokens['macs_ratio']:.3f} of the full sequences (dev data)"
+            )
         print(f"wrote {config.out}")
     return 0
 
@@ -535,6 +548,13 @@ def _cmd_export(args) -> int:
     if target.exists():
         raise UserError(f"{target} exists; choose another --onnx path (nothing is overwritten)")
     loaded = load_model(args.checkpoint)
+    from econlm.tokens import attached_thresholds
+
+    if attached_thresholds(loaded.model) is not None:
+        raise UserError(
+            f"{args.checkpoint} drops tokens by learned thresholds (token_thresholds.json): each example keeps its "
+            "own number of tokens, which one ONNX graph does not express yet; export a model trained without them"
+        )
     report = export_onnx(loaded.model, loaded.tokenizer, target, opset=args.opset)
     write_json(
         target.with_suffix(".json"), {**report.to_json(), "meta": run_metadata(config=vars(args) | {"func": None})}

@@ -479,6 +479,16 @@ def compact_model(
     return compacted, report
 
 
+def _refuse_learned_tokens(model, checkpoint: str) -> None:
+    from econlm.tokens import attached_thresholds
+
+    if attached_thresholds(model) is not None:
+        raise UserError(
+            f"{checkpoint} drops tokens by learned thresholds (token_thresholds.json), which read every head's "
+            "attention: removing heads would change which tokens they drop, so econlm compact does not take it yet"
+        )
+
+
 def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     import os
     import tempfile
@@ -491,6 +501,7 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     pbar.set_postfix_str("calibrating")
     loaded = load_model(config.checkpoint)
     model = loaded.model
+    _refuse_learned_tokens(model, config.checkpoint)
     trained = (getattr(model.config, "econlm", None) or {}).get("train", {})
     as_trained = {}
     if config.task is None and trained.get("task"):

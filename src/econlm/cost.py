@@ -15,6 +15,10 @@ the same on models of different sizes:
 ``flops``           hard-concrete gates on every attention head and FFN neuron; the expected MACs of
                     the open units as a share of the dense MACs of the gated parts (in [0, 1]). The
                     hardware-aware term: closed gates are removable structure (see ``econlm compact``).
+``tokens``          encoders: a learned threshold per layer on the attention a token receives (LTP); the
+                    expected MACs of the blocks on the soft-kept tokens as a share of their dense MACs
+                    on every token (in [0, 1]). At inference tokens below the threshold leave the
+                    sequence (:mod:`econlm.learned_tokens`). With ``flops`` the share is joint.
 
 Targets restrict terms to components: ``attention``, ``ffn`` or ``both`` (the paper's ablation), and
 each component carries a weight.
@@ -23,7 +27,7 @@ each component carries a weight.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +76,10 @@ class CostTerm:
 
     def attention_tap(self, view: AttentionView) -> None:  # noqa: B027 - optional hook
         pass
+
+    def hooks(self):
+        """A context manager for hooks of the term's own, live while the meter is attached."""
+        return nullcontext()
 
     def ffn_activation(self, layer: int, x: torch.Tensor) -> None:  # noqa: B027 - optional hook
         pass
@@ -205,6 +213,19 @@ class Flops(CostTerm):
             self.value({"attention": 1.0, "ffn": 1.0})
         return self._last_share
 
+    def expected_units(self) -> list[tuple]:
+        """Per layer: expected open query heads, K/V heads and FFN neurons (None for a part without gates)."""
+        out = []
+        for i in range(self.structure.layers):
+            heads = kv_heads = neurons = None
+            if self.gates.heads is not None:
+                p = self.gates.heads[i].prob_open()  # (H,)
+                heads, kv_heads = p.sum(), self.kv_open(i, p).sum()
+            if self.gates.neurons is not None:
+                neurons = self.gates.neurons[i].prob_open().sum()
+            out.append((heads, kv_heads, neurons))
+        return out
+
 
 class Latency(Flops):
     """The same gates priced by a measured latency table (``econlm latency-table``): the expected latency of
@@ -235,10 +256,58 @@ class Latency(Flops):
         return (dense - weights["attention"] * saved_attention - weights["ffn"] * saved_ffn) / dense
 
 
-COSTS: Registry[type[CostTerm]] = Registry(
-    "cost", {c.name: c for c in (FfnL1, AttnLogitsL1, AttnEntropy, AttnSqrt, Flops, Latency)}
+class Tokens(CostTerm):
+    """A learned token budget (:mod:`econlm.learned_tokens`): one learnable threshold per layer on the attention
+    a token receives; the expected MACs of the blocks at each layer's expected number of kept tokens, as a share
+    of their dense MACs on every token (in [0, 1]). Together with ``flops`` the share is joint: heads and neurons
+    count by their probability of being open and tokens by theirs, so one price clears one market for both (the
+    flops term is then reported, not added again). Encoders only."""
+
+    name, component = "tokens", "both"
+
+    def __init__(self, model, components, tokens, reduction="mean"):
+        super().__init__(model, components, tokens)  # a share of compute: the reduction does not apply
+        from econlm.flops import Structure
+        from econlm.learned_tokens import LearnedTokens
+
+        self.learned = LearnedTokens(model)
+        self.structure = Structure.of_model(model)
+        self.units = None  # Flops.expected_units when priced jointly with gates
+        self.share_tensor: torch.Tensor | None = None
+        self._last_share: float | None = None
+
+    def hooks(self):
+        return self.learned.active()
+
+    def reset(self) -> None:
+        super().reset()
+        self.learned.counts = None
+
+    def value(self, weights: dict[str, float]) -> torch.Tensor:
+        from econlm.learned_tokens import token_share
+
+        counts = self.learned.counts
+        if counts is None:  # no forward pass since begin(): nothing was measured
+            self.share_tensor, self._last_share = None, None
+            return torch.zeros((), device=_device(self.model))
+        units = self.units() if self.units is not None else None
+        share, weighted = token_share(self.structure, counts, self.components, weights, units)
+        self.share_tensor, self._last_share = share, float(share.detach())
+        return weighted
+
+    def compute_share(self) -> float | None:
+        return self._last_share
+
+
+TOKENS_WITH_LATENCY = (
+    "tokens and latency cannot share one price yet: the latency table is measured at one sequence length, so it "
+    "cannot price kept tokens; use --cost flops,tokens (one market for units and tokens) or tokens alone"
 )
-CONTROLLABLE = frozenset({"flops", "latency"})  # terms that measure a share a budget can be set on
+
+COSTS: Registry[type[CostTerm]] = Registry(
+    "cost", {c.name: c for c in (FfnL1, AttnLogitsL1, AttnEntropy, AttnSqrt, Flops, Latency, Tokens)}
+)
+CONTROLLABLE = frozenset({"flops", "latency", "tokens"})  # terms that measure a share a budget can be set on
 
 
 def parse_cost_names(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -282,12 +351,16 @@ class CostMeter:
         ffn_weight: float = 1.0,
         latency_table=None,
         reduction: str = "mean",
+        token_temperature: float = 0.1,
+        special_ids: tuple[int, ...] = (),
     ):
         names = parse_cost_names(names) if names else ()
         if reduction not in REDUCTIONS:
             raise unknown_name("cost reduction", reduction, REDUCTIONS)
         if "flops" in names and "latency" in names:
             raise UserError("flops and latency price the same gates; choose one of them")
+        if "tokens" in names and "latency" in names:
+            raise UserError(TOKENS_WITH_LATENCY)
         if "latency" in names and latency_table is None:
             raise UserError("--cost latency needs --latency-table FILE (make one with econlm latency-table)")
         components = target_components(target)
@@ -302,9 +375,13 @@ class CostMeter:
             )
         self.model = model
         self.terms = [COSTS[n](model, components, self.tokens, reduction) for n in chosen]
+        gates = next((t for t in self.terms if type(t) is Flops), None)
         for term in self.terms:
             if isinstance(term, Latency):
                 term.table = latency_table
+            if isinstance(term, Tokens):
+                term.learned.configure(token_temperature, special_ids)
+                term.units = gates.expected_units if gates is not None else None
 
     @property
     def names(self) -> list[str]:
@@ -334,6 +411,8 @@ class CostMeter:
                 for term in self.terms:
                     term.ffn_activation(layer, x)
 
+            for term in self.terms:
+                stack.enter_context(term.hooks())
             stack.enter_context(ffn_input_hooks(self.model, on_ffn))
             yield self
 
@@ -344,12 +423,20 @@ class CostMeter:
 
     def read(self) -> CostReading:
         values = {t.name: t.value(self.weights) for t in self.terms}
-        total = torch.stack(list(values.values())).sum() if values else torch.zeros(())
-        shares = [s for s in (t.compute_share() for t in self.terms) if s is not None]
-        flops = [t for t in self.terms if isinstance(t, Flops)]
+        tokens = next((t for t in self.terms if isinstance(t, Tokens)), None)
+        # Priced jointly, the tokens term already counts the gates' expected units: flops is reported, not added.
+        joint = tokens is not None and tokens.units is not None
+        priced = [v for name, v in values.items() if not (joint and name == "flops")]
+        total = torch.stack(priced).sum() if priced else torch.zeros(())
+        if tokens is not None:  # the share the budget is on: tokens (and gates, jointly)
+            share, share_tensor = tokens.compute_share(), tokens.share_tensor
+        else:
+            shares = [s for s in (t.compute_share() for t in self.terms) if s is not None]
+            flops = [t for t in self.terms if isinstance(t, Flops)]
+            share, share_tensor = (shares[0] if shares else None), (flops[0].share_tensor if flops else None)
         return CostReading(
             total=total,
             terms={k: float(v.detach()) for k, v in values.items()},
-            share=shares[0] if shares else None,
-            share_tensor=flops[0].share_tensor if flops else None,
+            share=share,
+            share_tensor=share_tensor,
         )

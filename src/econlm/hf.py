@@ -70,6 +70,11 @@ class IncentiveTrainer(Trainer):
     tax is attached to ``model``) or an :class:`~econlm.incentive.Incentive` you attached yourself."""
 
     def __init__(self, *args, tax: TaxConfig | Incentive, gate_lr: float = 0.1, **kwargs):
+        if "tokens" in (tax.config if isinstance(tax, Incentive) else tax).cost:
+            raise UserError(
+                "IncentiveTrainer does not train learned token budgets yet (cost 'tokens'): use econlm train, or "
+                "attach_tax in your own loop"
+            )
         super().__init__(*args, **kwargs)
         self.tax = tax if isinstance(tax, Incentive) else attach_tax(self.model, tax)
         self.gate_lr = gate_lr

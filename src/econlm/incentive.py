@@ -50,6 +50,7 @@ class TaxConfig:
     gate_freeze: float = 0.7  # share of training after which gates are fixed
     latency_table: str | None = None  # the table a latency cost prices gates by
     cost_reduction: str = "mean"  # mean per token and unit, or the paper's sums ("sum")
+    token_temperature: float = 0.1  # tokens: temperature of the soft mask sigmoid((value - threshold) / T)
 
     def __post_init__(self) -> None:
         from econlm.cost import CONTROLLABLE, parse_cost_names, target_components
@@ -63,7 +64,7 @@ class TaxConfig:
             if not (0 < self.budget <= 1):
                 raise UserError(f"--budget {self.budget} must lie in (0, 1]: a share of the dense compute")
             if not CONTROLLABLE & set(self.cost):
-                raise UserError("--budget needs a cost that measures compute: add --cost flops (or latency)")
+                raise UserError("--budget needs a cost that measures compute: add --cost flops (or latency, or tokens)")
             object.__setattr__(self, "schedule", "controller")
         elif self.schedule == "controller":
             raise UserError("the controller schedule needs --budget (a target share of dense compute)")
@@ -75,6 +76,12 @@ class TaxConfig:
             raise UserError(f"--cost-reduction must be one of {', '.join(REDUCTIONS)}, not {self.cost_reduction!r}")
         if {"flops", "latency"} <= set(self.cost):
             raise UserError("flops and latency price the same gates; choose one of them")
+        if {"tokens", "latency"} <= set(self.cost):
+            from econlm.cost import TOKENS_WITH_LATENCY
+
+            raise UserError(TOKENS_WITH_LATENCY)
+        if not (math.isfinite(self.token_temperature) and self.token_temperature > 0):
+            raise UserError(f"--token-temperature must be a positive number, not {self.token_temperature}")
         if "latency" in self.cost and not self.latency_table:
             raise UserError("--cost latency needs --latency-table FILE (make one with econlm latency-table)")
         for name in ("gate_freeze", "budget_warmup"):
@@ -97,9 +104,10 @@ class TaxConfig:
 class Incentive:
     """Cost terms, gates and a price attached to one model. See the module docstring for the loop."""
 
-    def __init__(self, model: nn.Module, config: TaxConfig, total_steps: int | None = None):
+    def __init__(self, model: nn.Module, config: TaxConfig, total_steps: int | None = None, tokenizer=None):
         from econlm.cost import CostMeter
         from econlm.prices import Price
+        from econlm.tokens import special_token_ids
 
         self.model = model
         self.config = config
@@ -119,6 +127,8 @@ class Incentive:
             config.ffn_weight,
             latency_table=table,
             reduction=config.cost_reduction,
+            token_temperature=config.token_temperature,
+            special_ids=tuple(special_token_ids(tokenizer)),  # tokens: the tokenizer's [CLS]/[SEP] always stay
         )
         self.price = Price(config.schedule, config.lam, config.warmup_steps, config.budget, config.price_lr)
         self.total_steps = None
@@ -140,18 +150,30 @@ class Incentive:
     def gate_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.model.named_parameters() if n.startswith(GATE_PREFIX)]
 
-    def parameter_groups(self, lr: float, gate_lr: float = 0.1, weight_decay: float = 0.01) -> list[dict]:
-        """AdamW groups: the model's weights, and the gates at their own rate without weight decay."""
-        gates = set(map(id, self.gate_parameters()))
+    def token_parameters(self) -> list[nn.Parameter]:
+        """The learned token thresholds (cost ``tokens``), one per layer but the last."""
+        from econlm.learned_tokens import PREFIX
+
+        return [p for n, p in self.model.named_parameters() if n.startswith(PREFIX)]
+
+    def parameter_groups(
+        self, lr: float, gate_lr: float = 0.1, weight_decay: float = 0.01, token_lr: float = 0.01
+    ) -> list[dict]:
+        """AdamW groups: the model's weights; the gates and the token thresholds each at their own rate without
+        weight decay."""
+        gates, thresholds = self.gate_parameters(), self.token_parameters()
+        own = set(map(id, gates + thresholds))
         groups = [
             {
-                "params": [p for p in self.model.parameters() if id(p) not in gates],
+                "params": [p for p in self.model.parameters() if id(p) not in own],
                 "weight_decay": weight_decay,
                 "lr": lr,
             }
         ]
         if gates:
-            groups.append({"params": self.gate_parameters(), "lr": gate_lr, "weight_decay": 0.0})
+            groups.append({"params": gates, "lr": gate_lr, "weight_decay": 0.0})
+        if thresholds:
+            groups.append({"params": thresholds, "lr": token_lr, "weight_decay": 0.0})
         return groups
 
     @property
@@ -212,20 +234,23 @@ class Incentive:
         return self.price.update(share)
 
     def _freeze_gates_if_due(self, step: int) -> bool:
-        """From ``gate_freeze`` of training on, gates are deterministic and stop learning: the remaining
-        steps fine-tune the weights under the mask the gates chose."""
+        """From ``gate_freeze`` of training on, gates are deterministic and stop learning, and so are token
+        thresholds (their mask turns hard): the remaining steps fine-tune the weights under the mask the gates
+        and thresholds chose."""
         from econlm.gates import get_gates
+        from econlm.learned_tokens import get_thresholds
 
-        gates = get_gates(self.model)
-        if gates is None or not self.total_steps or step < int(self.config.gate_freeze * self.total_steps):
+        learned = [m for m in (get_gates(self.model), get_thresholds(self.model)) if m is not None]
+        if not learned or not self.total_steps or step < int(self.config.gate_freeze * self.total_steps):
             return False
-        gates.eval()  # model.train() switched them back on; in eval mode they are deterministic
+        for module in learned:
+            module.eval()  # model.train() switched them back on; in eval mode they are deterministic
         if not self._freeze_hooks:
             # Drop each gate's gradient as soon as backward produces it: whatever loop runs the optimizer (ours,
             # a Trainer, the user's), fixed gates then take no step and do not count in gradient clipping.
             self._freeze_hooks = [
                 p.register_post_accumulate_grad_hook(lambda param: setattr(param, "grad", None))
-                for p in self.gate_parameters()
+                for p in self.gate_parameters() + self.token_parameters()
             ]
         return True
 
@@ -243,6 +268,8 @@ class Incentive:
             out["cost/compute_share"] = self.reading.share
         if self.config.budget is not None:
             out["price/budget_in_force"] = self.price.target()
+        for p in self.token_parameters():
+            out.update({f"tokens/threshold_{i}": t for i, t in enumerate(p.detach().cpu().tolist())})
         return out
 
     def check_finite(self, step: int) -> None:
@@ -281,15 +308,24 @@ class Incentive:
     def load_state_dict(self, state: dict) -> None:
         self.price.load_state_dict(state["price"])
 
+    def tokens_term(self):
+        """The ``tokens`` cost term, or None."""
+        from econlm.cost import Tokens
+
+        return next((t for t in self.meter.terms if isinstance(t, Tokens)), None)
+
     def finalize(self) -> dict:
-        """Detach, fold the gates into the weights (closed units become exact zeros) and remove them.
-        Returns ``{"gates": report before folding, "folded": per-layer gate values}`` (the same on later calls)."""
+        """Detach, fold the gates into the weights (closed units become exact zeros) and remove them; take the
+        learned token thresholds off the model. Returns ``{"gates": report before folding, "folded": per-layer
+        gate values, "tokens": what token_thresholds.json holds, or None}`` (the same on later calls)."""
         from econlm.gates import fold_gates
 
         if self._finalized is None:
             self.detach()
             report = self.gates_report()
-            self._finalized = {"gates": report, "folded": fold_gates(self.model)}
+            term = self.tokens_term()
+            tokens = term.learned.remove() if term is not None else None
+            self._finalized = {"gates": report, "folded": fold_gates(self.model), "tokens": tokens}
         return self._finalized
 
 
@@ -314,13 +350,16 @@ class NonFiniteLoss(Exception):
     """A NaN or infinite loss or cost term."""
 
 
-def attach_tax(model: nn.Module, config: TaxConfig | None = None, total_steps: int | None = None, **settings):
+def attach_tax(
+    model: nn.Module, config: TaxConfig | None = None, total_steps: int | None = None, tokenizer=None, **settings
+):
     """Attach cost terms, gates and a price to ``model``; returns the :class:`Incentive` handle.
 
-    ``settings`` are :class:`TaxConfig` fields, for ``attach_tax(model, cost=("flops",), budget=0.5)``.
+    ``settings`` are :class:`TaxConfig` fields, for ``attach_tax(model, cost=("flops",), budget=0.5)``. With the
+    ``tokens`` cost pass the ``tokenizer``: its [CLS]/[SEP] ids are never dropped.
     """
     if config is None:
         config = TaxConfig(**settings)
     elif settings:
         raise TypeError("give either a TaxConfig or its fields, not both")
-    return Incentive(model, config, total_steps)
+    return Incentive(model, config, total_steps, tokenizer)

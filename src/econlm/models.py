@@ -32,7 +32,8 @@ HEADS = ("base", "causal-lm", "seq-cls")
 def load(path: str, head: str = "auto"):
     """Load any model econlm can: an alias, a checkpoint, a compacted checkpoint, or a hub id.
 
-    Returns the model (eval mode); use :func:`load_model` for the tokenizer too.
+    Returns the model (eval mode); use :func:`load_model` for the tokenizer too. A checkpoint trained with
+    learned token budgets (``token_thresholds.json``) drops tokens in every forward pass, as it was trained to.
     """
     return load_model(path, head).model
 
@@ -124,6 +125,7 @@ CHECKPOINT_JSON = (
     "generation_config.json",
     "model.safetensors.index.json",
     "econlm_structure.json",  # surgery.STRUCTURE_FILE (not imported: surgery pulls in torch)
+    "token_thresholds.json",  # learned_tokens.THRESHOLDS_FILE (likewise)
 )
 
 
@@ -285,7 +287,10 @@ def load_model(
         dtype: a torch dtype, default float32.
 
     Returns:
-        A :class:`LoadedModel` in eval mode; decoders get ``pad_token = eos_token`` when they have none.
+        A :class:`LoadedModel` in eval mode; decoders get ``pad_token = eos_token`` when they have none. A
+        checkpoint with learned token thresholds (``token_thresholds.json``, written by ``econlm train --cost
+        tokens``) comes with them attached: tokens below a layer's threshold leave the sequence in every forward
+        pass (see :func:`econlm.tokens.attached_thresholds`; ``.detach()`` runs it on every token again).
     """
     import torch
     from transformers import (
@@ -326,6 +331,10 @@ def load_model(
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
+    if resolved.is_local:
+        from econlm.learned_tokens import attach_saved
+
+        attach_saved(model, resolved.location, tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, resolved=resolved, head=head)
 
 

@@ -109,7 +109,9 @@ def probe(
         budgets: ``"full"``, keys per query (``8``) or fractions (``0.25``, ``"25%"``).
         task: a task name or :class:`~econlm.data.Task`; needed to score.
         token_budget: encoders only: a share of each example's tokens kept after every layer (``0.5``) or one
-            per layer (``"1,0.8,0.6,..."``); see :func:`econlm.tokens.token_budget`.
+            per layer (``"1,0.8,0.6,..."``); see :func:`econlm.tokens.token_budget`. A model with learned token
+            thresholds attached (:func:`econlm.load` of an ``econlm train --cost tokens`` checkpoint) is probed
+            with them, and its token MACs are reported the same way.
     """
     import torch
 
@@ -176,23 +178,48 @@ def probe(
         "examples_scored": rows[0]["examples"] if rows else 0,
         "unit_of_examples": "tokens" if task is not None and task.is_lm else "examples",
         "scoring": score.details if score else {},
-        "token_budget": _token_meta(schedule),
+        "token_budget": _token_meta(schedule, model),
     }
     return ProbeResult(config=None, rows=rows, meta=meta)
 
 
 def _token_schedule(model, token_budget) -> tuple[float, ...] | None:
-    """The per-layer token budget for ``model``, checked (an encoder, one fraction or one per layer); None if unset."""
+    """The per-layer token budget for ``model``, checked (an encoder, one fraction or one per layer, not on top
+    of learned thresholds); None if unset."""
     if token_budget is None:
         return None
     from econlm import arch
-    from econlm.tokens import TokenSchedule, check_encoder
+    from econlm.tokens import TokenSchedule, attached_thresholds, check_encoder
 
     check_encoder(model)
+    if attached_thresholds(model) is not None:
+        raise UserError(
+            "this model drops tokens by its learned thresholds (token_thresholds.json), and the probe reports what "
+            "they save; --token-budget would drop tokens a second time: leave it out"
+        )
     return TokenSchedule.parse(token_budget).per_layer(len(arch.blocks(model)))
 
 
-def _token_meta(schedule: tuple[float, ...] | None) -> dict | None:
+def _token_meta(schedule: tuple[float, ...] | None, model=None) -> dict | None:
+    from econlm.tokens import attached_thresholds
+
+    learned = attached_thresholds(model) if model is not None else None
+    if learned is not None:
+        from econlm.learned_tokens import VALUE_DEFINITION
+
+        return {
+            "schedule": None,
+            "thresholds": list(learned.thresholds),
+            "rule": "learned thresholds (token_thresholds.json): after layer l a token whose value is below "
+            "thresholds[l] leaves the sequence for every later layer; the first token and the tokenizer's "
+            "[CLS]/[SEP]/BOS/EOS are always kept. Output as for a schedule (a dropped token keeps its state)",
+            "value": VALUE_DEFINITION,
+            "token_macs": "MACs of the blocks over each example's real tokens, each layer on the tokens it ran on "
+            "(econlm.flops.shortened_macs); token_reference_macs: the full model on the same real tokens; padding, "
+            "the selection and the task head not counted",
+            "effective_compute_note": "effective_macs_per_token is per token a layer runs on; the token budget's "
+            "saving is token_macs_ratio",
+        }
     if schedule is None:
         return None
     return {
@@ -337,7 +364,7 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
             "full budget with no activation skipped. The score in the same row was measured on exactly that "
             "computation (budget and FFN threshold applied).",
             "seconds": time.perf_counter() - started,
-            "token_budget": _token_meta(schedule),
+            "token_budget": _token_meta(schedule, model_),
         }
     )
     return ProbeResult(config=config, rows=rows, meta=meta)
@@ -354,9 +381,10 @@ def _probe_rows(
     from econlm.activations import TokenMask, hard_threshold, record_sparsity
     from econlm.flops import Structure, effective_macs_per_token
     from econlm.progress import bar
-    from econlm.tokens import token_budget
+    from econlm.tokens import attached_thresholds, token_budget
 
     structure = Structure.of_model(model_)
+    learned = attached_thresholds(model_)
     rows, score = [], None
     with bar(total=per_budget * len(budgets), desc=desc, unit="batch", enabled=progress) as pbar:
         for budget in budgets:
@@ -366,7 +394,9 @@ def _probe_rows(
             with ExitStack() as stack:
                 stats = stack.enter_context(budgeted_attention(model_, budget))
                 kept = None
-                if schedule is not None:  # inside the budgeted attention, whose probabilities it reads
+                if learned is not None:  # thresholds the model carries: record what they drop
+                    kept = stack.enter_context(learned.recording(token_mask=tokens))
+                elif schedule is not None:  # inside the budgeted attention, whose probabilities it reads
                     kept = stack.enter_context(token_budget(model_, schedule, tokenizer=tokenizer, token_mask=tokens))
                 if ffn_eps is not None:
                     stack.enter_context(hard_threshold(model_, ffn_eps))
@@ -420,14 +450,18 @@ def _token_row(kept, structure, layers: int) -> tuple[dict, list[dict]]:
         return {}, [{}] * layers
     macs = kept.macs(structure)
     row = {
-        "token_budget": ",".join(f"{f:g}" for f in kept.schedule),
+        "token_budget": kept.label,
         "token_macs": macs["macs"],
         "token_reference_macs": macs["reference_macs"],
         "token_macs_ratio": macs["ratio"],
     }
+    if kept.thresholds is not None:  # learned: the threshold after each layer (none after the last)
+        rules = [("token_threshold", t) for t in (*kept.thresholds, None)]
+    else:
+        rules = [("token_budget", f) for f in kept.schedule]
     per_layer = [
-        {"token_budget": f, "tokens_mean": entry["tokens_mean"], "token_macs": entry["macs"]}
-        for f, entry in zip(kept.schedule, macs["by_layer"])
+        {rule[0]: rule[1], "tokens_mean": entry["tokens_mean"], "token_macs": entry["macs"]}
+        for rule, entry in zip(rules, macs["by_layer"])
     ]
     return row, per_layer
 
@@ -488,6 +522,8 @@ def format_table(rows: list[dict]) -> str:
         )
         if tokens:
             lines[-1] += f"  {r['token_macs_ratio']:>10.3f}"
-    if tokens:
+    if tokens and rows[0]["token_budget"] == "learned":
+        lines.append("token budget: the model's learned thresholds; token MACs: shortened / full")
+    elif tokens:
         lines.append(f"token budget {rows[0]['token_budget']} (kept share per layer); token MACs: shortened / full")
     return "\n".join(lines)

@@ -15,9 +15,15 @@ output is put back at full length: kept tokens carry their final state, a droppe
 had when it was dropped (so mean pooling over the original mask still works; the [CLS] head reads a
 token that is always kept).
 
-The pure core (:func:`keep_counts`, :func:`token_values`, :func:`select_tokens`, :func:`padding_mask`)
-takes tensors and returns tensors; :func:`token_budget` attaches the hooks in a context manager that
-always removes them.
+Two rules decide what stays: a schedule of fractions (:func:`token_budget`, the top ``r_l`` per example),
+or a threshold per layer on the value relative to an even share (:func:`threshold_budget`: a token whose
+:func:`relative_values` fall below it leaves), which is how thresholds learned by ``econlm train --cost
+tokens`` (:mod:`econlm.learned_tokens`) run at inference. :func:`attach_thresholds` keeps the threshold
+rule on a model for good (what :func:`econlm.load` does for such a checkpoint; ``.detach()`` undoes it).
+
+The pure core (:func:`keep_counts`, :func:`token_values`, :func:`relative_values`, :func:`threshold_keep`,
+:func:`select_tokens`, :func:`padding_mask`) takes tensors and returns tensors; :func:`token_budget` and
+:func:`threshold_budget` attach the hooks in a context manager that always removes them.
 
 Example::
 
@@ -31,7 +37,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -148,6 +154,23 @@ def token_values(probs: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bhqk,bq->bk", probs.float(), real.float())
 
 
+def relative_values(probs: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Attention each token receives relative to uniform attention: :func:`token_values` over the heads' mean.
+
+    Every real query row sums to 1, so over an example's real tokens the values average exactly 1, whatever
+    its length; under uniform attention every token has value 1. (LTP's importance score is this divided by
+    the length, which makes a fixed threshold drop more of a long example.) ``real`` may be a float (B, Q)
+    weight per query row (a soft keep mask). Returns float32 (B, K).
+    """
+    return torch.einsum("bhqk,bq->bk", probs.float(), real.float()) / probs.shape[1]
+
+
+def threshold_keep(values: torch.Tensor, real: torch.Tensor, special: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B,) tokens each row keeps under the threshold rule: its specials and the real tokens whose
+    :func:`relative_values` reach ``threshold`` (a token with value below it leaves)."""
+    return (real & (special | (values >= threshold))).sum(1)
+
+
 def select_tokens(
     values: torch.Tensor, real: torch.Tensor, special: torch.Tensor, keep: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,6 +232,18 @@ class TokenBudgetStats:
     schedule: tuple[float, ...]
     profiles: Counter = field(default_factory=Counter)
     last_positions: list[torch.Tensor] = field(default_factory=list)
+    # The threshold rule (:func:`threshold_budget`): the value threshold after each layer but the last; the
+    # schedule is then empty.
+    thresholds: tuple[float, ...] | None = None
+
+    @property
+    def layers(self) -> int:
+        return len(self.schedule) if self.thresholds is None else len(self.thresholds) + 1
+
+    @property
+    def label(self) -> str:
+        """The schedule (``0.5,0.5``), or ``learned`` for the threshold rule."""
+        return "learned" if self.thresholds is not None else ",".join(f"{f:g}" for f in self.schedule)
 
     @property
     def examples(self) -> int:
@@ -218,8 +253,8 @@ class TokenBudgetStats:
         """Mean real tokens per example entering each layer."""
         n = self.examples
         if not n:
-            return [float("nan")] * len(self.schedule)
-        return [sum(p[layer] * c for p, c in self.profiles.items()) / n for layer in range(len(self.schedule))]
+            return [float("nan")] * self.layers
+        return [sum(p[layer] * c for p, c in self.profiles.items()) / n for layer in range(self.layers)]
 
     def last_kept(self) -> list[list[list[int]]]:
         """Per layer, per example of the last batch, the original positions of the real tokens it ran on."""
@@ -238,6 +273,8 @@ class TokenBudgetStats:
             "examples": self.examples,
             "tokens_per_layer": self.tokens_per_layer(),
         }
+        if self.thresholds is not None:
+            out["thresholds"] = list(self.thresholds)
         if structure is not None:
             out.update(self.macs(structure))
         return out
@@ -266,46 +303,45 @@ class _Pass:
     probs: torch.Tensor | None = None  # the current layer's attention probabilities
 
 
-class _Session:
-    def __init__(self, model: nn.Module, fractions: tuple[float, ...], special_ids: list[int], stats, token_mask):
+class BudgetSession:
+    """The hooks' shared state (subclassed by :mod:`econlm.learned_tokens` for its soft mask). ``keep(layer, state)`` is the rule: the (B,) real tokens each row keeps after
+    ``layer`` (its current count where nothing is selected). ``active(model)`` says whether a forward pass is
+    shortened (always, by default); ``on_finish(state)`` sees every finished pass."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: int,
+        keep: Callable[[int, _Pass], torch.Tensor],
+        special_ids: list[int],
+        stats: TokenBudgetStats | None,
+        token_mask,
+        active: Callable[[nn.Module], bool] | None = None,
+        on_finish: Callable[[_Pass], None] | None = None,
+    ):
         self.model = model
-        self.fractions = fractions
-        self.layers = len(fractions)
+        self.layers = layers
+        self.keep = keep
         self.special_ids = special_ids
-        self.stats: TokenBudgetStats = stats
+        self.stats = stats
         self.token_mask = token_mask
+        self.active = active
+        self.on_finish = on_finish
         self.state: _Pass | None = None
-        self._signatures: dict[int, object] = {}
+        self.reader = BatchReader(special_ids)
 
     # -- the whole model --------------------------------------------------------------------------------
     def begin(self, module, args, kwargs):
-        import inspect
-
-        signature = self._signatures.get(id(module))
-        if signature is None:
-            signature = self._signatures[id(module)] = inspect.signature(module.forward)
-        bound = signature.bind_partial(*args, **kwargs).arguments
-        input_ids, mask, embeds = bound.get("input_ids"), bound.get("attention_mask"), bound.get("inputs_embeds")
-        source = input_ids if input_ids is not None else embeds
-        if source is None:
-            self.state = None
+        self.state = None
+        if self.active is not None and not self.active(module):
             return
-        batch, width = source.shape[:2]
-        device = source.device
-        if mask is None:
-            real = torch.ones(batch, width, dtype=torch.bool, device=device)
-        elif mask.dim() == 2:
-            real = mask.to(device).bool()
-        else:
-            raise UserError("a token budget needs the usual (batch, tokens) attention mask of 0s and 1s")
-        special = torch.zeros_like(real)
-        if input_ids is not None and self.special_ids:
-            special = torch.isin(input_ids, torch.tensor(self.special_ids, device=device))
-        first = real.long().argmax(dim=1)  # (B,) the first real token: [CLS]
-        special[torch.arange(batch, device=device), first] = True
-        special &= real
+        tokens = self.reader(module, args, kwargs)
+        if tokens is None:
+            return
+        real, special = tokens
+        batch, width = real.shape
         lengths = real.sum(1)
-        positions = torch.arange(width, device=device).expand(batch, width)
+        positions = torch.arange(width, device=real.device).expand(batch, width)
         self.state = _Pass(
             real=real,
             special=special,
@@ -338,10 +374,7 @@ class _Session:
 
     def read_probs(self, module, args, output):
         if self.state is not None:
-            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-            if weights is None:
-                raise RuntimeError("the attention module returned no probabilities; the token budget needs them")
-            self.state.probs = weights
+            self.state.probs = attention_weights(output)
 
     def after_layer(self, layer: int):
         def hook(module, args, output):
@@ -360,7 +393,7 @@ class _Session:
 
     def _drop(self, state: _Pass, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         current = state.counts[-1]
-        keep = keep_counts(self.fractions[layer], state.lengths, state.specials, current)
+        keep = self.keep(layer, state)
         state.counts.append(keep)
         if state.probs is None or not bool((keep < current).any()):
             state.entered.append(state.entered[-1])
@@ -388,9 +421,12 @@ class _Session:
         state.full.scatter_(1, index, hidden)
 
     def _finish(self, state: _Pass, hidden: torch.Tensor) -> torch.Tensor:
-        profile = torch.stack(state.counts, dim=1).tolist()  # (B, L)
-        self.stats.profiles.update(tuple(row) for row, real in zip(profile, state.lengths.tolist()) if real)
-        self.stats.last_positions = state.entered
+        if self.stats is not None:
+            profile = torch.stack(state.counts, dim=1).tolist()  # (B, L)
+            self.stats.profiles.update(tuple(row) for row, real in zip(profile, state.lengths.tolist()) if real)
+            self.stats.last_positions = state.entered
+        if self.on_finish is not None:
+            self.on_finish(state)
         if state.full is not None:
             self._store(state, hidden)
             hidden = state.full[:, : state.width]
@@ -398,6 +434,53 @@ class _Session:
             self.token_mask.mask = state.original_real
         self.state = None
         return hidden
+
+
+def attention_weights(output) -> torch.Tensor:
+    """The probabilities an attention module returned (its second output)."""
+    weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+    if weights is None:
+        raise UserError(
+            "the attention module returned no probabilities, which a token budget reads: run the model with "
+            "model.set_attn_implementation('eager')"
+        )
+    return weights
+
+
+class BatchReader:
+    """Reads which tokens of a forward pass are real and which are always kept, from the base model's inputs."""
+
+    def __init__(self, special_ids: Iterable[int]):
+        self.special_ids = list(special_ids)
+        self._signatures: dict[int, object] = {}
+
+    def __call__(self, module, args, kwargs) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(real, special)``, bool (B, T) each, or None when the call has no token inputs. [CLS] (the first
+        real token) and the special ids are special; padding is neither."""
+        import inspect
+
+        signature = self._signatures.get(id(module))
+        if signature is None:
+            signature = self._signatures[id(module)] = inspect.signature(module.forward)
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        input_ids, mask, embeds = bound.get("input_ids"), bound.get("attention_mask"), bound.get("inputs_embeds")
+        source = input_ids if input_ids is not None else embeds
+        if source is None:
+            return None
+        batch, width = source.shape[:2]
+        device = source.device
+        if mask is None:
+            real = torch.ones(batch, width, dtype=torch.bool, device=device)
+        elif mask.dim() == 2:
+            real = mask.to(device).bool()
+        else:
+            raise UserError("a token budget needs the usual (batch, tokens) attention mask of 0s and 1s")
+        special = torch.zeros_like(real)
+        if input_ids is not None and self.special_ids:
+            special = torch.isin(input_ids, torch.tensor(self.special_ids, device=device))
+        first = real.long().argmax(dim=1)  # (B,) the first real token: [CLS]
+        special[torch.arange(batch, device=device), first] = True
+        return real, special & real
 
 
 def _arg(args: tuple, index: int):
@@ -467,37 +550,216 @@ def token_budget(
     attention inside the block (the same numbers), and gets its own back afterwards.
     """
     check_encoder(model)
+    _check_not_learned(model)
     parsed = TokenSchedule.parse(schedule)
     blocks = arch.blocks(model)
     fractions = parsed.per_layer(len(blocks))
+    ids = _special_ids(model, tokenizer, special_ids)
+    stats = TokenBudgetStats(schedule=fractions)
+
+    def keep(layer: int, state: _Pass) -> torch.Tensor:
+        return keep_counts(fractions[layer], state.lengths, state.specials, state.counts[-1])
+
+    session = BudgetSession(model, len(blocks), keep, ids, stats, token_mask)
+    # Layers whose selection can drop something: all but the last (no layer follows it).
+    with _hooked(model, session, [i for i in range(len(blocks) - 1) if fractions[i] < 1]):
+        yield stats
+
+
+@contextmanager
+def threshold_budget(
+    model: nn.Module,
+    thresholds: Sequence[float],
+    *,
+    tokenizer=None,
+    special_ids: Iterable[int] = (),
+    token_mask=None,
+) -> Iterator[TokenBudgetStats]:
+    """Run an encoder with the threshold rule inside the ``with`` block: after layer ``l`` every token whose
+    :func:`relative_values` fall below ``thresholds[l]`` leaves the sequence (specials stay; padding never
+    counts). Learned thresholds (``econlm train --cost tokens``) run this way at inference.
+
+    Args:
+        thresholds: one per layer but the last (no layer follows it); ``-inf`` drops nothing.
+        tokenizer, special_ids, token_mask: as for :func:`token_budget`.
+
+    Yields:
+        :class:`TokenBudgetStats` with ``thresholds`` set.
+    """
+    check_encoder(model)
+    _check_not_learned(model)
+    ids = _special_ids(model, tokenizer, special_ids)
+    session, selecting = threshold_session(model, thresholds, ids, token_mask)
+    with _hooked(model, session, selecting):
+        yield session.stats
+
+
+def check_thresholds(thresholds: Sequence[float], layers: int) -> tuple[float, ...]:
+    """Thresholds as floats, one per layer but the last; a wrong count or a NaN is a one-line error."""
+    try:
+        values = tuple(-math.inf if t is None else float(t) for t in thresholds)
+    except (TypeError, ValueError):
+        raise UserError(f"token thresholds {thresholds!r} are not a list of numbers") from None
+    if len(values) != layers - 1:
+        raise UserError(
+            f"{len(values)} token thresholds for a model of {layers} layers: give one per layer but the last "
+            f"({layers - 1}), since no layer follows the last"
+        )
+    if any(math.isnan(t) for t in values):
+        raise UserError("a token threshold is NaN: give numbers (-inf, or null in JSON, drops nothing)")
+    return values
+
+
+def threshold_session(model, thresholds, ids: list[int], token_mask, active=None, on_finish=None):
+    """A session of the threshold rule; ``thresholds`` a sequence, or a callable giving it afresh each pass."""
+    blocks = arch.blocks(model)
+    if callable(thresholds):  # read afresh each pass (a learnable parameter)
+        current = thresholds
+        fixed = None
+    else:
+        fixed = check_thresholds(thresholds, len(blocks))
+        current = lambda: fixed  # noqa: E731
+    stats = TokenBudgetStats(schedule=(), thresholds=fixed) if fixed is not None else None
+
+    def keep(layer: int, state: _Pass) -> torch.Tensor:
+        threshold = current()[layer]
+        if state.probs is None or threshold == -math.inf:
+            return state.counts[-1]
+        return threshold_keep(relative_values(state.probs, state.real), state.real, state.special, threshold)
+
+    session = BudgetSession(model, len(blocks), keep, ids, stats, token_mask, active, on_finish)
+    selecting = list(range(len(blocks) - 1)) if fixed is None else [i for i, t in enumerate(fixed) if t > -math.inf]
+    return session, selecting
+
+
+def _special_ids(model, tokenizer, special_ids) -> list[int]:
     ids = special_token_ids(tokenizer, model.config, special_ids)
     if not ids:
         warnings.warn(
             "token budget: no special token ids known (pass tokenizer=...), so only the first token is always kept",
-            stacklevel=3,
+            stacklevel=4,
         )
-    stats = TokenBudgetStats(schedule=fractions)
-    session = _Session(model, fractions, ids, stats, token_mask)
+    return ids
+
+
+def register_hooks(model: nn.Module, session: BudgetSession, selecting: Sequence[int]) -> list:
+    """Attach ``session``'s hooks (the layers in ``selecting`` read their attention); returns the handles."""
     fam = arch.family(model.config)
-    # Layers whose selection can drop something: all but the last (no layer follows it).
-    selecting = [i for i in range(len(blocks) - 1) if fractions[i] < 1]
-    previous_impl = model.config._attn_implementation
-    handles = []
+    handles = [model.base_model.register_forward_pre_hook(session.begin, with_kwargs=True)]
     try:
-        if selecting and previous_impl not in _RETURNS_WEIGHTS:
-            model.set_attn_implementation("eager")
-        handles.append(model.base_model.register_forward_pre_hook(session.begin, with_kwargs=True))
-        for i, block in enumerate(blocks):
+        for i, block in enumerate(arch.blocks(model)):
             handles.append(
                 block.register_forward_pre_hook(session.before_layer(i, _mask_position(block)), with_kwargs=True)
             )
             handles.append(block.register_forward_hook(session.after_layer(i)))
             if i in selecting:
                 handles.append(arch.get_submodule(block, fam.attention).register_forward_hook(session.read_probs))
-        yield stats
+    except BaseException:
+        for handle in handles:
+            handle.remove()
+        raise
+    return handles
+
+
+@contextmanager
+def weights_returned(model: nn.Module, needed: bool = True) -> Iterator[None]:
+    """Inside the block the model's attention returns its probabilities: under sdpa or flash it runs eager
+    attention (the same numbers); its own implementation comes back afterwards."""
+    previous = model.config._attn_implementation
+    try:
+        if needed and previous not in _RETURNS_WEIGHTS:
+            model.set_attn_implementation("eager")
+        yield
+    finally:
+        if model.config._attn_implementation != previous:
+            model.set_attn_implementation(previous)
+
+
+@contextmanager
+def _hooked(model: nn.Module, session: BudgetSession, selecting: Sequence[int]) -> Iterator[None]:
+    handles = []
+    try:
+        with weights_returned(model, bool(selecting)):
+            handles = register_hooks(model, session, selecting)
+            yield
     finally:
         for handle in handles:
             handle.remove()
         session.state = None
-        if model.config._attn_implementation != previous_impl:
-            model.set_attn_implementation(previous_impl)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Thresholds that stay with a model (a checkpoint trained with learned token budgets)
+
+ATTACHED = "_econlm_token_thresholds"
+
+
+class AttachedThresholds:
+    """The threshold rule attached to a model for good (:func:`attach_thresholds`): every forward pass drops
+    tokens until :meth:`detach`. :meth:`recording` collects :class:`TokenBudgetStats` for a while."""
+
+    def __init__(self, model: nn.Module, thresholds: tuple[float, ...], special_ids: list[int]):
+        self.model = model
+        self.thresholds = thresholds
+        self.special_ids = special_ids
+        self.session, selecting = threshold_session(model, thresholds, special_ids, None)
+        self.session.stats = None
+        self.session.active = self._check_attention
+        self._selecting = selecting
+        self.handles = register_hooks(model, self.session, selecting)
+
+    def _check_attention(self, module) -> bool:
+        if self._selecting and self.model.config._attn_implementation not in _RETURNS_WEIGHTS:
+            raise UserError(
+                f"this model drops tokens by learned thresholds, which read the attention probabilities; its "
+                f"attention is {self.model.config._attn_implementation}: run model.set_attn_implementation('eager')"
+            )
+        return True
+
+    @contextmanager
+    def recording(self, token_mask=None) -> Iterator[TokenBudgetStats]:
+        """Collect the tokens each layer ran on (and keep ``token_mask`` pointed at the shortened batch)."""
+        stats = TokenBudgetStats(schedule=(), thresholds=self.thresholds)
+        self.session.stats, self.session.token_mask = stats, token_mask
+        try:
+            yield stats
+        finally:
+            self.session.stats, self.session.token_mask = None, None
+
+    def detach(self) -> None:
+        """Remove the hooks: the model computes on every token again."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        self.session.state = None
+        if getattr(self.model, ATTACHED, None) is self:
+            delattr(self.model, ATTACHED)
+
+
+def attach_thresholds(
+    model: nn.Module, thresholds: Sequence[float], *, tokenizer=None, special_ids: Iterable[int] = ()
+) -> AttachedThresholds:
+    """Make ``model`` drop tokens by ``thresholds`` in every forward pass (until ``.detach()``): what
+    :func:`econlm.load` does for a checkpoint with ``token_thresholds.json``. Needs eager attention."""
+    check_encoder(model)
+    existing = attached_thresholds(model)
+    if existing is not None:
+        existing.detach()
+    ids = _special_ids(model, tokenizer, special_ids)
+    attached = AttachedThresholds(model, check_thresholds(thresholds, len(arch.blocks(model))), ids)
+    setattr(model, ATTACHED, attached)
+    return attached
+
+
+def attached_thresholds(model: nn.Module) -> AttachedThresholds | None:
+    """The thresholds attached to ``model`` for good, or None."""
+    return getattr(model, ATTACHED, None)
+
+
+def _check_not_learned(model: nn.Module) -> None:
+    if attached_thresholds(model) is not None:
+        raise UserError(
+            "this model already drops tokens by its learned thresholds (token_thresholds.json); a second token "
+            "budget would drop twice: leave out --token-budget, or detach them first "
+            "(econlm.tokens.attached_thresholds(model).detach())"
+        )

@@ -64,6 +64,8 @@ class TrainConfig(DataFields):
     gate_freeze: float = 0.7  # gates: after this share of training they stop learning and turn deterministic
     latency_table: str | None = None  # the table --cost latency prices gates by
     cost_reduction: str = "mean"  # mean per token and unit, or sum (the paper's scale for lambda)
+    token_temperature: float = 0.1  # --cost tokens: temperature T of the soft mask sigmoid((value - threshold) / T)
+    token_lr: float = 0.02  # --cost tokens: learning rate of the token thresholds
     # Distillation from a fine-tuned dense teacher of the same task
     teacher: str | None = None
     distill_weight: float = 1.0  # prediction-layer term (KL at a temperature; MSE for regression)
@@ -97,7 +99,7 @@ class TrainConfig(DataFields):
         self.distill_settings()
         if not self.epochs >= 0:
             raise UserError(f"--epochs must be >= 0 (0 evaluates and saves the model untrained), not {self.epochs}")
-        for name in ("lr", "batch_size", "save_every", "log_every"):
+        for name in ("lr", "batch_size", "save_every", "log_every", "token_lr"):
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
         check_max_length(self.max_length)
@@ -105,6 +107,11 @@ class TrainConfig(DataFields):
             raise UserError("--limit must be at least 1")
         if not isinstance(self.gradient_checkpointing, bool):
             raise UserError(f"--gradient-checkpointing must be true or false, not {self.gradient_checkpointing!r}")
+        if self.gradient_checkpointing and "tokens" in self.cost:
+            raise UserError(
+                "--gradient-checkpointing does not work with --cost tokens: the token mask is passed between layers "
+                "by hooks, which a recomputed layer would not replay; leave one of them out"
+            )
         if self.device not in ("cpu", "auto"):
             raise UserError(f"--device must be cpu or auto, not {self.device}")
 
@@ -407,9 +414,12 @@ def _setup(config: TrainConfig, resume: bool) -> _Run:
     steps_per_epoch = len(_epoch_batches(len(features), config.batch_size, accelerator.num_processes, config.seed, 0))
     # --epochs 0 trains nothing: the model is evaluated and saved as it is (a post-hoc model with no recovery).
     total_steps = math.ceil(steps_per_epoch * config.epochs) if config.epochs > 0 else 0
-    incentive = Incentive(model, config.tax(), total_steps)
+    incentive = Incentive(model, config.tax(), total_steps, tokenizer=tokenizer)
+    _drop_loaded_thresholds(model)
     model.to(accelerator.device)
-    optimizer = torch.optim.AdamW(incentive.parameter_groups(config.lr, config.gate_lr, config.weight_decay))
+    optimizer = torch.optim.AdamW(
+        incentive.parameter_groups(config.lr, config.gate_lr, config.weight_decay, token_lr=config.token_lr)
+    )
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.lr_warmup_ratio * total_steps), total_steps)
     state = _State()
     if resume:
@@ -437,6 +447,16 @@ def _setup(config: TrainConfig, resume: bool) -> _Run:
         total_steps,
         state,
     )
+
+
+def _drop_loaded_thresholds(model) -> None:
+    """A checkpoint with learned token thresholds drops tokens in every pass; fine-tuning it without
+    ``--cost tokens`` trains (and saves) the model on every token. (With it, learning starts from them.)"""
+    from econlm.tokens import attached_thresholds
+
+    attached = attached_thresholds(model)
+    if attached is not None:
+        attached.detach()
 
 
 def _load_data(config: TrainConfig, task):
@@ -654,25 +674,30 @@ def finish(run: _Run) -> dict:
     config, model = run.config, run.inner
     model.eval()
     gates = run.incentive.finalize()  # folds the gates: closed units become exact zeros
-    evaluation = _evaluate(run)
+    tokens = gates.get("tokens")  # learned token thresholds: evaluated (and saved) as inference runs them
+    evaluation = _evaluate(run, tokens)
     metrics = _metrics(run, evaluation, gates["gates"])
     previous = getattr(model.config, "econlm", None) or {}
     model.config.econlm = {**previous, "train": _config_dict(config), "gates": gates["folded"]}
     meta = run_metadata(seed=config.seed, config=_config_dict(config))
-    _save_final(model, run.tokenizer, run.out, {**metrics, "meta": meta})
+    _save_final(model, run.tokenizer, run.out, {**metrics, "meta": meta}, tokens)
     return metrics
 
 
-def _evaluate(run: _Run) -> dict:
-    """Score, attention statistics, FFN sparsity and the dev value of every cost term that is not a gate."""
+def _evaluate(run: _Run, tokens: dict | None = None) -> dict:
+    """Score, attention statistics, FFN sparsity and the dev value of every cost term that is not a gate; with
+    learned token thresholds, scored with tokens dropped as at inference, and the MACs that saves."""
+    from contextlib import ExitStack
+
     import torch
 
     from econlm import evaluate
     from econlm.activations import record_sparsity
-    from econlm.cost import CostMeter
+    from econlm.cost import CONTROLLABLE, CostMeter
+    from econlm.flops import Structure
+    from econlm.tokens import threshold_budget
 
     config, task, model = run.config, run.task, run.inner
-    from econlm.cost import CONTROLLABLE
 
     # The terms training measured, less the gates (folded away by now), at the same reduction.
     measured = tuple(n for n in run.incentive.meter.names if n not in CONTROLLABLE)
@@ -688,7 +713,20 @@ def _evaluate(run: _Run) -> dict:
             sums[k] = sums.get(k, 0.0) + v
         calls[0] += 1
 
-    with meter.attached(record_stats=True), record_sparsity(model, SPARSITY_EPSILONS, meter.tokens) as sparse:
+    with ExitStack() as stack:
+        stack.enter_context(meter.attached(record_stats=True))
+        dropped = None
+        if tokens is not None:  # inside the budgeted attention, whose probabilities it reads
+            dropped = stack.enter_context(
+                threshold_budget(
+                    model,
+                    tokens["thresholds"],
+                    tokenizer=run.tokenizer,
+                    special_ids=tokens["special_ids"],
+                    token_mask=meter.tokens,
+                )
+            )
+        sparse = stack.enter_context(record_sparsity(model, SPARSITY_EPSILONS, meter.tokens))
         with torch.no_grad():
             if task.is_lm:
                 ids = evaluate.lm_token_ids(run.tokenizer, run.eval_data, config.eval_limit or 8192)
@@ -718,6 +756,25 @@ def _evaluate(run: _Run) -> dict:
         "stats": stats,
         "sparsity": sparsity,
         "cost_terms": {k: v / max(calls[0], 1) for k, v in sums.items()},
+        "tokens": None if dropped is None else _tokens_summary(tokens, dropped, Structure.of_model(model)),
+    }
+
+
+def _tokens_summary(tokens: dict, dropped, structure) -> dict:
+    """What the learned token thresholds did on the dev data: tokens per layer and the exact MACs saved."""
+    macs = dropped.macs(structure)
+    return {
+        "thresholds": tokens["thresholds"],
+        "value": tokens["value"],
+        "rule": tokens["rule"],
+        "tokens_per_layer": dropped.tokens_per_layer(),
+        "macs_ratio_per_layer": [entry["macs"] / entry["reference_macs"] for entry in macs["by_layer"]]
+        if macs["examples"]
+        else [],
+        "macs": macs["macs"],
+        "reference_macs": macs["reference_macs"],
+        "macs_ratio": macs["ratio"],
+        "counted": macs["counted"] + "; measured on the dev data the score is from",
     }
 
 
@@ -762,6 +819,7 @@ def _metrics(run: _Run, evaluation: dict, gates_report: dict | None) -> dict:
         },
         "attention": {"gini": stats["gini"], "entropy": stats["entropy"], "per_layer": stats["per_layer"]},
         "gates": gates_report,
+        "token_budget": evaluation.get("tokens"),
         "distillation": {"teacher": config.teacher, **vars(config.distill_settings())} if config.teacher else None,
         "dense_macs": macs["macs"],
         "dense_flops": macs["flops"],
@@ -777,15 +835,19 @@ def _metrics(run: _Run, evaluation: dict, gates_report: dict | None) -> dict:
     }
 
 
-def _save_final(model, tokenizer, out: Path, metrics: dict) -> None:
-    """Save the model, then ``metrics.json`` (which marks the run finished). The model is written to a
-    staging folder first, so a failed write (a full disk) leaves no half-written model in ``out``."""
+def _save_final(model, tokenizer, out: Path, metrics: dict, tokens: dict | None = None) -> None:
+    """Save the model (and its learned token thresholds), then ``metrics.json`` (which marks the run finished).
+    The model is written to a staging folder first, so a failed write (a full disk) leaves no half-written
+    model in ``out``."""
     from econlm.checkpoint import staging_dir, tensor_bytes
     from econlm.compact import save_model
+    from econlm.learned_tokens import save_thresholds
     from econlm.runinfo import write_json
 
     with staging_dir(out, ".final-", tensor_bytes(model.state_dict())) as staging:
         save_model(model, tokenizer, staging)
+        if tokens is not None:
+            save_thresholds(staging, tokens)
         for item in staging.iterdir():
             os.replace(item, out / item.name)
         write_json(out / "metrics.json", metrics)
