@@ -293,6 +293,37 @@ def docs() -> None:
     for result in results:
         lines += _task_section(result)
         lines.append("")
+    demo = RESULTS / "shadow_demo.json"
+    if demo.exists():  # the one sweep with two budgets of a seed measured so far
+        shadow = json.loads(demo.read_text())
+        lines += [
+            "## Shadow prices on the demo sweep",
+            "",
+            f"{shadow['definition']}. Sweep: {shadow['sweep']}; `{shadow['command']}`.",
+            "",
+            markdown_table(
+                ["seed", "cost", "budgets", "shares cleared", "dev losses", "final lambdas", "-dL/dC", "consistent"],
+                [
+                    [
+                        p["seed"],
+                        "+".join(p["cost"] or []),
+                        f"{p['budgets'][0]} / {p['budgets'][1]}",
+                        f"{p['shares'][0]:.3f} / {p['shares'][1]:.3f}",
+                        f"{p['losses'][0]:.4f} / {p['losses'][1]:.4f}",
+                        f"{p['lambdas'][0]:.4g} / {p['lambdas'][1]:.4g}",
+                        f"{p['finite_difference']:.4g}",
+                        "yes" if p["consistent"] else "no",
+                    ]
+                    for p in shadow["pairs"]
+                ],
+            ),
+            "",
+            "The final prices are 15 to 33 times the loss one more unit of compute share actually saved: in these "
+            "short runs (158 steps) the controller's price overshoots the shadow price of compute, so it did not "
+            "price compute consistently. The check has not yet run on the benchmark sweeps (they need two budgets "
+            "of one seed).",
+            "",
+        ]
     atomic_write_text(DOCS / "market.md", "\n".join(lines).rstrip() + "\n")
     print(f"wrote {DOCS / 'market.md'}")
 
