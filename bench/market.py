@@ -61,6 +61,37 @@ def run(task: str, model: str, units: str, sweep: str | None, minutes: float, ex
         shutil.copyfile(png, DOCS / "market" / f"{task}_{png.name}")
 
 
+def _overshoot(pairs: list[dict]) -> str:
+    """How far the final prices sit from the measured marginal value of compute share."""
+    ratios = [lam / p["finite_difference"] for p in pairs if p["finite_difference"] > 0 for lam in p["lambdas"]]
+    if not ratios:
+        return "No pair measured a positive marginal value of compute share."
+    return (
+        f"The final prices are {min(ratios):.0f} to {max(ratios):.0f} times the loss one more unit of compute share "
+        "actually saved (-dL/dC): the controller's price overshoots the shadow price of compute in these short "
+        "runs. The check has not yet run on the benchmark sweeps (they need two budgets of one seed)."
+    )
+
+
+def _shadow_table(pairs: list[dict]) -> str:
+    return markdown_table(
+        ["seed", "cost", "budgets", "shares cleared", "dev losses", "final lambdas", "-dL/dC", "consistent"],
+        [
+            [
+                p["seed"],
+                "+".join(p["cost"] or []),
+                f"{p['budgets'][0]} / {p['budgets'][1]}",
+                f"{p['shares'][0]:.3f} / {p['shares'][1]:.3f}",
+                f"{p['losses'][0]:.4f} / {p['losses'][1]:.4f}",
+                f"{p['lambdas'][0]:.4g} / {p['lambdas'][1]:.4g}",
+                f"{p['finite_difference']:.4g}",
+                "yes" if p["consistent"] else "no",
+            ]
+            for p in pairs
+        ],
+    )
+
+
 def _removed(half: dict, layout: str) -> int:
     removed = half["heads_removed"]
     return removed[layout] if isinstance(removed, dict) else removed  # older results: one count for both
@@ -197,22 +228,7 @@ def _task_section(result: dict) -> list[str]:
             "",
             shadow["definition"] + f" (sweep `{Path(shadow['sweep']).name}`).",
             "",
-            markdown_table(
-                ["seed", "cost", "budgets", "shares cleared", "dev losses", "final lambdas", "-dL/dC", "consistent"],
-                [
-                    [
-                        p["seed"],
-                        "+".join(p["cost"] or []),
-                        f"{p['budgets'][0]} / {p['budgets'][1]}",
-                        f"{p['shares'][0]:.3f} / {p['shares'][1]:.3f}",
-                        f"{p['losses'][0]:.4f} / {p['losses'][1]:.4f}",
-                        f"{p['lambdas'][0]:.4g} / {p['lambdas'][1]:.4g}",
-                        f"{p['finite_difference']:.4g}",
-                        "yes" if p["consistent"] else "no",
-                    ]
-                    for p in shadow["pairs"]
-                ],
-            ),
+            _shadow_table(shadow["pairs"]),
             "",
         ]
     if est.get("resumed_from_pair"):
@@ -301,27 +317,9 @@ def docs() -> None:
             "",
             f"{shadow['definition']}. Sweep: {shadow['sweep']}; `{shadow['command']}`.",
             "",
-            markdown_table(
-                ["seed", "cost", "budgets", "shares cleared", "dev losses", "final lambdas", "-dL/dC", "consistent"],
-                [
-                    [
-                        p["seed"],
-                        "+".join(p["cost"] or []),
-                        f"{p['budgets'][0]} / {p['budgets'][1]}",
-                        f"{p['shares'][0]:.3f} / {p['shares'][1]:.3f}",
-                        f"{p['losses'][0]:.4f} / {p['losses'][1]:.4f}",
-                        f"{p['lambdas'][0]:.4g} / {p['lambdas'][1]:.4g}",
-                        f"{p['finite_difference']:.4g}",
-                        "yes" if p["consistent"] else "no",
-                    ]
-                    for p in shadow["pairs"]
-                ],
-            ),
+            _shadow_table(shadow["pairs"]),
             "",
-            "The final prices are 15 to 33 times the loss one more unit of compute share actually saved: in these "
-            "short runs (158 steps) the controller's price overshoots the shadow price of compute, so it did not "
-            "price compute consistently. The check has not yet run on the benchmark sweeps (they need two budgets "
-            "of one seed).",
+            _overshoot(shadow["pairs"]),
             "",
         ]
     atomic_write_text(DOCS / "market.md", "\n".join(lines).rstrip() + "\n")

@@ -100,16 +100,16 @@ class _Split:
     mean_tokens: float
 
 
-def _split(loaded, task, examples, config: MarketConfig, labelled: bool = False) -> _Split:
+def _split(loaded, task, examples, max_length: int, batch_size: int, labelled: bool = False) -> _Split:
     import torch
 
     from econlm import evaluate
 
     tokenizer = loaded.tokenizer
     texts_b = [e.text_b for e in examples] if examples[0].text_b is not None else None
-    ids, types, _ = evaluate.encode(tokenizer, [e.text_a for e in examples], texts_b, config.max_length)
+    ids, types, _ = evaluate.encode(tokenizer, [e.text_a for e in examples], texts_b, max_length)
     batches, order = [], []
-    for indices, batch in evaluate._padded_batches(tokenizer, ids, types, config.batch_size):
+    for indices, batch in evaluate._padded_batches(tokenizer, ids, types, batch_size):
         batch = dict(batch)
         if labelled:
             dtype = torch.float32 if task.kind == "regression" else torch.long
@@ -186,8 +186,8 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
             f"train one with `econlm train --model {config.model} --task {task.name}` and pass its folder"
         )
     model = loaded.model.eval()
-    game_split = _split(loaded, task, examples[: config.examples], config, labelled=True)
-    held_out = _split(loaded, task, examples[config.examples :], config)
+    game_split = _split(loaded, task, examples[: config.examples], config.max_length, config.batch_size, labelled=True)
+    held_out = _split(loaded, task, examples[config.examples :], config.max_length, config.batch_size)
     units = market.units_of(model, config.units, config.block)
     inputs = [{k: v for k, v in b.items() if k != "labels"} for b in game_split.batches]
     game = market.Game(model, inputs, units, _scorer(task, game_split, config.value), config.block)

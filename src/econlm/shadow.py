@@ -34,15 +34,14 @@ def dev_loss(model_dir: str, settings: dict, data_dir=None, batch_size: int = 64
     import torch
 
     from econlm import data
-    from econlm.market_run import MarketConfig, _split
+    from econlm.market_run import _split
     from econlm.models import load_model
     from econlm.userdata import spec_of
 
     task = data.get_task(settings["task"], spec_of(settings))
     examples = data.load_examples(task, "dev", data_dir or settings.get("data_dir"))
     loaded = load_model(model_dir)
-    config = MarketConfig(model=model_dir, task=settings["task"], max_length=settings.get("max_length", 128))
-    split = _split(loaded, task, examples, config, labelled=True)
+    split = _split(loaded, task, examples, settings.get("max_length", 128), batch_size, labelled=True)
     total = 0.0
     with torch.no_grad():
         for batch in split.batches:
