@@ -15,7 +15,9 @@ AXIS_FIELDS = {
 
 
 def method_of(result: dict) -> str:
-    """incentive (any lambda, including the lam = 0 baseline), posthoc-<importance> or topk."""
+    """incentive (unit gates or taxes, any lambda, including the lam = 0 baseline), posthoc-<importance>, topk,
+    tokens (a post-hoc token budget on a lambda = 0 model), units+tokens (on a compacted incentive model),
+    learned-tokens (trained token thresholds) or units+learned-tokens (thresholds trained with unit gates)."""
     if result["kind"] == "posthoc":
         settings = result["settings"]
         # Variants are methods of their own: a repaired or untrained rival is not the fine-tuned one.
@@ -24,6 +26,11 @@ def method_of(result: dict) -> str:
         return f"posthoc-{settings['importance']}{rescaled}{untrained}"
     if result["kind"] == "topk":
         return "topk"
+    if result["kind"] == "tokens":
+        return "units+tokens" if result["settings"].get("on") == "units" else "tokens"
+    costs = set(result["settings"].get("cost", ()))
+    if "tokens" in costs:
+        return "units+learned-tokens" if costs & {"flops", "latency"} else "learned-tokens"
     return "incentive"
 
 
@@ -34,6 +41,8 @@ def ablation_of(result: dict) -> str:
     if float(settings.get("lam", 0)) == 0 and settings.get("budget") is None:
         return "baseline (lambda = 0)"
     costs = settings.get("cost", [])
+    if "tokens" in costs:
+        return method_of(result)
     target = settings.get("target", "both")
     if "flops" in costs:
         return f"flops gates ({target})"

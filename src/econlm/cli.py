@@ -306,6 +306,12 @@ def _add_compact(sub) -> None:
     )
     p.add_argument("--prefill-length", type=int, default=512, help="decoders: prompt tokens of the prefill timing")
     p.add_argument("--decode-tokens", type=int, default=128, help="decoders: new tokens per timed generate call")
+    p.add_argument(
+        "--token-budget",
+        default=None,
+        help="encoders: also measure this token budget (0.5, or one fraction per layer: 1,0.8,0.6,...) on both "
+        "models, reporting score, MACs and speedup for units, tokens, and units + tokens",
+    )
     _add_data_flags(p, ("train", "dev"))
     p.set_defaults(func=_cmd_compact)
 
@@ -330,6 +336,7 @@ def _cmd_compact(args) -> int:
         latency_table=args.latency_table,
         prefill_length=args.prefill_length,
         decode_tokens=args.decode_tokens,
+        token_budget=args.token_budget,
         **_data_fields(args),
     )
     report = run_compact(config)
@@ -352,6 +359,15 @@ def _cmd_compact(args) -> int:
             if k.startswith("decode_")
         )
         print(f"decoder: prefill {ratios['prefill_speedup']:.2f}x faster; generation {decode}")
+    levers = report.get("levers")
+    if levers:
+        print(f"levers (token budget {levers['token_budget']}; MACs of the blocks on the real dev tokens):")
+        for name, v in levers["variants"].items():
+            score = "-" if v["score"] is None else f"{v['score']:.4f}"
+            print(
+                f"  {name:<13} score {score}  MACs x{v['macs_share']:.3f}  speedup batch 1: "
+                f"{v['speedup_batch1']:.2f}x, batch 32: {v['speedup_batch32']:.2f}x"
+            )
     predicted = report.get("latency_table")
     if predicted:
         measured = predicted["measured_speedup"]

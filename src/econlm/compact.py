@@ -138,6 +138,8 @@ class CompactConfig(DataFields):  # a user's data file: by default as the checkp
     prefill_length: int = 512
     decode_tokens: int = 128  # new tokens per greedy generate call (with the KV cache)
     decode_batches: tuple[int, ...] = (1, 8)
+    # Encoders: also measure a token budget (econlm.tokens) on both models, each lever alone and both together.
+    token_budget: str | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.eps) and self.eps > 0):
@@ -152,6 +154,10 @@ class CompactConfig(DataFields):  # a user's data file: by default as the checkp
             from econlm.export import require_onnx
 
             require_onnx()
+        if self.token_budget is not None:
+            from econlm.tokens import TokenSchedule
+
+            object.__setattr__(self, "token_budget", TokenSchedule.parse(self.token_budget).label)
         if self.latency_table:
             from econlm.latency_table import load_table
 
@@ -260,10 +266,13 @@ def latency_seq_len(model, config: CompactConfig) -> int:
     return min(config.max_length, getattr(model.config, "max_position_embeddings", None) or config.max_length)
 
 
-def measure_latency(models: dict, tokenizer, config: CompactConfig, workdir: Path) -> dict:
+def measure_latency(models: dict, tokenizer, config: CompactConfig, workdir: Path, around: dict | None = None) -> dict:
     """CPU latency of each model at batch 1 and 32, the models timed round by round in one run (so noise hits
     them alike), in PyTorch eager and, when the onnx extra is installed and ``config.onnx``, in ONNX Runtime
     (each runtime's rounds of its own).
+
+    ``around`` maps a name to a context factory entered around that model's timed calls (a token budget);
+    such a name is timed in PyTorch only.
 
     Returns ``{runtime: {name: {"batchN": timing}}}`` with runtime ``torch`` and ``onnxruntime``.
     """
@@ -271,17 +280,21 @@ def measure_latency(models: dict, tokenizer, config: CompactConfig, workdir: Pat
 
     # Each runtime makes, for a batch of inputs, the call that is timed (built outside the timed region).
     runtimes = {"torch": {name: (lambda inputs, m=model: model_call(m, inputs)) for name, model in models.items()}}
+    around = around or {}
     if config.onnx:
-        runtimes["onnxruntime"] = _onnx_forwards(models, tokenizer, workdir)
+        runtimes["onnxruntime"] = _onnx_forwards({k: m for k, m in models.items() if k not in around}, tokenizer, workdir)
     seq_len = latency_seq_len(next(iter(models.values())), config)
-    results: dict = {runtime: {name: {} for name in models} for runtime in runtimes}
+    results: dict = {runtime: {name: {} for name in makers} for runtime, makers in runtimes.items()}
     for batch in LATENCY_BATCHES:
         inputs = random_inputs(batch, seq_len)
         # One runtime at a time, its models interleaved: two runtimes' thread pools never share the cores
         # within a round, and each speedup is a ratio of medians taken under the same noise.
         for runtime, makers in runtimes.items():
             calls = {name: make_call(inputs) for name, make_call in makers.items()}
-            for name, timing in measure_interleaved(calls, warmup=3, repeats=config.latency_repeats).items():
+            timed = measure_interleaved(
+                calls, warmup=3, repeats=config.latency_repeats, around=around if runtime == "torch" else None
+            )
+            for name, timing in timed.items():
                 entry = timing.as_dict()
                 entry["sequences_per_second"] = batch / entry["median"]
                 entry["tokens_per_second"] = batch * seq_len / entry["median"]
@@ -519,6 +532,11 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
         from econlm.config import check_context
 
         check_context(config.max_length, model.config)
+    if config.token_budget is not None:
+        from econlm.tokens import TokenSchedule, check_encoder
+
+        check_encoder(model)
+        TokenSchedule.parse(config.token_budget).per_layer(len(arch.blocks(model)))  # one fraction per layer
     batches = _calibration_batches(loaded, task, config)
     compacted, core = compact_model(model, batches, config.eps, seq_len=latency_seq_len(model, config))
     if not core.removed_anything:
@@ -534,8 +552,15 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     after = measure_model(compacted, loaded, task, config, loaded.head)
     pbar.update(1)
     pbar.set_postfix_str("timing both models" + (" in PyTorch and ONNX Runtime" if config.onnx else ""))
+    models, around = {"before": model, "after": compacted}, {}
+    if config.token_budget is not None:
+        from econlm.tokens import token_budget
+
+        for name in ("before", "after"):
+            models[f"{name}+tokens"] = models[name]
+            around[f"{name}+tokens"] = lambda m=models[name]: token_budget(m, config.token_budget, tokenizer=loaded.tokenizer)
     with tempfile.TemporaryDirectory(prefix="econlm-onnx-") as workdir:
-        latency = measure_latency({"before": model, "after": compacted}, loaded.tokenizer, config, Path(workdir))
+        latency = measure_latency(models, loaded.tokenizer, config, Path(workdir), around)
         decoding = measure_decoding({"before": model, "after": compacted}, config) if loaded.head == "causal-lm" else None
     for name, measured in (("before", before), ("after", after)):
         measured["latency_seconds"] = latency["torch"][name]
@@ -578,6 +603,9 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     }
     if config.latency_table:
         report["latency_table"] = _table_prediction(config, model, before, after)
+    if config.token_budget is not None:
+        scores = {"dense": (before["score"] or {}).get("value"), "units": (after["score"] or {}).get("value")}
+        report["levers"] = measure_levers(model, compacted, loaded, task, config, latency["torch"], scores)
     out.parent.mkdir(parents=True, exist_ok=True)
     compacted.config.econlm = {**(getattr(model.config, "econlm", None) or {}), "compact": report["removed"]}
     # Written beside --out and renamed into place: a failed write (a full disk) leaves no half-written model.
@@ -589,6 +617,48 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
         os.replace(staging, out)
     pbar.update(1)
     return report
+
+
+def measure_levers(model, compacted, loaded, task, config: CompactConfig, latency: dict, scores: dict) -> dict:
+    """Both levers, alone and together: the dense model, units (compacted), tokens (the token budget on the
+    dense model) and units + tokens. ``scores`` holds the dense and compacted models' dev scores; the two
+    with tokens are scored here on the same examples. Compute is the MACs of the blocks on each example's
+    real tokens, each layer on the tokens it ran on (padding never counted), as a share of the dense model's
+    on the same tokens. A speedup is the dense model's median over the variant's at each batch, all four
+    timed round by round in one run (``latency``)."""
+    from econlm import data, evaluate
+    from econlm.flops import Structure
+    from econlm.tokens import token_budget
+
+    examples = data.load_examples(task, "dev", config.data_dir, config.eval_limit)
+    variants = {}
+    for name, net, timed in (("dense", model, "before"), ("units", compacted, "after")):
+        with torch.no_grad(), token_budget(net, config.token_budget, tokenizer=loaded.tokenizer) as stats:
+            result = evaluate.score_glue(
+                net, loaded.tokenizer, task, examples, loaded.head, batch_size=config.batch_size, max_length=config.max_length
+            )
+        macs = stats.macs(Structure.of_model(net))
+        variants[name] = (scores[name], macs["reference_macs"], timed)
+        variants["tokens" if name == "dense" else "units+tokens"] = (result.value, macs["macs"], f"{timed}+tokens")
+    reference = variants["dense"][1]
+    out = {}
+    for name in ("dense", "units", "tokens", "units+tokens"):
+        score, macs, timed = variants[name]
+        out[name] = {
+            "score": score,
+            "block_macs_real_tokens": macs,
+            "macs_share": macs / reference,
+            **{f"speedup_{b}": latency["before"][b]["median"] / latency[timed][b]["median"] for b in latency[timed]},
+        }
+    return {
+        "token_budget": config.token_budget,
+        "examples": len(examples),
+        "counted": "MACs of the blocks over each example's real dev tokens, each layer on the tokens it ran on "
+        "(econlm.flops.shortened_macs); padding, the token selection, embeddings and the task head not counted",
+        "timed_on": "random rows of --max-length tokens (every token real); the dense model's median over each "
+        "variant's, all four interleaved round by round",
+        "variants": out,
+    }
 
 
 def _table_prediction(config: CompactConfig, model, before: dict, after: dict) -> dict:

@@ -23,6 +23,10 @@ METHOD_STYLE = {
     "posthoc-fisher": ("tab:purple", "P"),
     "posthoc-wanda": ("tab:brown", "h"),
     "topk": ("tab:green", "^"),
+    "tokens": ("tab:cyan", "v"),
+    "learned-tokens": ("tab:olive", "<"),
+    "units+tokens": ("tab:pink", ">"),
+    "units+learned-tokens": ("tab:gray", "8"),
 }
 
 

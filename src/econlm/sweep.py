@@ -13,6 +13,7 @@ A sweep YAML file::
     baselines:                                         # optional, built from the lam = 0 trials
       posthoc: {importance: [magnitude, activation], finetune_epochs: 0.5}
       topk: {budgets: [32, 8, 2]}
+      tokens: {budgets: [0.7, 0.5], on: [dense, units]}   # post-hoc token budgets (econlm.tokens)
     resources: {num_cpus: 1, num_gpus: 0}              # per trial, for Ray
 
 Every trial writes ``trials/<id>/result.json`` atomically and the sweep rewrites ``results.jsonl`` after
@@ -204,21 +205,52 @@ def _checked_compact(compact, where) -> dict | None:
 
 
 def _checked_baselines(baselines, where) -> dict:
-    baselines = _mapping(baselines, "baselines", where, "baselines (posthoc, topk)")
+    baselines = _mapping(baselines, "baselines", where, "baselines (posthoc, topk, tokens)")
     for key, value in baselines.items():
-        if key not in ("posthoc", "topk"):
-            raise UserError(f"{where(f'baselines.{key}')}: unknown baseline '{key}'; valid: posthoc, topk")
+        if key not in BASELINES:
+            raise UserError(
+                f"{where(f'baselines.{key}')}: unknown baseline '{key}'; valid: {', '.join(BASELINES)}"
+            )
         value = _mapping(value, f"baselines.{key}", where, "baseline settings")
         for list_key in ("budgets", "importance"):
             if list_key in value and (not isinstance(value[list_key], list) or not value[list_key]):
                 raise UserError(f"{where(f'baselines.{key}.{list_key}')}: '{list_key}' must be a non-empty list")
         if key == "posthoc":
             _check_posthoc(value, lambda k: where(f"baselines.posthoc.{k}"))
+        if key == "tokens":
+            value = _checked_tokens(value, lambda k: where(f"baselines.tokens.{k}"))
         baselines[key] = value
     return dict(baselines)
 
 
 POSTHOC_KEYS = ("importance", "finetune_epochs", "rescale", "distill")
+BASELINES = ("posthoc", "topk", "tokens")
+# Where a post-hoc token budget runs: the lambda = 0 models (tokens alone) or the compacted incentive models
+# (units + tokens, both levers together).
+TOKEN_TARGETS = ("dense", "units")
+
+
+def _checked_tokens(tokens: dict, where) -> dict:
+    """``budgets``: token schedules (``0.5`` or ``"1,0.8,0.6,0.5,0.4,0.4"``), normalised to their labels;
+    ``on``: dense and/or units (default both)."""
+    from econlm.tokens import TokenSchedule
+
+    for key in tokens:
+        if key not in ("budgets", "on"):
+            raise UserError(f"{where(key)}: unknown token-budget setting '{key}'; valid: budgets, on")
+    if "budgets" not in tokens:
+        raise UserError(f"{where('budgets')}: a token-budget baseline needs budgets, such as [0.7, 0.5]")
+    labels = []
+    for budget in tokens["budgets"]:
+        try:
+            labels.append(TokenSchedule.parse(budget).label)
+        except UserError as error:
+            raise UserError(f"{where('budgets')}: {error}") from None
+    on = _as_list(tokens.get("on", list(TOKEN_TARGETS)))
+    for target in on:
+        if target not in TOKEN_TARGETS:
+            raise UserError(f"{where('on')}: unknown target '{target}'; valid: {', '.join(TOKEN_TARGETS)}")
+    return {"budgets": labels, "on": on}
 
 
 def _check_posthoc(posthoc: dict, where) -> None:
@@ -383,6 +415,9 @@ def _final_measurements(model_dir: Path, settings: dict, eps: float, result: dic
     row = probe.rows[0]
     structure = Structure.of_model(loaded.model)
     result["dense_flops"] = dense_macs(structure, max_length, include_head=True)["flops"]
+    if row.get("token_macs_ratio") is not None:  # learned token thresholds: the blocks run on fewer tokens
+        result.update(_token_flops(loaded.model, max_length, row["token_macs_ratio"]))
+        result["token_macs_ratio"] = row["token_macs_ratio"]
     result["effective_flops_per_token"] = 2 * row["effective_macs_per_token"]
     result["effective_score"] = row["score"]
     forward = model_call(loaded.model, random_inputs(32, max_length))
@@ -418,6 +453,8 @@ def run_trial(spec: dict, trial_dir: str, context: dict) -> dict:
             _run_posthoc_trial(spec, Path(trial_dir), context, result)
         elif spec["kind"] == "topk":
             _run_topk_trial(spec, Path(trial_dir), result)
+        elif spec["kind"] == "tokens":
+            _run_tokens_trial(spec, Path(trial_dir), result)
         else:
             raise ValueError(f"unknown trial kind {spec['kind']}")
         result["status"] = "ok"
@@ -463,7 +500,12 @@ def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -
     final_dir = model_dir
     compact = context.get("compact")
     eps = (compact or {}).get("eps", 1e-3)
-    if compact is not None:
+    if compact is not None and "tokens" in spec["settings"].get("cost", ()):
+        # Learned thresholds read every head's attention, so removing heads would change which tokens go:
+        # econlm compact refuses such a model, and the trial keeps its trained structure (units + tokens
+        # together are measured as a post-hoc token budget on a compacted model: baselines.tokens, on: units).
+        result["compact"] = {"removed": None, "note": "learned token thresholds: not compacted"}
+    elif compact is not None:
         compact_dir = trial_dir / "compact"
         report = _compact_report(compact_dir)
         if report is None:
@@ -629,6 +671,68 @@ def _run_topk_trial(spec: dict, trial_dir: Path, result: dict) -> None:
     )
 
 
+def _run_tokens_trial(spec: dict, trial_dir: Path, result: dict) -> None:
+    """A post-hoc token budget on a trained model (econlm.tokens): its score, and its compute with the
+    blocks' MACs scaled by the share the budget left on the real dev tokens (padding never counted)."""
+    from econlm.latency import measure, model_call, random_inputs
+    from econlm.models import load_model
+    from econlm.probing import ProbeConfig, run_probe, save_probe
+    from econlm.tokens import token_budget
+
+    settings = spec["settings"]
+    max_length = settings.get("max_length", 128)
+    loaded = load_model(settings["source_model"])
+    probe = run_probe(
+        ProbeConfig(
+            model=settings["source_model"],
+            task=settings["task"],
+            budgets=("full",),
+            limit=settings.get("eval_limit"),
+            max_length=max_length,
+            data_dir=settings.get("data_dir"),
+            token_budget=settings["token_budget"],
+            **_data_fields(settings),
+        ),
+        model=loaded,
+        progress=False,
+    )
+    save_probe(probe, trial_dir / "probe")
+    row = probe.rows[0]
+    result.update(
+        {
+            "metric": row["metric"],
+            "score": row["score"],
+            "gini": row["gini"],
+            "entropy": row["entropy"],
+            "effective_flops_per_token": 2 * row["effective_macs_per_token"],
+            "token_budget": settings["token_budget"],
+            "token_schedule": row["token_budget"],  # one fraction per layer
+            "token_macs_ratio": row["token_macs_ratio"],
+        }
+    )
+    result.update(_token_flops(loaded.model, max_length, row["token_macs_ratio"]))
+    # The fixed 128-token synthetic case (every token real), as the other trials' latency_ms.
+    forward = model_call(loaded.model, random_inputs(32, max_length))
+    with token_budget(loaded.model, settings["token_budget"], tokenizer=loaded.tokenizer):
+        result["latency_ms"] = 1000 * measure(forward, warmup=2, repeats=5).median
+
+
+def _token_flops(model, max_length: int, ratio: float) -> dict:
+    """``dense_flops`` of a model that drops tokens: the head and the blocks of one ``max_length`` sequence,
+    the blocks scaled by ``ratio``, the share of block MACs the token rule left on the real dev tokens
+    (:func:`econlm.flops.shortened_macs`). The unscaled count is kept as ``dense_flops_all_tokens``."""
+    from econlm.flops import Structure, dense_macs
+
+    structure = Structure.of_model(model)
+    full = dense_macs(structure, max_length, include_head=True)
+    blocks = 2 * sum(full["by_layer"])
+    return {
+        "dense_flops": full["flops"] - blocks * (1.0 - ratio),
+        "dense_flops_all_tokens": full["flops"],
+        "structure": {"heads": list(structure.heads), "ffn": list(structure.ffn)},
+    }
+
+
 def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
@@ -667,6 +771,9 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
             for k in topk.get("budgets", [32, 8, 2]):
                 s = {**same, "source_model": source, "budget_k": k}
                 specs.append({"id": trial_id("topk", s), "kind": "topk", "settings": s})
+        tokens = config.baselines.get("tokens")
+        if tokens:
+            specs.extend(_token_specs(tokens, same, source, identity, trained))
         posthoc = config.baselines.get("posthoc")
         if posthoc:
             for incentive in trained:
@@ -701,6 +808,29 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
     for spec in specs:
         unique.setdefault(spec["id"], spec)
     return list(unique.values())
+
+
+def _token_specs(tokens: dict, same: dict, source: str, identity: dict, trained: list[dict]) -> list[dict]:
+    """Token-budget trials: each budget on the lambda = 0 model (``dense``) and on every compacted incentive
+    model of the same identity (``units``)."""
+    specs = []
+    for budget in tokens["budgets"]:
+        if "dense" in tokens["on"]:
+            s = {**same, "source_model": source, "token_budget": budget, "on": "dense"}
+            specs.append({"id": trial_id("tokens", s), "kind": "tokens", "settings": s})
+        if "units" not in tokens["on"]:
+            continue
+        for incentive in trained:
+            other = incentive["settings"]
+            compacted = (incentive.get("compact") or {}).get("removed")
+            if not compacted or any(other.get(k) != v for k, v in identity.items()):
+                continue
+            if "tokens" in other.get("cost", ()):  # it drops tokens by its own learned thresholds already
+                continue
+            s = {**same, "source_model": incentive["final_model"], "token_budget": budget, "on": "units"}
+            s["matches"] = incentive["id"]
+            specs.append({"id": trial_id("tokens", s), "kind": "tokens", "settings": s})
+    return specs
 
 
 # ---------------------------------------------------------------------------------------------------------

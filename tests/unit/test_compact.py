@@ -271,6 +271,61 @@ def test_compact_reports_the_latency_tables_prediction(dead_checkpoint, tmp_path
     assert main(argv) == 2 and "malformed" in capsys.readouterr().err
 
 
+def test_compact_with_a_token_budget_reports_each_lever_alone_and_both(dead_checkpoint, tmp_path, capsys):
+    from econlm.data import load_examples
+    from econlm.evaluate import encode
+    from econlm.flops import Structure, shortened_macs
+    from econlm.models import load_model
+    from econlm.probing import probe
+
+    out = tmp_path / "small"
+    argv = ["compact", str(dead_checkpoint["path"]), "--out", str(out), "--task", "sst2", "--data-dir",
+            str(dead_checkpoint["data"]), "--calib-examples", "16", "--eps", "1e-9", "--latency-repeats", "2",
+            "--no-onnx", "--token-budget", "0.5"]
+    assert main(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "levers (token budget 0.5" in printed and "units+tokens" in printed
+    report = json.loads((out / "compact.json").read_text())
+    levers = report["levers"]["variants"]
+    assert set(levers) == {"dense", "units", "tokens", "units+tokens"}
+    original = load_model(str(dead_checkpoint["path"]))
+    examples = load_examples("sst2", "dev", str(dead_checkpoint["data"]))
+    # Units alone: the compacted blocks' MACs over the dense blocks' on the same real dev tokens.
+    ids, _, _ = encode(original.tokenizer, [e.text_a for e in examples], None, 128)
+    lengths = [(len(row),) * 2 for row in ids]
+    small = Structure.of_model(load_model(str(out)).model)
+    dense = shortened_macs(Structure.of_model(original.model), lengths)["reference_macs"]
+    assert levers["dense"]["macs_share"] == 1.0
+    assert levers["units"]["macs_share"] == pytest.approx(shortened_macs(small, lengths)["reference_macs"] / dense)
+    # Tokens alone: the probe's score and MACs ratio for the same budget on the dense model.
+    row = probe(original.model, original.tokenizer, examples, task="sst2", token_budget=0.5).rows[0]
+    assert levers["tokens"]["score"] == pytest.approx(row["score"])
+    assert levers["tokens"]["macs_share"] == pytest.approx(row["token_macs_ratio"])
+    assert levers["dense"]["score"] == report["before"]["score"]["value"]
+    assert levers["units+tokens"]["macs_share"] < min(levers["units"]["macs_share"], levers["tokens"]["macs_share"])
+    for variant in levers.values():
+        assert variant["speedup_batch1"] > 0 and variant["speedup_batch32"] > 0
+    assert levers["dense"]["speedup_batch1"] == 1.0
+    # Bad input: one line, exit 2, nothing written.
+    for budget, message in [("1,0.5,0.5", "gives 3 fractions but the model has 2 layers"), ("0", "must lie in")]:
+        argv[argv.index("--token-budget") + 1] = budget
+        argv[argv.index("--out") + 1] = str(tmp_path / budget)
+        assert main(argv) == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / budget).exists()
+
+
+def test_a_token_budget_on_a_decoder_is_refused_by_compact(tmp_path, capsys):
+    path = save_tiny_checkpoint(tmp_path / "llama", family="llama", head="causal-lm")
+    data = write_tiny_glue(tmp_path / "data")
+    argv = ["compact", str(path), "--out", str(tmp_path / "small"), "--task", "wikitext2", "--data-dir", str(data),
+            "--max-length", "16", "--no-onnx", "--token-budget", "0.5"]
+    capsys.readouterr()  # saving the checkpoint wrote a progress bar
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "decoder" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "small").exists()
+
+
 def test_a_compacted_gqa_decoder_generates_and_reports_prefill_and_decoding(tmp_path, capsys):
     from econlm.models import load_model
 

@@ -243,6 +243,58 @@ def test_posthoc_rivals_fisher_rescaled_matched_and_untrained_report_their_train
         run_sweep({**sweep, "baselines": {"posthoc": {"finetune_epochs": "lots"}}}, tmp_path / "bad")
 
 
+def test_token_budgets_are_methods_of_their_own_alone_on_units_and_learned(tiny, tmp_path):
+    from econlm.analysis import method_of
+    from econlm.flops import Structure, dense_macs
+    from econlm.models import load_model
+    from econlm.sweep import run_sweep
+
+    base = _base(tiny, seed=7, epochs=4)
+    sweep = {
+        "base": base,
+        "trials": [
+            {"lam": 0.0, "cost": ["ffn_l1"]},
+            {"lam": 0.0, "cost": ["flops"], "budget": 0.3, "price_lr": 50.0, "gate_lr": 2.0, "budget_warmup": 0.2},
+            {"lam": 0.0, "cost": ["tokens"], "budget": 0.6, "price_lr": 50.0},
+        ],
+        "compact": {"eps": 1e-9, "calib_examples": 16},
+        "baselines": {"tokens": {"budgets": [0.5, "0.75,0.75"], "on": ["dense", "units"]}},
+    }
+    results = run_sweep(sweep, tmp_path / "run", progress=False)
+    assert all(r["status"] == "ok" for r in results), [r.get("error") for r in results]
+    by_method = {}
+    for r in results:
+        by_method.setdefault(method_of(r), []).append(r)
+    # Two budgets on the lambda = 0 model, two on the compacted flops-gated one; the learned-token run drops
+    # tokens by its own thresholds and gets no second budget.
+    assert sorted(by_method) == ["incentive", "learned-tokens", "tokens", "units+tokens"]
+    assert len(by_method["tokens"]) == 2 and len(by_method["units+tokens"]) == 2
+    plain = next(r for r in by_method["incentive"] if r["settings"]["cost"] == ["ffn_l1"])
+    gated = next(r for r in by_method["incentive"] if r["settings"]["cost"] == ["flops"])
+    assert all(r["settings"]["source_model"] == plain["model_dir"] for r in by_method["tokens"])
+    assert all(r["settings"]["source_model"] == gated["final_model"] for r in by_method["units+tokens"])
+    assert {r["token_budget"] for r in by_method["tokens"]} == {"0.5", "0.75,0.75"}
+    for r in by_method["tokens"] + by_method["units+tokens"]:
+        # The blocks' MACs scale by the share the budget left on the real dev tokens; the head does not.
+        structure = Structure.of_model(load_model(r["settings"]["source_model"]).model)
+        full = dense_macs(structure, 32, include_head=True)
+        assert 0 < r["token_macs_ratio"] < 1
+        assert r["dense_flops_all_tokens"] == full["flops"]
+        assert r["dense_flops"] == pytest.approx(full["flops"] - 2 * sum(full["by_layer"]) * (1 - r["token_macs_ratio"]))
+        assert r["latency_ms"] > 0 and r["score"] is not None
+    learned = by_method["learned-tokens"][0]
+    assert 0 < learned["token_macs_ratio"] <= 1 and learned["dense_flops"] <= learned["dense_flops_all_tokens"]
+    pareto = json.loads((tmp_path / "run" / "pareto.json").read_text())
+    assert {"tokens", "units+tokens", "learned-tokens"} <= set(pareto["dense_flops"]["problems"][0]["methods"])
+    for bad, message in [
+        ({"budgets": [0]}, r"baselines.tokens.budgets.*must lie in \(0, 1\]"),
+        ({"budgets": [0.5], "on": ["gpu"]}, "unknown target 'gpu'; valid: dense, units"),
+        ({"on": ["dense"]}, "needs budgets"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            run_sweep({**sweep, "baselines": {"tokens": bad}}, tmp_path / "bad")
+
+
 def test_the_quick_start_sweep_file_is_valid_and_prices_compute():
     from pathlib import Path
 

@@ -1,0 +1,331 @@
+"""Issue #11's benchmark: post-hoc token budgets alone and on compacted models (units + tokens), on MiniLM.
+
+    python bench/tokens.py score stsb --model teacher=DIR --model units-b0.5=DIR ...  # scores (resumable)
+    python bench/tokens.py time stsb [--repeats 20]                                  # interleaved latency
+    python bench/tokens.py docs stsb                                                 # docs/tokens_<task>.md
+
+`score` scores every model at every schedule on the whole dev split (the exact computation: dynamic padding,
+batches of 32, 128 tokens at most) and counts the exact MACs of the shortened sequences on the real tokens
+(`econlm.flops.shortened_macs`; padding never counted). `time` times every (model, schedule) pair against the
+first model at full length, round by round in one run, on real dev batches (dynamic padding, batch 1 and 32)
+and on the fixed 128-token synthetic batch. Each step saves to runs/bench_tokens/<task>.json after every
+measurement, so a rerun continues; `docs` writes bench/results/tokens_<task>.json and docs/tokens_<task>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA, ROOT, markdown_table, save  # noqa: E402
+
+# "full" first; then one fraction for every layer, then PoWER-BERT-style schedules that keep more early on.
+SCHEDULES = [
+    "full",
+    "0.9",
+    "0.7",
+    "0.5",
+    "1,0.8,0.6,0.5,0.4,0.4",
+    "0.8,0.6,0.5,0.4,0.3,0.3",
+    "1,0.7,0.5,0.35,0.25,0.25",
+    "0.7,0.5,0.35,0.25,0.2,0.2",
+]
+STATE = ROOT / "runs" / "bench_tokens"
+TIME_EXAMPLES = {1: 64, 32: 256}  # dev examples per timed pass at each batch size
+
+
+LEARNED = "learned"  # a checkpoint trained with --cost tokens: its own thresholds (token_thresholds.json)
+
+
+def _schedules(folder: str) -> list[str]:
+    """A learned-token checkpoint runs its own thresholds only (a second budget on top is refused)."""
+    return [LEARNED] if (Path(folder) / "token_thresholds.json").exists() else SCHEDULES
+
+
+def _state_path(task: str) -> Path:
+    return STATE / f"{task}.json"
+
+
+def _load(task: str) -> dict:
+    path = _state_path(task)
+    return json.loads(path.read_text()) if path.exists() else {"task": task, "models": {}, "scores": {}}
+
+
+def _save(task: str, state: dict) -> None:
+    from econlm.runinfo import write_json
+
+    write_json(_state_path(task), state)
+
+
+def score(task: str, models: dict[str, str]) -> None:
+    import torch
+
+    from econlm.data import load_examples
+    from econlm.flops import Structure
+    from econlm.models import load_model
+    from econlm.probing import probe
+
+    torch.set_num_threads(2)
+    state = _load(task)
+    state["models"].update(models)
+    examples = load_examples(task, "dev", DATA)
+    for name, folder in state["models"].items():
+        loaded = None
+        for schedule in _schedules(folder):
+            key = f"{name}|{schedule}"
+            if key in state["scores"]:
+                continue
+            loaded = loaded or load_model(folder)
+            started = time.time()
+            result = probe(
+                loaded.model,
+                loaded.tokenizer,
+                examples,
+                task=task,
+                batch_size=32,
+                max_length=128,
+                token_budget=None if schedule in ("full", LEARNED) else schedule,
+            )
+            row = result.rows[0]
+            structure = Structure.of_model(loaded.model)
+            state["scores"][key] = {
+                "model": name,
+                "schedule": schedule,
+                "score": row["score"],
+                "metric": row["metric"],
+                "examples": row["examples"],
+                "token_macs_ratio": row.get("token_macs_ratio", 1.0),
+                "token_macs": row.get("token_macs"),
+                "heads": sum(structure.heads),
+                "ffn": sum(structure.ffn),
+                "seconds": time.time() - started,
+            }
+            _save(task, state)
+            print(f"{key}: {row['score']:.4f} (token MACs x{row.get('token_macs_ratio', 1.0):.3f})", flush=True)
+    _block_macs(state)
+    _save(task, state)
+
+
+def _block_macs(state: dict) -> None:
+    """Each model's block MACs on the real dev tokens at full length, so a (model, schedule) pair's MACs can be
+    put against the first model's: share = (its block MACs on the real tokens x its ratio) / the first's."""
+    from econlm.data import load_examples
+    from econlm.evaluate import encode
+    from econlm.flops import Structure, shortened_macs
+    from econlm.models import load_model
+
+    first = next(iter(state["models"]))
+    for name, folder in state["models"].items():
+        if name in state.setdefault("block_macs", {}):
+            continue
+        loaded = load_model(folder)
+        examples = load_examples(state["task"], "dev", DATA)
+        ids, _, _ = encode(
+            loaded.tokenizer,
+            [e.text_a for e in examples],
+            [e.text_b for e in examples] if examples[0].text_b else None,
+            128,
+        )
+        structure = Structure.of_model(loaded.model)
+        layers = structure.layers
+        state["block_macs"][name] = shortened_macs(structure, [(len(row),) * layers for row in ids])["reference_macs"]
+    reference = state["block_macs"][first]
+    for entry in state["scores"].values():
+        entry["macs_share"] = state["block_macs"][entry["model"]] * entry["token_macs_ratio"] / reference
+
+
+def timing(task: str, repeats: int, schedules: list[str] | None) -> None:
+    import torch
+
+    from econlm.data import load_examples
+    from econlm.latency import batches_call, measure_interleaved, random_inputs, text_batches
+    from econlm.models import load_model
+    from econlm.tokens import token_budget
+
+    torch.set_num_threads(2)
+    state = _load(task)
+    examples = load_examples(task, "dev", DATA)
+    loaded = {name: load_model(folder) for name, folder in state["models"].items()}
+    for model in loaded.values():
+        model.model.eval()
+    first = next(iter(loaded))
+    wanted = schedules or SCHEDULES
+    cases = {}
+    for batch, count in TIME_EXAMPLES.items():
+        # every batch-th example, so the timed subset has the dev split's length mix
+        subset = examples[:: max(1, len(examples) // count)][:count]
+        tokenizer = loaded[first].tokenizer
+        cases[f"dev_b{batch}"] = text_batches(
+            tokenizer,
+            [e.text_a for e in subset],
+            [e.text_b for e in subset] if subset[0].text_b else None,
+            batch_size=batch,
+            max_length=128,
+        )
+    cases["synthetic_b32_s128"] = [random_inputs(32, 128)]
+    out = state.setdefault("timing", {})
+    for case, batches in cases.items():
+        if case in out and out[case].get("repeats") == repeats:
+            continue
+        fns, around = {}, {}
+        for name, model in loaded.items():
+            for schedule in [s for s in _schedules(state["models"][name]) if s in wanted or s == LEARNED]:
+                key = f"{name}|{schedule}"
+                fns[key] = batches_call(model.model, batches)
+                if schedule not in ("full", LEARNED):
+                    around[key] = lambda m=model, s=schedule: token_budget(m.model, s, tokenizer=m.tokenizer)
+        print(f"timing {case}: {len(fns)} variants x {repeats} rounds", flush=True)
+        timings = measure_interleaved(fns, warmup=3, repeats=repeats, around=around)
+        reference = timings[f"{first}|full"].median
+        out[case] = {
+            "repeats": repeats,
+            "batches": len(batches),
+            "examples": sum(int(b["input_ids"].shape[0]) for b in batches),
+            "tokens_padded": sum(int(b["input_ids"].numel()) for b in batches),
+            "tokens_real": sum(int(b["attention_mask"].sum()) for b in batches),
+            "speedup": {k: reference / t.median for k, t in timings.items()},
+            "timings": {k: t.as_dict() for k, t in timings.items()},
+        }
+        _save(task, state)
+
+
+def docs(task: str) -> None:
+    state = _load(task)
+    first = next(iter(state["models"]))
+    reference = state["scores"][f"{first}|full"]["score"]
+    timing = state.get("timing", {})
+    rows = []
+    for key, entry in state["scores"].items():
+        row = {
+            "model": entry["model"],
+            "schedule": entry["schedule"],
+            "score": entry["score"],
+            "lost": reference - entry["score"],
+            "macs_share": entry.get("macs_share"),
+            "token_macs_ratio": entry["token_macs_ratio"],
+            "levers": _levers(entry, state["scores"][f"{first}|full"]),
+        }
+        for case, data in timing.items():
+            row[f"speedup_{case}"] = data["speedup"].get(key)
+        rows.append(row)
+    table = markdown_table(
+        ["model", "levers", "token schedule", "score", "lost", "block MACs share", "tokens' MACs ratio"]
+        + [f"speedup {c}" for c in timing],
+        [
+            [
+                r["model"],
+                r["levers"],
+                r["schedule"],
+                f"{r['score']:.4f}",
+                f"{r['lost']:+.4f}",
+                "-" if r["macs_share"] is None else f"{r['macs_share']:.3f}",
+                f"{r['token_macs_ratio']:.3f}",
+            ]
+            + ["-" if r.get(f"speedup_{c}") is None else f"{r[f'speedup_{c}']:.2f}x" for c in timing]
+            for r in rows
+        ],
+    )
+    verdicts = _targets(rows, first, timing)
+    cases = "; ".join(
+        f"{c}: {d['examples']} dev examples in {d['batches']} batches, {d['tokens_real']} real of "
+        f"{d['tokens_padded']} padded tokens"
+        if c.startswith("dev")
+        else f"{c}: one batch of 32 random 128-token rows (every token real)"
+        for c, d in timing.items()
+    )
+    rounds = next(iter(timing.values()))["repeats"] if timing else 0
+    markdown = f"""# Token budgets on {task} (issue #11)
+
+Post-hoc token budgets (`econlm.tokens`, PoWER-BERT's rule: after layer l each example keeps its ceil(r_l x
+length) tokens that receive the most attention; [CLS]/[SEP] always kept; later layers run on a shorter batch)
+on the models below, alone and on compacted models (units + tokens). A schedule of one fraction applies it after
+every layer; one per layer is PoWER-BERT's progressive form (the last layer's entry decides nothing).
+
+Models: {", ".join(f"`{n}` = `{Path(f).name if Path(f).name not in ('model', 'compact') else Path(f).parent.name + '/' + Path(f).name}`" for n, f in state["models"].items())}.
+
+- **Score**: the whole dev split, batches of 32 with dynamic padding, 128 tokens at most, of exactly the
+  computation timed; lost is against `{first}` at full length ({reference:.4f}).
+- **Block MACs share**: MACs of the blocks on each example's real tokens, each layer on the tokens it ran on,
+  against `{first}` at full length on the same tokens (`econlm.flops.shortened_macs`; padding is never counted,
+  so the share is what the token rule saves, not what a padded batch would waste). The task head and the
+  embeddings are not counted.
+- **Speedup**: `{first}` at full length (its own sdpa attention) over the variant, medians of {rounds} rounds after
+  3 warm-up rounds, every variant timed round by round in one run, 2 threads, CPU. A token budget reads attention
+  probabilities, so its variants run eager attention. Cases: {cases}.
+
+{table}
+
+## Targets
+
+{verdicts}
+"""
+    save(f"tokens_{task}", {"task": task, "rows": rows, "state": state}, markdown)
+
+
+def _levers(entry: dict, reference: dict) -> str:
+    units = (entry["heads"], entry["ffn"]) != (reference["heads"], reference["ffn"])
+    tokens = entry["schedule"] != "full"
+    return {(False, False): "none", (True, False): "units", (False, True): "tokens"}.get(
+        (units, tokens), "units + tokens"
+    )
+
+
+def _targets(rows: list[dict], first: str, timing: dict) -> str:
+    case = "dev_b1" if "dev_b1" in timing else next(iter(timing), None)
+    if case is None:
+        return "Not timed yet."
+    lines = []
+    alone = [r for r in rows if r["levers"] == "tokens" and r.get(f"speedup_{case}")]
+    ok = [r for r in alone if r["lost"] <= 0.005]
+    best = max(ok, key=lambda r: r[f"speedup_{case}"], default=None)
+    if best is None:
+        lines.append(
+            f"- Tokens alone, >= 1.5x at <= 0.5 points lost ({case}): **missed**: no schedule loses <= 0.5 points"
+        )
+    else:
+        hit = best[f"speedup_{case}"] >= 1.5
+        lines.append(
+            f"- Tokens alone, >= 1.5x at <= 0.5 points lost ({case}): **{'met' if hit else 'missed'}**: best "
+            f"{best['schedule']} at {best[f'speedup_{case}']:.2f}x, {best['lost'] * 100:+.2f} points"
+        )
+    both = [r for r in rows if r["levers"] == "units + tokens" and r.get(f"speedup_{case}")]
+    ok = [r for r in both if r["lost"] <= 0.01]
+    best = max(ok, key=lambda r: r[f"speedup_{case}"], default=None)
+    if best is None:
+        lines.append(f"- Units + tokens, >= 3x at <= 1 point lost ({case}): **missed**: none loses <= 1 point")
+    else:
+        hit = best[f"speedup_{case}"] >= 3.0
+        lines.append(
+            f"- Units + tokens, >= 3x at <= 1 point lost ({case}): **{'met' if hit else 'missed'}**: best "
+            f"{best['model']} with {best['schedule']} at {best[f'speedup_{case}']:.2f}x, {best['lost'] * 100:+.2f} points"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="step", required=True)
+    s = sub.add_parser("score")
+    s.add_argument("task")
+    s.add_argument("--model", action="append", default=[], help="NAME=DIR; the first is the reference")
+    t = sub.add_parser("time")
+    t.add_argument("task")
+    t.add_argument("--repeats", type=int, default=20)
+    t.add_argument("--schedules", help="comma-free list separated by ';' (default: all)")
+    d = sub.add_parser("docs")
+    d.add_argument("task")
+    args = parser.parse_args()
+    if args.step == "score":
+        score(args.task, dict(m.split("=", 1) for m in args.model))
+    elif args.step == "time":
+        timing(args.task, args.repeats, args.schedules.split(";") if args.schedules else None)
+    else:
+        docs(args.task)
+
+
+if __name__ == "__main__":
+    main()
