@@ -2,11 +2,14 @@
 
 One learnable threshold per layer (but the last, which no layer follows) on a token's *value*: the attention
 it receives in that layer, :func:`econlm.tokens.relative_values` (the mean over heads of its column sum over
-the real query rows). Real rows sum to 1, so values average exactly 1 over an example's tokens, whatever its
-length, and uniform attention gives every token 1: a threshold of 0.8 means "less than 80% of an even share",
-on short and long examples alike. (LTP divides by the length as well, so its fixed threshold drops a larger
-share of a long example.) [CLS]/[SEP]/BOS/EOS and the first real token are always kept; padding is never
-counted.
+the real query rows) as a share of what the droppable tokens receive, times their number. Values average
+exactly 1 over an example's droppable tokens, whatever its length, and uniform attention gives every token 1:
+a threshold of 0.8 means "less than 80% of an even share", on short and long examples alike. (LTP divides by
+the length as well, so its fixed threshold drops a larger share of a long example.) The share is taken among
+the droppable tokens because in late layers [CLS] and [SEP] absorb most of the attention (attention sinks):
+measured against every token, all other values fall together and a threshold empties the sequence (format 1
+of the thresholds file did that: MiniLM on STS-B kept 3 tokens of 31 after layer 4 at a 0.5 budget).
+[CLS]/[SEP]/BOS/EOS and the first real token are always kept; padding is never counted.
 
 Training (the model in training mode) uses a soft mask. After layer ``l`` each real token gets
 ``m = sigmoid((value - threshold_l) / temperature)`` and its keep probability ``keep <- keep * m`` (a dropped
@@ -63,7 +66,8 @@ from econlm.tokens import (
 )
 
 THRESHOLDS_FILE = "token_thresholds.json"
-FORMAT = 1
+# Format 2: values relative to the droppable tokens (format 1 read every token's, attention sinks included).
+FORMAT = 2
 ATTRIBUTE = "econlm_token_thresholds"
 PREFIX = ATTRIBUTE + "."
 # Thresholds start below every value (values are >= 0): nothing is dropped, and at the default temperature a
@@ -72,7 +76,9 @@ INIT_THRESHOLD = -0.5
 DEFAULT_TEMPERATURE = 0.1
 VALUE_DEFINITION = (
     "attention a token receives in the layer: the mean over heads of its column sum of the attention probabilities "
-    "over the real query rows (averages 1 over an example's tokens; 1 for every token under uniform attention)"
+    "over the real query rows, as a share of what the droppable tokens (real, not special) receive, times their "
+    "number (averages 1 over the droppable tokens, whatever [CLS]/[SEP] absorb; 1 for every token under uniform "
+    "attention)"
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -253,7 +259,9 @@ class _SoftSession(BudgetSession):
                 return None
             hidden = output[0] if isinstance(output, tuple) else output  # (B, T, D)
             if layer < self.layers - 1:
-                values = relative_values(state.probs, state.keep * state.real)  # (B, T), query rows weighted
+                # (B, T): query rows weighted by keep, values relative to the droppable tokens still in
+                droppable = state.keep * (state.real & ~state.special)
+                values = relative_values(state.probs, state.keep * state.real, droppable)
                 m = self.thresholds.keep(layer, values)
                 m = torch.where(state.special | ~state.real, torch.ones_like(m), m)
                 keep = state.keep * m  # (B, T)
@@ -374,6 +382,11 @@ def read_thresholds(directory: str | Path, layers: int | None = None) -> dict | 
         raise UserError(
             f"{path} is not a token-thresholds file this econlm reads (no 'format': {FORMAT}); it was written by "
             "an older econlm or by hand: train the model again"
+        )
+    if version < FORMAT:
+        raise UserError(
+            f"{path} has format {version}: its thresholds were learned on token values that counted the attention "
+            f"[CLS]/[SEP] absorb, which this econlm (format {FORMAT}) no longer uses; train the model again"
         )
     if version > FORMAT:
         raise UserError(f"{path} has format {version}, newer than this econlm reads ({FORMAT}); upgrade econlm")

@@ -154,20 +154,31 @@ def token_values(probs: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bhqk,bq->bk", probs.float(), real.float())
 
 
-def relative_values(probs: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Attention each token receives relative to uniform attention: :func:`token_values` over the heads' mean.
+def relative_values(probs: torch.Tensor, real: torch.Tensor, content: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention each token receives relative to an even share.
 
-    Every real query row sums to 1, so over an example's real tokens the values average exactly 1, whatever
-    its length; under uniform attention every token has value 1. (LTP's importance score is this divided by
-    the length, which makes a fixed threshold drop more of a long example.) ``real`` may be a float (B, Q)
-    weight per query row (a soft keep mask). Returns float32 (B, K).
+    Without ``content``: :func:`token_values` over the heads' mean. Every real query row sums to 1, so over an
+    example's real tokens the values average exactly 1, whatever its length; under uniform attention every
+    token has value 1. (LTP's importance score is this divided by the length, which makes a fixed threshold
+    drop more of a long example.) ``real`` may be a float (B, Q) weight per query row (a soft keep mask).
+
+    With ``content``, the (B, K) weight of each droppable token (real and not special; in training its keep
+    probability): the share of the attention the droppable tokens receive that goes to this one, times their
+    number. These values average exactly 1 over the droppable tokens however much attention the always-kept
+    [CLS]/[SEP] absorb. In late layers those attention sinks take most of it, so plain values sink below any
+    threshold for every other token at once; this is the value learned thresholds read. Returns float32 (B, K).
     """
-    return torch.einsum("bhqk,bq->bk", probs.float(), real.float()) / probs.shape[1]
+    values = torch.einsum("bhqk,bq->bk", probs.float(), real.float()) / probs.shape[1]
+    if content is None:
+        return values
+    content = content.float()
+    received = (values * content).sum(1, keepdim=True)  # (B, 1): attention the droppable tokens receive
+    return values * content.sum(1, keepdim=True) / received.clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def threshold_keep(values: torch.Tensor, real: torch.Tensor, special: torch.Tensor, threshold: float) -> torch.Tensor:
     """(B,) tokens each row keeps under the threshold rule: its specials and the real tokens whose
-    :func:`relative_values` reach ``threshold`` (a token with value below it leaves)."""
+    :func:`relative_values` (over the droppable tokens) reach ``threshold`` (a token below it leaves)."""
     return (real & (special | (values >= threshold))).sum(1)
 
 
@@ -625,7 +636,8 @@ def threshold_session(model, thresholds, ids: list[int], token_mask, active=None
         threshold = current()[layer]
         if state.probs is None or threshold == -math.inf:
             return state.counts[-1]
-        return threshold_keep(relative_values(state.probs, state.real), state.real, state.special, threshold)
+        values = relative_values(state.probs, state.real, state.real & ~state.special)
+        return threshold_keep(values, state.real, state.special, threshold)
 
     session = BudgetSession(model, len(blocks), keep, ids, stats, token_mask, active, on_finish)
     selecting = list(range(len(blocks) - 1)) if fixed is None else [i for i, t in enumerate(fixed) if t > -math.inf]

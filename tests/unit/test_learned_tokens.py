@@ -64,6 +64,23 @@ def test_values_average_one_over_real_tokens_and_uniform_attention_gives_one():
     assert relative_values(uniform, torch.ones(1, 5, dtype=torch.bool))[0].tolist() == pytest.approx([1.0] * 5)
 
 
+def test_values_among_droppable_tokens_ignore_what_the_attention_sinks_absorb():
+    # One head, 4 tokens: [CLS] and [SEP] (0 and 3) take 0.8 of every row; tokens 1 and 2 share the rest 3:1.
+    row = torch.tensor([0.5, 0.15, 0.05, 0.3])
+    probs = row.expand(1, 1, 4, 4).clone()
+    real = torch.ones(1, 4, dtype=torch.bool)
+    droppable = torch.tensor([[False, True, True, False]])
+    plain = relative_values(probs, real)
+    assert plain[0].tolist() == pytest.approx([2.0, 0.6, 0.2, 1.2])  # 4 queries x each probability
+    # Among the droppable tokens: 0.15 and 0.05 of 0.2, times 2 tokens: 1.5 and 0.5, averaging 1.
+    values = relative_values(probs, real, droppable)
+    assert values[0, 1:3].tolist() == pytest.approx([1.5, 0.5])
+    # A threshold of 0.8 keeps token 1 here, where the plain values would have dropped both.
+    uniform = torch.full((1, 2, 5, 5), 0.2)
+    everything = torch.ones(1, 5, dtype=torch.bool)
+    assert relative_values(uniform, everything, everything)[0].tolist() == pytest.approx([1.0] * 5)
+
+
 def test_key_mask_adds_log_keep_and_removes_dropped_keys():
     keep = torch.tensor([[1.0, 0.5, 0.0]])
     lowest = torch.finfo(torch.float32).min
@@ -195,10 +212,12 @@ def test_tokens_cost_equals_a_hand_computation():
     real = batch["attention_mask"].bool()
     probs = captured["p"]  # (B, H, T, T)
     values = (probs * real[:, None, :, None]).sum(dim=(1, 2)) / probs.shape[1]  # (B, T)
-    keep = torch.sigmoid((values - 1.0) / 0.1)
     ids = batch["input_ids"]
     special = torch.isin(ids, torch.tensor(specials)) & real
     special[:, 0] = True
+    droppable = (real & ~special).float()  # values relative to what the droppable tokens receive
+    values = values * droppable.sum(1, keepdim=True) / (values * droppable).sum(1, keepdim=True)
+    keep = torch.sigmoid((values - 1.0) / 0.1)
     keep = torch.where(special, 1.0, keep) * real
     lengths, kept = real.sum(1).tolist(), keep.sum(1).tolist()
 
@@ -264,7 +283,7 @@ def test_a_few_steps_with_the_tax_lower_the_expected_kept_share():
     metrics = tax.metrics()
     assert metrics["cost/compute_share"] == shares[-1] and metrics["tokens/threshold_0"] > 0.7
     spec = tax.finalize()["tokens"]
-    assert len(spec["thresholds"]) == 2 and spec["format"] == 1 and not tax.token_parameters()
+    assert len(spec["thresholds"]) == 2 and spec["format"] == 2 and not tax.token_parameters()
     assert _no_hooks(model)
 
 
@@ -351,7 +370,7 @@ def test_train_saves_thresholds_that_load_and_probe_honour(tiny, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "learned token budget: tokens per layer" in printed
     saved = json.loads((out / THRESHOLDS_FILE).read_text())
-    assert saved["format"] == 1 and len(saved["thresholds"]) == 2 and saved["special_ids"]
+    assert saved["format"] == 2 and len(saved["thresholds"]) == 2 and saved["special_ids"]
     metrics = json.loads((out / "metrics.json").read_text())
     tokens = metrics["token_budget"]
     assert tokens["thresholds"] == saved["thresholds"] and 0 < tokens["macs_ratio"] <= 1
@@ -382,10 +401,11 @@ def test_train_saves_thresholds_that_load_and_probe_honour(tiny, tmp_path, capsy
     [
         ("{not json", "damaged or truncated"),
         ({"thresholds": [0.5, 0.5]}, "older econlm"),
-        ({"format": 2, "thresholds": [0.5, 0.5]}, "newer than this econlm"),
-        ({"format": 1, "thresholds": [0.5]}, "1 token thresholds for a model of 3 layers"),
-        ({"format": 1, "thresholds": ["high", 0.5]}, "must be a list of numbers"),
-        ({"format": 1, "thresholds": [0.5, 0.5], "special_ids": "cls"}, "'special_ids' must be a list"),
+        ({"format": 3, "thresholds": [0.5, 0.5]}, "newer than this econlm"),
+        ({"format": 1, "thresholds": [0.5, 0.5]}, "format 1: its thresholds were learned on token values that"),
+        ({"format": 2, "thresholds": [0.5]}, "1 token thresholds for a model of 3 layers"),
+        ({"format": 2, "thresholds": ["high", 0.5]}, "must be a list of numbers"),
+        ({"format": 2, "thresholds": [0.5, 0.5], "special_ids": "cls"}, "'special_ids' must be a list"),
     ],
 )
 def test_a_bad_thresholds_file_is_one_line(tmp_path, tiny, content, says):
