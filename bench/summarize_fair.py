@@ -46,7 +46,16 @@ def _label(r: dict) -> str:
     if r["kind"] == "train":
         if _is_plain(s):
             return "lambda=0 fine-tune (teacher)"
-        return f"incentive {'+'.join(s['cost'])} budget {s['budget']}" + (" +distill" if s.get("distill") else "")
+        recipe = ", ".join(
+            f"{name} {s[key]:g}"
+            for key, name in (("price_lr", "price_lr"), ("budget_warmup", "budget warm-up"), ("gate_freeze", "freeze"))
+            if key in s
+        )
+        return (
+            f"incentive {'+'.join(s['cost'])} budget {s['budget']}"
+            + (" +distill" if s.get("distill") else "")
+            + (f" ({recipe})" if recipe else "")
+        )
     epochs = s["finetune_epochs"]
     return f"post-hoc {s['importance']}{' +LS rescale' if s.get('rescale') else ''}, " + (
         f"{epochs} epochs" + (" +distill" if s.get("distill") else "") if epochs else "no retraining"
@@ -85,6 +94,8 @@ def _market(r: dict) -> dict:
         "lambda_final": metrics.get("lambda_final"),
         "lambda_path": history[:: max(1, len(history) // 8)],
         "gate_freeze": r["settings"].get("gate_freeze", 0.7),
+        "price_lr": r["settings"].get("price_lr", 0.5),
+        "cost": "+".join(r["settings"].get("cost", [])),
     }
 
 
@@ -250,11 +261,12 @@ def render(task: str, rows: list[dict], pairs: list[dict], repeats: int, wall: f
         lines += ["", "## Did the price clear the budget?", ""]
         lines.append(
             markdown_table(
-                ["seed", "method", "budget", "share at the end", "final lambda", "lambda by step"],
+                ["seed", "method", "share of", "budget", "share at the end", "final lambda", "lambda by step"],
                 [
                     [
                         r["seed"],
                         r["method"],
+                        "dense latency" if r["market"]["cost"] == "latency" else "dense FLOPs",
                         r["market"]["budget"],
                         f"{r['market']['share_at_end']:.3f}" if r["market"]["share_at_end"] is not None else "-",
                         f"{r['market']['lambda_final']:.3g}",
@@ -265,22 +277,31 @@ def render(task: str, rows: list[dict], pairs: list[dict], repeats: int, wall: f
             )
         )
         lines.append(
-            "\nThe share is the gates' expected share of dense latency (as the latency table prices it) at the last "
-            f"step; gates freeze after {markets[0]['market']['gate_freeze']:.0%} of training, and the price stops "
-            "moving with them."
+            "\nThe share is the gates' expected share of dense latency (as the latency table prices it) or of dense "
+            "FLOPs at the last step; gates freeze after the share of training the method names (0.7 by default), "
+            "and the price stops moving with them."
         )
         lines += ["", "## Reading", ""]
         for r in markets:
             m = r["market"]
             share, budget = m["share_at_end"], m["budget"]
             if share is not None and budget is not None and share > budget + 0.02:
+                why = (
+                    " Near the dense model the latency table's curves are flat (removing a few units buys little), so "
+                    "the gates feel little of the price until it is large."
+                    if m["cost"] == "latency"
+                    else ""
+                )
                 lines.append(
                     f"- Seed {r['seed']}, {r['method']}: the price did not clear the budget. The gates froze at a "
                     f"share of {share:.3f} against {budget}, with lambda at {m['lambda_final']:.3g} and rising until "
-                    "the freeze: the dual ascent moves lambda by price_lr x (share - budget) a step, and near the dense "
-                    "model the latency table's curves are flat (removing a few units buys little), so the gates "
-                    "feel little of the price until it is large. The structure it reached is what its rivals were "
-                    "matched to."
+                    f"the freeze: the dual ascent moves lambda by price_lr ({m['price_lr']:g}) x (share - budget) a "
+                    f"step.{why} The structure it reached is what its rivals were matched to."
+                )
+            elif share is not None and budget is not None:
+                lines.append(
+                    f"- Seed {r['seed']}, {r['method']}: the price cleared the budget (share {share:.3f} against "
+                    f"{budget} at the freeze, lambda {m['lambda_final']:.3g})."
                 )
         retrained = [p for p in pairs if p["difference"] < 0]
         if retrained:

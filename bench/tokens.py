@@ -26,6 +26,8 @@ from _common import DATA, ROOT, markdown_table, save  # noqa: E402
 # "full" first; then one fraction for every layer, then PoWER-BERT-style schedules that keep more early on.
 SCHEDULES = [
     "full",
+    "1,1,0.9,0.8,0.7,0.7",
+    "1,0.9,0.8,0.7,0.6,0.6",
     "0.9",
     "0.7",
     "0.5",
@@ -138,6 +140,37 @@ def _block_macs(state: dict) -> None:
         entry["macs_share"] = state["block_macs"][entry["model"]] * entry["token_macs_ratio"] / reference
 
 
+def record_learned(task: str, folders: list[str]) -> None:
+    """Every learned-threshold run tried (kept or not): its settings, steps, score and token MACs, read from
+    its metrics.json and train_config.json, so the docs show the runs that failed as well."""
+    state = _load(task)
+    runs = state.setdefault("learned_runs", {})
+    for folder in folders:
+        path = Path(folder)
+        metrics = json.loads((path / "metrics.json").read_text())
+        config = json.loads((path / "train_config.json").read_text())
+        thresholds = json.loads((path / "token_thresholds.json").read_text())
+        tokens = metrics["token_budget"]
+        runs[path.name] = {
+            "folder": str(path),
+            "format": thresholds.get("format"),
+            "score": metrics["score"],
+            "macs_ratio": tokens["macs_ratio"],
+            "tokens_per_layer": tokens["tokens_per_layer"],
+            "thresholds": tokens["thresholds"],
+            "lambda_final": metrics["lambda_final"],
+            "steps": metrics["train"]["steps"],
+            "seconds": metrics["train"]["seconds"],
+            "settings": {
+                k: config[k]
+                for k in ("budget", "price_lr", "budget_warmup", "gate_freeze", "epochs", "lr", "token_lr", "seed")
+            },
+            "init": config["model"],
+            "teacher": config.get("teacher"),
+        }
+    _save(task, state)
+
+
 def timing(task: str, repeats: int, schedules: list[str] | None) -> None:
     import torch
 
@@ -230,6 +263,7 @@ def docs(task: str) -> None:
         ],
     )
     verdicts = _targets(rows, first, timing)
+    learned = _learned_table(state.get("learned_runs", {}))
     cases = "; ".join(
         f"{c}: {d['examples']} dev examples in {d['batches']} batches, {d['tokens_real']} real of "
         f"{d['tokens_padded']} padded tokens"
@@ -259,11 +293,54 @@ Models: {", ".join(f"`{n}` = `{Path(f).name if Path(f).name not in ('model', 'co
 
 {table}
 
+## Learned thresholds (LTP style): every run tried
+
+Each starts from the lambda = 0 fine-tune, distils from it, and trains its thresholds under the price
+controller (`econlm train --cost tokens --budget B`); format 1 is the first value definition (shares of all
+the attention, sinks included), format 2 the share among the droppable tokens (see `econlm.learned_tokens`).
+Scores and MACs as measured by `econlm train` at the end (dev split, tokens dropped).
+
+{learned}
+
 ## Targets
 
 {verdicts}
 """
     save(f"tokens_{task}", {"task": task, "rows": rows, "state": state}, markdown)
+
+
+def _learned_table(runs: dict) -> str:
+    if not runs:
+        return "None run yet."
+    return markdown_table(
+        [
+            "run",
+            "format",
+            "budget",
+            "price_lr",
+            "epochs",
+            "steps",
+            "score",
+            "block MACs ratio",
+            "tokens per layer",
+            "final lambda",
+        ],
+        [
+            [
+                name,
+                r["format"],
+                r["settings"]["budget"],
+                r["settings"]["price_lr"],
+                r["settings"]["epochs"],
+                r["steps"],
+                f"{r['score']:.4f}",
+                f"{r['macs_ratio']:.3f}",
+                ", ".join(f"{t:.1f}" for t in r["tokens_per_layer"]),
+                f"{r['lambda_final']:.2f}",
+            ]
+            for name, r in runs.items()
+        ],
+    )
 
 
 def _levers(entry: dict, reference: dict) -> str:
@@ -316,11 +393,16 @@ def main() -> None:
     t.add_argument("task")
     t.add_argument("--repeats", type=int, default=20)
     t.add_argument("--schedules", help="comma-free list separated by ';' (default: all)")
+    r = sub.add_parser("learned")
+    r.add_argument("task")
+    r.add_argument("folders", nargs="+", help="econlm train --cost tokens output folders")
     d = sub.add_parser("docs")
     d.add_argument("task")
     args = parser.parse_args()
     if args.step == "score":
         score(args.task, dict(m.split("=", 1) for m in args.model))
+    elif args.step == "learned":
+        record_learned(args.task, args.folders)
     elif args.step == "time":
         timing(args.task, args.repeats, args.schedules.split(";") if args.schedules else None)
     else:

@@ -286,6 +286,9 @@ def test_token_budgets_are_methods_of_their_own_alone_on_units_and_learned(tiny,
     assert 0 < learned["token_macs_ratio"] <= 1 and learned["dense_flops"] <= learned["dense_flops_all_tokens"]
     pareto = json.loads((tmp_path / "run" / "pareto.json").read_text())
     assert {"tokens", "units+tokens", "learned-tokens"} <= set(pareto["dense_flops"]["problems"][0]["methods"])
+    assert main(["report", str(tmp_path / "run")]) == 0
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "units+tokens" in page and "learned-tokens" in page
     for bad, message in [
         ({"budgets": [0]}, r"baselines.tokens.budgets.*must lie in \(0, 1\]"),
         ({"budgets": [0.5], "on": ["gpu"]}, "unknown target 'gpu'; valid: dense, units"),
