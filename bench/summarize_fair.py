@@ -115,7 +115,7 @@ def summarize(task: str, repeats: int) -> tuple[dict, str]:
     results = [r for r in everything if r.get("status") == "ok" and r["kind"] in ("train", "posthoc")]
     wall = sum(r.get("seconds", 0.0) for r in everything)
     seeds = sorted({r["settings"]["seed"] for r in results})
-    rows, pairs = [], []
+    rows, pairs, loads = [], [], []
     for seed in seeds:
         mine = [r for r in results if r["settings"]["seed"] == seed]
         teacher = next((r for r in mine if r["kind"] == "train" and _is_plain(r["settings"])), None)
@@ -123,7 +123,9 @@ def summarize(task: str, repeats: int) -> tuple[dict, str]:
             continue
         students = [r for r in mine if r is not teacher]
         models = {"teacher": teacher["final_model"], **{r["id"]: r["final_model"] for r in students}}
+        load_before = os.getloadavg()[0]
         times = time_seed(models, repeats)
+        loads.append((load_before, os.getloadavg()[0]))
         for r in [teacher, *students]:
             key = "teacher" if r is teacher else r["id"]
             row = {
@@ -159,10 +161,11 @@ def summarize(task: str, repeats: int) -> tuple[dict, str]:
                     }
                 )
     payload = {"task": task, "rows": rows, "pairs": pairs, "repeats": repeats, "trial_wall_seconds": wall}
-    return payload, render(task, rows, pairs, repeats, wall)
+    payload["load_average"] = loads  # 1-minute load before and after each seed's timing: other work on the cores
+    return payload, render(task, rows, pairs, repeats, wall, loads)
 
 
-def render(task: str, rows: list[dict], pairs: list[dict], repeats: int, wall: float = 0.0) -> str:
+def render(task: str, rows: list[dict], pairs: list[dict], repeats: int, wall: float = 0.0, loads=()) -> str:
     speed_target, loss_target = TARGETS.get(task, (2.0, 0.005))
     lines = [
         f"# Issue #10 on {task}: incentive training against fair post-hoc rivals",
@@ -172,7 +175,15 @@ def render(task: str, rows: list[dict], pairs: list[dict], repeats: int, wall: f
         "count everything behind a model (the teacher's fine-tune included). Speedups: the teacher's median "
         f"forward time over the model's, batch 1 and 32, {SEQ_LEN} tokens, {THREADS} threads, CPU, all models of a "
         f"seed interleaved round by round in one run ({repeats} rounds after 3 warm-up rounds). Scores: the dev "
-        "split, of exactly the model timed (compacted).",
+        "split, of exactly the model timed (compacted)."
+        + (
+            " Load average (1 minute) before and after the timing: "
+            + ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in loads)
+            + " on 2 cores; above 2, other work shared the cores and the speedups are noisier than the medians "
+            "suggest (the interleaving keeps them fair, not quiet)."
+            if loads
+            else ""
+        ),
         "",
         f"Cost of this benchmark: {len(rows)} trials, at least {wall / 3600:.2f} hours of wall time on 2 CPU cores "
         "(the trials' own clocks: training, compaction and scoring; a trial stopped and resumed counts its last "
@@ -312,11 +323,13 @@ def render(task: str, rows: list[dict], pairs: list[dict], repeats: int, wall: f
                 "structure only after the freeze, at the end of the learning-rate schedule."
             )
         lines.append(
-            "- Next runs: a faster price (higher --price-lr, an earlier budget warm-up, a later freeze) so the budget "
-            "clears, and a recipe that spends part of the matched steps on distillation after the structure is "
-            "fixed, as CoFiPruning does (its small-task schedule: 100 pruning epochs, then 20 of fine-tuning). "
-            "Not run yet: the second latency budget and seed (commented in `bench/sweeps/fair_stsb.yaml`), CoLA "
-            "(`fair_cola.yaml`, about 20 CPU-hours) and the paper-scale lambda grid (`paper_scale_stsb.yaml`)."
+            "- Tried so far (the method names give each recipe): the latency price at the default pace, then FLOPs "
+            "gates with a price four times as fast, the budget reached at 40% of training and the gates frozen at "
+            "60%, so that 40% of the steps distil on a fixed structure (CoFiPruning's order: prune, then fine-tune). "
+            "Left to try: hidden-state distillation (`--distill-hidden-weight`, off in these runs), schedules "
+            "nearer CoFiPruning's (100 pruning epochs and 20 of fine-tuning on small tasks; these runs have 3 in "
+            "all) and a second seed (commented in `bench/sweeps/fair_stsb.yaml`). Not run: CoLA (`fair_cola.yaml`, "
+            "about 20 CPU-hours) and the paper-scale lambda grid (`paper_scale_stsb.yaml`)."
         )
     return "\n".join(lines)
 

@@ -48,6 +48,12 @@ def _schedules(folder: str) -> list[str]:
     return [LEARNED] if (Path(folder) / "token_thresholds.json").exists() else SCHEDULES
 
 
+def _reference(state: dict) -> str:
+    """The model every other is compared with: the first ever given to ``score`` (the JSON state sorts keys,
+    so the name is stored)."""
+    return state["reference"]
+
+
 def _state_path(task: str) -> Path:
     return STATE / f"{task}.json"
 
@@ -73,6 +79,8 @@ def score(task: str, models: dict[str, str]) -> None:
 
     torch.set_num_threads(2)
     state = _load(task)
+    if models and "reference" not in state:
+        state["reference"] = next(iter(models))
     state["models"].update(models)
     examples = load_examples(task, "dev", DATA)
     for name, folder in state["models"].items():
@@ -120,7 +128,7 @@ def _block_macs(state: dict) -> None:
     from econlm.flops import Structure, shortened_macs
     from econlm.models import load_model
 
-    first = next(iter(state["models"]))
+    first = _reference(state)
     for name, folder in state["models"].items():
         if name in state.setdefault("block_macs", {}):
             continue
@@ -185,7 +193,7 @@ def timing(task: str, repeats: int, schedules: list[str] | None) -> None:
     loaded = {name: load_model(folder) for name, folder in state["models"].items()}
     for model in loaded.values():
         model.model.eval()
-    first = next(iter(loaded))
+    first = _reference(state)
     wanted = schedules or SCHEDULES
     cases = {}
     for batch, count in TIME_EXAMPLES.items():
@@ -228,7 +236,7 @@ def timing(task: str, repeats: int, schedules: list[str] | None) -> None:
 
 def docs(task: str) -> None:
     state = _load(task)
-    first = next(iter(state["models"]))
+    first = _reference(state)
     reference = state["scores"][f"{first}|full"]["score"]
     timing = state.get("timing", {})
     rows = []
@@ -264,6 +272,7 @@ def docs(task: str) -> None:
     )
     verdicts = _targets(rows, first, timing)
     learned = _learned_table(state.get("learned_runs", {}))
+    reading = _reading(state, rows, first)
     cases = "; ".join(
         f"{c}: {d['examples']} dev examples in {d['batches']} batches, {d['tokens_real']} real of "
         f"{d['tokens_padded']} padded tokens"
@@ -287,9 +296,9 @@ Models: {", ".join(f"`{n}` = `{Path(f).name if Path(f).name not in ('model', 'co
   against `{first}` at full length on the same tokens (`econlm.flops.shortened_macs`; padding is never counted,
   so the share is what the token rule saves, not what a padded batch would waste). The task head and the
   embeddings are not counted.
-- **Speedup**: `{first}` at full length (its own sdpa attention) over the variant, medians of {rounds} rounds after
-  3 warm-up rounds, every variant timed round by round in one run, 2 threads, CPU. A token budget reads attention
-  probabilities, so its variants run eager attention. Cases: {cases}.
+- **Speedup**: `{first}` at full length over the variant, medians of {rounds} rounds after 3 warm-up rounds,
+  every variant timed round by round in one run, 2 threads, CPU. All run eager attention (econlm loads models
+  so: a token budget reads the attention probabilities), so the ratios compare the same attention code. Cases: {cases}.
 
 {table}
 
@@ -305,8 +314,82 @@ Scores and MACs as measured by `econlm train` at the end (dev split, tokens drop
 ## Targets
 
 {verdicts}
+
+## Reading
+
+{reading}
 """
     save(f"tokens_{task}", {"task": task, "rows": rows, "state": state}, markdown)
+
+
+def _reading(state: dict, rows: list[dict], first: str) -> str:
+    """What the numbers say, each figure read from them."""
+    lines = []
+    mine = {r["schedule"]: r for r in rows if r["model"] == first}
+    early = [r for s, r in mine.items() if s not in ("full",) and not s.startswith("1,")]
+    gentle = [r for s, r in mine.items() if s.startswith("1,")]
+    if early and gentle:
+        least = min(early, key=lambda r: r["lost"])
+        best = min(gentle, key=lambda r: r["lost"])
+        lines.append(
+            f"- Post hoc, with no retraining, the fine-tuned model pays quickly for tokens dropped early: every "
+            f"schedule that drops after the first layer loses at least {least['lost'] * 100:.2f} points "
+            f"({least['schedule']}, block MACs x{least['macs_share']:.3f}), while keeping every token through the "
+            f"first layer and dropping gently after it costs {best['lost'] * 100:.2f} points at x{best['macs_share']:.3f} "
+            f"({best['schedule']}). STS-B's dev pairs are short (31.5 real tokens on average), so a small share of "
+            "tokens is already a large share of the content."
+        )
+    full = {r["model"]: r["score"] for r in rows if r["schedule"] == "full"}
+    same = "1,0.9,0.8,0.7,0.6,0.6"
+    compacted = [r for r in rows if r["schedule"] == same and r["model"] != first and r["model"] in full]
+    if same in mine and compacted:
+        own = ", ".join(f"{r['model']} {(full[r['model']] - r['score']) * 100:.2f}" for r in compacted)
+        lines.append(
+            f"- Compacted models are more fragile under the same schedule ({same}): the dense model loses "
+            f"{(full[first] - mine[same]['score']) * 100:.2f} points, the compacted ones (against their own full "
+            f"score) {own}. Units removed for a price leave fewer redundant heads to carry dropped tokens' content."
+        )
+    runs = state.get("learned_runs", {})
+    old = [r for r in runs.values() if r["format"] == 1]
+    new = [r for r in runs.values() if r["format"] == 2 and r["init"] == state["models"][first]]
+    if old:
+        r = old[0]
+        lines.append(
+            f"- The first learned thresholds (format 1, values against all the attention) emptied the sequence: at "
+            f"budget {r['settings']['budget']} the layers ran on {', '.join(f'{t:.1f}' for t in r['tokens_per_layer'])} "
+            f"tokens and scored {r['score']:.4f}. [CLS] and [SEP] absorb most attention in late layers, so every "
+            "other value sank below the threshold together. Format 2 measures values among the droppable tokens."
+        )
+    if new:
+        best = max(new, key=lambda r: r["score"])
+        near = min(
+            (r for r in mine.values() if r["schedule"] != "full" and r.get("macs_share")),
+            key=lambda r: abs(r["macs_share"] - best["macs_ratio"]),
+            default=None,
+        )
+        text = (
+            f"- The best learned run so far (format 2, budget {best['settings']['budget']}, {best['steps']} steps from "
+            f"the fine-tune) scores {best['score']:.4f} at block MACs x{best['macs_ratio']:.3f}"
+        )
+        if near is not None:
+            text += (
+                f"; the post-hoc schedule nearest in MACs ({near['schedule']}, x{near['macs_share']:.3f}) scores "
+                f"{near['score']:.4f}"
+            )
+        lines.append(
+            text + ". Learning where to drop beats a fixed schedule at equal MACs, but one or two epochs of "
+            "threshold training do not bring the loss under half a point; LTP trains its thresholds and then "
+            "fine-tunes for several epochs each."
+        )
+    both = [r for r in runs.values() if r["format"] == 2 and r["init"] != state["models"][first]]
+    for r in both:
+        lines.append(
+            f"- Both levers learned: thresholds trained on a compacted model ({Path(r['init']).parent.name}, "
+            f"{r['steps']} steps, budget {r['settings']['budget']}) scored {r['score']:.4f} at block MACs "
+            f"x{r['macs_ratio']:.3f} of that model's; far below the units alone, so on this task the two levers did "
+            "not compose with this little training."
+        )
+    return "\n".join(lines) if lines else "Nothing measured yet."
 
 
 def _learned_table(runs: dict) -> str:
