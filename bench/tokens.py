@@ -234,8 +234,11 @@ def timing(task: str, repeats: int, schedules: list[str] | None) -> None:
         _save(task, state)
 
 
-def docs(task: str) -> None:
+def docs(task: str, conditions: str | None = None) -> None:
     state = _load(task)
+    if conditions:
+        state["conditions"] = conditions  # what shared the machine while timing, said once and kept
+        _save(task, state)
     first = _reference(state)
     reference = state["scores"][f"{first}|full"]["score"]
     timing = state.get("timing", {})
@@ -301,6 +304,8 @@ Models: {", ".join(f"`{n}` = `{Path(f).name if Path(f).name not in ('model', 'co
   so: a token budget reads the attention probabilities), so the ratios compare the same attention code. Cases: {cases}.
 
 {table}
+
+{state.get("conditions", "")}
 
 ## Learned thresholds (LTP style): every run tried
 
@@ -481,6 +486,7 @@ def main() -> None:
     r.add_argument("folders", nargs="+", help="econlm train --cost tokens output folders")
     d = sub.add_parser("docs")
     d.add_argument("task")
+    d.add_argument("--conditions", help="what else ran on the machine while timing (kept in the state)")
     args = parser.parse_args()
     if args.step == "score":
         score(args.task, dict(m.split("=", 1) for m in args.model))
@@ -489,7 +495,7 @@ def main() -> None:
     elif args.step == "time":
         timing(args.task, args.repeats, args.schedules.split(";") if args.schedules else None)
     else:
-        docs(args.task)
+        docs(args.task, args.conditions)
 
 
 if __name__ == "__main__":
