@@ -116,14 +116,13 @@ def score(task: str, models: dict[str, str]) -> None:
             }
             _save(task, state)
             print(f"{key}: {row['score']:.4f} (token MACs x{row.get('token_macs_ratio', 1.0):.3f})", flush=True)
-    _block_macs(state)
+    _block_macs(state, examples)
     _save(task, state)
 
 
-def _block_macs(state: dict) -> None:
+def _block_macs(state: dict, examples: list) -> None:
     """Each model's block MACs on the real dev tokens at full length, so a (model, schedule) pair's MACs can be
     put against the first model's: share = (its block MACs on the real tokens x its ratio) / the first's."""
-    from econlm.data import load_examples
     from econlm.evaluate import encode
     from econlm.flops import Structure, shortened_macs
     from econlm.models import load_model
@@ -133,7 +132,6 @@ def _block_macs(state: dict) -> None:
         if name in state.setdefault("block_macs", {}):
             continue
         loaded = load_model(folder)
-        examples = load_examples(state["task"], "dev", DATA)
         ids, _, _ = encode(
             loaded.tokenizer,
             [e.text_a for e in examples],

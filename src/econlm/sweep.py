@@ -393,26 +393,10 @@ def _final_measurements(model_dir: Path, settings: dict, eps: float, result: dic
     from econlm.flops import Structure, dense_macs
     from econlm.latency import measure, model_call, random_inputs
     from econlm.models import load_model
-    from econlm.probing import ProbeConfig, run_probe
 
     loaded = load_model(str(model_dir))
     max_length = settings.get("max_length", 128)
-    probe = run_probe(
-        ProbeConfig(
-            model=str(model_dir),
-            task=settings["task"],
-            budgets=("full",),
-            limit=settings.get("eval_limit"),
-            max_length=max_length,
-            data_dir=settings.get("data_dir"),
-            ffn_eps=eps,
-            split="test" if _is_lm(settings) else "dev",
-            **_data_fields(settings),
-        ),
-        model=loaded,
-        progress=False,
-    )
-    row = probe.rows[0]
+    row = _probe_row(settings, loaded, model=str(model_dir), budgets=("full",), ffn_eps=eps)
     structure = Structure.of_model(loaded.model)
     result["dense_flops"] = dense_macs(structure, max_length, include_head=True)["flops"]
     if row.get("token_macs_ratio") is not None:  # learned token thresholds: the blocks run on fewer tokens
@@ -634,41 +618,53 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
     )
 
 
-def _run_topk_trial(spec: dict, trial_dir: Path, result: dict) -> None:
-    from econlm.flops import Structure, dense_macs
+def _probe_row(settings: dict, loaded, save_to: Path | None = None, **overrides) -> dict:
+    """The probe of ``loaded`` (the model of ``settings['source_model']`` or a trial's own) on the trial's task
+    and data, one row: the dev split (a language model's test split), saved under ``save_to`` when given."""
     from econlm.probing import ProbeConfig, run_probe, save_probe
 
-    settings = spec["settings"]
-    lm = _is_lm(settings)
     probe = run_probe(
         ProbeConfig(
-            model=settings["source_model"],
             task=settings["task"],
-            budgets=(str(settings["budget_k"]),),
             limit=settings.get("eval_limit"),
             max_length=settings.get("max_length", 128),
             data_dir=settings.get("data_dir"),
-            split="test" if lm else "dev",
+            split="test" if _is_lm(settings) else "dev",
             **_data_fields(settings),
+            **overrides,
         ),
+        model=loaded,
         progress=False,
     )
-    save_probe(probe, trial_dir / "probe")
-    row = probe.rows[0]
+    if save_to is not None:
+        save_probe(probe, save_to)
+    return probe.rows[0]
+
+
+def _probe_fields(row: dict) -> dict:
+    """What a baseline's result takes from its probe row."""
+    return {
+        "metric": row["metric"],
+        "score": row["score"],
+        "gini": row["gini"],
+        "entropy": row["entropy"],
+        "effective_flops_per_token": 2 * row["effective_macs_per_token"],
+    }
+
+
+def _run_topk_trial(spec: dict, trial_dir: Path, result: dict) -> None:
+    from econlm.flops import Structure, dense_macs
     from econlm.models import load_model
 
-    # The same count as for trained models: the model's real structure, task head included.
-    structure = Structure.of_model(load_model(settings["source_model"]).model)
-    result.update(
-        {
-            "metric": row["metric"],
-            "score": row["score"],
-            "gini": row["gini"],
-            "entropy": row["entropy"],
-            "effective_flops_per_token": 2 * row["effective_macs_per_token"],
-            "dense_flops": dense_macs(structure, settings.get("max_length", 128), include_head=True)["flops"],
-        }
+    settings = spec["settings"]
+    loaded = load_model(settings["source_model"])
+    row = _probe_row(
+        settings, loaded, trial_dir / "probe", model=settings["source_model"], budgets=(str(settings["budget_k"]),)
     )
+    # The same count as for trained models: the model's real structure, task head included.
+    structure = Structure.of_model(loaded.model)
+    result.update(_probe_fields(row))
+    result["dense_flops"] = dense_macs(structure, settings.get("max_length", 128), include_head=True)["flops"]
 
 
 def _run_tokens_trial(spec: dict, trial_dir: Path, result: dict) -> None:
@@ -676,35 +672,22 @@ def _run_tokens_trial(spec: dict, trial_dir: Path, result: dict) -> None:
     blocks' MACs scaled by the share the budget left on the real dev tokens (padding never counted)."""
     from econlm.latency import measure, model_call, random_inputs
     from econlm.models import load_model
-    from econlm.probing import ProbeConfig, run_probe, save_probe
     from econlm.tokens import token_budget
 
     settings = spec["settings"]
     max_length = settings.get("max_length", 128)
     loaded = load_model(settings["source_model"])
-    probe = run_probe(
-        ProbeConfig(
-            model=settings["source_model"],
-            task=settings["task"],
-            budgets=("full",),
-            limit=settings.get("eval_limit"),
-            max_length=max_length,
-            data_dir=settings.get("data_dir"),
-            token_budget=settings["token_budget"],
-            **_data_fields(settings),
-        ),
-        model=loaded,
-        progress=False,
+    row = _probe_row(
+        settings,
+        loaded,
+        trial_dir / "probe",
+        model=settings["source_model"],
+        budgets=("full",),
+        token_budget=settings["token_budget"],
     )
-    save_probe(probe, trial_dir / "probe")
-    row = probe.rows[0]
     result.update(
         {
-            "metric": row["metric"],
-            "score": row["score"],
-            "gini": row["gini"],
-            "entropy": row["entropy"],
-            "effective_flops_per_token": 2 * row["effective_macs_per_token"],
+            **_probe_fields(row),
             "token_budget": settings["token_budget"],
             "token_schedule": row["token_budget"],  # one fraction per layer
             "token_macs_ratio": row["token_macs_ratio"],
@@ -776,11 +759,8 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
             specs.extend(_token_specs(tokens, same, source, identity, trained))
         posthoc = config.baselines.get("posthoc")
         if posthoc:
-            for incentive in trained:
-                removed = (incentive.get("compact") or {}).get("removed")
-                other = incentive["settings"]
-                if not removed or any(other.get(k) != v for k, v in identity.items()):
-                    continue
+            for incentive in _compacted_peers(trained, identity):
+                removed, other = incentive["compact"]["removed"], incentive["settings"]
                 from econlm.models import load_config
 
                 model_config, _ = load_config(source)
@@ -810,6 +790,16 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
     return list(unique.values())
 
 
+def _compacted_peers(trained: list[dict], identity: dict) -> list[dict]:
+    """The trained models compaction shrank whose model, task, data, seed and evaluation match ``identity``."""
+    return [
+        r
+        for r in trained
+        if (r.get("compact") or {}).get("removed")
+        and all(r["settings"].get(k) == v for k, v in identity.items())
+    ]
+
+
 def _token_specs(tokens: dict, same: dict, source: str, identity: dict, trained: list[dict]) -> list[dict]:
     """Token-budget trials: each budget on the lambda = 0 model (``dense``) and on every compacted incentive
     model of the same identity (``units``)."""
@@ -820,12 +810,8 @@ def _token_specs(tokens: dict, same: dict, source: str, identity: dict, trained:
             specs.append({"id": trial_id("tokens", s), "kind": "tokens", "settings": s})
         if "units" not in tokens["on"]:
             continue
-        for incentive in trained:
-            other = incentive["settings"]
-            compacted = (incentive.get("compact") or {}).get("removed")
-            if not compacted or any(other.get(k) != v for k, v in identity.items()):
-                continue
-            if "tokens" in other.get("cost", ()):  # it drops tokens by its own learned thresholds already
+        for incentive in _compacted_peers(trained, identity):
+            if "tokens" in incentive["settings"].get("cost", ()):  # it drops tokens by its own thresholds already
                 continue
             s = {**same, "source_model": incentive["final_model"], "token_budget": budget, "on": "units"}
             s["matches"] = incentive["id"]

@@ -259,6 +259,23 @@ def test_with_flops_one_share_prices_units_and_tokens_together():
     assert float(reading.total.detach()) == pytest.approx(reading.terms["tokens"])
 
 
+def _taxed_steps(model, batch, tax, steps: int, observe) -> list:
+    """``steps`` optimizer steps of ``model`` on ``batch`` under ``tax`` (AdamW, thresholds at lr 0.1);
+    ``observe()`` after each."""
+    optimizer = torch.optim.AdamW(tax.parameter_groups(lr=1e-3, token_lr=0.1))
+    seen = []
+    with tax:
+        for _ in range(steps):
+            model.train()
+            tax.begin(batch["attention_mask"])
+            tax.loss(model(**batch).loss).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            tax.step()
+            seen.append(observe())
+    return seen
+
+
 def test_a_few_steps_with_the_tax_lower_the_expected_kept_share():
     model = tiny_model("bert", head="seq-cls", num_hidden_layers=3)
     batch, specials = _batch_and_specials("bert")
@@ -268,17 +285,7 @@ def test_a_few_steps_with_the_tax_lower_the_expected_kept_share():
     learned.configure(0.1, specials)
     with torch.no_grad():
         learned.module.threshold.fill_(0.7)  # where the mask is soft: most values lie around 1
-    optimizer = torch.optim.AdamW(tax.parameter_groups(lr=1e-3, token_lr=0.1))
-    shares = []
-    with tax:
-        for _ in range(12):
-            model.train()
-            tax.begin(batch["attention_mask"])
-            tax.loss(model(**batch).loss).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            tax.step()
-            shares.append(tax.reading.share)
+    shares = _taxed_steps(model, batch, tax, 12, lambda: tax.reading.share)
     assert shares[-1] < shares[0] - 0.2 and all(0 < s <= 1 for s in shares)
     metrics = tax.metrics()
     assert metrics["cost/compute_share"] == shares[-1] and metrics["tokens/threshold_0"] > 0.7
@@ -292,17 +299,7 @@ def test_thresholds_stop_learning_after_the_freeze_point():
     batch, _ = _batch_and_specials("bert")
     batch["labels"] = torch.tensor([0, 1, 0])
     tax = attach_tax(model, TaxConfig(cost=("tokens",), lam=1.0, gate_freeze=0.5), total_steps=4)
-    optimizer = torch.optim.AdamW(tax.parameter_groups(lr=1e-3, token_lr=0.1))
-    seen = []
-    with tax:
-        for _ in range(4):
-            model.train()
-            tax.begin(batch["attention_mask"])
-            tax.loss(model(**batch).loss).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            tax.step()
-            seen.append(tax.token_parameters()[0].detach().clone())
+    seen = _taxed_steps(model, batch, tax, 4, lambda: tax.token_parameters()[0].detach().clone())
     assert not torch.equal(seen[0], seen[1]) and torch.equal(seen[1], seen[2]) and torch.equal(seen[2], seen[3])
     assert not tax.meter.terms[0].learned.module.training  # frozen: the mask is hard
 
