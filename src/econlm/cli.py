@@ -53,8 +53,12 @@ def _add_data_flags(p, splits: tuple[str, ...]) -> None:
     g = p.add_argument_group("your own data (--task FILE: .csv, .tsv, .jsonl, a save_to_disk folder or a .txt corpus)")
     g.add_argument("--text-columns", default=None, help="the text column, or two for pairs: A[,B] (default: text)")
     g.add_argument("--label-column", default=None, help="the label column (default: label)")
-    g.add_argument("--task-type", default=None, choices=TASK_TYPES,
-                   help="default: from the labels (class names or ids: classification; scores: regression)")
+    g.add_argument(
+        "--task-type",
+        default=None,
+        choices=TASK_TYPES,
+        help="default: from the labels (class names or ids: classification; scores: regression)",
+    )
     g.add_argument("--metric", default=None, help="the headline metric (default by task type)")
     if "train" in splits:
         g.add_argument("--train", dest="train_file", default=None, help="a separate training file")
@@ -172,9 +176,13 @@ TRAIN_HELP = {
     "gradient_checkpointing": "recompute each layer's activations in the backward pass: less memory, slower steps",
     "seed": "random seed (data order, initialisation, dropout, gates)",
     "limit": "use only the first N training examples (LM tasks: the first N training tokens, in whole blocks)",
-    "eval_limit": "evaluate on the first N dev examples (test tokens for LM tasks)",
+    "eval_limit": "evaluate on the first N dev examples (test tokens for LM tasks; also the validation tokens "
+    "--eval-every scores)",
     "data_dir": "local data folder (default $ECONLM_DATA, else the HF hub)",
     "save_every": "steps between checkpoints",
+    "eval_every": "steps between validation scores, logged to TensorBoard (eval/<metric>) and metrics.json "
+    "(LM tasks: perplexity on the validation split's first --eval-limit tokens; others: the dev split); "
+    "0 (default): only the final score",
     "device": "cpu (default) or auto (a GPU when there is one; accelerate launch sets devices)",
     "latency_table": "--cost latency: the table of this machine's latency per kept unit (econlm latency-table)",
     "teacher": "distil from this fine-tuned checkpoint of the same task (the lambda = 0 fine-tune, say)",
@@ -257,7 +265,8 @@ def _cmd_train(args) -> int:
     if metrics:
         print(
             f"\n{config.model} on {metrics['task']}: {metrics['metric']} {metrics['score']:.4f} "
-            f"({metrics['evaluated_on']}, {metrics['eval_examples']} examples)"
+            f"({metrics['evaluated_on']}, {metrics['eval_examples']} "
+            + ("tokens scored)" if metrics["metric"] == "perplexity" else "examples)")
         )
         sparsity = metrics["ffn_sparsity"]["overall"]
         print(
@@ -290,7 +299,9 @@ def _add_compact(sub) -> None:
     p.add_argument("--eps", type=float, default=1e-3, help="a unit whose |activation| never exceeds this is removed")
     p.add_argument("--task", default=None, help="calibration/evaluation task (default: the one it was trained on)")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument(
+        "--max-length", type=int, default=None, help="tokens per sequence (default: as the checkpoint trained, else 128)"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-limit", type=int, default=None, help="score on the first N dev examples only")
     p.add_argument("--latency-repeats", type=int, default=20)
@@ -457,8 +468,12 @@ def _add_market(sub) -> None:
     p.add_argument("--pairs", type=int, default=200, help="antithetic permutation pairs at most")
     p.add_argument("--tol", type=float, default=0.01, help="stop sampling a unit at this 95%% half-width")
     p.add_argument("--truncate", default="half", choices=("half", "none"), help="stop each walk at half the units")
-    p.add_argument("--interval", default="normal", choices=("normal", "bernstein"),
-                   help="the 95%% half-width early stopping reads (empirical Bernstein is more conservative)")
+    p.add_argument(
+        "--interval",
+        default="normal",
+        choices=("normal", "bernstein"),
+        help="the 95%% half-width early stopping reads (empirical Bernstein is more conservative)",
+    )
     p.add_argument("--max-minutes", type=float, default=60.0, help="stop sampling after this long")
     p.add_argument("--interaction-top", type=int, default=6, help="interactions among this many top heads (0: none)")
     p.add_argument("--interaction-samples", type=int, default=24)

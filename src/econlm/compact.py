@@ -119,6 +119,9 @@ def exactly_dead_only(plans: list[LayerPlan], calibration: dict | None) -> bool:
 # The command
 
 
+DEFAULT_MAX_LENGTH = 128  # tokens, when a checkpoint does not record the length it trained at
+
+
 @dataclass(frozen=True)
 class CompactConfig(DataFields):  # a user's data file: by default as the checkpoint was trained
     checkpoint: str
@@ -127,7 +130,7 @@ class CompactConfig(DataFields):  # a user's data file: by default as the checkp
     eps: float = 1e-3
     task: str | None = None  # default: the task the checkpoint was trained on
     data_dir: str | None = None
-    max_length: int = 128
+    max_length: int | None = None  # default: the length the checkpoint was trained at, else 128
     batch_size: int = 32
     eval_limit: int | None = None
     latency_repeats: int = 20
@@ -263,7 +266,8 @@ LATENCY_BATCHES = (1, 32)
 
 
 def latency_seq_len(model, config: CompactConfig) -> int:
-    return min(config.max_length, getattr(model.config, "max_position_embeddings", None) or config.max_length)
+    length = config.max_length or DEFAULT_MAX_LENGTH
+    return min(length, getattr(model.config, "max_position_embeddings", None) or length)
 
 
 def measure_latency(models: dict, tokenizer, config: CompactConfig, workdir: Path, around: dict | None = None) -> dict:
@@ -462,7 +466,11 @@ def compact_model(
             got, expected = _outputs(compacted, batch), _outputs(model, batch)
             differences.append(float((got - expected).abs().max()))
             if exact:
-                torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+                # Dropping exact zeros changes only the order of float32 sums; over many layers that rounding grows
+                # to about 1e-5 of the outputs' magnitude (SmolLM2's logits, 30 layers: 6.6e-5 at |logit| ~ 20),
+                # while removing a live unit moves them by orders of magnitude more.
+                scale = max(1.0, float(expected.abs().max()))
+                torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * scale)
     report = CompactReport(
         removed_heads=sum(shape.heads - len(p.keep_heads) for p in plans),
         removed_neurons=sum(shape.intermediate - len(p.keep_neurons) for p in plans),
@@ -480,7 +488,8 @@ def compact_model(
         calibration_examples=sum(len(b["input_ids"]) for b in batches),
         only_exactly_dead_units_removed=exact,
         max_abs_output_difference=max(differences) if differences else 0.0,
-        checked="assert_close(rtol=1e-4, atol=1e-5) on the calibration batches"
+        checked="assert_close(rtol=1e-4, atol=1e-5 x the outputs' largest magnitude, at least 1) on the calibration "
+        "batches"
         if exact
         else "not asserted: units below eps but not exactly zero were removed",
         parameters_before=sum(p.numel() for p in model.parameters()),
@@ -524,6 +533,8 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
         as_trained = {k: trained[k] for k in ("task", *DATA_FIELDS) if trained.get(k)}
     if config.data_dir is None and trained.get("data_dir"):
         as_trained["data_dir"] = trained["data_dir"]
+    if config.max_length is None:  # a language model's calibration blocks and scoring windows, as it trained
+        as_trained["max_length"] = trained.get("max_length") or DEFAULT_MAX_LENGTH
     config = replace(config, **as_trained) if as_trained else config
     if config.task is None:
         raise UserError("the checkpoint does not say which task it was trained on; pass --task for calibration")

@@ -170,13 +170,10 @@ class Flops(CostTerm):
     def ffn_activation(self, layer: int, x: torch.Tensor) -> None:
         self.seq_len = x.shape[1]  # the batch's sequence length sets the attention part's cost
 
-    def kv_open(self, layer: int, p: torch.Tensor) -> torch.Tensor:
-        """Probability each K/V head of ``layer`` is needed: while any query head that reads it is open."""
-        return 1 - (1 - p.view(self.structure.kv_heads[layer], -1)).prod(-1)
-
     def expected(self) -> dict[str, tuple[torch.Tensor, float]]:
         """Per component: (expected MACs per token of open units, dense MACs per token), at ``seq_len``."""
         from econlm.flops import unit_macs_per_token
+        from econlm.gates import heads_per_gate
 
         device = self.gates.heads[0].log_alpha.device if self.gates.heads is not None else _device(self.model)
         out = {}
@@ -185,10 +182,10 @@ class Flops(CostTerm):
             dense = 0.0
             for i, gate in enumerate(self.gates.heads):
                 unit = unit_macs_per_token(self.structure, i, self.seq_len)
-                p = gate.prob_open()  # (H,)
-                kv_open = self.kv_open(i, p)
-                expected = expected + unit["query_head"] * p.sum() + unit["kv_head"] * kv_open.sum()
-                dense += unit["query_head"] * p.numel() + unit["kv_head"] * kv_open.numel()
+                p = gate.prob_open()  # (K/V groups,): a group is its K/V head and the query heads reading it
+                group = unit["query_head"] * heads_per_gate(self.structure, i) + unit["kv_head"]
+                expected = expected + group * p.sum()
+                dense += group * p.numel()
             out["attention"] = (expected, dense)
         if self.gates.neurons is not None:
             expected = torch.zeros((), device=device)
@@ -215,12 +212,14 @@ class Flops(CostTerm):
 
     def expected_units(self) -> list[tuple]:
         """Per layer: expected open query heads, K/V heads and FFN neurons (None for a part without gates)."""
+        from econlm.gates import heads_per_gate
+
         out = []
         for i in range(self.structure.layers):
             heads = kv_heads = neurons = None
             if self.gates.heads is not None:
-                p = self.gates.heads[i].prob_open()  # (H,)
-                heads, kv_heads = p.sum(), self.kv_open(i, p).sum()
+                kv_heads = self.gates.heads[i].prob_open().sum()  # one gate per K/V group
+                heads = kv_heads * heads_per_gate(self.structure, i)
             if self.gates.neurons is not None:
                 neurons = self.gates.neurons[i].prob_open().sum()
             out.append((heads, kv_heads, neurons))
@@ -240,8 +239,7 @@ class Latency(Flops):
         """Per layer: expected open K/V groups (heads without GQA) and expected open FFN neurons."""
         groups, neurons = [], []
         if self.gates.heads is not None:
-            for i, gate in enumerate(self.gates.heads):
-                groups.append(self.kv_open(i, gate.prob_open()).sum())
+            groups = [gate.prob_open().sum() for gate in self.gates.heads]  # one gate per K/V group
         if self.gates.neurons is not None:
             neurons = [gate.prob_open().sum() for gate in self.gates.neurons]
         return groups, neurons

@@ -1,7 +1,10 @@
 """Learnable hard-concrete gates on attention heads and FFN neurons (L0 relaxation, Louizos et al. 2018).
 
 A gate ``z`` in [0, 1] multiplies one unit's output: a query head's slice of the attention output
-before the output projection, or one FFN activation before the down projection. During training ``z``
+before the output projection, or one FFN activation before the down projection. With grouped-query
+attention one gate covers a whole K/V group (the K/V head and every query head reading it): only whole
+groups can be removed (:mod:`econlm.compact`), so a gate per query head would be priced for compute that no
+compacted model saves. During training ``z``
 is sampled from the hard-concrete distribution (so it can be exactly 0 or 1 yet has gradients); in
 eval mode it is deterministic. ``P(z != 0)`` is differentiable in the gate's ``log_alpha``, so the
 expected number of open units, each weighted by the MACs it costs, is a differentiable expected
@@ -62,15 +65,21 @@ class ModelGates(nn.Module):
         self.neurons = nn.ModuleList(HardConcrete(n) for n in neurons) if neurons else None
 
 
+def heads_per_gate(structure, layer: int) -> int:
+    """Query heads one attention gate covers in ``layer``: its K/V group (1 without grouped-query attention)."""
+    return structure.heads[layer] // structure.kv_heads[layer]
+
+
 def add_gates(model: nn.Module, components: tuple[str, ...]) -> ModelGates:
-    """Attach gates for ``components`` (``"attention"``, ``"ffn"``) to ``model`` as ``model.econlm_gates``."""
+    """Attach gates for ``components`` (``"attention"``, ``"ffn"``) to ``model`` as ``model.econlm_gates``: one
+    per K/V group (per head without GQA) and one per FFN neuron."""
     from econlm.flops import Structure
 
     if hasattr(model, ATTRIBUTE):
         return getattr(model, ATTRIBUTE)
     structure = Structure.of_model(model)
     gates = ModelGates(
-        heads=list(structure.heads) if "attention" in components else None,
+        heads=list(structure.kv_heads) if "attention" in components else None,
         neurons=list(structure.ffn) if "ffn" in components else None,
     )
     device = next(model.parameters()).device
@@ -103,14 +112,18 @@ def gates_active(model: nn.Module) -> Iterator[ModelGates | None]:
     if gates is None:
         yield None
         return
+    from econlm.flops import Structure
+
     fam = arch.family(model.config)
     head_dim = arch.shape(model.config).head_dim
+    structure = Structure.of_model(model)
     handles = []
     try:
         for i, block in enumerate(arch.blocks(model)):
             if gates.heads is not None:
                 o_proj = block.get_submodule(fam.o)
-                handles.append(o_proj.register_forward_pre_hook(scale_input_hook(gates.heads[i], head_dim)))
+                width = head_dim * heads_per_gate(structure, i)  # the o_proj inputs one gate scales
+                handles.append(o_proj.register_forward_pre_hook(scale_input_hook(gates.heads[i], width)))
             if gates.neurons is not None:
                 down = block.get_submodule(fam.ffn_down)
                 handles.append(down.register_forward_pre_hook(scale_input_hook(gates.neurons[i], 1)))
@@ -150,14 +163,17 @@ def fold_gates(model: nn.Module) -> dict[str, list[list[float]]]:
     Afterwards the model, without any hook, computes what the gated model computed in eval mode.
     Returns the folded gate values (closed gates are exact zeros: those units are dead).
     """
+    from econlm.flops import Structure
+
     values = gate_values(model)
     if not values:
         return values
     fam = arch.family(model.config)
     head_dim = arch.shape(model.config).head_dim
+    structure = Structure.of_model(model)
     for i, block in enumerate(arch.blocks(model)):
         if "heads" in values:
-            z = torch.tensor(values["heads"][i]).repeat_interleave(head_dim)
+            z = torch.tensor(values["heads"][i]).repeat_interleave(head_dim * heads_per_gate(structure, i))
             scale_input_columns(block.get_submodule(fam.o), z)
         if "neurons" in values:
             scale_input_columns(block.get_submodule(fam.ffn_down), torch.tensor(values["neurons"][i]))

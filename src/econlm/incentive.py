@@ -287,19 +287,24 @@ class Incentive:
     def gates_report(self) -> dict | None:
         """Expected compute share and closed gates per layer (None without gates)."""
         from econlm.cost import Flops
-        from econlm.gates import gate_values
+        from econlm.gates import gate_values, heads_per_gate
 
         priced = [t for t in self.meter.terms if isinstance(t, Flops)]
         if not priced:
             return None
         report = {"expected_compute_share": priced[0].compute_share()}
+        structure = priced[0].structure
         for name, layers in gate_values(self.model).items():
-            closed = [sum(1 for v in layer if v == 0.0) for layer in layers]
+            # A head gate covers a K/V group: counted here in the query heads it closes.
+            size = [heads_per_gate(structure, i) if name == "heads" else 1 for i in range(len(layers))]
+            closed = [n * sum(1 for v in layer if v == 0.0) for n, layer in zip(size, layers, strict=True)]
             report[name] = {
                 "closed_per_layer": closed,
-                "total": sum(len(layer) for layer in layers),
+                "total": sum(n * len(layer) for n, layer in zip(size, layers, strict=True)),
                 "closed": sum(closed),
             }
+            if name == "heads" and max(size) > 1:
+                report[name]["gate_covers"] = "a K/V group: its K/V head and the query heads reading it"
         return report
 
     def state_dict(self) -> dict:

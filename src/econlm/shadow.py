@@ -30,17 +30,32 @@ def _group_key(settings: dict) -> str:
 
 
 def dev_loss(model_dir: str, settings: dict, data_dir=None, batch_size: int = 64) -> dict:
-    """The mean task loss of a trained model over its task's dev split."""
+    """The mean task loss of a trained model over its task's dev split (a language model: the mean next-token
+    loss over the validation split's first ``eval_limit`` tokens, default 8192, in the sliding windows of its
+    test score; the log of that perplexity)."""
+    import math
+
     import torch
 
-    from econlm import data
+    from econlm import data, evaluate
     from econlm.market_run import _split
     from econlm.models import load_model
     from econlm.userdata import spec_of
 
     task = data.get_task(settings["task"], spec_of(settings))
-    examples = data.load_examples(task, "dev", data_dir or settings.get("data_dir"))
     loaded = load_model(model_dir)
+    if task.is_lm:
+        text = data.load_text(task, "dev", data_dir or settings.get("data_dir"))
+        ids = evaluate.lm_token_ids(loaded.tokenizer, text, settings.get("eval_limit") or 8192)
+        with torch.no_grad():
+            score = evaluate.score_lm(
+                loaded.model.eval(), ids, max_length=settings.get("max_length", 128), batch_size=min(batch_size, 8)
+            )
+        result = {"loss": math.log(score.value), "examples": score.examples, "unit": "tokens"}
+        if data.lm_train_split(task, data_dir or settings.get("data_dir")) == "dev":
+            result["caveat"] = "trained on the validation split (no local train split): its loss is a training loss"
+        return result
+    examples = data.load_examples(task, "dev", data_dir or settings.get("data_dir"))
     split = _split(loaded, task, examples, settings.get("max_length", 128), batch_size, labelled=True)
     total = 0.0
     with torch.no_grad():
@@ -92,6 +107,8 @@ def shadow_prices(sweep_dir: str | Path, data_dir=None) -> dict:
                 "lambda_final": r["lambda_final"],
                 **dev_loss(r["model_dir"], r["settings"], data_dir),
             }
+            if row.get("caveat"):
+                row["caveats"].append(row.pop("caveat"))
             groups.setdefault(_group_key(r["settings"]), []).append(row)
             pbar.update(1)
     pairs = []

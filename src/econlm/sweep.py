@@ -502,6 +502,8 @@ def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -
                         calib_examples=compact.get("calib_examples", 256),
                         latency_repeats=3,
                         eval_limit=spec["settings"].get("eval_limit"),
+                        max_length=spec["settings"].get("max_length", 128),
+                        data_dir=spec["settings"].get("data_dir"),
                     ),
                     progress=False,
                 )

@@ -85,6 +85,7 @@ class TrainConfig(DataFields):
     eval_limit: int | None = None  # dev examples (test tokens for LM tasks; default 8192)
     data_dir: str | None = None
     save_every: int = 200  # steps between checkpoints
+    eval_every: int = 0  # steps between validation scores (LM: the validation split; else dev); 0: none
     log_every: int = 10
     device: str = "cpu"  # cpu or auto (accelerate's choice: a GPU when there is one)
 
@@ -105,6 +106,10 @@ class TrainConfig(DataFields):
         check_max_length(self.max_length)
         if self.limit is not None and self.limit < 1:
             raise UserError("--limit must be at least 1")
+        if isinstance(self.eval_every, bool) or not (isinstance(self.eval_every, int) and self.eval_every >= 0):
+            raise UserError(
+                f"--eval-every must be a whole number of steps >= 0 (0: no validation), not {self.eval_every}"
+            )
         if not isinstance(self.gradient_checkpointing, bool):
             raise UserError(f"--gradient-checkpointing must be true or false, not {self.gradient_checkpointing!r}")
         if self.gradient_checkpointing and "tokens" in self.cost:
@@ -150,6 +155,7 @@ class _State:
     train_seconds: float = 0.0
     lambda_history: list = field(default_factory=list)
     last_log: dict = field(default_factory=dict)
+    validation_history: list = field(default_factory=list)  # [step, score] every --eval-every steps
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -385,6 +391,7 @@ class _Run:
     teacher: object
     total_steps: int
     state: _State
+    validation_data: object = None  # what --eval-every scores: LM validation text, else the dev examples
 
 
 def _setup(config: TrainConfig, resume: bool) -> _Run:
@@ -397,6 +404,11 @@ def _setup(config: TrainConfig, resume: bool) -> _Run:
     from econlm.incentive import Incentive
 
     task = data.get_task(config.task)
+    if config.eval_every and task.is_lm and data.lm_train_split(task, config.data_dir) == "dev":
+        raise UserError(  # validation text the model trains on would not be validation
+            f"--eval-every needs a validation split apart from the training text, but {task.name} trains on its "
+            "validation split here (no local train split); leave --eval-every out"
+        )
     out = prepare_out_dir(config, resume)
     # accelerate needs cpu=True to form a multi-process CPU group; "auto" takes a GPU when one exists.
     accelerator = Accelerator(cpu=config.device == "cpu" or not torch.cuda.is_available())
@@ -429,7 +441,7 @@ def _setup(config: TrainConfig, resume: bool) -> _Run:
 
         write_json(out / "train_config.json", _config_dict(config))
     prepared, optimizer = accelerator.prepare(model, optimizer)
-    return _Run(
+    run = _Run(
         config,
         task,
         out,
@@ -447,6 +459,19 @@ def _setup(config: TrainConfig, resume: bool) -> _Run:
         total_steps,
         state,
     )
+    if config.eval_every:
+        run.validation_data = _validation_data(config, task, tokenizer, eval_data)
+    return run
+
+
+def _validation_data(config: TrainConfig, task, tokenizer, eval_data):
+    """What --eval-every scores: a language model's validation tokens (tokenized once), else the dev examples.
+    (A user's corpus has one held-out split, which is also the final score's text; metrics.json says so.)"""
+    from econlm import data, evaluate
+
+    if not task.is_lm:
+        return eval_data
+    return evaluate.lm_token_ids(tokenizer, data.load_text(task, "dev", config.data_dir), config.eval_limit or 8192)
 
 
 def _drop_loaded_thresholds(model) -> None:
@@ -497,7 +522,14 @@ def _restore(out: Path, model, optimizer, scheduler, incentive) -> _State:
     from econlm.checkpoint import load_checkpoint, set_rng_state
 
     checkpoint = load_checkpoint(out)
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:  # e.g. per-query-head gates of a GQA model, saved before gates covered K/V groups
+        first = str(error).strip().splitlines()[-1].strip()
+        raise UserError(
+            f"the checkpoint in {out / CHECKPOINT} does not fit this model and settings ({first}); it was saved by "
+            "another econlm version or model: start the run again without --resume"
+        ) from None
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     incentive.price.load_state_dict(checkpoint["price"])
@@ -527,6 +559,8 @@ def _loop(run: _Run, progress: bool, on_step) -> None:
                     pbar.set_postfix(loss=f"{log['loss/task']:.4f}", lam=f"{log['price/lambda']:.3g}")
                     if on_step:
                         on_step(state.global_step, run.inner)
+                    if config.eval_every and state.global_step % config.eval_every == 0 and main and not stop_signals:
+                        _validate(run, writer)
                     if state.global_step % config.save_every == 0 or stop_signals:
                         _checkpoint(run)
                     if stop_signals:
@@ -614,6 +648,55 @@ def _record(run: _Run, log: dict, writer) -> None:
         if writer:
             for key, value in log.items():
                 writer.add_scalar(key, value, state.global_step)
+
+
+def _validation_split(task) -> str:
+    if not task.is_lm:
+        return "dev"
+    if task.user is not None:
+        return "dev (your corpus's one held-out split: also the final score's text)"
+    return "validation"
+
+
+def _validate(run: _Run, writer) -> None:
+    """Score the validation data as the model stands (gates at their deterministic values): LM perplexity on
+    the validation split's first --eval-limit tokens with the final score's sliding window (the test split stays
+    for the end), else the dev score. Logged as ``eval/<metric>`` and kept in metrics.json. Only the main process
+    scores; in a multi-process run the others wait at the next step, so a validation must end within the process
+    group's timeout (30 minutes by default)."""
+    import torch
+
+    from econlm import evaluate
+
+    config, task, model = run.config, run.task, run.inner
+    meter = run.incentive.meter  # its hooks stay attached: each scored batch tells it which tokens are real
+    model.eval()
+    try:
+        with torch.no_grad():
+            if task.is_lm:
+                score = evaluate.score_lm(
+                    model,
+                    run.validation_data,
+                    max_length=config.max_length,
+                    batch_size=config.batch_size,
+                    on_inputs=lambda batch: meter.begin(batch.get("attention_mask")),
+                )
+            else:
+                score = evaluate.score_glue(
+                    model,
+                    run.tokenizer,
+                    task,
+                    run.validation_data,
+                    "seq-cls",
+                    batch_size=config.batch_size,
+                    max_length=config.max_length,
+                    on_inputs=lambda batch: meter.begin(batch.get("attention_mask")),
+                )
+    finally:
+        model.train()
+    run.state.validation_history.append([run.state.global_step, score.value])
+    if writer:
+        writer.add_scalar(f"eval/{score.metric}", score.value, run.state.global_step)
 
 
 def _interrupted(run: _Run, signum: int) -> Interrupted:
@@ -809,6 +892,11 @@ def _metrics(run: _Run, evaluation: dict, gates_report: dict | None) -> dict:
         "scoring": score.details,
         "lambda_final": run.incentive.price.current,
         "lambda_history": state.lambda_history,
+        "validation_history": {
+            "split": _validation_split(task),
+            "every": config.eval_every,
+            "scores": state.validation_history,  # [step, score]
+        },
         "schedule": config.schedule,
         "cost_terms_dev": evaluation["cost_terms"],
         "cost_terms_last_step": state.last_log,

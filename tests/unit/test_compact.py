@@ -358,6 +358,24 @@ def test_a_compacted_gqa_decoder_generates_and_reports_prefill_and_decoding(tmp_
     assert torch.equal(ours, theirs)
 
 
+def test_compact_reads_a_language_model_at_the_length_it_trained(tmp_path, capsys):
+    """Without --max-length, calibration blocks and scoring windows are as long as the training blocks were
+    (recorded in the checkpoint), not a fixed 128."""
+    from econlm.models import load_model
+
+    path = save_tiny_checkpoint(tmp_path / "llama", family="llama", head="causal-lm")
+    data = write_tiny_glue(tmp_path / "data")
+    loaded = load_model(str(path))
+    _kill_units(loaded.model.model, {0: [0, 1]}, {})
+    loaded.model.config.econlm = {"train": {"task": "wikitext2", "max_length": 24, "data_dir": str(data)}}
+    loaded.model.save_pretrained(path)
+    argv = ["compact", str(path), "--out", str(tmp_path / "small"), "--eps", "1e-9", "--calib-examples", "4",
+            "--latency-repeats", "1", "--no-onnx", "--prefill-length", "8", "--decode-tokens", "2"]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "small" / "compact.json").read_text())
+    assert report["meta"]["config"]["max_length"] == 24 and report["after"]["latency_setup"]["seq_len"] == 24
+
+
 # ---------------------------------------------------------------------------------------------------------
 # A layer whose every head (or neuron) is dead keeps one K/V group (one neuron): never an empty layer
 
@@ -379,7 +397,8 @@ def test_gates_closing_a_whole_layer_compact_to_one_kept_group_and_reload(family
         gates.heads[1].log_alpha.fill_(30.0)
         gates.neurons[0].log_alpha.fill_(30.0)
     folded = fold_gates(model)
-    assert folded["heads"][0] == [0.0] * 4 and folded["neurons"][1] == [0.0] * 64
+    groups = 2 if family == "llama" else 4  # one head gate per K/V group (2 query heads each in tiny llama)
+    assert folded["heads"][0] == [0.0] * groups and folded["neurons"][1] == [0.0] * 64
     batch = padded_batch(family)
     small, report = compact_model(model, [batch], eps=1e-3, seq_len=16)
     after = Structure.of_model(small)
@@ -411,3 +430,33 @@ def test_plan_removal_of_all_dead_heads_keeps_the_first_group_of_that_layer():
     assert plans[1].keep_kv_heads == [0] and plans[1].keep_heads == [0, 1] and plans[1].heads_zero == 2
     assert plans[0].keep_neurons == [0] and plans[0].neurons_zero == 63
     assert plans[0].keep_heads == [0, 1, 2, 3] and len(plans[1].keep_neurons) == 64
+
+
+def test_the_flops_price_charges_only_compute_that_compaction_removes():
+    """With grouped-query attention one gate covers a K/V group, so the share of compute the flops term
+    charges is the share the compacted model computes: its blocks' MACs at the same sequence length."""
+    from econlm.compact import compact_model
+    from econlm.cost import CostMeter
+    from econlm.gates import fold_gates, get_gates
+
+    model = tiny_model("llama", head="causal-lm")  # 2 layers, 4 query heads in 2 K/V groups, FFN 64
+    meter = CostMeter(model, ("flops",), "both")
+    gates = get_gates(model)
+    with torch.no_grad():  # +-30: P(open) is 1 or 0 to 1e-12, and the eval values fold to 1 or exact 0
+        for gate in [*gates.heads, *gates.neurons]:
+            gate.log_alpha.fill_(30.0)
+        gates.heads[0].log_alpha[1] = -30.0  # layer 0 loses one K/V group: 2 query heads and a K/V head
+        gates.neurons[1].log_alpha[:40] = -30.0
+    batch = padded_batch("llama")
+    model.eval()
+    with meter.attached():
+        meter.begin(batch["attention_mask"])
+        model(**batch)
+        share = meter.read().share
+    seq_len = batch["input_ids"].shape[1]
+    before = dense_macs(Structure.of_model(model), seq_len)["macs"]
+    fold_gates(model)
+    compacted, report = compact_model(model, [batch], eps=0.0)
+    after = Structure.of_model(compacted)
+    assert after.heads == (2, 4) and after.kv_heads == (1, 2) and after.ffn == (64, 24)
+    assert share == pytest.approx(dense_macs(after, seq_len)["macs"] / before, rel=1e-6)

@@ -86,19 +86,30 @@ def test_attention_costs_on_known_rows():
 
 def test_flops_term_equals_hand_computed_expected_share():
     model = tiny_model("llama")  # 2 layers, 4 query heads, 2 KV heads, head 8, hidden 32, FFN 64 (gated)
-    meter, _, reading = _forward_cost(model, ("flops",), family="llama")
+    meter = CostMeter(model, ("flops",), "both")
     gates = get_gates(model)
+    # One gate per K/V group (its K/V head and the 2 query heads reading it): only whole groups can be removed.
+    assert [g.log_alpha.numel() for g in gates.heads] == [2, 2]
+    with torch.no_grad():
+        gates.heads[0].log_alpha.copy_(torch.tensor([5.0, -1.0]))  # layer 0: the second group nearly shut
+    batch = padded_batch("llama")
+    with meter.attached():
+        meter.begin(batch["attention_mask"])
+        model(**batch)
+        reading = meter.read()
     structure = Structure.of_model(model)
     unit = unit_macs_per_token(structure, 0, 11)
-    p_head = float(gates.heads[0].prob_open()[0].detach())
-    assert p_head == pytest.approx(1 / (1 + math.exp(-(5.0 + 2 / 3 * math.log(11)))), abs=1e-6)
-    per_layer_dense = 4 * unit["query_head"] + 2 * unit["kv_head"] + 64 * unit["ffn_neuron"]
-    per_layer_expected = (
-        4 * unit["query_head"] * p_head
-        + 2 * unit["kv_head"] * (1 - (1 - p_head) ** 2)
-        + 64 * unit["ffn_neuron"] * p_head
+
+    def p_open(log_alpha):  # P(z != 0) of a hard-concrete gate: sigmoid(log_alpha - beta * log(-gamma / zeta))
+        return 1 / (1 + math.exp(-(log_alpha + 2 / 3 * math.log(11))))
+
+    group = 2 * unit["query_head"] + unit["kv_head"]
+    per_layer_dense = 2 * group + 64 * unit["ffn_neuron"]
+    expected = (
+        group * (p_open(5.0) + p_open(-1.0)) + 64 * unit["ffn_neuron"] * p_open(5.0)  # layer 0
+        + 2 * group * p_open(5.0) + 64 * unit["ffn_neuron"] * p_open(5.0)  # layer 1
     )
-    assert reading.share == pytest.approx(per_layer_expected / per_layer_dense, rel=1e-5)
+    assert reading.share == pytest.approx(expected / (2 * per_layer_dense), rel=1e-5)
     assert unit == {"query_head": 2 * 32 * 8 + 2 * 11 * 8, "kv_head": 2 * 32 * 8, "ffn_neuron": 3 * 32}
 
 

@@ -234,3 +234,80 @@ def test_train_limit_256_tokens_at_length_64_trains_on_4_blocks(tiny, tmp_path):
     )
     assert metrics["train"]["steps"] == 4  # 4 blocks, batch 1, one epoch
     assert "4 blocks, 256 tokens (--limit 256)" in metrics["trained_on"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation perplexity during training (--eval-every)
+
+
+def _with_train_split(tiny, root):
+    """The tiny WikiText-2 folder plus a train file (without one, training reads the validation text)."""
+    import shutil
+
+    shutil.copytree(tiny["data"], root)
+    text = (root / "wikitext-2" / "valid.txt").read_text()
+    (root / "wikitext-2" / "train.txt").write_text(" ".join(reversed(text.split())))
+    return root
+
+
+def test_eval_every_scores_validation_perplexity_as_the_model_stands(tiny, tmp_path):
+    from econlm import data, evaluate
+    from econlm.models import load_model
+
+    data_dir = _with_train_split(tiny, tmp_path / "data")
+    config = _lm_config(tiny, tmp_path / "run", cost=("ffn_l1",), lam=0.0, eval_every=1, data_dir=str(data_dir))
+    # 8 blocks of 32 at batch 4: 2 steps
+    metrics = train(config, progress=False)
+    history = metrics["validation_history"]
+    assert history["split"] == "validation" and history["every"] == 1
+    assert [step for step, _ in history["scores"]] == [1, 2]
+    # The last one scored the final model: the same perplexity as scoring the saved model afresh on the first
+    # --eval-limit tokens of the validation split, with the same windows.
+    saved = load_model(config.out)
+    task = data.get_task("wikitext2")
+    ids = evaluate.lm_token_ids(saved.tokenizer, data.load_text(task, "dev", data_dir), config.eval_limit)
+    fresh = evaluate.score_lm(saved.model.eval(), ids, max_length=config.max_length, batch_size=config.batch_size)
+    assert history["scores"][-1][1] == pytest.approx(fresh.value, rel=1e-5)
+    assert history["scores"][0][1] != pytest.approx(fresh.value, rel=1e-5)  # one step earlier: other weights
+    assert metrics["score"] != pytest.approx(fresh.value, rel=1e-3)  # the final score is on the test split
+
+
+def test_eval_every_off_by_default_and_checked(tiny, tmp_path, capsys):
+    metrics = train(_lm_config(tiny, tmp_path / "run"), progress=False)
+    assert metrics["validation_history"]["scores"] == []
+    code = main(
+        [
+            "train",
+            "--model",
+            str(tiny["llama"]),
+            "--task",
+            "wikitext2",
+            "--eval-every",
+            "-1",
+            "--out",
+            str(tmp_path / "bad"),
+        ]
+    )
+    assert code == 2
+    assert _one_line_error(capsys) == "--eval-every must be a whole number of steps >= 0 (0: no validation), not -1"
+    assert not (tmp_path / "bad").exists()
+    # The tiny folder has no WikiText-2 train file, so training reads the validation text: no validation left.
+    with pytest.raises(UserError, match="--eval-every needs a validation split apart from the training text"):
+        train(_lm_config(tiny, tmp_path / "on-validation", eval_every=1), progress=False)
+    assert not (tmp_path / "on-validation").exists()  # refused before anything was written
+
+
+def test_shadow_price_dev_loss_of_a_language_model_is_the_log_of_its_validation_perplexity(tiny):
+    import math
+
+    from econlm import data, evaluate
+    from econlm.models import load_model
+    from econlm.shadow import dev_loss
+
+    settings = {"task": "wikitext2", "max_length": 32, "eval_limit": 96, "data_dir": str(tiny["data"])}
+    got = dev_loss(str(tiny["llama"]), settings)
+    loaded = load_model(str(tiny["llama"]))
+    ids = evaluate.lm_token_ids(loaded.tokenizer, data.load_text(data.get_task("wikitext2"), "dev", tiny["data"]), 96)
+    perplexity = evaluate.score_lm(loaded.model.eval(), ids, max_length=32).value
+    assert got["loss"] == pytest.approx(math.log(perplexity), rel=1e-6)
+    assert got["unit"] == "tokens" and got["examples"] == 95  # 96 tokens: 95 next-token predictions

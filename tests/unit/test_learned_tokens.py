@@ -243,10 +243,10 @@ def test_with_flops_one_share_prices_units_and_tokens_together():
         meter.begin(batch["attention_mask"])
         model(**batch)
         reading = meter.read()
-    units = [
+    units = [  # BERT: each head is its own K/V group, so expected open query heads = open K/V heads
         (
             flops.gates.heads[i].prob_open().sum().detach(),
-            flops.kv_open(i, flops.gates.heads[i].prob_open()).sum().detach(),
+            flops.gates.heads[i].prob_open().sum().detach(),
             flops.gates.neurons[i].prob_open().sum().detach(),
         )
         for i in range(2)

@@ -1,0 +1,533 @@
+"""Issue #12's benchmark tables: SmolLM2-135M on WikiText, from bench/run_decoder.sh's sweep.
+
+    python bench/decoder.py score [--test-tokens 16384]   # WikiText-103 test perplexity of every model (resumable)
+    python bench/decoder.py time [--repeats 10]           # prefill and generation, interleaved, on a quiet machine
+    python bench/decoder.py docs                          # bench/results/decoder.json and docs/decoder.md
+
+The models: the pretrained SmolLM2, the lambda = 0 fine-tune on the sweep's training tokens (the reference),
+every compacted incentive model and every post-hoc rival. Each is loaded back from its saved folder with
+`econlm.load`'s loader (so the saved compacted models really reload), scored on the first --test-tokens tokens
+of WikiText-103 test with the probe's sliding window (256-token windows, stride 128: past the first window,
+each scored token sees at least 128 tokens of context), counted (dense MACs per token of a 256-token sequence, parameters) and asked for a
+greedy continuation of one test prompt. `time` times every distinct structure once, all of them interleaved
+round by round: prefill (batch 1, 512 tokens) and greedy generation of 128 new tokens with the KV cache at
+batch 1 and 8. A rival pruned to the same per-layer heads, K/V groups and FFN widths as the incentive model it
+matches runs the same shapes, so it shares that structure's timing. State: <out>/decoder_bench.json, saved
+after every measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import DATA, ROOT, markdown_table, save  # noqa: E402
+
+THREADS = 2
+WINDOW = 256  # the sweep's --max-length: training blocks and scoring windows
+PREFILL, NEW_TOKENS, DECODE_BATCHES = 512, 128, (1, 8)
+PROMPT = " = Robert Boulter = \n Robert Boulter is an English film , television and theatre actor ."
+# Issue #12's targets: >= 30% fewer FLOPs with >= 1.3x decode throughput at batch 1, <= +10% test perplexity.
+TARGET_FLOPS_CUT, TARGET_DECODE, TARGET_PPL = 0.30, 1.3, 0.10
+# FLAP (retraining-free, LLaMA-7B, WikiText-2): 12.62 dense; 14.62 / 17.62 / 31.80 at 20 / 30 / 50% removed.
+FLAP = {0.2: 14.62, 0.3: 17.62, 0.5: 31.80}
+FLAP_DENSE = 12.62
+
+
+def folder() -> Path:
+    return Path(os.environ.get("ECONLM_BENCH_OUT", ROOT / "runs" / "bench")) / "decoder"
+
+
+def load_results() -> list[dict]:
+    path = folder() / "results.jsonl"
+    if not path.exists():
+        raise SystemExit(f"no results in {folder()}; run bench/run_decoder.sh first")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("status") == "ok" and r["kind"] in ("train", "posthoc")]
+    if len({r["settings"]["seed"] for r in rows}) > 1:
+        raise SystemExit("this summary reads one seed; give each seed its own folder")
+    return rows
+
+
+def _state_path() -> Path:
+    return folder() / "decoder_bench.json"
+
+
+def load_state() -> dict:
+    path = _state_path()
+    return json.loads(path.read_text()) if path.exists() else {"models": {}, "timing": None}
+
+
+def save_state(state: dict) -> None:
+    from econlm.runinfo import write_json
+
+    write_json(_state_path(), state)
+
+
+def _is_plain(settings: dict) -> bool:
+    from econlm.sweep import _is_plain as plain
+
+    return plain(settings)
+
+
+def label(r: dict) -> str:
+    s = r["settings"]
+    if r["kind"] == "train":
+        return "lambda=0 fine-tune" if _is_plain(s) else f"incentive flops, budget {s['budget']}"
+    recovery = "same recovery tokens" if s.get("finetune_epochs") else "no recovery"
+    return f"post-hoc {s['importance']}, {recovery}"
+
+
+def models_of(results: list[dict]) -> dict[str, dict]:
+    """name -> what the tables need to know about one model (its folder, how it was made, its sweep score)."""
+    models = {"pretrained": {"path": "smollm2", "method": "pretrained SmolLM2-135M-Instruct", "kind": "pretrained"}}
+    for r in results:
+        name = "lambda0" if r["kind"] == "train" and _is_plain(r["settings"]) else r["id"]
+        models[name] = {
+            "path": r["final_model"],
+            "method": label(r),
+            "kind": r["kind"] if name != "lambda0" else "reference",
+            "id": r["id"],
+            "budget": r["settings"].get("budget"),
+            "matches": r["settings"].get("matches"),
+            "recovery": bool(r["settings"].get("finetune_epochs")),
+            "training_steps": r["training"]["steps"],
+            "training_seconds": r["training"]["seconds"],
+            "train_seconds_own": r.get("train_seconds"),
+            "lambda_final": r.get("lambda_final") if r["kind"] == "train" else None,
+            "gates": r.get("gates") if r["kind"] == "train" else None,
+            "settings": r["settings"],
+            "removed": ((r.get("compact") or {}).get("removed") or {}) if r["kind"] == "train" else None,
+        }
+    return models
+
+
+def _ordered(rows: list[dict]) -> list[dict]:
+    """The pretrained model and the reference, then each incentive model (largest budget first) followed by
+    the rivals at its structure (no recovery first)."""
+    first = [r for r in rows if r["kind"] in ("pretrained", "reference")]
+    ordered = sorted(first, key=lambda r: r["kind"] != "pretrained")
+    for inc in sorted((r for r in rows if r["kind"] == "train"), key=lambda r: -(r["budget"] or 0)):
+        ordered.append(inc)
+        rivals = [r for r in rows if r["kind"] == "posthoc" and r["matches"] == inc["id"]]
+        ordered += sorted(rivals, key=lambda r: (r["recovery"], r["method"]))
+    return ordered + [r for r in rows if r not in ordered]
+
+
+def _structure_key(structure) -> str:
+    return json.dumps({"heads": structure.heads, "kv_heads": structure.kv_heads, "ffn": structure.ffn})
+
+
+def score(test_tokens: int) -> None:
+    """Perplexity, MACs, parameters and a greedy continuation of every model not yet measured."""
+    import torch
+
+    from econlm.flops import Structure, dense_macs
+    from econlm.models import load_model
+    from econlm.probing import ProbeConfig, run_probe
+
+    torch.set_num_threads(THREADS)
+    state = load_state()
+    current = models_of(load_results())
+    for gone in set(state["models"]) - set(current):  # no longer in the sweep's results
+        del state["models"][gone]
+    for name, info in current.items():
+        done = state["models"].get(name)
+        if done and done.get("test_tokens") == test_tokens and done.get("path") == info["path"]:
+            done.update(info)  # what the sweep says about it may have grown (a rival's results, say)
+            save_state(state)
+            continue
+        loaded = load_model(info["path"])
+        model = loaded.model.eval()
+        probe = run_probe(
+            ProbeConfig(
+                model=info["path"],
+                task="wikitext103",
+                split="test",
+                budgets=("full",),
+                limit=test_tokens,
+                max_length=WINDOW,
+                data_dir=DATA,
+            ),
+            model=loaded,
+            progress=True,
+        )
+        structure = Structure.of_model(model)
+        macs = dense_macs(structure, WINDOW, include_head=True)
+        ids = loaded.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+        state["models"][name] = {
+            **info,
+            "test_tokens": test_tokens,
+            "wikitext103_test_ppl": probe.rows[0]["score"],
+            "macs_per_token": macs["macs"] / WINDOW,
+            "parameters": sum(p.numel() for p in model.parameters()),  # tied embeddings counted once
+            "embedding_parameters": model.get_input_embeddings().weight.numel(),
+            "structure": json.loads(_structure_key(structure)),
+            "continuation": loaded.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True),
+        }
+        save_state(state)
+        print(f"{name}: perplexity {probe.rows[0]['score']:.3f}", flush=True)
+
+
+def time_structures(repeats: int) -> None:
+    """Prefill and generation of every distinct structure, interleaved round by round in one run."""
+    import torch
+
+    from econlm.compact import CompactConfig, measure_decoding
+    from econlm.models import load_model
+
+    torch.set_num_threads(THREADS)
+    state = load_state()
+    by_structure: dict[str, str] = {}  # structure -> the model timed for it (the first one with it)
+    for name, info in state["models"].items():
+        if name != "pretrained":  # the pretrained model has the reference's shapes
+            by_structure.setdefault(json.dumps(info["structure"]), name)
+    timed = {name: load_model(state["models"][name]["path"]).model.eval() for name in by_structure.values()}
+    load_before = os.getloadavg()[0]
+    config = CompactConfig(
+        checkpoint="unused",
+        out="unused",
+        latency_repeats=repeats,
+        prefill_length=PREFILL,
+        decode_tokens=NEW_TOKENS,
+        decode_batches=DECODE_BATCHES,
+    )
+    results = measure_decoding(timed, config)
+    state["timing"] = {
+        "by_model": results,
+        "structure_of": {json.dumps(state["models"][n]["structure"]): n for n in timed},
+        "repeats": repeats,
+        "load_average": [load_before, os.getloadavg()[0]],
+    }
+    save_state(state)
+
+
+def rows_of(state: dict) -> list[dict]:
+    timing = state["timing"]
+    reference = state["models"].get("lambda0")
+    if reference is None or json.dumps(reference["structure"]) not in timing["structure_of"]:
+        raise SystemExit("the lambda = 0 fine-tune is not scored and timed yet: run `score`, then `time`")
+    ref_time = timing["by_model"][timing["structure_of"][json.dumps(reference["structure"])]]
+    rows = []
+    for name, info in state["models"].items():
+        timed_as = timing["structure_of"].get(json.dumps(info["structure"]))
+        t = timing["by_model"].get(timed_as, {}) if timed_as else {}
+        row = {
+            "name": name,
+            **{k: info.get(k) for k in ("method", "kind", "id", "budget", "matches", "recovery", "training_steps")},
+            "training_seconds": info.get("training_seconds"),
+            "ppl": info["wikitext103_test_ppl"],
+            "ppl_increase": info["wikitext103_test_ppl"] / reference["wikitext103_test_ppl"] - 1,
+            "flops_share": info["macs_per_token"] / reference["macs_per_token"],
+            "params_share": info["parameters"] / reference["parameters"],
+            "block_params_share": (info["parameters"] - info["embedding_parameters"])
+            / (reference["parameters"] - reference["embedding_parameters"]),
+            "kv_groups": sum(info["structure"]["kv_heads"]),
+            "heads": sum(info["structure"]["heads"]),
+            "ffn": sum(info["structure"]["ffn"]),
+            "timed_as": timed_as,
+            "continuation": info["continuation"],
+        }
+        if t:
+            row["prefill_speedup"] = ref_time["prefill"]["median"] / t["prefill"]["median"]
+            for b in DECODE_BATCHES:
+                key = f"decode_batch{b}"
+                row[f"decode_b{b}_tokens_per_s"] = t[key]["tokens_per_second"]
+                row[f"decode_b{b}_speedup"] = t[key]["tokens_per_second"] / ref_time[key]["tokens_per_second"]
+        rows.append(row)
+    return _ordered(rows)
+
+
+def _incentive_verdicts(rows: list[dict]) -> list[str]:
+    lines = []
+    for inc in (r for r in rows if r["kind"] == "train"):
+        rivals = [r for r in rows if r["kind"] == "posthoc" and r["matches"] == inc["id"]]
+        cut = 1 - inc["flops_share"]
+        meets = (
+            cut >= TARGET_FLOPS_CUT
+            and inc.get("decode_b1_speedup", 0) >= TARGET_DECODE
+            and inc["ppl_increase"] <= TARGET_PPL
+        )
+        lines.append(
+            f"- {inc['method']}: {cut:.0%} fewer FLOPs, decode x{inc.get('decode_b1_speedup', float('nan')):.2f} at "
+            f"batch 1, perplexity {inc['ppl_increase']:+.1%}: target **{'met' if meets else 'missed'}**."
+        )
+        for recovery in (False, True):
+            same = [r for r in rivals if r["recovery"] == recovery]
+            if not same:
+                continue
+            best = min(same, key=lambda r: r["ppl"])
+            verdict = "beats" if inc["ppl"] < best["ppl"] else "does not beat"
+            lines.append(
+                f"  - Against the best rival {'with the same recovery tokens' if recovery else 'with no recovery'} "
+                f"({best['method']}, perplexity {best['ppl']:.2f}): incentive {inc['ppl']:.2f} {verdict} it "
+                f"({len(same)} rivals with its heads and neurons per layer)."
+            )
+    return lines
+
+
+def _flap_line(rows: list[dict], steps: int) -> str:
+    parts = [f"{share:.0%} removed: {ppl / FLAP_DENSE - 1:+.0%}" for share, ppl in FLAP.items()]
+    pretrained = next(r for r in rows if r["kind"] == "pretrained")
+    mine = "; ".join(
+        f"{r['method']}: {1 - r['block_params_share']:.0%} of the blocks' parameters removed "
+        f"({1 - r['params_share']:.0%} of all, the tied embeddings included), perplexity {r['ppl_increase']:+.1%} "
+        f"against the lambda = 0 fine-tune and {r['ppl'] / pretrained['ppl'] - 1:+.1%} against the pretrained model"
+        for r in rows
+        if r["kind"] == "train"
+    )
+    return (
+        "FLAP (retraining-free, LLaMA-7B, WikiText-2 test perplexity 12.62 of the dense pretrained model): "
+        + ", ".join(parts)
+        + f". econlm here: {mine}. What differs: a 135M model (small models have less redundancy to remove than 7B "
+        f"ones); econlm's models learn their structure during {steps} steps of training on WikiText-2 while FLAP "
+        "prunes without any training; and the perplexities here are on WikiText-103 test (the same articles, fewer "
+        "`<unk>`). The ratio is a reference point, not a like-for-like comparison."
+    )
+
+
+def figure(rows: list[dict]) -> str | None:
+    from econlm.plots import _pyplot, save_figure
+
+    plt = _pyplot()
+    axes_of = [("flops_share", "dense FLOPs share (per token, 256-token sequence)")]
+    axes_of += [("prefill_speedup", "prefill speedup (batch 1, 512 tokens)")]
+    axes_of += [("decode_b1_speedup", "decode throughput ratio (batch 1, 128 new tokens)")]
+    fig, axes = plt.subplots(1, len(axes_of), figsize=(5 * len(axes_of), 4), sharey=True)
+    styles = {"train": ("tab:red", "o"), "reference": ("black", "s"), "pretrained": ("grey", "D")}
+    rival_colours = {"wanda": "tab:brown", "activation": "tab:blue", "magnitude": "tab:green"}
+    for ax, (key, title) in zip(axes, axes_of, strict=True):
+        for r in rows:
+            if r.get(key) is None:
+                continue
+            if r["kind"] == "posthoc":
+                importance = r["method"].split()[1].rstrip(",")
+                colour, marker = rival_colours.get(importance, "tab:purple"), "^" if r["recovery"] else "v"
+            else:
+                colour, marker = styles[r["kind"]]
+            ax.scatter(r[key], r["ppl"], c=colour, marker=marker, s=50, label=r["method"])
+        ax.set_xlabel(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("WikiText-103 test perplexity (lower is better)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=False))
+    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.12))
+    path = ROOT / "docs" / "decoder" / "frontier.png"
+    path.parent.mkdir(exist_ok=True)
+    save_figure(fig, path)
+    return "decoder/frontier.png"
+
+
+def _not_run(rows: list[dict]) -> list[str]:
+    """What issue #12's benchmark asks for that these runs do not hold, with what each would cost here."""
+    lines = ["## Not run yet", ""]
+    step_minutes = 16  # one 128-step training with its scoring, measured here
+    for inc in (r for r in rows if r["kind"] == "train"):
+        missing = {"wanda", "activation", "magnitude"} - {
+            r["method"].split()[1].rstrip(",") for r in rows if r["matches"] == inc["id"] and r["recovery"]
+        }
+        if missing:
+            lines.append(
+                f"- Rivals with recovery training at {inc['method']}: {', '.join(sorted(missing))} (about "
+                f"{step_minutes} min each; stage 2 of bench/run_decoder.sh runs them)."
+            )
+    lines += [
+        f"- The attention / FFN / both ablation on the decoder and the FFN tax at the paper's scale "
+        f"(`--cost-reduction sum`): four more trainings, about {4 * step_minutes} min.",
+        "- A second seed: every training and rival again.",
+    ]
+    if not any(r["kind"] == "train" and r["budget"] == 0.8 for r in rows):
+        lines.append("- Budget 0.8, the third point of the issue's frontier.")
+    lines.append("")
+    return lines
+
+
+def _hour_settings(state: dict, batch: int, window: int) -> list[str]:
+    """A gated SmolLM2 run that fits an hour on 2 cores, from the gated runs' measured step time."""
+    gated = [m for m in state["models"].values() if m["kind"] == "train" and m.get("train_seconds_own")]
+    if not gated:
+        return []
+    per_step = max(m["train_seconds_own"] / m["training_steps"] for m in gated)
+    # 45 minutes of steps leave a quarter of the hour for loading, the final scoring and the save.
+    steps = int(45 * 60 / per_step)
+    step_time = json.loads((ROOT / "bench" / "results" / "decoder_step_time.json").read_text())["results"]
+    with_ckpt = step_time["gradient checkpointing"]["seconds_per_step_median"]
+    without = step_time["no checkpointing"]["seconds_per_step_median"]
+    return [
+        "## Settings that fit a CPU run of under an hour",
+        "",
+        f"Measured in this benchmark: a gated SmolLM2 step of {batch} x {window} tokens took {per_step:.1f} s on 2 "
+        f"cores (the slower gated run; the lambda = 0 fine-tune's steps are a little faster). 45 minutes of steps "
+        f"are about {steps} steps, {steps * batch * window:,} tokens; the rest of the hour loads the model, scores "
+        "the test tokens and saves:",
+        "",
+        "```bash",
+        f"econlm train --model smollm2 --task wikitext2 --max-length {window} --batch-size {batch} --epochs 1 "
+        f"--cost flops --budget 0.6 --price-lr 5 --gate-lr 0.3 --limit {steps * batch * window} --eval-limit 16384 "
+        "--out runs/smollm2-cpu",
+        "```",
+        "",
+        "Leave `--gradient-checkpointing` off on a CPU: it saves memory, not time. In "
+        "`bench/results/decoder_step_time.json` (batch 2 x 256, measured on a busy machine, load average about 6) "
+        f"the median step took {with_ckpt:.1f} s with it and {without:.1f} s without; its quieter second step was "
+        "1.4 to 1.7 times the step without it. SmolLM2-135M at batch 8 x 256 needs about 8 GB without it.",
+    ]
+
+
+def render(state: dict, rows: list[dict], wall_seconds: float) -> str:
+    reference = state["models"]["lambda0"]
+    timing = state["timing"]
+    steps, settings = reference["training_steps"], reference["settings"]
+    batch, window = settings["batch_size"], settings["max_length"]
+    table = markdown_table(
+        [
+            "model",
+            "recovery",
+            "steps",
+            "WT-103 test ppl",
+            "vs lambda=0",
+            "FLOPs share",
+            "params share",
+            "heads / K-V groups / FFN",
+            "prefill x",
+            "decode b1 x",
+            "decode b8 x",
+            "train s",
+        ],
+        [
+            [
+                r["method"],
+                "-" if r["kind"] != "posthoc" else ("yes" if r["recovery"] else "no"),
+                r["training_steps"] if r["training_steps"] is not None else "-",
+                round(r["ppl"], 3),
+                f"{r['ppl_increase']:+.1%}",
+                round(r["flops_share"], 3),
+                round(r["params_share"], 3),
+                f"{r['heads']} / {r['kv_groups']} / {r['ffn']}",
+                round(r["prefill_speedup"], 2) if "prefill_speedup" in r else "-",
+                round(r["decode_b1_speedup"], 2) if "decode_b1_speedup" in r else "-",
+                round(r["decode_b8_speedup"], 2) if "decode_b8_speedup" in r else "-",
+                round(r["training_seconds"]) if r.get("training_seconds") else "-",
+            ]
+            for r in rows
+        ],
+    )
+    ref_timed = timing["by_model"][timing["structure_of"][json.dumps(reference["structure"])]]
+    lines = [
+        "# The decoder economy: SmolLM2-135M on WikiText (issue #12)",
+        "",
+        "## The frontier: incentive training against post-hoc rivals at the same structure",
+        "",
+        f"Every model starts from the pretrained SmolLM2-135M-Instruct and trains on the same "
+        f"{steps * batch * window:,} WikiText-2 training tokens ({steps} steps of {batch} blocks of "
+        f"{window}; `bench/sweeps/decoder_wikitext2.yaml`, seed {settings['seed']}). The reference is the lambda = 0 fine-tune on "
+        "those tokens. Incentive models train hard-concrete gates on query heads and SwiGLU neurons under a FLOPs "
+        "budget cleared by the price controller, and are then compacted (a K/V group goes only with every query "
+        "head that reads it; a neuron's gate, up and down weights go together). Rivals prune the lambda = 0 "
+        "model to the same number of heads and neurons per layer (Wanda-style: weight magnitude times input "
+        "activation norm; activation; magnitude) and get either no recovery training or the same tokens and "
+        "steps as the incentive run. Steps and seconds count everything behind a model (a rival's includes the "
+        "lambda = 0 fine-tune it was pruned from).",
+        "",
+        f"- **Perplexity:** WikiText-103 test, the first {reference['test_tokens']:,} tokens, windows of {WINDOW} "
+        f"with stride {WINDOW // 2}, of exactly the saved model (reloaded from its folder), every model scored "
+        "by this one script.",
+        "- **FLOPs:** MACs of the blocks' matrix products and the LM head per token of a 256-token sequence "
+        "(FLOPs = 2 x MACs), as a share of the reference's.",
+        f"- **Speed:** ratios to the reference, all distinct structures timed interleaved round by round in one "
+        f"run ({timing['repeats']} rounds after one warm-up), {THREADS} threads, CPU, fp32, eager attention. Prefill: "
+        f"one forward pass over {PREFILL} tokens at batch 1 (the reference's median "
+        f"{ref_timed['prefill']['median'] * 1000:.0f} ms). Decode: greedy `generate` of {NEW_TOKENS} new tokens "
+        "with the KV cache from a 16-token prompt, new tokens per second (the reference: "
+        + ", ".join(f"{ref_timed[f'decode_batch{b}']['tokens_per_second']:.0f} at batch {b}" for b in DECODE_BATCHES)
+        + "). A rival with the same per-layer heads, K/V groups and FFN widths runs the same shapes and shares "
+        f"its structure's timing. Load average (1 minute) before and after the timing: "
+        f"{timing['load_average'][0]:.1f} -> {timing['load_average'][1]:.1f} on 2 cores.",
+        "",
+        table,
+        "",
+    ]
+    picture = figure(rows)
+    if picture:
+        lines += [f"![perplexity against FLOPs, prefill and decode speed]({picture})", ""]
+    lines.append(
+        f"Cost of this benchmark: {len(rows) - 1} trained or pruned models, at least {wall_seconds / 3600:.2f} hours "
+        "of wall time on 2 CPU cores by the trials' own clocks (training, compaction, scoring; a trial stopped and "
+        "resumed counts its last part only), plus this script's scoring and timing."
+    )
+    lines += ["", "## Issue #12's targets", ""]
+    lines += _incentive_verdicts(rows)
+    lines += ["", _flap_line(rows, steps), ""]
+    lines += ["## The price, and what compaction could realise", ""]
+    per_head_gates = False
+    for r in rows:
+        if r["kind"] != "train":
+            continue
+        info = state["models"][r["name"]]
+        gates, removed = info.get("gates") or {}, info.get("removed") or {}
+        heads = gates.get("heads") or {}
+        per_head_gates |= "gate_covers" not in heads
+        lines.append(
+            f"- {info['method']}: the gates' expected compute share when training ended "
+            f"{gates.get('expected_compute_share', float('nan')):.3f} (the share the price cleared), final price "
+            f"lambda {info['lambda_final']:.3g}. Gates closed {heads.get('closed', 0)} of {heads.get('total', 0)} "
+            f"query heads and {(gates.get('neurons') or {}).get('closed', 0)} of "
+            f"{(gates.get('neurons') or {}).get('total', 0)} neurons; compaction removed {removed.get('heads', 0)} "
+            f"query heads and {removed.get('neurons', 0)} neurons, so the compacted model computes "
+            f"{r['flops_share']:.3f} of the reference's FLOPs."
+        )
+    if per_head_gates:
+        lines += [
+            "",
+            "These runs gated each query head on its own, and priced a closed query head's MACs as saved. But with "
+            "grouped-query attention only whole K/V groups can be removed (transformers' Llama attention needs "
+            "equal groups), so a closed head whose group partners stayed open saved nothing once compacted: the "
+            "gap between the two shares above. The benchmark found it; the gates now cover whole K/V groups, so "
+            "the share charged is the share the compacted model computes (tested in "
+            "`tests/unit/test_compact.py::test_the_flops_price_charges_only_compute_that_compaction_removes`). "
+            "These runs predate that change and are to be run again with it.",
+        ]
+    lines += ["", "## Generation after compaction", ""]
+    lines.append(f"Greedy continuations (at most 24 new tokens) of the prompt `{PROMPT.strip()}`:")
+    lines.append("")
+    for r in rows:
+        text = r["continuation"].replace("\n", " ").replace("|", "/")
+        lines.append(f'- {r["method"]}: "{text.strip()}"')
+    lines += [""] + _not_run(rows)
+    lines += _hour_settings(state, batch, window)
+    return "\n".join(lines)
+
+
+def docs() -> None:
+    state = load_state()
+    if not state.get("timing"):
+        raise SystemExit("nothing timed yet: run `python bench/decoder.py time` first")
+    rows = rows_of(state)
+    results = load_results()
+    wall = sum(r.get("seconds", 0) for r in results)
+    payload = {"rows": rows, "timing": state["timing"], "trial_wall_seconds": wall}
+    save("decoder", payload, render(state, rows, wall))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("step", choices=("score", "time", "docs"))
+    parser.add_argument("--test-tokens", type=int, default=16384)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    if args.step == "score":
+        score(args.test_tokens)
+    elif args.step == "time":
+        time_structures(args.repeats)
+    else:
+        docs()
+
+
+if __name__ == "__main__":
+    main()
