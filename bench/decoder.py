@@ -1,6 +1,6 @@
 """Issue #12's benchmark tables: SmolLM2-135M on WikiText, from bench/run_decoder.sh's sweep.
 
-    python bench/decoder.py score [--test-tokens 16384]   # WikiText-103 test perplexity of every model (resumable)
+    python bench/decoder.py score [--test-tokens 8192]    # WikiText-103 test perplexity of every model (resumable)
     python bench/decoder.py time [--repeats 10]           # prefill and generation, interleaved, on a quiet machine
     python bench/decoder.py docs                          # bench/results/decoder.json and docs/decoder.md
 
@@ -518,7 +518,7 @@ def docs() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("step", choices=("score", "time", "docs"))
-    parser.add_argument("--test-tokens", type=int, default=16384)
+    parser.add_argument("--test-tokens", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     if args.step == "score":
