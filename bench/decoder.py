@@ -269,7 +269,7 @@ def _incentive_verdicts(rows: list[dict]) -> list[str]:
             lines.append(
                 f"  - Against the best rival {'with the same recovery tokens' if recovery else 'with no recovery'} "
                 f"({best['method']}, perplexity {best['ppl']:.2f}): incentive {inc['ppl']:.2f} {verdict} it "
-                f"({len(same)} rivals with its heads and neurons per layer)."
+                f"({len(same)} {'rival' if len(same) == 1 else 'rivals'} with its heads and neurons per layer)."
             )
     return lines
 
