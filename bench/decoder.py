@@ -27,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, ROOT, markdown_table, save  # noqa: E402
 
+from econlm.sweep import _is_plain  # noqa: E402 - a plain fine-tune: no price, no gates (the reference)
+
 THREADS = 2
 WINDOW = 256  # the sweep's --max-length: training blocks and scoring windows
 PREFILL, NEW_TOKENS, DECODE_BATCHES = 512, 128, (1, 8)
@@ -66,12 +68,6 @@ def save_state(state: dict) -> None:
     from econlm.runinfo import write_json
 
     write_json(_state_path(), state)
-
-
-def _is_plain(settings: dict) -> bool:
-    from econlm.sweep import _is_plain as plain
-
-    return plain(settings)
 
 
 def label(r: dict, budgets: dict[str, float] | None = None) -> str:

@@ -666,32 +666,13 @@ def _validate(run: _Run, writer) -> None:
     group's timeout (30 minutes by default)."""
     import torch
 
-    from econlm import evaluate
 
-    config, task, model = run.config, run.task, run.inner
+    model = run.inner
     meter = run.incentive.meter  # its hooks stay attached: each scored batch tells it which tokens are real
     model.eval()
     try:
         with torch.no_grad():
-            if task.is_lm:
-                score = evaluate.score_lm(
-                    model,
-                    run.validation_data,
-                    max_length=config.max_length,
-                    batch_size=config.batch_size,
-                    on_inputs=lambda batch: meter.begin(batch.get("attention_mask")),
-                )
-            else:
-                score = evaluate.score_glue(
-                    model,
-                    run.tokenizer,
-                    task,
-                    run.validation_data,
-                    "seq-cls",
-                    batch_size=config.batch_size,
-                    max_length=config.max_length,
-                    on_inputs=lambda batch: meter.begin(batch.get("attention_mask")),
-                )
+            score = _score(run, run.validation_data, on_inputs=lambda batch: meter.begin(batch.get("attention_mask")))
     finally:
         model.train()
     run.state.validation_history.append([run.state.global_step, score.value])
@@ -811,28 +792,10 @@ def _evaluate(run: _Run, tokens: dict | None = None) -> dict:
             )
         sparse = stack.enter_context(record_sparsity(model, SPARSITY_EPSILONS, meter.tokens))
         with torch.no_grad():
+            data = run.eval_data
             if task.is_lm:
-                ids = evaluate.lm_token_ids(run.tokenizer, run.eval_data, config.eval_limit or 8192)
-                score = evaluate.score_lm(
-                    model,
-                    ids,
-                    max_length=config.max_length,
-                    batch_size=config.batch_size,
-                    on_inputs=before,
-                    on_batch=after,
-                )
-            else:
-                score = evaluate.score_glue(
-                    model,
-                    run.tokenizer,
-                    task,
-                    run.eval_data,
-                    "seq-cls",
-                    batch_size=config.batch_size,
-                    max_length=config.max_length,
-                    on_inputs=before,
-                    on_batch=after,
-                )
+                data = evaluate.lm_token_ids(run.tokenizer, data, config.eval_limit or 8192)
+            score = _score(run, data, on_inputs=before, on_batch=after)
         stats, sparsity = meter.stats.summary(), sparse.summary()
     return {
         "score": score,
@@ -841,6 +804,34 @@ def _evaluate(run: _Run, tokens: dict | None = None) -> dict:
         "cost_terms": {k: v / max(calls[0], 1) for k, v in sums.items()},
         "tokens": None if dropped is None else _tokens_summary(tokens, dropped, Structure.of_model(model)),
     }
+
+
+def _score(run: _Run, data, on_inputs=None, on_batch=None):
+    """The task score of the model as it stands: LM perplexity of token ids ``data`` in the sliding windows of
+    --max-length, else the dev metric of examples ``data``."""
+    from econlm import evaluate
+
+    config, model = run.config, run.inner
+    if run.task.is_lm:
+        return evaluate.score_lm(
+            model,
+            data,
+            max_length=config.max_length,
+            batch_size=config.batch_size,
+            on_inputs=on_inputs,
+            on_batch=on_batch,
+        )
+    return evaluate.score_glue(
+        model,
+        run.tokenizer,
+        run.task,
+        data,
+        "seq-cls",
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        on_inputs=on_inputs,
+        on_batch=on_batch,
+    )
 
 
 def _tokens_summary(tokens: dict, dropped, structure) -> dict:
