@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -17,10 +18,14 @@ def save(name: str, payload: dict, markdown: str) -> None:
     from econlm.runinfo import atomic_write_text, run_metadata, write_json
 
     meta = run_metadata()
-    meta["command"] = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+    argv = [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]
+    meta["command"] = "python " + shlex.join(argv)
     write_json(RESULTS / f"{name}.json", {"meta": meta, **payload})
+    # A long argument (a paragraph of timing conditions) is shown by reference: the raw JSON keeps it whole.
+    shown = "python " + shlex.join(a if len(a) <= 60 else "TEXT" for a in argv)
+    note = " (TEXT: in the raw numbers' command)" if shown != meta["command"] else ""
     footer = (
-        f"\n\nMeasured with `{meta['command']}` on {meta['machine']['processor']} "
+        f"\n\nMeasured with `{shown}`{note} on {meta['machine']['processor']} "
         f"({meta['machine']['cpu_count']} CPUs, {meta['machine']['torch_threads']} torch threads), "
         f"torch {meta['versions'].get('torch')}, transformers {meta['versions'].get('transformers')}, "
         f"git {meta['git']}, {meta['time_utc']}. Raw numbers: `bench/results/{name}.json`.\n"

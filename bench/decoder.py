@@ -272,7 +272,7 @@ def _incentive_verdicts(rows: list[dict]) -> list[str]:
 
 def _why(state: dict, rows: list[dict]) -> list[str]:
     """Why the incentive models score as they do against the rivals at their structure, from the runs."""
-    lines = ["### Why incentive training loses here", ""]
+    lines = ["### Why incentive training scores as it does", ""]
     for r in (r for r in rows if r["kind"] == "train"):
         info = state["models"][r["name"]]
         heads = (info.get("gates") or {}).get("heads") or {}
@@ -287,17 +287,73 @@ def _why(state: dict, rows: list[dict]) -> list[str]:
     settings = next(r for r in state["models"].values() if r["kind"] == "train")["settings"]
     freeze = settings.get("gate_freeze", 0.7)
     steps = next(r for r in rows if r["kind"] == "reference")["training_steps"]
+    dense_ffn = next(r for r in rows if r["kind"] == "reference")["ffn"]
+    lost = [
+        (state["models"][r["name"]].get("removed") or {}).get("neurons", 0) / dense_ffn
+        for r in rows
+        if r["kind"] == "train"
+    ]
     lines += [
         f"- Short training: the gates learn for {freeze:.0%} of the {steps} steps, leaving "
-        f"{steps - int(freeze * steps)} steps to recover from losing a quarter or more of the FFN neurons, while a "
-        "rival prunes a model fine-tuned for all of them (CoFiPruning trains small tasks for 120 epochs).",
+        f"{steps - int(freeze * steps)} steps to recover from losing "
+        + " and ".join(f"{share:.0%}" for share in lost)
+        + " of the FFN neurons, while a rival prunes a model fine-tuned for all of them (CoFiPruning trains small "
+        "tasks for 120 epochs).",
         "- Speed: at batch 1 on a CPU, greedy decoding of 30 small layers is dominated by per-layer overhead (the "
-        "KV cache, norms, Python), not by the matrix products the FLOPs count, so a FLOPs cut of a sixth to a "
-        "quarter buys a decode speedup of about a tenth to a fifth. Removing whole layers, or a batch large enough "
-        "to make the products dominate, is what would move it.",
+        "KV cache, norms, Python), not by the matrix products the FLOPs count: "
+        + "; ".join(
+            f"{r['method']} computes {1 - r['flops_share']:.0%} fewer FLOPs and decodes "
+            f"x{r.get('decode_b1_speedup', float('nan')):.2f} as fast at batch 1 (x{r.get('prefill_speedup', float('nan')):.2f} "
+            "prefill)"
+            for r in rows
+            if r["kind"] == "train"
+        )
+        + ". Removing whole layers, or a batch large enough to make the products dominate, is what would move it.",
         "",
     ]
     return lines
+
+
+EARLIER = ROOT / "bench" / "results" / "decoder_per_head_gates.json"
+
+
+def _earlier_per_head_run(recipe: dict) -> list[str]:
+    """The first run of this benchmark (gates on single query heads, the bug it found), for comparison."""
+    if not EARLIER.exists():
+        return []
+    earlier = json.loads(EARLIER.read_text())
+    rows = [r for r in earlier["rows"] if r["kind"] in ("train", "posthoc")]
+    table = markdown_table(
+        ["model (earlier run)", "recovery", "WT-103 test ppl", "vs lambda=0", "FLOPs share", "decode b1 x"],
+        [
+            [
+                r["method"],
+                "-" if r["kind"] == "train" else ("yes" if r["recovery"] else "no"),
+                round(r["ppl"], 2),
+                f"{r['ppl_increase']:+.1%}",
+                round(r["flops_share"], 3),
+                round(r["decode_b1_speedup"], 2) if "decode_b1_speedup" in r else "-",
+            ]
+            for r in rows
+        ],
+    )
+    return [
+        "",
+        "The first run of this benchmark (git " + earlier["meta"]["git"][:10] + ", raw numbers in "
+        "`bench/results/decoder_per_head_gates.json`) gated each query head on its own, with the budget reached at 40% "
+        "of the steps and the gates frozen at 70% (price_lr 5). With grouped-query attention only whole K/V groups "
+        "can be removed, so a closed head whose group partners stayed open cost the model its function and saved "
+        "nothing once compacted; the price cleared compute that compaction could not remove. Gates now cover whole "
+        "K/V groups (the share charged is the share the compacted model computes: "
+        "`tests/unit/test_compact.py::test_the_flops_price_charges_only_compute_that_compaction_removes`), and the "
+        "runs above use them, with the budget reached at "
+        f"{recipe.get('budget_warmup', 0):.0%} of the steps and the gates frozen at {recipe.get('gate_freeze', 0.7):.0%} "
+        f"(price_lr {recipe.get('price_lr'):g}), so that {1 - recipe.get('gate_freeze', 0.7):.0%} of the steps "
+        "recover at a fixed structure. That run, for comparison (its own lambda = 0 reference, same "
+        "tokens and scoring):",
+        "",
+        table,
+    ]
 
 
 def _flap_line(rows: list[dict], steps: int) -> str:
@@ -359,7 +415,9 @@ def _not_run(rows: list[dict]) -> list[str]:
     step_minutes = 16  # one 128-step training with its scoring, measured here
     for inc in (r for r in rows if r["kind"] == "train"):
         for recovery in (False, True):
-            missing = {"wanda", "activation", "magnitude"} - {
+            # magnitude is given no recovery run: it collapses without one (the no-recovery rows show it)
+            expected = {"wanda", "activation"} | (set() if recovery else {"magnitude"})
+            missing = expected - {
                 r["method"].split()[1].rstrip(",")
                 for r in rows
                 if r["matches"] == inc["id"] and r["recovery"] == recovery
@@ -385,6 +443,12 @@ def _hour_settings(state: dict, batch: int, window: int) -> list[str]:
     if not gated:
         return []
     rates = sorted(m["train_seconds_own"] / m["training_steps"] for m in gated)
+    recipe = gated[0]["settings"]
+    flags = " ".join(
+        f"--{key.replace('_', '-')} {recipe[key]:g}"
+        for key in ("budget", "price_lr", "gate_lr", "budget_warmup", "gate_freeze")
+        if recipe.get(key) is not None
+    )
     per_step = rates[0]  # the others shared the cores with other work (the test suite) part of the time
     # 45 minutes of steps leave a quarter of the hour for loading, the final scoring and the save.
     steps = int(45 * 60 / per_step)
@@ -403,7 +467,7 @@ def _hour_settings(state: dict, batch: int, window: int) -> list[str]:
         "",
         "```bash",
         f"econlm train --model smollm2 --task wikitext2 --max-length {window} --batch-size {batch} --epochs 1 "
-        f"--cost flops --budget 0.6 --price-lr 5 --gate-lr 0.3 --limit {steps * batch * window} --eval-limit 16384 "
+        f"--cost flops {flags} --limit {steps * batch * window} --eval-limit 16384 "
         "--out runs/smollm2-cpu",
         "```",
         "",
@@ -461,9 +525,10 @@ def render(state: dict, rows: list[dict], wall_seconds: float) -> str:
         f"Every model starts from the pretrained SmolLM2-135M-Instruct and trains on the same "
         f"{steps * batch * window:,} WikiText-2 training tokens ({steps} steps of {batch} blocks of "
         f"{window}; `bench/sweeps/decoder_wikitext2.yaml`, seed {settings['seed']}). The reference is the lambda = 0 fine-tune on "
-        "those tokens. Incentive models train hard-concrete gates on query heads and SwiGLU neurons under a FLOPs "
-        "budget cleared by the price controller, and are then compacted (a K/V group goes only with every query "
-        "head that reads it; a neuron's gate, up and down weights go together). Rivals prune the lambda = 0 "
+        "those tokens. Incentive models train hard-concrete gates on K/V groups (a group's key and value heads "
+        "with every query head that reads them) and SwiGLU neurons under a FLOPs budget cleared by the price "
+        "controller, and are then compacted (a closed group's query, key, value and output weights go together; "
+        "a closed neuron's gate, up and down weights go together). Rivals prune the lambda = 0 "
         "model to the same number of heads and neurons per layer (Wanda-style: weight magnitude times input "
         "activation norm; activation; magnitude) and get either no recovery training or the same tokens and "
         "steps as the incentive run. Steps and seconds count everything behind a model (a rival's includes the "
@@ -509,7 +574,8 @@ def render(state: dict, rows: list[dict], wall_seconds: float) -> str:
         per_head_gates |= "gate_covers" not in heads
         lines.append(
             f"- {info['method']}: the gates' expected compute share when training ended "
-            f"{gates.get('expected_compute_share', float('nan')):.3f} (the share the price cleared), final price "
+            f"{gates.get('expected_compute_share', float('nan')):.3f} of the gated units' FLOPs against a budget of "
+            f"{info['budget']} (where the price left it when the gates froze), final price "
             f"lambda {info['lambda_final']:.3g}. Gates closed {heads.get('closed', 0)} of {heads.get('total', 0)} "
             f"query heads and {(gates.get('neurons') or {}).get('closed', 0)} of "
             f"{(gates.get('neurons') or {}).get('total', 0)} neurons; compaction removed {removed.get('heads', 0)} "
@@ -527,6 +593,8 @@ def render(state: dict, rows: list[dict], wall_seconds: float) -> str:
             "`tests/unit/test_compact.py::test_the_flops_price_charges_only_compute_that_compaction_removes`). "
             "These runs predate that change and are to be run again with it.",
         ]
+    else:
+        lines += _earlier_per_head_run(next(m for m in state["models"].values() if m["kind"] == "train")["settings"])
     lines += ["", "## Generation after compaction", ""]
     prompt = PROMPT.strip().replace("\n", "\\n")
     lines.append(f"Greedy continuations (at most 24 new tokens) of the prompt `{prompt}`:")

@@ -57,7 +57,8 @@ def _label(r: dict) -> str:
             + (f" ({recipe})" if recipe else "")
         )
     epochs = s["finetune_epochs"]
-    return f"post-hoc {s['importance']}{' +LS rescale' if s.get('rescale') else ''}, " + (
+    spent = " (own allocation at the same FLOPs)" if s.get("allocation") == "global" else ""
+    return f"post-hoc {s['importance']}{spent}{' +LS rescale' if s.get('rescale') else ''}, " + (
         f"{epochs} epochs" + (" +distill" if s.get("distill") else "") if epochs else "no retraining"
     )
 

@@ -23,7 +23,8 @@ def method_of(result: dict) -> str:
         # Variants are methods of their own: a repaired or untrained rival is not the fine-tuned one.
         rescaled = "-rescaled" if settings.get("rescale") else ""
         untrained = "-untrained" if settings.get("finetune_epochs") == 0 else ""
-        return f"posthoc-{settings['importance']}{rescaled}{untrained}"
+        spent = "-global" if settings.get("allocation") == "global" else ""  # its own structure, same FLOPs
+        return f"posthoc-{settings['importance']}{spent}{rescaled}{untrained}"
     if result["kind"] == "topk":
         return "topk"
     if result["kind"] == "tokens":

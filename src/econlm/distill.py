@@ -94,9 +94,9 @@ class Teacher:
 
         path = Path(path)
         if not (path / "config.json").is_file():
+            what = "is not a checkpoint folder (no config.json)" if path.exists() else "does not exist"
             raise UserError(
-                f"the teacher {path} is not a checkpoint folder (no config.json); pass the --out of a "
-                "finished lambda = 0 fine-tune of the same task"
+                f"the teacher {path} {what}; pass the --out of a finished lambda = 0 fine-tune of the same task"
             )
         check_teacher(path, task, student_config, hidden)
         head = "causal-lm" if task.is_lm else "seq-cls"

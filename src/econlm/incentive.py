@@ -119,6 +119,8 @@ class Incentive:
             check_table(table, model.config, config.latency_table)
             if config.budget is not None:
                 _check_reachable(config, table)  # before the meter adds gates to the model
+        if config.budget is not None and "flops" in config.cost:
+            _check_flops_reachable(config, model)
         self.meter = CostMeter(
             model,
             config.cost,
@@ -348,6 +350,34 @@ def _check_reachable(config: TaxConfig, table) -> None:
         raise UserError(
             f"--budget {config.budget} is below what this latency table says removing units can reach "
             f"({floor:.3f} of dense latency with --target {config.target}); choose a budget of at least {floor:.2f}"
+        )
+
+
+def _check_flops_reachable(config: TaxConfig, model: nn.Module, seq_len: int = 128) -> None:
+    """A FLOPs budget that only closing every K/V group or every neuron of a layer would meet is out of reach:
+    a layer keeps at least one of each (compaction cannot empty it), so refuse it and say what is reachable."""
+    from econlm import arch
+    from econlm.cost import target_components
+    from econlm.flops import Structure, unit_macs_per_token
+
+    components = target_components(config.target)
+    structure = Structure.of_model(model)
+    kept = dense = 0.0
+    for layer in range(structure.layers):
+        unit = unit_macs_per_token(structure, layer, seq_len)
+        if "attention" in components:
+            groups = structure.kv_heads[layer]
+            group = unit["query_head"] * structure.heads[layer] // groups + unit["kv_head"]
+            kept, dense = kept + group, dense + group * groups
+        if "ffn" in components:
+            kept, dense = kept + unit["ffn_neuron"], dense + unit["ffn_neuron"] * structure.ffn[layer]
+    floor = kept / dense
+    if config.budget < floor:
+        what = "K/V group" if arch.shape(model.config).kv_heads < arch.shape(model.config).heads else "head"
+        raise UserError(
+            f"--budget {config.budget} would remove every {what} or every FFN neuron of a layer, and each layer keeps "
+            f"at least one of each ({floor:.3f} of the gated FLOPs with --target {config.target}); choose a budget "
+            f"of at least {math.ceil(floor * 1000) / 1000:g}"
         )
 
 

@@ -234,7 +234,8 @@ def check_table(
         notes.append(f"{table.machine['cpu_count']} CPUs (here: {here['cpu_count']})")
     threads = threads or torch.get_num_threads()
     if table.setup.get("threads") != threads:
-        notes.append(f"{table.setup.get('threads')} threads (here: {threads})")
+        counted = table.setup.get("threads")
+        notes.append(f"{counted} thread{'' if counted == 1 else 's'} (here: {threads})")
     if notes:
         print(
             f"econlm: warning: {path} was measured with {', '.join(notes)}; its prices may not fit this machine",

@@ -29,6 +29,16 @@ def needed_examples(tol: float) -> int:
     return math.ceil(2 / tol)
 
 
+def _budgets(value) -> tuple[float, ...]:
+    """--budgets as numbers: "0.8,0.6" or a sequence of numbers; anything else is one line."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return tuple(float(b) for b in items)
+    except (TypeError, ValueError):
+        shown = value if isinstance(value, str) else ",".join(map(str, items))
+        raise UserError(f"--budgets takes comma-separated numbers in (0, 1], such as 0.8,0.6,0.5, not {shown!r}") from None
+
+
 @dataclass(frozen=True, kw_only=True)
 class MarketConfig(DataFields):
     model: str
@@ -55,7 +65,7 @@ class MarketConfig(DataFields):
         from econlm.market import walk_length
 
         units = tuple(self.units.split(",")) if isinstance(self.units, str) else tuple(self.units)
-        budgets = tuple(float(b) for b in (self.budgets.split(",") if isinstance(self.budgets, str) else self.budgets))
+        budgets = _budgets(self.budgets)
         object.__setattr__(self, "units", units)
         object.__setattr__(self, "budgets", budgets)
         if not units or any(u not in KINDS for u in units):

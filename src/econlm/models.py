@@ -109,8 +109,12 @@ def _smollm2_dir() -> Path:
     return target
 
 
+# What the conversion writes and loading needs: a cache lacking any of them is converted again.
+SMOLLM2_CACHE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
 def _cache_problem(target: Path) -> str | None:
-    missing = [name for name in ("config.json", "model.safetensors") if not (target / name).exists()]
+    missing = [name for name in SMOLLM2_CACHE_FILES if not (target / name).exists()]
     if missing:
         return f"{target} lacks {', '.join(missing)}"
     return damaged_file(target)

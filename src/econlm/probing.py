@@ -289,6 +289,11 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
     # Check names and load the data first: a typo or a missing file should not cost a model load.
     if model is None:
         check_spec(config.model)
+        if task.is_lm:  # windows longer than the context: refused before the load and its progress bar
+            from econlm.config import check_context
+            from econlm.models import load_config
+
+            check_context(config.max_length, load_config(config.model)[0])
     if task.is_lm:
         text = data.load_text(task, config.split, config.data_dir)
         examples = None

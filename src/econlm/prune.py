@@ -15,6 +15,12 @@ most important ones, then (optionally) fine-tune briefly. Importance of a unit:
 
 With grouped-query attention whole groups go (a key/value head and its query heads), ranked by their
 summed importance.
+
+How many units each layer loses is either given (a rival matched to an incentive model's per-layer
+structure) or chosen by :func:`global_removal`: Kwon et al.'s setting, where the pruner spends a FLOPs
+budget itself, removing across all layers the units that give up the least importance per MAC saved. That
+needs importance on one scale in every layer and for heads and neurons alike, which only ``fisher`` (a
+loss sensitivity) has; the others are per-layer rankings.
 """
 
 from __future__ import annotations
@@ -147,17 +153,69 @@ def plan_by_importance(
     return plans
 
 
+GLOBAL_IMPORTANCE = ("fisher",)  # importance on one scale across layers and unit kinds
+
+
+def global_removal(
+    structure, scores: list[dict[str, torch.Tensor]], target_block_macs: float, seq_len: int
+) -> tuple[list[int], list[int]]:
+    """Query heads and neurons to remove per layer so that the blocks' MACs fall to ``target_block_macs``.
+
+    Every K/V group (with its query heads) and every neuron is a candidate priced by the MACs per token it
+    costs at ``seq_len`` (:func:`econlm.flops.unit_macs_per_token`); candidates go cheapest in importance per
+    MAC first, across all layers, until the target is met. A layer keeps at least one group and one neuron
+    (it cannot be emptied). Within a layer this removes its least important units, the ones
+    :func:`plan_by_importance` picks for the same counts. Greedy by ratio, a knapsack heuristic; Kwon et
+    al. search the head/neuron split per FLOPs level, to a similar end.
+    """
+    from econlm.flops import dense_macs, unit_macs_per_token
+
+    per_token = dense_macs(structure, seq_len)["macs"] / seq_len
+    target = target_block_macs / seq_len
+    candidates = []  # (importance per MAC, layer, "group"/"neuron", MACs per token, query heads)
+    for layer, layer_scores in enumerate(scores):
+        unit = unit_macs_per_token(structure, layer, seq_len)
+        heads, groups = structure.heads[layer], structure.kv_heads[layer]
+        size = heads // groups
+        group_cost = size * unit["query_head"] + unit["kv_head"]
+        group_value = layer_scores["heads"].view(groups, size).sum(dim=1).tolist()
+        candidates += [(v / group_cost, layer, "group", group_cost, size) for v in sorted(group_value)[: groups - 1]]
+        neuron_value = sorted(layer_scores["neurons"].tolist())[: structure.ffn[layer] - 1]
+        candidates += [(v / unit["ffn_neuron"], layer, "neuron", unit["ffn_neuron"], 0) for v in neuron_value]
+    remove_heads, remove_neurons = [0] * len(scores), [0] * len(scores)
+    for _, layer, kind, cost, size in sorted(candidates, key=lambda c: c[0]):
+        if per_token <= target:
+            break
+        if kind == "group":
+            remove_heads[layer] += size
+        else:
+            remove_neurons[layer] += 1
+        per_token -= cost
+    return remove_heads, remove_neurons
+
+
 def prune(
     model: nn.Module,
-    remove_heads: list[int],
-    remove_neurons: list[int],
+    remove_heads: list[int] | None,
+    remove_neurons: list[int] | None,
     importance: str = "magnitude",
     batches: list[dict] | None = None,
     rescale: bool = False,
+    target_block_macs: float | None = None,
+    seq_len: int = 128,
 ) -> list[LayerPlan]:
     """Remove units in place; returns the plans applied. With ``rescale`` the kept units are rescaled by least
-    squares to reproduce each layer's output on ``batches`` (Kwon et al.'s repair, no training)."""
+    squares to reproduce each layer's output on ``batches`` (Kwon et al.'s repair, no training).
+
+    Either give the counts per layer, or leave them None and give ``target_block_macs`` (the blocks' MACs of
+    one ``seq_len``-token sequence to fall to): :func:`global_removal` then spends the budget."""
     scores = IMPORTANCE[importance](model, batches)
+    if remove_heads is None:
+        from econlm.flops import Structure
+
+        if importance not in GLOBAL_IMPORTANCE or target_block_macs is None:
+            raise ValueError("a global allocation needs fisher importance and a target_block_macs")
+        remove_heads, remove_neurons = global_removal(Structure.of_model(model), scores, target_block_macs, seq_len)
     plans = plan_by_importance(model, scores, remove_heads, remove_neurons)
     grams = None
     if rescale:

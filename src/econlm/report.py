@@ -21,6 +21,7 @@ METHOD_STYLE = {
     "posthoc-magnitude": ("tab:red", "s"),
     "posthoc-activation": ("tab:orange", "D"),
     "posthoc-fisher": ("tab:purple", "P"),
+    "posthoc-fisher-global": ("tab:pink", "P"),  # Fisher spending the FLOPs itself, not matched per layer
     "posthoc-wanda": ("tab:brown", "h"),
     "topk": ("tab:green", "^"),
     "tokens": ("tab:cyan", "v"),

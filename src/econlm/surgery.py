@@ -144,6 +144,26 @@ def save_model(model: nn.Module, tokenizer, out: str | Path) -> None:
         (out / STRUCTURE_FILE).write_text(json.dumps(structure_dict(current_plans(model)), indent=2) + "\n")
 
 
+def read_structure(path: Path, layers: int) -> dict:
+    """The saved per-layer shapes, checked: a damaged or foreign structure file is one line, not a KeyError."""
+    from econlm.errors import UserError
+
+    file = Path(path) / STRUCTURE_FILE
+    try:
+        structure = json.loads(file.read_text())
+        rows = structure["layers"]
+        ok = structure.get("format") == 1 and len(rows) == layers
+        ok = ok and all(all(isinstance(r[k], int) and r[k] > 0 for k in ("heads", "kv_heads", "ffn")) for r in rows)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise UserError(
+            f"{file} is not a structure file this econlm reads (format 1: heads, kv_heads and ffn for each of the "
+            f"model's {layers} layers); restore it, or compact or save the model again"
+        )
+    return structure
+
+
 def is_compacted(path: str | Path) -> bool:
     """True when the checkpoint folder holds a structure file (its shapes differ from its config's)."""
     return (Path(path) / STRUCTURE_FILE).exists()
@@ -158,7 +178,7 @@ def load_compacted(path: str | Path, head: str, dtype=None):
     config = AutoConfig.from_pretrained(path)
     auto = {"seq-cls": AutoModelForSequenceClassification, "causal-lm": AutoModelForCausalLM}.get(head, AutoModel)
     model = auto.from_config(config, attn_implementation="eager", dtype=dtype or torch.float32)
-    apply_plan(model, plans_from_structure(json.loads((path / STRUCTURE_FILE).read_text())))
+    apply_plan(model, plans_from_structure(read_structure(path, len(arch.blocks(model)))))
     state = {}
     for file in sorted(path.glob("*.safetensors")):
         state.update(load_file(str(file)))

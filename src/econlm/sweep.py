@@ -12,6 +12,7 @@ A sweep YAML file::
     compact: {eps: 1e-3, calib_examples: 256}          # optional: compact every trained model
     baselines:                                         # optional, built from the lam = 0 trials
       posthoc: {importance: [magnitude, activation], finetune_epochs: 0.5}
+      # also: rescale, distill, allocation: [matched, global] (global: fisher spends the same MACs itself)
       topk: {budgets: [32, 8, 2]}
       tokens: {budgets: [0.7, 0.5], on: [dense, units]}   # post-hoc token budgets (econlm.tokens)
     resources: {num_cpus: 1, num_gpus: 0}              # per trial, for Ray
@@ -223,7 +224,8 @@ def _checked_baselines(baselines, where) -> dict:
     return dict(baselines)
 
 
-POSTHOC_KEYS = ("importance", "finetune_epochs", "rescale", "distill")
+POSTHOC_KEYS = ("importance", "finetune_epochs", "rescale", "distill", "allocation")
+ALLOCATIONS = ("matched", "global")
 BASELINES = ("posthoc", "topk", "tokens")
 # Where a post-hoc token budget runs: the lambda = 0 models (tokens alone) or the compacted incentive models
 # (units + tokens, both levers together).
@@ -268,6 +270,18 @@ def _check_posthoc(posthoc: dict, where) -> None:
     for flag in ("rescale", "distill"):
         if not all(isinstance(v, bool) for v in _as_list(posthoc.get(flag, False))):
             raise UserError(f"{where(flag)}: '{flag}' must be true or false (or a list of both)")
+    allocations = _as_list(posthoc.get("allocation", "matched"))
+    for value in allocations:
+        if value not in ALLOCATIONS:
+            raise UserError(f"{where('allocation')}: '{value}' is not an allocation; valid: {', '.join(ALLOCATIONS)}")
+    if "global" in allocations:
+        from econlm.prune import GLOBAL_IMPORTANCE
+
+        if not set(posthoc.get("importance", [])) & set(GLOBAL_IMPORTANCE):
+            raise UserError(
+                f"{where('allocation')}: 'global' ranks units across layers by importance per MAC, which needs "
+                f"importance on one scale in every layer: add {' or '.join(GLOBAL_IMPORTANCE)} to 'importance'"
+            )
 
 
 def _checked_resources(resources, where) -> dict:
@@ -589,13 +603,15 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
         )
         prune(
             loaded.model,
-            settings["remove_heads"],
-            settings["remove_neurons"],
+            settings.get("remove_heads"),  # None for a global allocation: prune spends target_block_macs
+            settings.get("remove_neurons"),
             settings["importance"],
             batches,
             rescale=bool(settings.get("rescale")),
+            target_block_macs=settings.get("target_block_macs"),
+            seq_len=settings.get("max_length", 128),
         )
-        save_model(loaded.model, loaded.tokenizer, pruned_dir)
+        save_model(loaded.model, loaded.tokenizer, pruned_dir)  # its per-layer structure: result["structure"]
     train_settings = {k: v for k, v in settings.items() if k in _train_fields()}
     train_settings.update(
         {
@@ -722,18 +738,43 @@ def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def _posthoc_variants(posthoc: dict, incentive_settings: dict) -> list[tuple[str, bool, float]]:
-    """(importance, rescale, fine-tuning epochs) for each post-hoc rival of one incentive run. ``matched``
-    epochs are the incentive run's own, so both get the same training steps after the lambda = 0 model."""
+def _posthoc_variants(posthoc: dict, incentive_settings: dict) -> list[tuple[str, bool, float, str]]:
+    """(importance, rescale, fine-tuning epochs, allocation) for each post-hoc rival of one incentive run.
+    ``matched`` epochs are the incentive run's own, so both get the same training steps after the lambda = 0
+    model. A ``global`` allocation (the pruner spends the incentive model's FLOPs itself) is made only for
+    importance on one scale across layers (fisher)."""
+    from econlm.prune import GLOBAL_IMPORTANCE
+
     epochs = []
     for value in _as_list(posthoc.get("finetune_epochs", 0.5)):
         epochs.append(float(incentive_settings.get("epochs", 3.0)) if value == "matched" else value)
     return [
-        (importance, bool(rescale), e)
+        (importance, bool(rescale), e, allocation)
         for importance in _as_list(posthoc.get("importance", ["magnitude"]))
         for rescale in _as_list(posthoc.get("rescale", False))
         for e in epochs
+        for allocation in _as_list(posthoc.get("allocation", "matched"))
+        if allocation == "matched" or importance in GLOBAL_IMPORTANCE
     ]
+
+
+def _kept_block_macs(model_config, per_layer: list[dict], seq_len: int) -> float:
+    """The blocks' MACs of one ``seq_len``-token sequence of a model compacted to ``per_layer``'s kept units."""
+    from econlm import arch
+    from econlm.flops import Structure, dense_macs
+
+    dense = Structure.dense(model_config)
+    group = arch.shape(model_config).heads // arch.shape(model_config).kv_heads
+    kept = Structure(
+        kind=dense.kind,
+        hidden=dense.hidden,
+        head_dim=dense.head_dim,
+        gated_ffn=dense.gated_ffn,
+        heads=tuple(layer["heads_kept"] for layer in per_layer),
+        kv_heads=tuple(layer["heads_kept"] // group for layer in per_layer),
+        ffn=tuple(layer["neurons_kept"] for layer in per_layer),
+    )
+    return dense_macs(kept, seq_len)["macs"]
 
 
 def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
@@ -771,7 +812,7 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
                 shape = arch.shape(model_config)
                 heads = [shape.heads - layer["heads_kept"] for layer in removed["per_layer"]]
                 neurons = [shape.intermediate - layer["neurons_kept"] for layer in removed["per_layer"]]
-                for importance, rescale, epochs in _posthoc_variants(posthoc, other):
+                for importance, rescale, epochs, allocation in _posthoc_variants(posthoc, other):
                     s = {
                         **same,
                         "source_model": source,
@@ -781,6 +822,12 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
                         "importance": importance,
                         "finetune_epochs": epochs,
                     }
+                    if allocation == "global":  # the pruner spends the same blocks' MACs where it sees fit
+                        del s["remove_heads"], s["remove_neurons"]
+                        s["allocation"] = "global"
+                        s["target_block_macs"] = _kept_block_macs(
+                            model_config, removed["per_layer"], settings.get("max_length", 128)
+                        )
                     if rescale:
                         s["rescale"] = True  # only when set: the ids of earlier sweeps stay as they were
                     if posthoc.get("distill") and epochs:

@@ -108,12 +108,14 @@ def smollm2_cache(monkeypatch, tmp_path):
         target.mkdir(parents=True)
         (target / "config.json").write_text('{"model_type": "llama"}')
         save_file({"w": torch.zeros(4)}, str(target / "model.safetensors"))
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (target / name).write_text("{}")
 
     monkeypatch.setattr(models, "convert_gguf", fake_convert)
     return calls
 
 
-@pytest.mark.parametrize("damage", ["truncated weights", "missing weights", "garbage config"])
+@pytest.mark.parametrize("damage", ["truncated weights", "missing weights", "garbage config", "missing tokenizer"])
 def test_damaged_smollm2_cache_is_rebuilt(smollm2_cache, capsys, damage):
     target = models.resolve("smollm2").location
     assert len(smollm2_cache) == 1
@@ -123,6 +125,8 @@ def test_damaged_smollm2_cache_is_rebuilt(smollm2_cache, capsys, damage):
         _damage(cached / "model.safetensors", "truncated")
     elif damage == "missing weights":
         (cached / "model.safetensors").unlink()
+    elif damage == "missing tokenizer":
+        (cached / "tokenizer.json").unlink()
     else:
         (cached / "config.json").write_bytes(b"\x00\x01")
     capsys.readouterr()

@@ -416,6 +416,17 @@ def test_gates_closing_a_whole_layer_compact_to_one_kept_group_and_reload(family
     with torch.no_grad():
         reference = _outputs(model, batch)
         torch.testing.assert_close(_outputs(reloaded.eval(), batch), reference, rtol=1e-5, atol=1e-5)
+    # A damaged structure file is one line that says what to do, not a KeyError from deep in surgery.
+    import json
+
+    from econlm.errors import UserError
+
+    structure_file = tmp_path / "small" / "econlm_structure.json"
+    good = json.loads(structure_file.read_text())
+    for damaged in ({"format": 1}, {**good, "layers": good["layers"][:1]}, {**good, "format": 2}, "[1, 2"):
+        structure_file.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+        with pytest.raises(UserError, match=r"is not a structure file this econlm reads .* each of the model's 2 layers"):
+            load_compacted(tmp_path / "small", "causal-lm" if family == "llama" else "base")
 
 
 def _outputs(model, batch):

@@ -175,7 +175,13 @@ def test_train_refuses_max_length_above_the_context_before_loading(tiny, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
-def test_probe_and_compact_refuse_it_with_the_same_message(tiny, tmp_path, capsys):
+def test_probe_and_compact_refuse_it_with_the_same_message(tiny, tmp_path, capsys, monkeypatch):
+    import econlm.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the probe loaded the model before checking --max-length against its context")
+
+    monkeypatch.setattr(econlm.models, "load_model", no_load)  # refused before the load and its progress bar
     argv = [
         "probe",
         "--model",
@@ -193,6 +199,7 @@ def test_probe_and_compact_refuse_it_with_the_same_message(tiny, tmp_path, capsy
     ]
     assert main(argv) == 2
     assert _one_line_error(capsys) == CONTEXT_ERROR
+    monkeypatch.undo()
     argv = [
         "compact",
         str(tiny["llama"]),

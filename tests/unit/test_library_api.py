@@ -130,3 +130,15 @@ def test_a_latency_budget_below_what_removal_can_reach_is_refused(tmp_path):
     with pytest.raises(econlm.UserError, match=r"below what this latency table says .*0\.508 of dense latency"):
         econlm.attach_tax(model, cost=("latency",), target="ffn", budget=0.5, latency_table=str(path))
     econlm.attach_tax(tiny_model("bert"), cost=("latency",), target="ffn", budget=0.7, latency_table=str(path))
+
+
+def test_a_flops_budget_that_would_empty_a_layer_is_refused_with_what_is_reachable():
+    """Each layer keeps one unit of each gated kind. FFN gates only, 64 neurons a layer: at least 1/64 =
+    0.0156 of the gated FLOPs stays. Attention gates only on a GQA model with 2 K/V groups a layer (each group
+    costs the same): at least half stays."""
+    with pytest.raises(econlm.UserError, match=r"every head or every FFN neuron .*0\.016 of the gated FLOPs.*at least 0\.016$"):
+        econlm.attach_tax(tiny_model("bert"), cost=("flops",), target="ffn", budget=0.01)
+    econlm.attach_tax(tiny_model("bert"), cost=("flops",), target="ffn", budget=0.02)
+    with pytest.raises(econlm.UserError, match=r"every K/V group .*0\.500 of the gated FLOPs with --target attention"):
+        econlm.attach_tax(tiny_model("llama"), cost=("flops",), target="attention", budget=0.4)
+    econlm.attach_tax(tiny_model("llama"), cost=("flops",), target="attention", budget=0.5)

@@ -73,6 +73,8 @@ def test_market_writes_values_allocations_and_figures(capsys, tmp_path, glue):
     "flags, message",
     [
         (["--budgets", "0.5,1.5"], "a budget must be in (0, 1]"),
+        (["--budgets", "0.5,,0.6"], "--budgets takes comma-separated numbers in (0, 1], such as 0.8,0.6,0.5, not '0.5,,0.6'"),
+        (["--budgets", "abc"], "not 'abc'"),
         (["--pairs", "0"], "zero permutations"),
         (["--examples", "50"], "--examples 50 is too few for --tol 0.01"),
         (["--units", "neurons"], "--units takes head, ffn or both"),

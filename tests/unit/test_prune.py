@@ -55,3 +55,47 @@ def test_pruning_every_unit_of_a_layer_keeps_the_most_important_group_and_neuron
     with torch.no_grad():
         assert torch.isfinite(model(**batch).last_hidden_state).all()
     assert Structure.of_model(model).ffn == (1, 64)
+
+
+def test_a_global_allocation_spends_the_flops_on_the_least_importance_per_mac_across_layers():
+    """Hand-computed: hidden 32, head_dim 8, 16 tokens. A head (its own K/V group) costs 2*32*8 + 2*16*8 =
+    768 MACs per token for its query side plus 2*32*8 = 512 for key and value: 1280. A neuron costs 2*32 = 64.
+    Layer 1's neurons are worth 0.01 each (1.6e-4 per MAC), layer 0's heads 1..4 (7.8e-4 per MAC and up),
+    layer 0's neurons 1.0 (0.016 per MAC). So the budget goes first to 63 of layer 1's neurons (one stays: a
+    layer cannot be emptied), then to layer 0's heads in order of importance."""
+    from econlm.flops import dense_macs
+    from econlm.prune import global_removal
+
+    structure = Structure(
+        kind="encoder", hidden=32, head_dim=8, gated_ffn=False, heads=(4, 4), kv_heads=(4, 4), ffn=(64, 64)
+    )
+    scores = [
+        {"heads": torch.tensor([3.0, 1.0, 4.0, 2.0]), "neurons": torch.ones(64)},
+        {"heads": torch.tensor([10.0, 20.0, 30.0, 40.0]), "neurons": torch.full((64,), 0.01)},
+    ]
+    dense = dense_macs(structure, 16)["macs"] / 16
+    exactly_one_head = (dense - 63 * 64 - 1280) * 16
+    assert global_removal(structure, scores, exactly_one_head, 16) == ([1, 0], [0, 63])
+    one_mac_more = (dense - 63 * 64 - 1280 - 1) * 16
+    assert global_removal(structure, scores, one_mac_more, 16) == ([2, 0], [0, 63])
+    assert global_removal(structure, scores, dense * 16, 16) == ([0, 0], [0, 0])
+    # An unreachable target stops at one group and one neuron per layer.
+    assert global_removal(structure, scores, 0.0, 16) == ([3, 3], [63, 63])
+
+
+def test_a_global_allocation_removes_whole_groups_of_a_gqa_model():
+    """Groups of 2 query heads: a group costs 2 query heads plus one K/V head, and goes whole."""
+    from econlm.flops import dense_macs, unit_macs_per_token
+    from econlm.prune import global_removal
+
+    structure = Structure(
+        kind="decoder", hidden=32, head_dim=8, gated_ffn=True, heads=(4, 4), kv_heads=(2, 2), ffn=(64, 64)
+    )
+    scores = [
+        {"heads": torch.tensor([0.1, 0.1, 5.0, 5.0]), "neurons": torch.ones(64)},
+        {"heads": torch.ones(4), "neurons": torch.ones(64)},
+    ]
+    unit = unit_macs_per_token(structure, 0, 16)
+    group = 2 * unit["query_head"] + unit["kv_head"]
+    target = (dense_macs(structure, 16)["macs"] / 16 - group) * 16
+    assert global_removal(structure, scores, target, 16) == ([2, 0], [0, 0])

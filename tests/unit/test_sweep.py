@@ -241,6 +241,21 @@ def test_posthoc_rivals_fisher_rescaled_matched_and_untrained_report_their_train
         run_sweep({**sweep, "baselines": {"posthoc": {"importance": ["fishr"]}}}, tmp_path / "bad")
     with pytest.raises(UserError, match="'matched'"):
         run_sweep({**sweep, "baselines": {"posthoc": {"finetune_epochs": "lots"}}}, tmp_path / "bad")
+    # Kwon et al.'s own setting: Fisher spends the incentive model's blocks' MACs where it sees fit, in the
+    # same folder (every finished trial is reused).
+    from econlm.analysis import method_of
+
+    spent = {"importance": ["fisher"], "finetune_epochs": [0], "allocation": ["global"]}
+    again = run_sweep({**sweep, "baselines": {"posthoc": spent}}, tmp_path / "run", progress=False)
+    (rival,) = [r for r in again if r["kind"] == "posthoc" and r["settings"].get("allocation") == "global"]
+    assert rival["status"] == "ok" and "remove_heads" not in rival["settings"]
+    assert method_of(rival) == "posthoc-fisher-global-untrained"
+    assert rival["dense_flops"] <= incentive["dense_flops"]  # the task head is the same in both
+    assert rival["dense_flops"] == pytest.approx(incentive["dense_flops"], rel=0.05)  # within a unit or two
+    with pytest.raises(UserError, match="'everywhere' is not an allocation; valid: matched, global"):
+        run_sweep({**sweep, "baselines": {"posthoc": {**spent, "allocation": "everywhere"}}}, tmp_path / "bad")
+    with pytest.raises(UserError, match="needs importance on one scale in every layer: add fisher"):
+        run_sweep({**sweep, "baselines": {"posthoc": {**spent, "importance": ["activation"]}}}, tmp_path / "bad")
 
 
 def test_token_budgets_are_methods_of_their_own_alone_on_units_and_learned(tiny, tmp_path):

@@ -77,7 +77,8 @@ def _one_line(capsys) -> str:
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("missing teacher", "is not a checkpoint folder"),
+        ("missing teacher", "nowhere does not exist; pass the --out of a finished lambda = 0 fine-tune"),
+        ("teacher folder without a model", "is not a checkpoint folder (no config.json)"),
         ("teacher of another task", "trained on sst2, not stsb"),
         ("latency without a table", "--cost latency needs --latency-table"),
         ("table of another shape", "made for another model or layer shape"),
@@ -93,6 +94,9 @@ def test_bad_teachers_and_tables_are_one_line_and_write_nothing(tiny_setup, tmp_
     flags += ["--max-length", "32", "--epochs", "1", "--batch-size", "8"]
     if case == "missing teacher":
         flags += ["--task", "sst2", "--teacher", str(tmp_path / "nowhere")]
+    elif case == "teacher folder without a model":
+        (tmp_path / "empty").mkdir()
+        flags += ["--task", "sst2", "--teacher", str(tmp_path / "empty")]
     elif case == "teacher of another task":
         flags += ["--task", "stsb", "--teacher", str(tiny_setup["teacher"])]
     elif case == "latency without a table":
