@@ -265,7 +265,9 @@ def _incentive_verdicts(rows: list[dict]) -> list[str]:
             lines.append(
                 f"  - Against the best rival {'with the same recovery tokens' if recovery else 'with no recovery'} "
                 f"({best['method']}, perplexity {best['ppl']:.2f}): incentive {inc['ppl']:.2f} {verdict} it "
-                f"({len(same)} {'rival' if len(same) == 1 else 'rivals'} with its heads and neurons per layer)."
+                f"({len(same)} {'rival' if len(same) == 1 else 'rivals'} with its heads and neurons per layer; "
+                f"{best['training_steps']} training steps in all, the lambda = 0 fine-tune included, against the "
+                f"incentive run's {inc['training_steps']})."
             )
     return lines
 
@@ -431,6 +433,11 @@ def _not_run(rows: list[dict]) -> list[str]:
         f"(`--cost-reduction sum`): four more trainings, about {4 * step_minutes} min.",
         "- A second seed: every training and rival again.",
     ]
+    if not any(r["kind"] == "train" and r["budget"] == 0.4 for r in rows):
+        lines.append(
+            "- Budget 0.4 and its rivals with and without recovery (stage 3 of bench/run_decoder.sh, "
+            "`bench/sweeps/decoder_wikitext2_b04.yaml`): about 75 min."
+        )
     if not any(r["kind"] == "train" and r["budget"] == 0.8 for r in rows):
         lines.append("- Budget 0.8, the third point of the issue's frontier.")
     lines.append("")
