@@ -196,7 +196,7 @@ def test_a_jsonl_task_and_a_text_corpus_end_to_end(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"the market clears at price {i} when demand meets supply .\n" for i in range(80)))
     _run(["train", "--model", str(llama), "--task", str(corpus), "--max-length", "16", "--epochs", "1",
-          "--batch-size", "4", "--cost", "flops", "--budget", "0.3", "--gate-lr", "2.0", "--price-lr", "50",
+          "--batch-size", "4", "--cost", "flops", "--budget", "0.5", "--gate-lr", "2.0", "--price-lr", "50",
           "--budget-warmup", "0.2", "--out", str(tmp_path / "lm")])
     lm = json.loads((tmp_path / "lm" / "metrics.json").read_text())
     assert lm["metric"] == "perplexity" and lm["trained_on"].startswith("train split")
