@@ -84,7 +84,7 @@ def _overshoot(pairs: list[dict]) -> str:
 
 # The sweeps whose shadow prices were checked (bench/results/shadow_<name>.json), in the order docs shows them.
 SHADOW_SWEEPS = {
-    "decoder": "the decoder benchmark (SmolLM2-135M on WikiText-2, bench/run_decoder.sh)",
+    "decoder": "the decoder benchmark's first run (SmolLM2-135M on WikiText-2, bench/run_decoder.sh, with per-query-head gates; the rerun with K/V-group gates has one budget so far)",
     "demo": "the demo sweep",
 }
 
