@@ -286,6 +286,22 @@ def _why(state: dict, rows: list[dict]) -> list[str]:
                 "their function and got no compute back. A rival at the same realised structure keeps every head "
                 "that was not removed."
             )
+        gates = info.get("gates") or {}
+        share, budget = gates.get("expected_compute_share"), info.get("budget")
+        if share is not None and budget is not None and share < budget - 0.02:
+            per_layer = heads.get("closed_per_layer", [])
+            emptied = sum(1 for closed in per_layer if closed == heads["total"] // max(1, len(per_layer)))
+            lines.append(
+                f"- {r['method']}: the price overshot. It reached the budget, but the gates lagged it and froze at "
+                f"{share:.3f} of the gated FLOPs against {budget}, so the model gave up more than it was asked to"
+                + (
+                    f"; {emptied} of its {len(per_layer)} layers lost every K/V group (compaction keeps one zero group there, "
+                    "so outputs stay exact)"
+                    if emptied
+                    else ""
+                )
+                + ". A slower price, or a freeze held until the share settles, would stop nearer the budget."
+            )
     settings = next(r for r in state["models"].values() if r["kind"] == "train")["settings"]
     freeze = settings.get("gate_freeze", 0.7)
     steps = next(r for r in rows if r["kind"] == "reference")["training_steps"]
