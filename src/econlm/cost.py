@@ -173,7 +173,6 @@ class Flops(CostTerm):
     def expected(self) -> dict[str, tuple[torch.Tensor, float]]:
         """Per component: (expected MACs per token of open units, dense MACs per token), at ``seq_len``."""
         from econlm.flops import unit_macs_per_token
-        from econlm.gates import heads_per_gate
 
         device = self.gates.heads[0].log_alpha.device if self.gates.heads is not None else _device(self.model)
         out = {}
@@ -183,9 +182,8 @@ class Flops(CostTerm):
             for i, gate in enumerate(self.gates.heads):
                 unit = unit_macs_per_token(self.structure, i, self.seq_len)
                 p = gate.prob_open()  # (K/V groups,): a group is its K/V head and the query heads reading it
-                group = unit["query_head"] * heads_per_gate(self.structure, i) + unit["kv_head"]
-                expected = expected + group * p.sum()
-                dense += group * p.numel()
+                expected = expected + unit["kv_group"] * p.sum()
+                dense += unit["kv_group"] * p.numel()
             out["attention"] = (expected, dense)
         if self.gates.neurons is not None:
             expected = torch.zeros((), device=device)

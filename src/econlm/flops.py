@@ -149,15 +149,20 @@ def dense_macs(structure: Structure, seq_len: int, batch: int = 1, include_head:
 
 
 def unit_macs_per_token(structure: Structure, layer: int, seq_len: int) -> dict[str, float]:
-    """MACs per token that one query head, one key/value head and one FFN neuron of ``layer`` cost.
+    """MACs per token that one query head, one key/value head, one K/V group and one FFN neuron of ``layer``
+    cost.
 
     A query head pays its Q and O projection slices and its share of scores and attn_v; a key/value head
-    its K and V slices; an FFN neuron its row of the up (and gate) projection and its column of down.
+    its K and V slices; a K/V group (the unit removal can take: one head without grouped-query attention)
+    its key/value head and every query head reading it; an FFN neuron its row of the up (and gate)
+    projection and its column of down.
     """
     d, hidden = structure.head_dim, structure.hidden
+    query_head, kv_head = 2 * hidden * d + 2 * seq_len * d, 2 * hidden * d
     return {
-        "query_head": 2 * hidden * d + 2 * seq_len * d,
-        "kv_head": 2 * hidden * d,
+        "query_head": query_head,
+        "kv_head": kv_head,
+        "kv_group": structure.heads[layer] // structure.kv_heads[layer] * query_head + kv_head,
         "ffn_neuron": hidden * (3 if structure.gated_ffn else 2),
     }
 

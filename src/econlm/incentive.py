@@ -356,7 +356,6 @@ def _check_reachable(config: TaxConfig, table) -> None:
 def _check_flops_reachable(config: TaxConfig, model: nn.Module, seq_len: int = 128) -> None:
     """A FLOPs budget that only closing every K/V group or every neuron of a layer would meet is out of reach:
     a layer keeps at least one of each (compaction cannot empty it), so refuse it and say what is reachable."""
-    from econlm import arch
     from econlm.cost import target_components
     from econlm.flops import Structure, unit_macs_per_token
 
@@ -366,14 +365,12 @@ def _check_flops_reachable(config: TaxConfig, model: nn.Module, seq_len: int = 1
     for layer in range(structure.layers):
         unit = unit_macs_per_token(structure, layer, seq_len)
         if "attention" in components:
-            groups = structure.kv_heads[layer]
-            group = unit["query_head"] * structure.heads[layer] // groups + unit["kv_head"]
-            kept, dense = kept + group, dense + group * groups
+            kept, dense = kept + unit["kv_group"], dense + unit["kv_group"] * structure.kv_heads[layer]
         if "ffn" in components:
             kept, dense = kept + unit["ffn_neuron"], dense + unit["ffn_neuron"] * structure.ffn[layer]
     floor = kept / dense
     if config.budget < floor:
-        what = "K/V group" if arch.shape(model.config).kv_heads < arch.shape(model.config).heads else "head"
+        what = "K/V group" if structure.kv_heads[0] < structure.heads[0] else "head"
         raise UserError(
             f"--budget {config.budget} would remove every {what} or every FFN neuron of a layer, and each layer keeps "
             f"at least one of each ({floor:.3f} of the gated FLOPs with --target {config.target}); choose a budget "

@@ -551,8 +551,7 @@ def unit_macs(model: nn.Module, units: Sequence[Unit], block: int, seq_len: floa
     out = []
     for unit in units:
         per = unit_macs_per_token(structure, unit.layer, seq_len)
-        group = structure.heads[unit.layer] // structure.kv_heads[unit.layer]
-        out.append(group * per["query_head"] + per["kv_head"] if unit.kind == "head" else block * per["ffn_neuron"])
+        out.append(per["kv_group"] if unit.kind == "head" else block * per["ffn_neuron"])
     return out
 
 

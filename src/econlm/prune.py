@@ -175,9 +175,8 @@ def global_removal(
     candidates = []  # (importance per MAC, layer, "group"/"neuron", MACs per token, query heads)
     for layer, layer_scores in enumerate(scores):
         unit = unit_macs_per_token(structure, layer, seq_len)
-        heads, groups = structure.heads[layer], structure.kv_heads[layer]
-        size = heads // groups
-        group_cost = size * unit["query_head"] + unit["kv_head"]
+        groups = structure.kv_heads[layer]
+        size, group_cost = structure.heads[layer] // groups, unit["kv_group"]
         group_value = layer_scores["heads"].view(groups, size).sum(dim=1).tolist()
         candidates += [(v / group_cost, layer, "group", group_cost, size) for v in sorted(group_value)[: groups - 1]]
         neuron_value = sorted(layer_scores["neurons"].tolist())[: structure.ffn[layer] - 1]

@@ -760,16 +760,12 @@ def _posthoc_variants(posthoc: dict, incentive_settings: dict) -> list[tuple[str
 
 def _kept_block_macs(model_config, per_layer: list[dict], seq_len: int) -> float:
     """The blocks' MACs of one ``seq_len``-token sequence of a model compacted to ``per_layer``'s kept units."""
-    from econlm import arch
     from econlm.flops import Structure, dense_macs
 
     dense = Structure.dense(model_config)
-    group = arch.shape(model_config).heads // arch.shape(model_config).kv_heads
-    kept = Structure(
-        kind=dense.kind,
-        hidden=dense.hidden,
-        head_dim=dense.head_dim,
-        gated_ffn=dense.gated_ffn,
+    group = dense.heads[0] // dense.kv_heads[0]
+    kept = replace(
+        dense,
         heads=tuple(layer["heads_kept"] for layer in per_layer),
         kv_heads=tuple(layer["heads_kept"] // group for layer in per_layer),
         ffn=tuple(layer["neurons_kept"] for layer in per_layer),
@@ -812,6 +808,8 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
                 shape = arch.shape(model_config)
                 heads = [shape.heads - layer["heads_kept"] for layer in removed["per_layer"]]
                 neurons = [shape.intermediate - layer["neurons_kept"] for layer in removed["per_layer"]]
+                # What a global allocation may spend: the incentive model's blocks' MACs
+                target = _kept_block_macs(model_config, removed["per_layer"], settings.get("max_length", 128))
                 for importance, rescale, epochs, allocation in _posthoc_variants(posthoc, other):
                     s = {
                         **same,
@@ -825,9 +823,7 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
                     if allocation == "global":  # the pruner spends the same blocks' MACs where it sees fit
                         del s["remove_heads"], s["remove_neurons"]
                         s["allocation"] = "global"
-                        s["target_block_macs"] = _kept_block_macs(
-                            model_config, removed["per_layer"], settings.get("max_length", 128)
-                        )
+                        s["target_block_macs"] = target
                     if rescale:
                         s["rescale"] = True  # only when set: the ids of earlier sweeps stay as they were
                     if posthoc.get("distill") and epochs:

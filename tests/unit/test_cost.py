@@ -110,7 +110,12 @@ def test_flops_term_equals_hand_computed_expected_share():
         + 2 * group * p_open(5.0) + 64 * unit["ffn_neuron"] * p_open(5.0)  # layer 1
     )
     assert reading.share == pytest.approx(expected / (2 * per_layer_dense), rel=1e-5)
-    assert unit == {"query_head": 2 * 32 * 8 + 2 * 11 * 8, "kv_head": 2 * 32 * 8, "ffn_neuron": 3 * 32}
+    assert unit == {
+        "query_head": 2 * 32 * 8 + 2 * 11 * 8,
+        "kv_head": 2 * 32 * 8,
+        "kv_group": 2 * (2 * 32 * 8 + 2 * 11 * 8) + 2 * 32 * 8,  # 2 query heads and their K/V head: 1888
+        "ffn_neuron": 3 * 32,
+    }
 
 
 def test_flops_target_attention_gates_heads_only():
