@@ -441,7 +441,8 @@ def _not_run(rows: list[dict]) -> list[str]:
                 if r["matches"] == inc["id"] and r["recovery"] == recovery
             }
             if missing:
-                what = "with recovery training (stage 2 of bench/run_decoder.sh)" if recovery else "with no recovery"
+                stage = "stage 2" if inc["budget"] == 0.6 else "stage 3"  # bench/run_decoder.sh's order
+                what = f"with recovery training ({stage} of bench/run_decoder.sh)" if recovery else "with no recovery"
                 cost = f"about {step_minutes} min each" if recovery else "about 5 min each"
                 lines.append(f"- Rivals {what} at {inc['method']}: {', '.join(sorted(missing))} ({cost}).")
     lines += [

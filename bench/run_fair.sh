@@ -4,7 +4,7 @@
 # 9 CPU-hours, CoLA about 20, the paper-scale grid about 1 (docs/frontier.md states what ran and what it cost).
 #
 #   bench/run_fair.sh            # the latency table, then STS-B, CoLA and the paper-scale grid
-#   bench/run_fair.sh stsb       # one of them: stsb, cola or paper
+#   bench/run_fair.sh stsb       # one of them: stsb, cola or paper, or market (issue #14's market on CoLA's frontier)
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,7 @@ for part in "${parts[@]}"; do
   case "$part" in
     stsb|cola) .venv/bin/econlm sweep "bench/sweeps/fair_$part.yaml" --out "$out/$part" ;;
     paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
-    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola or paper" >&2; exit 2 ;;
+    market) .venv/bin/econlm sweep bench/sweeps/market_cola.yaml --out "$out/cola" ;;
+    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, paper or market" >&2; exit 2 ;;
   esac
 done

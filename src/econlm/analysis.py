@@ -27,6 +27,8 @@ def method_of(result: dict) -> str:
         return f"posthoc-{settings['importance']}{spent}{rescaled}{untrained}"
     if result["kind"] == "topk":
         return "topk"
+    if result["kind"] == "market":
+        return "market"  # Shapley values for the shapley rivals: no model of its own
     if result["kind"] == "tokens":
         return "units+tokens" if result["settings"].get("on") == "units" else "tokens"
     costs = set(result["settings"].get("cost", ()))

@@ -599,6 +599,33 @@ def clear_market(values: Sequence[float], macs: Sequence[float], units: Sequence
     return kept
 
 
+def layer_scores(units: Sequence[Unit], values: Sequence[float], structure, block: int) -> list[dict[str, torch.Tensor]]:
+    """Unit values as per-layer importance (:mod:`econlm.prune`'s format): a head group's value is shared
+    evenly by its query heads and an FFN block's by its neurons, so sums over a group or a block give the
+    unit's value back and a neuron's value per MAC is its block's. A kind the units do not cover is NaN."""
+    out = []
+    for layer in range(structure.layers):
+        group = structure.heads[layer] // structure.kv_heads[layer]
+        heads = torch.full((structure.heads[layer],), math.nan)
+        neurons = torch.full((structure.ffn[layer],), math.nan)
+        for unit, value in zip(units, values):
+            if unit.layer != layer:
+                continue
+            if unit.kind == "head":
+                heads[unit.index * group : (unit.index + 1) * group] = value / group
+            else:
+                neurons[unit.index * block : (unit.index + 1) * block] = value / block
+        out.append({"heads": heads, "neurons": neurons})
+    return out
+
+
+def scores_of_market(result: dict, structure) -> list[dict[str, torch.Tensor]]:
+    """:func:`layer_scores` from a market.json (``econlm market``'s output) of a model of ``structure``."""
+    block = int(result.get("meta", {}).get("config", {}).get("block", 128))
+    units = [Unit(row["kind"], row["layer"], row["index"]) for row in result["units"]]
+    return layer_scores(units, [row["value"] for row in result["units"]], structure, block)
+
+
 def plans_for(model: nn.Module, units: Sequence[Unit], kept: Sequence[bool], block: int):
     """The surgery plan that keeps exactly the kept units."""
     from econlm.flops import Structure

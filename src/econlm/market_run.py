@@ -56,6 +56,9 @@ class MarketConfig(DataFields):
     interaction_top: int = 6  # pairs among this many most valuable heads
     interaction_samples: int = 24
     budgets: tuple[float, ...] = (0.8, 0.6, 0.5)  # shares of the blocks' dense MACs the market may spend
+    # Score the market's allocations and the half-heads rankings against activation and Fisher on held-out
+    # examples; a sweep that only needs the values (its own rivals are trained and scored) turns it off.
+    compare: bool = True
     batch_size: int = 64
     max_length: int = 128
     seed: int = 0
@@ -181,10 +184,11 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
         raise UserError(f"econlm market scores GLUE-style tasks with a task head; {task.name} is language modelling")
     examples = data.load_examples(task, "dev", config.data_dir)
     random.Random(config.seed).shuffle(examples)
-    if len(examples) < config.examples + MIN_HELD_OUT:
+    held_out_needed = MIN_HELD_OUT if config.compare else 0  # only the comparisons score held-out examples
+    if len(examples) < config.examples + held_out_needed:
         raise UserError(
             f"{task.name} has {len(examples)} dev examples; --examples {config.examples} leaves fewer than "
-            f"{MIN_HELD_OUT} to score pruned models on: use --examples {max(len(examples) - MIN_HELD_OUT, 0)} or fewer"
+            f"{held_out_needed} to score pruned models on: use --examples {max(len(examples) - held_out_needed, 0)} or fewer"
         )
     if loaded is None:
         check_spec(config.model)
@@ -197,7 +201,7 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
         )
     model = loaded.model.eval()
     game_split = _split(loaded, task, examples[: config.examples], config.max_length, config.batch_size, labelled=True)
-    held_out = _split(loaded, task, examples[config.examples :], config.max_length, config.batch_size)
+    held_out = _split(loaded, task, examples[config.examples :], config.max_length, config.batch_size) if config.compare else None
     units = market.units_of(model, config.units, config.block)
     inputs = [{k: v for k, v in b.items() if k != "labels"} for b in game_split.batches]
     game = market.Game(model, inputs, units, _scorer(task, game_split, config.value), config.block)
@@ -242,14 +246,16 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
         "costly_low_return": _costly_low_return(units, values, macs),
     }
     out["interactions"] = _interactions(game, units, values, config)
-    importance = _importance(model, game_split)
-    out["allocations"] = _allocations(loaded, task, held_out, units, values, macs, config, importance, progress)
-    out["head_ranking_at_half"] = _half_heads(loaded, task, held_out, units, values, importance)
+    out["allocations"], out["head_ranking_at_half"] = [], {}
+    if config.compare:
+        importance = _importance(model, game_split)
+        out["allocations"] = _allocations(loaded, task, held_out, units, values, macs, config, importance, progress)
+        out["head_ranking_at_half"] = _half_heads(loaded, task, held_out, units, values, importance)
     out["meta"] = run_metadata(seed=config.seed, config=asdict(config))
     out["meta"].update(
         {
             "model": config.model,
-            "held_out_examples": len(held_out.examples),
+            "held_out_examples": len(held_out.examples) if held_out else 0,
             "seconds": time.perf_counter() - started,
             "threads": torch.get_num_threads(),
         }

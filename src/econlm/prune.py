@@ -12,6 +12,8 @@ most important ones, then (optionally) fine-tune briefly. Importance of a unit:
 ``fisher``      the empirical Fisher information of its mask variable on labelled calibration data (Kwon
                 et al. 2022; see :mod:`econlm.fisher`), optionally followed by the least-squares rescaling
                 of the units kept (``rescale=True``), their retraining-free repair.
+``shapley``     its Shapley value in a market of the model's units (:mod:`econlm.market`), given as
+                ``scores``: estimated elsewhere, on the task metric.
 
 With grouped-query attention whole groups go (a key/value head and its query heads), ranked by their
 summed importance.
@@ -19,8 +21,9 @@ summed importance.
 How many units each layer loses is either given (a rival matched to an incentive model's per-layer
 structure) or chosen by :func:`global_removal`: Kwon et al.'s setting, where the pruner spends a FLOPs
 budget itself, removing across all layers the units that give up the least importance per MAC saved. That
-needs importance on one scale in every layer and for heads and neurons alike, which only ``fisher`` (a
-loss sensitivity) has; the others are per-layer rankings.
+needs importance on one scale in every layer and for heads and neurons alike, which ``fisher`` (a loss
+sensitivity) and ``shapley`` (a value in the metric's units; the global allocation is then the market's
+clearing by value per MAC) have; the others are per-layer rankings.
 """
 
 from __future__ import annotations
@@ -130,7 +133,8 @@ def plan_by_importance(
 
     A head count that is not a whole number of groups rounds down to whole groups, and a request for every
     group (or every neuron) of a layer is cut to all but one: the most important group and neuron stay, since
-    a layer cannot be emptied (:func:`econlm.compact.plan_removal` keeps one the same way)."""
+    a layer cannot be emptied (:func:`econlm.compact.plan_removal` keeps one the same way). Ties (the neurons
+    of one valued FFN block) go in index order."""
     shape = arch.shape(model.config)
     plans = []
     for i, scores in enumerate(importance):
@@ -139,10 +143,10 @@ def plan_by_importance(
         group = heads // kv_heads
         groups_to_drop = min(remove_heads[i] // group, kv_heads - 1)
         group_score = scores["heads"].view(kv_heads, group).sum(dim=1)
-        drop_groups = set(torch.argsort(group_score)[:groups_to_drop].tolist())
+        drop_groups = set(torch.argsort(group_score, stable=True)[:groups_to_drop].tolist())
         keep_kv = [g for g in range(kv_heads) if g not in drop_groups]
         neurons = scores["neurons"].numel()
-        drop_neurons = set(torch.argsort(scores["neurons"])[: min(remove_neurons[i], neurons - 1)].tolist())
+        drop_neurons = set(torch.argsort(scores["neurons"], stable=True)[: min(remove_neurons[i], neurons - 1)].tolist())
         plans.append(
             LayerPlan(
                 keep_heads=[g * group + j for g in keep_kv for j in range(group)],
@@ -153,7 +157,10 @@ def plan_by_importance(
     return plans
 
 
-GLOBAL_IMPORTANCE = ("fisher",)  # importance on one scale across layers and unit kinds
+# Importance on one scale across layers and unit kinds: a loss sensitivity (fisher) or a value in the metric's
+# units (shapley: values a market estimated, given to prune as ``scores``).
+GLOBAL_IMPORTANCE = ("fisher", "shapley")
+GIVEN_IMPORTANCE = ("shapley",)  # not computed here: passed to prune as ``scores``
 
 
 def global_removal(
@@ -193,6 +200,16 @@ def global_removal(
     return remove_heads, remove_neurons
 
 
+def _check_covered(scores, remove_heads: list[int] | None, remove_neurons: list[int] | None) -> None:
+    """Given importance that leaves units unvalued (NaN: a market without FFN blocks) cannot choose among them:
+    refused where units of that kind go (everywhere, for a global allocation)."""
+    for layer, layer_scores in enumerate(scores):
+        for kind, counts in (("heads", remove_heads), ("neurons", remove_neurons)):
+            if (counts is None or counts[layer]) and torch.isnan(layer_scores[kind]).any():
+                what = "attention heads" if kind == "heads" else "FFN neurons"
+                raise ValueError(f"the importance given values no {what} of layer {layer}, and some must be ranked")
+
+
 def prune(
     model: nn.Module,
     remove_heads: list[int] | None,
@@ -202,19 +219,30 @@ def prune(
     rescale: bool = False,
     target_block_macs: float | None = None,
     seq_len: int = 128,
+    scores: list[dict[str, torch.Tensor]] | None = None,
 ) -> list[LayerPlan]:
     """Remove units in place; returns the plans applied. With ``rescale`` the kept units are rescaled by least
     squares to reproduce each layer's output on ``batches`` (Kwon et al.'s repair, no training).
 
     Either give the counts per layer, or leave them None and give ``target_block_macs`` (the blocks' MACs of
-    one ``seq_len``-token sequence to fall to): :func:`global_removal` then spends the budget."""
-    scores = IMPORTANCE[importance](model, batches)
+    one ``seq_len``-token sequence to fall to): :func:`global_removal` then spends the budget.
+
+    ``scores`` gives the importance instead of computing it (``importance`` then names where it came from,
+    such as ``shapley`` for a market's values, :func:`econlm.market.scores_of_market`)."""
+    if scores is None:
+        if importance in GIVEN_IMPORTANCE:
+            raise ValueError(f"{importance} importance is not computed here: pass its values as scores")
+        scores = IMPORTANCE[importance](model, batches)
     if remove_heads is None:
         from econlm.flops import Structure
 
         if importance not in GLOBAL_IMPORTANCE or target_block_macs is None:
-            raise ValueError("a global allocation needs fisher importance and a target_block_macs")
+            raise ValueError(
+                f"a global allocation needs importance on one scale ({', '.join(GLOBAL_IMPORTANCE)}) and a target_block_macs"
+            )
+        _check_covered(scores, None, None)
         remove_heads, remove_neurons = global_removal(Structure.of_model(model), scores, target_block_macs, seq_len)
+    _check_covered(scores, remove_heads, remove_neurons)
     plans = plan_by_importance(model, scores, remove_heads, remove_neurons)
     grams = None
     if rescale:

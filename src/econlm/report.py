@@ -23,6 +23,8 @@ METHOD_STYLE = {
     "posthoc-fisher": ("tab:purple", "P"),
     "posthoc-fisher-global": ("tab:pink", "P"),  # Fisher spending the FLOPs itself, not matched per layer
     "posthoc-wanda": ("tab:brown", "h"),
+    "posthoc-shapley": ("gold", "d"),  # a market's values: matched per layer, or -global (clearing by value per MAC)
+    "posthoc-shapley-global": ("goldenrod", "d"),
     "topk": ("tab:green", "^"),
     "tokens": ("tab:cyan", "v"),
     "learned-tokens": ("tab:olive", "<"),
@@ -402,8 +404,9 @@ def render(folder: str | Path) -> str:
 
 
 def market_files(folder: Path) -> list[Path]:
-    """market.json files in a sweep folder or one level down (``econlm market --out SWEEP/market``)."""
-    return sorted([*folder.glob("market.json"), *folder.glob("*/market.json")])
+    """market.json files in a sweep folder or one level down (``econlm market --out SWEEP/market``), and the
+    markets a sweep estimated for its ``shapley`` rivals (``trials/<id>/market/market.json``)."""
+    return sorted([*folder.glob("market.json"), *folder.glob("*/market.json"), *folder.glob("trials/*/market/market.json")])
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -422,7 +425,8 @@ def _market_sections(folder: Path) -> list[str]:
             result = json.loads(path.read_text())
         except ValueError:
             raise UserError(f"{path} is not valid JSON; rerun econlm market to rewrite it") from None
-        title = f"The market: {result.get('task', '')} ({path.parent.name})"
+        where = path.parent.parent.name if path.parent.parent.parent.name == "trials" else path.parent.name
+        title = f"The market: {result.get('task', '')} ({where})"
         parts.append(f"<h2>{html.escape(title)}</h2>")
         if "units" in result:
             est = result["estimator"]
@@ -447,13 +451,14 @@ def _market_sections(folder: Path) -> list[str]:
                     [[u["name"], u["value"], u["macs_per_token"]] for u in result["costly_low_return"]],
                 )
             )
-            parts.append("<h3>Market-clearing allocations (held-out dev, no retraining)</h3>")
-            parts.append(
-                _table(
-                    ["budget", "method", result["metric"], "dense compute share"],
-                    [[r["budget"], r["method"], r["score"], r["dense_share"]] for r in result["allocations"]],
+            if result["allocations"]:  # a sweep's market leaves the comparison to its trained rivals
+                parts.append("<h3>Market-clearing allocations (held-out dev, no retraining)</h3>")
+                parts.append(
+                    _table(
+                        ["budget", "method", result["metric"], "dense compute share"],
+                        [[r["budget"], r["method"], r["score"], r["dense_share"]] for r in result["allocations"]],
+                    )
                 )
-            )
             half = result.get("head_ranking_at_half") or {}
             if half.get("rows"):
                 parts.append(f"<h3>About half of {half['of']} heads removed, no retraining</h3>")

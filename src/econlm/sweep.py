@@ -12,7 +12,9 @@ A sweep YAML file::
     compact: {eps: 1e-3, calib_examples: 256}          # optional: compact every trained model
     baselines:                                         # optional, built from the lam = 0 trials
       posthoc: {importance: [magnitude, activation], finetune_epochs: 0.5}
-      # also: rescale, distill, allocation: [matched, global] (global: fisher spends the same MACs itself)
+      # also: rescale, distill, allocation: [matched, global] (global: fisher spends the same MACs itself),
+      # importance shapley: values from a market of each lambda = 0 model's heads and FFN blocks, estimated
+      # once per model as a trial of its own; market: {block, examples, minutes, pairs, tol, value, seed}
       topk: {budgets: [32, 8, 2]}
       tokens: {budgets: [0.7, 0.5], on: [dense, units]}   # post-hoc token budgets (econlm.tokens)
     resources: {num_cpus: 1, num_gpus: 0}              # per trial, for Ray
@@ -224,7 +226,9 @@ def _checked_baselines(baselines, where) -> dict:
     return dict(baselines)
 
 
-POSTHOC_KEYS = ("importance", "finetune_epochs", "rescale", "distill", "allocation")
+POSTHOC_KEYS = ("importance", "finetune_epochs", "rescale", "distill", "allocation", "market")
+# The market behind ``importance: shapley`` (econlm.market_run.MarketConfig fields; minutes caps the sampling).
+MARKET_KEYS = {"block": 128, "examples": 256, "minutes": 30.0, "pairs": 200, "tol": 0.01, "value": "metric", "seed": 0}
 ALLOCATIONS = ("matched", "global")
 BASELINES = ("posthoc", "topk", "tokens")
 # Where a post-hoc token budget runs: the lambda = 0 models (tokens alone) or the compacted incentive models
@@ -256,14 +260,18 @@ def _checked_tokens(tokens: dict, where) -> dict:
 
 
 def _check_posthoc(posthoc: dict, where) -> None:
-    from econlm.prune import IMPORTANCE
+    from econlm.prune import GIVEN_IMPORTANCE, IMPORTANCE
 
     for key in posthoc:
         if key not in POSTHOC_KEYS:
             raise UserError(f"{where(key)}: unknown post-hoc setting '{key}'; valid: {', '.join(POSTHOC_KEYS)}")
     for name in posthoc.get("importance", []):
-        if name not in IMPORTANCE:
-            raise IMPORTANCE.unknown(str(name))
+        if name not in IMPORTANCE and name not in GIVEN_IMPORTANCE:
+            raise IMPORTANCE.unknown(str(name), f" (or {', '.join(GIVEN_IMPORTANCE)}: a market's values)")
+    if "market" in posthoc:
+        if "shapley" not in posthoc.get("importance", []):
+            raise UserError(f"{where('market')}: market settings serve 'shapley' importance; add shapley to 'importance'")
+        _checked_market(posthoc["market"], where)
     for epochs in _as_list(posthoc.get("finetune_epochs", 0.5)):
         if epochs != "matched" and (isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs < 0):
             raise UserError(f"{where('finetune_epochs')}: epochs must be numbers >= 0 or 'matched', not {epochs!r}")
@@ -282,6 +290,43 @@ def _check_posthoc(posthoc: dict, where) -> None:
                 f"{where('allocation')}: 'global' ranks units across layers by importance per MAC, which needs "
                 f"importance on one scale in every layer: add {' or '.join(GLOBAL_IMPORTANCE)} to 'importance'"
             )
+
+
+def _checked_market(market, where) -> dict:
+    """The market settings of ``importance: shapley`` over MARKET_KEYS' defaults, checked like econlm market's."""
+    market = _mapping(market, "baselines.posthoc.market", where, "market settings")
+    for key in market:
+        if key not in MARKET_KEYS:
+            raise UserError(f"{where('market')}: unknown market setting '{key}'; valid: {', '.join(MARKET_KEYS)}")
+    settings = {**MARKET_KEYS, **market}
+    try:
+        _market_config(settings, model="unused", task="unused", out="unused")
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{where('market')}: {error}") from None
+    except UserError as error:
+        raise UserError(f"{where('market')}: {str(error).replace('--', '')}") from None
+    return settings
+
+
+def _market_config(market: dict, **fields):
+    """econlm market's config for a sweep's market: both unit kinds (the rivals remove heads and neurons), no
+    interactions and no held-out comparison (the sweep trains and scores its rivals itself)."""
+    from econlm.market_run import MarketConfig
+
+    return MarketConfig(
+        units=("head", "ffn"),
+        block=int(market["block"]),
+        examples=int(market["examples"]),
+        max_minutes=float(market["minutes"]),
+        pairs=int(market["pairs"]),
+        tol=float(market["tol"]),
+        value=str(market["value"]),
+        seed=int(market["seed"]),
+        interaction_top=0,
+        budgets=(),
+        compare=False,
+        **fields,
+    )
 
 
 def _checked_resources(resources, where) -> dict:
@@ -453,6 +498,8 @@ def run_trial(spec: dict, trial_dir: str, context: dict) -> dict:
             _run_topk_trial(spec, Path(trial_dir), result)
         elif spec["kind"] == "tokens":
             _run_tokens_trial(spec, Path(trial_dir), result)
+        elif spec["kind"] == "market":
+            _run_market_trial(spec, Path(trial_dir), result)
         else:
             raise ValueError(f"unknown trial kind {spec['kind']}")
         result["status"] = "ok"
@@ -601,6 +648,7 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
             ),
             labels=labelled,
         )
+        scores = _market_scores(settings, trial_dir, loaded.model) if settings.get("market") else None
         prune(
             loaded.model,
             settings.get("remove_heads"),  # None for a global allocation: prune spends target_block_macs
@@ -610,6 +658,7 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
             rescale=bool(settings.get("rescale")),
             target_block_macs=settings.get("target_block_macs"),
             seq_len=settings.get("max_length", 128),
+            scores=scores,
         )
         save_model(loaded.model, loaded.tokenizer, pruned_dir)  # its per-layer structure: result["structure"]
     train_settings = {k: v for k, v in settings.items() if k in _train_fields()}
@@ -634,6 +683,49 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
     _final_measurements(
         model_dir, settings, (context.get("compact") or {}).get("eps", 1e-3), result
     )
+
+
+def _market_scores(settings: dict, trial_dir: Path, model) -> list:
+    """The Shapley values the sweep's market trial estimated for this rival's source model, per layer."""
+    from econlm.flops import Structure
+    from econlm.market import scores_of_market
+
+    path = trial_dir.parent / settings["market"] / "market" / "market.json"
+    market = _read_json(path, required=("units",), set_aside=False)
+    if market is None:
+        raise RuntimeError(f"the market trial {settings['market']} has no market.json; rerun the sweep to estimate it")
+    return scores_of_market(market, Structure.of_model(model))
+
+
+def _run_market_trial(spec: dict, trial_dir: Path, result: dict) -> None:
+    """Shapley values of a lambda = 0 model's heads and FFN blocks (econlm market), for ``shapley`` rivals.
+    The estimate saves its samples as it goes, so a stopped market resumes."""
+    from econlm.market_run import run_market, save_market
+
+    settings = spec["settings"]
+    config = _market_config(
+        settings["market"],
+        model=settings["source_model"],
+        task=settings["task"],
+        out=str(trial_dir / "market"),
+        max_length=settings.get("max_length", 128),
+        data_dir=settings.get("data_dir"),
+        **_data_fields(settings),
+    )
+    market = run_market(config, progress=False)
+    save_market(market, trial_dir / "market")
+    estimator = market["estimator"]
+    result["market"] = {
+        "path": str(trial_dir / "market" / "market.json"),
+        "units": len(market["units"]),
+        "pairs": estimator["pairs"],
+        "evaluations": estimator["evaluations"],
+        "minutes": estimator["seconds"] / 60,
+        "converged": estimator["converged"],
+        "stopped_by": estimator["stopped_by"],
+        "value_definition": market["value_definition"],
+        "full_value": market["full_value"],
+    }
 
 
 def _probe_row(settings: dict, loaded, save_to: Path | None = None, **overrides) -> dict:
@@ -773,6 +865,35 @@ def _kept_block_macs(model_config, per_layer: list[dict], seq_len: int) -> float
     return dense_macs(kept, seq_len)["macs"]
 
 
+def _wants_market(config: SweepConfig) -> bool:
+    posthoc = config.baselines.get("posthoc") or {}
+    return "shapley" in posthoc.get("importance", [])
+
+
+def _market_settings(config: SweepConfig, settings: dict, source: str) -> dict:
+    """What a market trial depends on: the model it values, its task and data, and the market's settings."""
+    from econlm.userdata import DATA_FIELDS
+
+    keep = ("task", "max_length", "data_dir", *DATA_FIELDS)
+    market = {**MARKET_KEYS, **(config.baselines["posthoc"].get("market") or {})}
+    return {**{k: settings[k] for k in keep if settings.get(k) is not None}, "source_model": source, "market": market}
+
+
+def market_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
+    """One market per lambda = 0 model that ``shapley`` rivals will prune (it has compacted peers)."""
+    if not _wants_market(config):
+        return []
+    specs = []
+    trained = [r for r in results.values() if r["kind"] == "train" and r.get("status") == "ok"]
+    for reference in trained:
+        settings = reference["settings"]
+        if not _is_plain(settings) or not _compacted_peers(trained, {k: settings.get(k) for k in IDENTITY_KEYS}):
+            continue
+        s = _market_settings(config, settings, reference["model_dir"])
+        specs.append({"id": trial_id("market", s), "kind": "market", "settings": s})
+    return specs
+
+
 def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
     """Baseline trials derived from finished training trials (needs the lam = 0 ones)."""
     specs = []
@@ -824,6 +945,8 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
                         del s["remove_heads"], s["remove_neurons"]
                         s["allocation"] = "global"
                         s["target_block_macs"] = target
+                    if importance == "shapley":  # the values of this source model's market trial
+                        s["market"] = trial_id("market", _market_settings(config, settings, source))
                     if rescale:
                         s["rescale"] = True  # only when set: the ids of earlier sweeps stay as they were
                     if posthoc.get("distill") and epochs:
@@ -1064,7 +1187,7 @@ def _run_sweep(config: SweepConfig, out: Path, runner, progress: bool) -> list[d
 
     plain = [spec for spec in expand(config) if _is_plain(spec["settings"])]
     context = {"compact": config.compact, "started": started, "plain": plain}
-    phases = [lambda: expand(config), lambda: baseline_specs(config, results)]
+    phases = [lambda: expand(config), lambda: market_specs(config, results), lambda: baseline_specs(config, results)]
     with bar(desc=f"sweep {config.name}", unit="trial", enabled=progress) as pbar:
         for make_specs in phases:
             specs = make_specs()

@@ -99,3 +99,57 @@ def test_a_global_allocation_removes_whole_groups_of_a_gqa_model():
     group = 2 * unit["query_head"] + unit["kv_head"]
     target = (dense_macs(structure, 16)["macs"] / 16 - group) * 16
     assert global_removal(structure, scores, target, 16) == ([2, 0], [0, 0])
+
+
+def test_market_values_rank_groups_and_blocks_and_spend_a_budget_like_the_market():
+    """A market's values as importance (econlm.market.layer_scores): a K/V group's value is shared by its 2
+    query heads, an FFN block's by its 16 neurons. Layer 0's block 1 is the only unit worth less than nothing,
+    so a global allocation that may spend all but one block's MACs (plus half a neuron's, so rounding cannot
+    tip it) removes exactly that block; matched counts remove the least valuable group of a layer."""
+    from econlm import market
+    from econlm.flops import dense_macs, unit_macs_per_token
+
+    values = {
+        ("head", 0): [0.5, 2.0],
+        ("ffn", 0): [1.0, -0.2, 3.0, 0.4],
+        ("head", 1): [1.5, 1.0],
+        ("ffn", 1): [2.0, 2.0, 2.0, 2.0],
+    }
+    units, flat = [], []
+    for (kind, layer), vs in values.items():
+        for index, v in enumerate(vs):
+            units.append(market.Unit(kind, layer, index))
+            flat.append(v)
+    model = tiny_model("llama")
+    structure = Structure.of_model(model)
+    scores = market.layer_scores(units, flat, structure, block=16)
+    assert scores[0]["heads"].tolist() == pytest.approx([0.25, 0.25, 1.0, 1.0])
+    assert scores[0]["neurons"][16:32].tolist() == pytest.approx([-0.2 / 16] * 16)
+    saved = {"units": [{"kind": u.kind, "layer": u.layer, "index": u.index, "value": v} for u, v in zip(units, flat)]}
+    saved["meta"] = {"config": {"block": 16}}
+    for a, b in zip(market.scores_of_market(saved, structure), scores):
+        assert torch.equal(a["heads"], b["heads"]) and torch.equal(a["neurons"], b["neurons"])
+
+    neuron = unit_macs_per_token(structure, 0, 16)["ffn_neuron"]
+    target = (dense_macs(structure, 16)["macs"] / 16 - 15.5 * neuron) * 16
+    plans = prune(tiny_model("llama"), None, None, "shapley", target_block_macs=target, seq_len=16, scores=scores)
+    assert plans[0].keep_neurons == list(range(16)) + list(range(32, 64))
+    assert plans[0].keep_kv_heads == [0, 1] and len(plans[1].keep_neurons) == 64
+
+    plans = prune(tiny_model("llama"), [2, 2], [0, 0], "shapley", scores=scores)
+    assert [p.keep_kv_heads for p in plans] == [[1], [0]]
+
+
+def test_given_importance_must_value_the_units_it_removes():
+    from econlm import market
+
+    model = tiny_model("bert")
+    heads_only = [market.Unit("head", layer, h) for layer in range(2) for h in range(4)]
+    scores = market.layer_scores(heads_only, [float(i) for i in range(8)], Structure.of_model(model), block=16)
+    assert torch.isnan(scores[0]["neurons"]).all()
+    with pytest.raises(ValueError, match="values no FFN neurons of layer 0"):
+        prune(model, [1, 0], [16, 0], "shapley", scores=scores)
+    with pytest.raises(ValueError, match="pass its values as scores"):
+        prune(model, [1, 0], [0, 0], "shapley")
+    prune(model, [1, 0], [0, 0], "shapley", scores=scores)  # heads alone: their values suffice
+    assert Structure.of_model(model).heads == (3, 4)

@@ -256,6 +256,43 @@ def test_posthoc_rivals_fisher_rescaled_matched_and_untrained_report_their_train
         run_sweep({**sweep, "baselines": {"posthoc": {**spent, "allocation": "everywhere"}}}, tmp_path / "bad")
     with pytest.raises(UserError, match="needs importance on one scale in every layer: add fisher"):
         run_sweep({**sweep, "baselines": {"posthoc": {**spent, "importance": ["activation"]}}}, tmp_path / "bad")
+    # A market's Shapley values as the rival's importance: the market of the lambda = 0 model is a trial of
+    # its own (both unit kinds, 16-neuron blocks), estimated once; the global rival is the market clearing.
+    valued = {
+        "importance": ["shapley"],
+        "finetune_epochs": [0],
+        "allocation": ["matched", "global"],
+        "market": {"block": 16, "examples": 16, "tol": 0.5, "pairs": 2, "minutes": 1},
+    }
+    again = run_sweep({**sweep, "baselines": {"posthoc": valued}}, tmp_path / "run", progress=False)
+    (market_trial,) = [r for r in again if r["kind"] == "market"]
+    assert market_trial["status"] == "ok", market_trial.get("error")
+    assert market_trial["settings"]["source_model"] == plain["model_dir"]
+    assert market_trial["market"]["units"] == 2 * (4 + 64 // 16) and market_trial["market"]["pairs"] == 2
+    rivals = {r["settings"].get("allocation", "matched"): r for r in again if r["settings"].get("importance") == "shapley"}
+    assert all(r["status"] == "ok" for r in rivals.values()), [r.get("error") for r in rivals.values()]
+    assert all(r["settings"]["market"] == market_trial["id"] for r in rivals.values())
+    from pathlib import Path
+
+    from econlm.report import market_files
+
+    assert market_files(tmp_path / "run") == [Path(market_trial["market"]["path"])]  # the report shows it
+    assert method_of(rivals["global"]) == "posthoc-shapley-global-untrained" and method_of(market_trial) == "market"
+    assert rivals["matched"]["dense_flops"] == incentive["dense_flops"]  # the same counts per layer
+    # The greedy stops at the first unit that brings the blocks under the incentive model's MACs, so it may
+    # overshoot by one unit: here at most one K/V group (the dearest unit, 7% of this tiny model's MACs).
+    from econlm.flops import Structure, unit_macs_per_token
+    from econlm.models import load_model
+
+    dense = Structure.of_model(load_model(plain["model_dir"]).model)
+    group_flops = 2 * base["max_length"] * unit_macs_per_token(dense, 0, base["max_length"])["kv_group"]
+    assert 0 <= incentive["dense_flops"] - rivals["global"]["dense_flops"] <= group_flops
+    with pytest.raises(UserError, match="market settings serve 'shapley' importance"):
+        run_sweep({**sweep, "baselines": {"posthoc": {**spent, "market": {"block": 16}}}}, tmp_path / "bad")
+    with pytest.raises(UserError, match="unknown market setting 'blocks'"):
+        run_sweep({**sweep, "baselines": {"posthoc": {**valued, "market": {"blocks": 16}}}}, tmp_path / "bad")
+    with pytest.raises(UserError, match="examples 4 is too few for tol 0.1"):
+        run_sweep({**sweep, "baselines": {"posthoc": {**valued, "market": {"examples": 4, "tol": 0.1}}}}, tmp_path / "bad")
 
 
 def test_token_budgets_are_methods_of_their_own_alone_on_units_and_learned(tiny, tmp_path):
