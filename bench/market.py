@@ -24,23 +24,35 @@ from _common import DOCS, RESULTS, ROOT, markdown_table  # noqa: E402
 from econlm.shadow import SLACK  # noqa: E402 - a price within this factor of the finite difference is consistent
 
 
-def run(task: str, model: str, units: str, sweep: str | None, minutes: float, examples: int) -> None:
+def run(
+    task: str, model: str, units: str, sweep: str | None, minutes: float, examples: int, latency_table: str | None = None
+) -> None:
+    """One task's market. With ``latency_table`` the clearing is priced by it, in a folder of its own that starts
+    from the plain run's saved samples (the same game), so only the comparisons are computed again."""
     import torch
 
     from econlm.market_run import MarketConfig, market_summary, run_market, save_market
 
     torch.set_num_threads(2)
-    out = ROOT / "runs" / "bench_market" / task
-    target = RESULTS / f"market_{task}.json"
+    name = f"{task}_latency" if latency_table else task
+    out = ROOT / "runs" / "bench_market" / name
+    target = RESULTS / f"market_{name}.json"
+    plain_state = ROOT / "runs" / "bench_market" / task / "shapley_state.json"
+    if latency_table and plain_state.exists() and not (out / "shapley_state.json").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(plain_state, out / "shapley_state.json")
+        minutes = 0.01  # the samples are there: no more pairs (the estimator stops at its time limit)
     if not (out / "market.json").exists():
         config = MarketConfig(
+            latency_table=latency_table,
             model=model,
             task=task,
             out=str(out),
             units=units,
             max_minutes=minutes,
             examples=examples,
-            interaction_top=5,  # 10 pairs x 8 samples x 4 evaluations: minutes, not an hour, on 2 cores
+            # 10 pairs x 8 samples x 4 evaluations: minutes, not an hour, on 2 cores (the plain run has them)
+            interaction_top=0 if latency_table else 5,
             interaction_samples=8,
         )
         result = run_market(config)
@@ -58,6 +70,8 @@ def run(task: str, model: str, units: str, sweep: str | None, minutes: float, ex
         save_market(result, out)
     RESULTS.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / "market.json", target)
+    if latency_table:
+        return  # the same values, samples and figures as the plain run's
     if (out / "shapley_state.json").exists():  # the per-pair samples behind every interval
         shutil.copyfile(out / "shapley_state.json", RESULTS / f"market_{task}_samples.json")
     for png in out.glob("*.png"):
@@ -334,6 +348,27 @@ def _targets(result: dict, top: list[dict]) -> list[str]:
         )
     negative = result["inequality"]["all"]["negative_value"]
     dense = next((r["score"] for r in result["allocations"] if r["method"] == "dense"), None)
+    budgets = sorted({r["budget"] for r in result["allocations"] if r["method"] == "market"}, reverse=True)
+    if budgets:
+        by = {(r["budget"], r["method"]): r["score"] for r in result["allocations"]}
+        wins = [b for b in budgets if by[(b, "market")] >= max(by[(b, "activation")], by[(b, "fisher")])]
+        line = (
+            f"- The market-clearing allocation against activation and Fisher at its structure (no retraining): best "
+            f"at {len(wins)} of {len(budgets)} budgets ({', '.join(str(b) for b in wins) or 'none'})"
+        )
+        above = [b for b in budgets if by[(b, "market")] > dense]
+        if above:
+            gain, spread = by[(above[0], "market")] - dense, abs(result["full_value"] - dense)
+            line += (
+                f"; at budget {above[0]} it scores {by[(above[0], 'market')]:.4f} held out, above the dense model's "
+                f"{dense:.4f}: dropping the {negative} heads of negative value helped on this task, as Held & Yang found"
+            )
+            if gain < spread:
+                line += (
+                    f", though the gain (+{gain:.4f}) is smaller than the full model's own gap between the game's "
+                    f"examples and the held-out ones ({result['full_value']:.4f} against {dense:.4f})"
+                )
+        lines.append(line + ".")
     first = next((r for r in result["allocations"] if r["method"] == "market"), None)
     if first is not None and trails_fisher:
         reading = (
@@ -368,6 +403,12 @@ def _not_run(results: list[dict]) -> list[str]:
             lines.append(f"- The market on {task} (`python bench/market.py run {task} MODEL`, about an hour).")
     if not any((r.get("meta") or {}).get("config", {}).get("units") == ["head", "ffn"] for r in results):
         lines.append("- FFN blocks in the game (`--units head,ffn`): 144 players instead of 72, about twice the pairs' cost.")
+    if not any(r.get("priced_by") == "latency" for r in results):
+        lines.append(
+            "- The clearing priced by a latency table (`econlm market --latency-table "
+            "bench/latency/minilm_b1_s128_t2.json`): built and tested on tiny models, not run on MiniLM yet; a rerun "
+            "into the same folder reuses the saved samples, so it costs the comparisons only (minutes)."
+        )
     if not list(RESULTS.glob("market_frontier_*.json")):
         lines.append(
             "- The market's allocation on the frontier with recovery training matched to the gates' and the post-hoc "
@@ -383,6 +424,65 @@ def _not_run(results: list[dict]) -> list[str]:
         "model's dev loss; retraining them is 12 runs, about 10 min each on CoLA and 20 on STS-B."
     )
     return lines + [""]
+
+
+def _latency_section(result: dict) -> list[str]:
+    """The clearing priced by a latency table, from the same values as the task's plain run."""
+    meta = result["meta"]
+    table = meta["config"]["latency_table"]
+    rows = [
+        [
+            r["budget"],
+            r["method"],
+            f"{r['score']:.4f}",
+            f"{r.get('predicted_latency_share', 1.0):.3f}",
+            f"{r['dense_share']:.3f}",
+            r.get("heads_removed", 0),
+        ]
+        for r in result["allocations"]
+    ]
+    return [
+        f"## {result['task']}: the clearing priced by a latency table",
+        "",
+        f"The values of the {result['task']} section above ({result['estimator']['pairs']} pairs, reused from its saved "
+        f"samples); each unit priced by its marginal latency in `{table}` (batch, sequence length and threads as "
+        "measured there) and bought by value per predicted second while the predicted latency fits the budget, a "
+        "share of the dense model's. Activation and Fisher remove the same units per layer; all scored held out, "
+        "no retraining.",
+        "",
+        markdown_table(
+            ["budget", "method", f"held-out {result['metric']}", "predicted latency share", "dense MACs share", "heads removed"],
+            rows,
+        ),
+        "",
+        *_latency_reading(result),
+        f"Measured with `{meta['command']}`, git {meta['git']}, {meta['time_utc']}. Raw numbers: "
+        f"`bench/results/market_{result['task']}_latency.json`.",
+    ]
+
+
+def _latency_reading(result: dict) -> list[str]:
+    market = [r for r in result["allocations"] if r["method"] == "market"]
+    lines = []
+    missed = [r for r in market if r["predicted_latency_share"] > r["budget"] + 1e-9]
+    if missed:
+        floor = min(r["predicted_latency_share"] for r in market)
+        kinds = result["meta"]["config"]["units"]
+        lines.append(
+            f"- Budgets {', '.join(str(r['budget']) for r in missed)} are out of reach: with "
+            f"{' and '.join(kinds)} units in the game (the other kind stays whole) and one unit of each kind kept per "
+            f"layer, the predicted latency cannot fall below {floor:.3f} of the dense model's, so those rows keep "
+            "that minimum."
+        )
+    by = {(r["budget"], r["method"]): r["score"] for r in result["allocations"]}
+    wins = [r["budget"] for r in market if r not in missed and r["score"] >= max(by[(r["budget"], "activation")], by[(r["budget"], "fisher")])]
+    reached = [r for r in market if r not in missed]
+    if reached:
+        lines.append(
+            f"- Where the budget is met, the market beats activation and Fisher at the same structure at "
+            f"{len(wins)} of {len(reached)} budgets."
+        )
+    return lines + [""] if lines else []
 
 
 def docs() -> None:
@@ -401,7 +501,7 @@ def docs() -> None:
         "",
     ]
     for result in results:
-        lines += _task_section(result)
+        lines += _latency_section(result) if result.get("priced_by") == "latency" else _task_section(result)
         lines.append("")
     lines += _shadow_sections()
     lines += _not_run(results)
@@ -419,13 +519,14 @@ def main() -> None:
     r.add_argument("--sweep", default=None)
     r.add_argument("--minutes", type=float, default=60.0)
     r.add_argument("--examples", type=int, default=256)
+    r.add_argument("--latency-table", default=None, help="price the clearing by this table (after the plain run)")
     sh = sub.add_parser("shadow")
     sh.add_argument("name")
     sh.add_argument("sweep")
     sub.add_parser("docs")
     args = parser.parse_args()
     if args.command == "run":
-        run(args.task, args.model, args.units, args.sweep, args.minutes, args.examples)
+        run(args.task, args.model, args.units, args.sweep, args.minutes, args.examples, args.latency_table)
     elif args.command == "shadow":
         shadow(args.name, args.sweep)
     docs()

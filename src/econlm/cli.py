@@ -478,6 +478,12 @@ def _add_market(sub) -> None:
     p.add_argument("--interaction-top", type=int, default=6, help="interactions among this many top heads (0: none)")
     p.add_argument("--interaction-samples", type=int, default=24)
     p.add_argument("--budgets", default="0.8,0.6,0.5", help="shares of the blocks' dense MACs the market may spend")
+    p.add_argument(
+        "--latency-table",
+        default=None,
+        help="price units by this table's marginal latency (econlm latency-table); --budgets are then shares of "
+        "the dense model's predicted latency",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
@@ -514,6 +520,7 @@ def _cmd_market(args) -> int:
             interaction_top=args.interaction_top,
             interaction_samples=args.interaction_samples,
             budgets=args.budgets,
+            latency_table=args.latency_table,
             batch_size=args.batch_size,
             max_length=args.max_length,
             seed=args.seed,

@@ -572,6 +572,16 @@ def gini(values: Sequence[float]) -> float:
     return float(_gini(torch.tensor([max(v, 0.0) for v in values], dtype=torch.float64)))
 
 
+def _most_valuable_per_layer(values: Sequence[float], units: Sequence[Unit]) -> list[int]:
+    """The most valuable unit of each (layer, kind): what a market keeps first, since a layer cannot be emptied."""
+    best: dict[tuple[int, str], int] = {}
+    for u, unit in enumerate(units):
+        key = (unit.layer, unit.kind)
+        if key not in best or values[u] > values[best[key]]:
+            best[key] = u
+    return list(best.values())
+
+
 def clear_market(values: Sequence[float], macs: Sequence[float], units: Sequence[Unit], budget: float) -> list[bool]:
     """Keep units by value per MAC, best first, while their MACs fit ``budget`` (a share of all units' MACs).
 
@@ -582,12 +592,7 @@ def clear_market(values: Sequence[float], macs: Sequence[float], units: Sequence
     total = sum(macs)
     kept = [False] * len(units)
     spent = 0.0
-    best: dict[tuple[int, str], int] = {}
-    for u, unit in enumerate(units):
-        key = (unit.layer, unit.kind)
-        if key not in best or values[u] > values[best[key]]:
-            best[key] = u
-    for u in best.values():
+    for u in _most_valuable_per_layer(values, units):
         kept[u] = True
         spent += macs[u]
     for u in sorted(range(len(units)), key=lambda u: values[u] / macs[u], reverse=True):
@@ -596,6 +601,62 @@ def clear_market(values: Sequence[float], macs: Sequence[float], units: Sequence
         if spent + macs[u] <= budget * total + 1e-9:
             kept[u] = True
             spent += macs[u]
+    return kept
+
+
+def clear_market_latency(
+    values: Sequence[float], units: Sequence[Unit], structure, table, budget: float, block: int
+) -> list[bool]:
+    """Keep units by value per second of predicted latency while the structure's latency fits ``budget`` (a
+    share of the dense model's, as the latency table predicts it; :mod:`econlm.latency_table`).
+
+    A unit's price is its marginal latency: what the layer's curve says one more kept K/V group (or FFN
+    block) costs at the layer's current count. The curves are flat near the dense model and steep below a
+    threshold, so prices change as units are bought; each purchase is the best value per marginal second
+    at that moment (a unit costing nothing is bought first, by value). As :func:`clear_market`, every layer
+    keeps its most valuable head and FFN block, and a unit worth nothing or less is never bought."""
+    if not 0 < budget <= 1:
+        raise UserError(f"a market budget must be in (0, 1], not {budget}")
+    layers = structure.layers
+    group = [structure.heads[i] // structure.kv_heads[i] for i in range(layers)]
+    groups = [0] * layers  # kept K/V groups per layer
+    neurons = [0] * layers  # kept FFN neurons per layer
+    kinds = {u.kind for u in units}
+    # A kind the market does not value stays whole.
+    if "head" not in kinds:
+        groups = list(structure.kv_heads)
+    if "ffn" not in kinds:
+        neurons = list(structure.ffn)
+
+    def latency() -> float:
+        return table.predict([g * k for g, k in zip(group, groups)], neurons)
+
+    def marginal(u: int) -> float:
+        unit = units[u]
+        if unit.kind == "head":
+            k = groups[unit.layer]
+            return table.attention.at(k) - table.attention.at(k + 1)
+        f = neurons[unit.layer]
+        return table.ffn.at(f) - table.ffn.at(f + block)
+
+    def buy(u: int) -> None:
+        kept[u] = True
+        if units[u].kind == "head":
+            groups[units[u].layer] += 1
+        else:
+            neurons[units[u].layer] += block
+
+    kept = [False] * len(units)
+    for u in _most_valuable_per_layer(values, units):
+        buy(u)
+    limit = budget * table.dense_seconds + 1e-12
+    open_units = {u for u in range(len(units)) if not kept[u] and values[u] > 0}
+    while open_units:
+        u = max(open_units, key=lambda u: (values[u] / marginal(u) if marginal(u) > 0 else math.inf, values[u]))
+        open_units.discard(u)
+        cost = marginal(u)
+        if latency() + cost <= limit:
+            buy(u)
     return kept
 
 

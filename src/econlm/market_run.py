@@ -59,6 +59,9 @@ class MarketConfig(DataFields):
     # Score the market's allocations and the half-heads rankings against activation and Fisher on held-out
     # examples; a sweep that only needs the values (its own rivals are trained and scored) turns it off.
     compare: bool = True
+    # Price units by this latency table's marginal seconds (econlm latency-table) instead of MACs: budgets are then
+    # shares of the dense model's predicted latency.
+    latency_table: str | None = None
     batch_size: int = 64
     max_length: int = 128
     seed: int = 0
@@ -200,6 +203,8 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
             f"train one with `econlm train --model {config.model} --task {task.name}` and pass its folder"
         )
     model = loaded.model.eval()
+    if config.compare:
+        _table(config, model)  # a missing, malformed or foreign table stops here, before the sampling
     game_split = _split(loaded, task, examples[: config.examples], config.max_length, config.batch_size, labelled=True)
     held_out = _split(loaded, task, examples[config.examples :], config.max_length, config.batch_size) if config.compare else None
     units = market.units_of(model, config.units, config.block)
@@ -247,6 +252,7 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
     }
     out["interactions"] = _interactions(game, units, values, config)
     out["allocations"], out["head_ranking_at_half"] = [], {}
+    out["priced_by"] = "latency" if config.latency_table else "MACs"
     if config.compare:
         importance = _importance(model, game_split)
         out["allocations"] = _allocations(loaded, task, held_out, units, values, macs, config, importance, progress)
@@ -365,11 +371,16 @@ def _allocations(loaded, task, held_out, units, values, macs, config, importance
     from econlm.surgery import apply_plan
 
     model = loaded.model
-    dense_total = dense_macs(Structure.of_model(model), config.max_length, include_head=True)["macs"]
+    structure = Structure.of_model(model)
+    table = _table(config, model)
+    dense_total = dense_macs(structure, config.max_length, include_head=True)["macs"]
     rows = [{"budget": 1.0, "method": "dense", "score": _held_out_score(model, held_out, task), "dense_share": 1.0}]
     with bar(total=len(config.budgets) * 3, desc="market allocations", unit="model", enabled=progress) as pbar:
         for budget in config.budgets:
-            kept = market.clear_market(values, macs, units, budget)
+            if table is None:
+                kept = market.clear_market(values, macs, units, budget)
+            else:
+                kept = market.clear_market_latency(values, units, structure, table, budget, config.block)
             plans = market.plans_for(model, units, kept, config.block)
             remove_heads = [Structure.of_model(model).heads[i] - len(p.keep_heads) for i, p in enumerate(plans)]
             remove_neurons = [Structure.of_model(model).ffn[i] - len(p.keep_neurons) for i, p in enumerate(plans)]
@@ -389,8 +400,24 @@ def _allocations(loaded, task, held_out, units, values, macs, config, importance
                         "neurons_removed": sum(remove_neurons),
                     }
                 )
+                if table is not None:  # what the table predicts for this structure, as the budget counts it
+                    kept_structure = Structure.of_model(pruned)
+                    rows[-1]["predicted_latency_share"] = 1 / table.predicted_speedup(
+                        kept_structure.heads, kept_structure.ffn
+                    )
                 pbar.update(1)
     return rows
+
+
+def _table(config: MarketConfig, model):
+    """The latency table that prices units, checked against the model (None: MACs price them)."""
+    if config.latency_table is None:
+        return None
+    from econlm.latency_table import check_table, load_table
+
+    table = load_table(config.latency_table)
+    check_table(table, model.config, config.latency_table)
+    return table
 
 
 def _inputs(batch: dict) -> dict:

@@ -452,11 +452,21 @@ def _market_sections(folder: Path) -> list[str]:
                 )
             )
             if result["allocations"]:  # a sweep's market leaves the comparison to its trained rivals
-                parts.append("<h3>Market-clearing allocations (held-out dev, no retraining)</h3>")
+                latency = result.get("priced_by") == "latency"
+                parts.append(
+                    "<h3>Market-clearing allocations (held-out dev, no retraining"
+                    + ("; budgets are shares of the predicted latency" if latency else "")
+                    + ")</h3>"
+                )
                 parts.append(
                     _table(
-                        ["budget", "method", result["metric"], "dense compute share"],
-                        [[r["budget"], r["method"], r["score"], r["dense_share"]] for r in result["allocations"]],
+                        ["budget", "method", result["metric"], "dense compute share"]
+                        + (["predicted latency share"] if latency else []),
+                        [
+                            [r["budget"], r["method"], r["score"], r["dense_share"]]
+                            + ([r.get("predicted_latency_share", 1.0)] if latency else [])
+                            for r in result["allocations"]
+                        ],
                     )
                 )
             half = result.get("head_ranking_at_half") or {}

@@ -471,3 +471,23 @@ def test_the_flops_price_charges_only_compute_that_compaction_removes():
     after = Structure.of_model(compacted)
     assert after.heads == (2, 4) and after.kv_heads == (1, 2) and after.ffn == (64, 24)
     assert share == pytest.approx(dense_macs(after, seq_len)["macs"] / before, rel=1e-6)
+
+
+def test_the_exactness_check_allows_float_rounding_and_refuses_a_live_unit():
+    """The failure SmolLM2 met: logits of magnitude about 40 moved by 6.2e-4 at 28 of many elements (rounding
+    over 30 layers) must pass; a 1% change of every output (what removing a live unit does) must not, nor one
+    element moved by 1e-2 of the largest magnitude."""
+    from econlm.compact import check_same_outputs
+
+    generator = torch.Generator().manual_seed(0)
+    expected = torch.randn(8, 16, 4096, generator=generator) * 10
+    expected[0, 0, 0] = 40.0
+    rounded = expected.clone()
+    rounded.view(-1)[torch.randperm(expected.numel(), generator=generator)[:28]] += 6.2e-4
+    check_same_outputs(rounded, expected)
+    with pytest.raises(AssertionError, match="relative error 1.00e-02"):
+        check_same_outputs(expected * 1.01, expected)
+    one = expected.clone()
+    one[3, 3, 3] += 0.4
+    with pytest.raises(AssertionError, match="largest difference 4.00e-01"):
+        check_same_outputs(one, expected)

@@ -192,3 +192,34 @@ def test_a_key_with_tuples_still_matches_after_saving(tmp_path):
     market.shapley(game, pairs=2, tol=0.0, state=state, key={"units": ("head",)})
     again = market.shapley(game, pairs=4, tol=0.0, state=state, key={"units": ("head",)})
     assert again["resumed_from_pair"] == 2
+
+
+def test_latency_priced_clearing_buys_by_value_per_marginal_second():
+    """One layer, 4 heads and 4 FFN blocks of 16. The table: one layer's attention saves 3, 1, 0, 0 ms at 1..4
+    kept heads (flat near dense: the 4th head costs nothing), its FFN 6, 4, 2, 0 ms at 16..64 neurons, of 20 ms
+    dense. Forced first: head 0 and block 0, 20 - 3 - 6 = 11 ms. At budget 0.7 (14 ms): head 1 (3 / 2 ms, the
+    best ratio) -> 13 ms; head 2 now costs 1 ms (2 / 1 ms) -> 14 ms; head 3 is free -> 14 ms; block 1 (2 ms)
+    no longer fits. The harmful block is never bought."""
+    from econlm.flops import Structure
+    from econlm.latency_table import Curve, LatencyTable
+
+    structure = Structure(kind="encoder", hidden=32, head_dim=8, gated_ffn=False, heads=(4,), kv_heads=(4,), ffn=(64,))
+    table = LatencyTable(
+        model={},
+        setup={},
+        machine={},
+        dense_seconds=0.020,
+        attention=Curve((1, 2, 3, 4), (0.003, 0.001, 0.0, 0.0), (0.003, 0.001, 0.0, 0.0)),
+        ffn=Curve((16, 32, 48, 64), (0.006, 0.004, 0.002, 0.0), (0.006, 0.004, 0.002, 0.0)),
+    )
+    units = [market.Unit("head", 0, h) for h in range(4)] + [market.Unit("ffn", 0, b) for b in range(4)]
+    values = [4.0, 3.0, 2.0, 1.0, 5.0, 1.0, 0.5, -1.0]
+    kept = market.clear_market_latency(values, units, structure, table, 0.7, block=16)
+    assert kept == [True, True, True, True, True, False, False, False]
+    assert table.predict([4], [16]) == pytest.approx(0.014)
+    # At 0.6 (12 ms) nothing beyond the forced units fits: every next unit costs 2 ms.
+    assert market.clear_market_latency(values, units, structure, table, 0.6, block=16) == [True] + [False] * 3 + [True] + [False] * 3
+    # At 1 everything worth something is bought.
+    assert market.clear_market_latency(values, units, structure, table, 1.0, block=16) == [True] * 7 + [False]
+    with pytest.raises(UserError, match=r"\(0, 1\]"):
+        market.clear_market_latency(values, units, structure, table, 0.0, block=16)

@@ -69,6 +69,54 @@ def test_market_writes_values_allocations_and_figures(capsys, tmp_path, glue):
     assert page.count("<img") == 4 and "Market-clearing allocations" in page
 
 
+def test_a_latency_table_prices_the_market_and_a_foreign_one_is_one_line(capsys, tmp_path, glue):
+    """A table for the tiny model's shape, with each layer's attention saving 1 ms per head removed and its FFN
+    2 ms per block of 32, of 20 ms dense: every allocation's predicted latency fits its budget."""
+    from econlm.latency_table import FORMAT, model_shape
+    from econlm.models import load_config
+
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", head="seq-cls")
+    config, _ = load_config(str(ckpt))
+    table = {
+        "format": FORMAT,
+        "model": model_shape(config),
+        "setup": {"batch": 1, "seq_len": 32, "threads": 1},
+        "dense_seconds": 0.020,
+        "attention": {"kept": [1, 2, 3, 4], "saved": [0.003, 0.002, 0.001, 0.0]},
+        "ffn": {"kept": [32, 64], "saved": [0.002, 0.0]},
+    }
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(table))
+    argv = ["market", ckpt, "--task", "sst2", "--data-dir", glue, "--examples", 24, "--tol", 0.1, "--pairs", 2]
+    argv += ["--block", 32, "--interaction-top", 0, "--budgets", "0.9,0.75", "--latency-table", path]
+    code, err = _run(capsys, *argv, "--out", tmp_path / "market")
+    assert code == 0, err
+    result = json.loads((tmp_path / "market" / "market.json").read_text())
+    assert result["priced_by"] == "latency"
+    for row in result["allocations"]:
+        if row["method"] != "dense":
+            assert row["predicted_latency_share"] <= row["budget"] + 1e-9
+    # The market's rows are the clearing of its own values under this table.
+    from econlm import market
+    from econlm.flops import Structure
+    from econlm.latency_table import load_table
+    from econlm.models import load_model
+
+    units = [market.Unit(u["kind"], u["layer"], u["index"]) for u in result["units"]]
+    structure = Structure.of_model(load_model(str(ckpt)).model)
+    loaded_table = load_table(path)
+    for row in (r for r in result["allocations"] if r["method"] == "market"):
+        kept = market.clear_market_latency([u["value"] for u in result["units"]], units, structure, loaded_table, row["budget"], 32)
+        heads = [sum(k for u, k in zip(units, kept) if u.kind == "head" and u.layer == i) for i in range(2)]
+        ffn = [32 * sum(k for u, k in zip(units, kept) if u.kind == "ffn" and u.layer == i) for i in range(2)]
+        assert row["predicted_latency_share"] == pytest.approx(1 / loaded_table.predicted_speedup(heads, ffn))
+    table["model"]["heads"] = 6
+    path.write_text(json.dumps(table))
+    code, err = _run(capsys, *argv, "--out", tmp_path / "again")
+    assert code == 2 and "made for another model or layer shape: heads 6 (model: 4)" in err and "\n" not in err
+    assert not (tmp_path / "again" / "market.json").exists()
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
