@@ -649,13 +649,16 @@ def clear_market_latency(
     kept = [False] * len(units)
     for u in _most_valuable_per_layer(values, units):
         buy(u)
+    def value_per_second(u: int) -> tuple[float, float]:
+        cost = marginal(u)
+        return (values[u] / cost if cost > 0 else math.inf, values[u])  # free units first, by value
+
     limit = budget * table.dense_seconds + 1e-12
     open_units = {u for u in range(len(units)) if not kept[u] and values[u] > 0}
     while open_units:
-        u = max(open_units, key=lambda u: (values[u] / marginal(u) if marginal(u) > 0 else math.inf, values[u]))
+        u = max(open_units, key=value_per_second)
         open_units.discard(u)
-        cost = marginal(u)
-        if latency() + cost <= limit:
+        if latency() + marginal(u) <= limit:
             buy(u)
     return kept
 

@@ -203,8 +203,8 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
             f"train one with `econlm train --model {config.model} --task {task.name}` and pass its folder"
         )
     model = loaded.model.eval()
-    if config.compare:
-        _table(config, model)  # a missing, malformed or foreign table stops here, before the sampling
+    # A missing, malformed or foreign table stops here, before the sampling.
+    table = _table(config, model) if config.compare else None
     game_split = _split(loaded, task, examples[: config.examples], config.max_length, config.batch_size, labelled=True)
     held_out = _split(loaded, task, examples[config.examples :], config.max_length, config.batch_size) if config.compare else None
     units = market.units_of(model, config.units, config.block)
@@ -255,8 +255,8 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
     out["priced_by"] = "latency" if config.latency_table else "MACs"
     if config.compare:
         importance = _importance(model, game_split)
-        out["allocations"] = _allocations(loaded, task, held_out, units, values, macs, config, importance, progress)
-        out["head_ranking_at_half"] = _half_heads(loaded, task, held_out, units, values, importance)
+        out["allocations"] = _allocations(loaded, task, held_out, units, values, macs, config, importance, table, progress)
+        out["head_ranking_at_half"] = _half_heads(loaded, task, held_out, units, values, importance, config.block)
     out["meta"] = run_metadata(seed=config.seed, config=asdict(config))
     out["meta"].update(
         {
@@ -359,9 +359,10 @@ def _importance(model, game_split) -> dict:
     }
 
 
-def _allocations(loaded, task, held_out, units, values, macs, config, importance, progress) -> list[dict]:
-    """At each budget: the market's choice, and activation / Fisher choosing the same number of units per
-    layer; each compacted, scored on the held-out examples with no retraining."""
+def _allocations(loaded, task, held_out, units, values, macs, config, importance, table, progress) -> list[dict]:
+    """At each budget: the market's choice (priced by MACs, or by ``table``'s latency when given), and
+    activation / Fisher choosing the same number of units per layer; each compacted, scored on the held-out
+    examples with no retraining."""
     import copy
 
     from econlm import market
@@ -372,7 +373,6 @@ def _allocations(loaded, task, held_out, units, values, macs, config, importance
 
     model = loaded.model
     structure = Structure.of_model(model)
-    table = _table(config, model)
     dense_total = dense_macs(structure, config.max_length, include_head=True)["macs"]
     rows = [{"budget": 1.0, "method": "dense", "score": _held_out_score(model, held_out, task), "dense_share": 1.0}]
     with bar(total=len(config.budgets) * 3, desc="market allocations", unit="model", enabled=progress) as pbar:
@@ -382,8 +382,8 @@ def _allocations(loaded, task, held_out, units, values, macs, config, importance
             else:
                 kept = market.clear_market_latency(values, units, structure, table, budget, config.block)
             plans = market.plans_for(model, units, kept, config.block)
-            remove_heads = [Structure.of_model(model).heads[i] - len(p.keep_heads) for i, p in enumerate(plans)]
-            remove_neurons = [Structure.of_model(model).ffn[i] - len(p.keep_neurons) for i, p in enumerate(plans)]
+            remove_heads = [structure.heads[i] - len(p.keep_heads) for i, p in enumerate(plans)]
+            remove_neurons = [structure.ffn[i] - len(p.keep_neurons) for i, p in enumerate(plans)]
             candidates = {"market": plans}
             for name, scores in importance.items():
                 candidates[name] = plan_by_importance(model, scores, remove_heads, remove_neurons)
@@ -424,15 +424,14 @@ def _inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
-def _half_heads(loaded, task, held_out, units, values, importance) -> dict:
+def _half_heads(loaded, task, held_out, units, values, importance, block: int) -> dict:
     """Half the heads removed, no retraining: the Shapley ranking against activation and Fisher importance,
     all removing the same number of heads in each layer (the Shapley ranking's global choice), and all
     removing half of each layer's heads."""
     import copy
 
-    import torch
-
     from econlm.flops import Structure
+    from econlm.market import layer_scores
     from econlm.prune import plan_by_importance
     from econlm.surgery import apply_plan
 
@@ -442,13 +441,8 @@ def _half_heads(loaded, task, held_out, units, values, importance) -> dict:
     if not head_units:
         return {}
     group = [h // g for h, g in zip(structure.heads, structure.kv_heads)]
-    shapley_scores = []
-    for layer in range(structure.layers):
-        per_group = torch.tensor([values[i] for i in head_units if units[i].layer == layer])
-        shapley_scores.append(
-            {"heads": per_group.repeat_interleave(group[layer]), "neurons": torch.zeros(structure.ffn[layer])}
-        )
-    scores = {"shapley": shapley_scores, **importance}
+    # No neuron is removed here, so FFN values (NaN when the game had no FFN blocks) are never ranked.
+    scores = {"shapley": layer_scores(units, values, structure, block), **importance}
     groups = [structure.kv_heads[i] for i in range(structure.layers)]
     half = sum(groups) // 2
     order = sorted(head_units, key=lambda i: values[i])

@@ -271,7 +271,7 @@ def _check_posthoc(posthoc: dict, where) -> None:
     if "market" in posthoc:
         if "shapley" not in posthoc.get("importance", []):
             raise UserError(f"{where('market')}: market settings serve 'shapley' importance; add shapley to 'importance'")
-        _checked_market(posthoc["market"], where)
+        _check_market(posthoc["market"], where)
     for epochs in _as_list(posthoc.get("finetune_epochs", 0.5)):
         if epochs != "matched" and (isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs < 0):
             raise UserError(f"{where('finetune_epochs')}: epochs must be numbers >= 0 or 'matched', not {epochs!r}")
@@ -292,8 +292,8 @@ def _check_posthoc(posthoc: dict, where) -> None:
             )
 
 
-def _checked_market(market, where) -> dict:
-    """The market settings of ``importance: shapley`` over MARKET_KEYS' defaults, checked like econlm market's."""
+def _check_market(market, where) -> None:
+    """The market settings of ``importance: shapley``, over MARKET_KEYS' defaults, checked like econlm market's."""
     market = _mapping(market, "baselines.posthoc.market", where, "market settings")
     for key in market:
         if key not in MARKET_KEYS:
@@ -305,7 +305,6 @@ def _checked_market(market, where) -> dict:
         raise UserError(f"{where('market')}: {error}") from None
     except UserError as error:
         raise UserError(f"{where('market')}: {str(error).replace('--', '')}") from None
-    return settings
 
 
 def _market_config(market: dict, **fields):
