@@ -38,6 +38,13 @@ TARGET_FLOPS_CUT, TARGET_DECODE, TARGET_PPL = 0.30, 1.3, 0.10
 # FLAP (retraining-free, LLaMA-7B, WikiText-2): 12.62 dense; 14.62 / 17.62 / 31.80 at 20 / 30 / 50% removed.
 FLAP = {0.2: 14.62, 0.3: 17.62, 0.5: 31.80}
 FLAP_DENSE = 12.62
+STAGE_OF_BUDGET = {0.6: "stage 2", 0.4: "stage 3", 0.8: "stage 4"}  # bench/run_decoder.sh's order (recovery)
+# Stage 5's trainings, by the label each gets (label()).
+ABLATION = (
+    "incentive flops on K/V groups only, budget 0.6",
+    "incentive flops on FFN neurons only, budget 0.6",
+    "ffn_l1 tax (sum), lambda 0.0001",
+)
 
 
 def folder() -> Path:
@@ -70,10 +77,25 @@ def save_state(state: dict) -> None:
     write_json(_state_path(), state)
 
 
+GATED_PART = {"attention": "K/V groups", "ffn": "FFN neurons"}
+
+
+def _is_ablation(settings: dict) -> bool:
+    """A training of stage 5 (decoder_wikitext2_ablation.yaml): gates on one component, or a tax without gates."""
+    return not _is_plain(settings) and (
+        "flops" not in settings.get("cost", ()) or settings.get("target", "both") != "both"
+    )
+
+
 def label(r: dict, budgets: dict[str, float] | None = None) -> str:
     s = r["settings"]
     if r["kind"] == "train":
-        return "lambda=0 fine-tune" if _is_plain(s) else f"incentive flops, budget {s['budget']}"
+        if _is_plain(s):
+            return "lambda=0 fine-tune"
+        if "flops" not in s.get("cost", ()):
+            return f"{' + '.join(s['cost'])} tax ({s.get('cost_reduction', 'mean')}), lambda {s['lam']:g}"
+        part = GATED_PART.get(s.get("target", "both"))
+        return f"incentive flops{f' on {part} only' if part else ''}, budget {s['budget']}"
     recovery = "same recovery tokens" if s.get("finetune_epochs") else "no recovery"
     at = (budgets or {}).get(s.get("matches"))
     return f"post-hoc {s['importance']}" + (f" at the {at} structure" if at is not None else "") + f", {recovery}"
@@ -88,7 +110,7 @@ def models_of(results: list[dict]) -> dict[str, dict]:
         models[name] = {
             "path": r["final_model"],
             "method": label(r, budgets),
-            "kind": r["kind"] if name != "lambda0" else "reference",
+            "kind": "reference" if name == "lambda0" else "ablation" if _is_ablation(r["settings"]) else r["kind"],
             "id": r["id"],
             "budget": r["settings"].get("budget"),
             "matches": r["settings"].get("matches"),
@@ -402,7 +424,12 @@ def figure(rows: list[dict]) -> str | None:
     axes_of += [("prefill_speedup", "prefill speedup (batch 1, 512 tokens)")]
     axes_of += [("decode_b1_speedup", "decode throughput ratio (batch 1, 128 new tokens)")]
     fig, axes = plt.subplots(1, len(axes_of), figsize=(5 * len(axes_of), 4), sharey=True)
-    styles = {"train": ("tab:red", "o"), "reference": ("black", "s"), "pretrained": ("grey", "D")}
+    styles = {
+        "train": ("tab:red", "o"),
+        "ablation": ("tab:orange", "P"),
+        "reference": ("black", "s"),
+        "pretrained": ("grey", "D"),
+    }
     rival_colours = {"wanda": "tab:brown", "activation": "tab:blue", "magnitude": "tab:green"}
     for ax, (key, title) in zip(axes, axes_of, strict=True):
         for r in rows:
@@ -441,24 +468,91 @@ def _not_run(rows: list[dict]) -> list[str]:
                 if r["matches"] == inc["id"] and r["recovery"] == recovery
             }
             if missing:
-                stage = "stage 2" if inc["budget"] == 0.6 else "stage 3"  # bench/run_decoder.sh's order
+                stage = STAGE_OF_BUDGET.get(inc["budget"], "a stage")
                 what = f"with recovery training ({stage} of bench/run_decoder.sh)" if recovery else "with no recovery"
                 cost = f"about {step_minutes} min each" if recovery else "about 5 min each"
                 lines.append(f"- Rivals {what} at {inc['method']}: {', '.join(sorted(missing))} ({cost}).")
-    lines += [
-        f"- The attention / FFN / both ablation on the decoder and the FFN tax at the paper's scale "
-        f"(`--cost-reduction sum`): four more trainings, about {4 * step_minutes} min.",
-        "- A second seed: every training and rival again.",
-    ]
+    ablation = {r["method"] for r in rows if r["kind"] == "ablation"}
+    missing = [m for m in ABLATION if m not in ablation]
+    if missing:
+        lines.append(
+            f"- The attention / FFN / both ablation and the FFN tax at the paper's scale (stage 5 of "
+            f"bench/run_decoder.sh, `bench/sweeps/decoder_wikitext2_ablation.yaml`): {'; '.join(missing)} "
+            f"(about {2 * step_minutes} min each with compaction and scoring)."
+        )
+    lines.append("- A second seed: every training and rival again.")
     if not any(r["kind"] == "train" and r["budget"] == 0.4 for r in rows):
         lines.append(
             "- Budget 0.4 and its rivals with and without recovery (stage 3 of bench/run_decoder.sh, "
             "`bench/sweeps/decoder_wikitext2_b04.yaml`): about 75 min."
         )
     if not any(r["kind"] == "train" and r["budget"] == 0.8 for r in rows):
-        lines.append("- Budget 0.8, the third point of the issue's frontier.")
+        lines.append(
+            "- Budget 0.8 and its rivals with and without recovery (stage 4 of bench/run_decoder.sh, "
+            "`bench/sweeps/decoder_wikitext2_b08.yaml`): about 75 min."
+        )
     lines.append("")
     return lines
+
+
+def _ablation(rows: list[dict]) -> list[str]:
+    """Stage 5: gates on one component against gates on both at the same budget, and the paper's FFN tax."""
+    ablation = [r for r in rows if r["kind"] == "ablation"]
+    if not ablation:
+        return []
+    budgets = {r["budget"] for r in ablation if r["budget"] is not None}
+    compared = [r for r in rows if r["kind"] == "train" and r["budget"] in budgets] + ablation
+    table = markdown_table(
+        [
+            "model",
+            "WT-103 test ppl",
+            "vs lambda=0",
+            "FLOPs share",
+            "heads / K-V groups / FFN",
+            "prefill x",
+            "decode b1 x",
+            "ppl increase per 10% of FLOPs cut",
+        ],
+        [
+            [
+                r["method"],
+                round(r["ppl"], 3),
+                f"{r['ppl_increase']:+.1%}",
+                round(r["flops_share"], 3),
+                f"{r['heads']} / {r['kv_groups']} / {r['ffn']}",
+                round(r["prefill_speedup"], 2) if "prefill_speedup" in r else "-",
+                round(r["decode_b1_speedup"], 2) if "decode_b1_speedup" in r else "-",
+                f"{r['ppl_increase'] / (10 * (1 - r['flops_share'])):+.1%}" if r["flops_share"] < 0.999 else "-",
+            ]
+            for r in compared
+        ],
+    )
+    lines = [
+        "## Which component to cut: the attention / FFN / both ablation",
+        "",
+        "The same recipe and tokens as the frontier's budget runs, with the gates on one component only; a "
+        "budget is a share of the gated part's dense FLOPs, so the models end at different shares of the whole. "
+        "The last column divides the perplexity increase by the FLOPs cut, to compare them at unequal cuts. The "
+        "FFN tax is the paper's: lambda times the L1 sum of the SwiGLU activations, with no gates; it removes "
+        "only the units (neurons, heads) compaction finds dead: |a| <= 1e-3 on every calibration token.",
+        "",
+        table,
+        "",
+    ]
+    cutting = [r for r in compared if r["flops_share"] < 0.999]
+    if len(cutting) > 1:
+        best = min(cutting, key=lambda r: r["ppl_increase"] / (1 - r["flops_share"]))
+        lines.append(
+            f"- Least perplexity lost per FLOP removed: {best['method']} ({best['ppl_increase']:+.1%} for "
+            f"{1 - best['flops_share']:.0%} fewer FLOPs)."
+        )
+    for r in ablation:
+        if r["flops_share"] >= 0.999:
+            lines.append(
+                f"- {r['method']}: compaction found no dead unit, so it computes every FLOP of the reference "
+                f"(perplexity {r['ppl_increase']:+.1%}). A tax alone makes activations small, not zero."
+            )
+    return lines + [""]
 
 
 def _hour_settings(state: dict, batch: int, window: int) -> list[str]:
@@ -586,13 +680,13 @@ def render(state: dict, rows: list[dict], wall_seconds: float) -> str:
     )
     lines += ["", "## Issue #12's targets", ""]
     lines += _incentive_verdicts(rows)
-    lines += ["", _flap_line(rows, steps), ""] + _why(state, rows)
+    lines += ["", _flap_line(rows, steps), ""] + _why(state, rows) + _ablation(rows)
     lines += ["## The price, and what compaction could realise", ""]
     per_head_gates = False
     for r in rows:
-        if r["kind"] != "train":
-            continue
         info = state["models"][r["name"]]
+        if r["kind"] not in ("train", "ablation") or not info.get("gates"):
+            continue
         gates, removed = info.get("gates") or {}, info.get("removed") or {}
         heads = gates.get("heads") or {}
         per_head_gates |= "gate_covers" not in heads

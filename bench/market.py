@@ -25,7 +25,13 @@ from econlm.shadow import SLACK  # noqa: E402 - a price within this factor of th
 
 
 def run(
-    task: str, model: str, units: str, sweep: str | None, minutes: float, examples: int, latency_table: str | None = None
+    task: str,
+    model: str,
+    units: str,
+    sweep: str | None,
+    minutes: float,
+    examples: int,
+    latency_table: str | None = None,
 ) -> None:
     """One task's market. With ``latency_table`` the clearing is priced by it, in a folder of its own that starts
     from the plain run's saved samples (the same game), so only the comparisons are computed again."""
@@ -82,7 +88,9 @@ def run(
 def _overshoot(pairs: list[dict]) -> str:
     """How far the final prices sit from the measured marginal value of compute share."""
     if not pairs:
-        return "No two controller runs of this sweep share a seed and settings at different budgets: nothing to compare."
+        return (
+            "No two controller runs of this sweep share a seed and settings at different budgets: nothing to compare."
+        )
     ratios = [lam / p["finite_difference"] for p in pairs if p["finite_difference"] > 0 for lam in p["lambdas"]]
     flat = sum(1 for p in pairs if p["finite_difference"] <= 0)
     note = f" {flat} pair(s) measured no positive marginal value of compute share (-dL/dC <= 0)." if flat else ""
@@ -382,7 +390,9 @@ def _targets(result: dict, top: list[dict]) -> list[str]:
                 ", so most of those negative values are noise of the subset, not harm (Held & Yang's gain from "
                 "dropping negative heads does not carry over to this model)"
             )
-        lines.append(reading + ". Fisher's ranking, from per-example gradients on the same examples, generalises better.")
+        lines.append(
+            reading + ". Fisher's ranking, from per-example gradients on the same examples, generalises better."
+        )
     if not result.get("shadow_prices"):
         checked = [p.stem.removeprefix("shadow_") for p in RESULTS.glob("shadow_*.json")]
         lines.append(
@@ -402,7 +412,9 @@ def _not_run(results: list[dict]) -> list[str]:
         if task not in tasks:
             lines.append(f"- The market on {task} (`python bench/market.py run {task} MODEL`, about an hour).")
     if not any((r.get("meta") or {}).get("config", {}).get("units") == ["head", "ffn"] for r in results):
-        lines.append("- FFN blocks in the game (`--units head,ffn`): 144 players instead of 72, about twice the pairs' cost.")
+        lines.append(
+            "- FFN blocks in the game (`--units head,ffn`): 144 players instead of 72, about twice the pairs' cost."
+        )
     if not any(r.get("priced_by") == "latency" for r in results):
         lines.append(
             "- The clearing priced by a latency table (`econlm market --latency-table "
@@ -451,7 +463,14 @@ def _latency_section(result: dict) -> list[str]:
         "no retraining.",
         "",
         markdown_table(
-            ["budget", "method", f"held-out {result['metric']}", "predicted latency share", "dense MACs share", "heads removed"],
+            [
+                "budget",
+                "method",
+                f"held-out {result['metric']}",
+                "predicted latency share",
+                "dense MACs share",
+                "heads removed",
+            ],
             rows,
         ),
         "",
@@ -475,7 +494,11 @@ def _latency_reading(result: dict) -> list[str]:
             "that minimum."
         )
     by = {(r["budget"], r["method"]): r["score"] for r in result["allocations"]}
-    wins = [r["budget"] for r in market if r not in missed and r["score"] >= max(by[(r["budget"], "activation")], by[(r["budget"], "fisher")])]
+    wins = [
+        r["budget"]
+        for r in market
+        if r not in missed and r["score"] >= max(by[(r["budget"], "activation")], by[(r["budget"], "fisher")])
+    ]
     reached = [r for r in market if r not in missed]
     if reached:
         lines.append(

@@ -344,7 +344,11 @@ def _reading(state: dict, rows: list[dict], first: str) -> str:
             f"schedule that drops after the first layer loses at least {least['lost'] * 100:.2f} points "
             f"({least['schedule']}, block MACs x{least['macs_share']:.3f}), while keeping every token through the "
             f"first layer and dropping gently after it "
-            + (f"costs {best['lost'] * 100:.2f} points" if best["lost"] >= 0 else f"scores {-best['lost'] * 100:.2f} points above the full model")
+            + (
+                f"costs {best['lost'] * 100:.2f} points"
+                if best["lost"] >= 0
+                else f"scores {-best['lost'] * 100:.2f} points above the full model"
+            )
             + f" at x{best['macs_share']:.3f} ({best['schedule']})."
             + (
                 " A schedule above the full model measures the dev split's noise at this metric, not a gain."
