@@ -649,6 +649,7 @@ def clear_market_latency(
     kept = [False] * len(units)
     for u in _most_valuable_per_layer(values, units):
         buy(u)
+
     def value_per_second(u: int) -> tuple[float, float]:
         cost = marginal(u)
         return (values[u] / cost if cost > 0 else math.inf, values[u])  # free units first, by value

@@ -252,7 +252,7 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
     }
     out["interactions"] = _interactions(game, units, values, config)
     out["allocations"], out["head_ranking_at_half"] = [], {}
-    out["priced_by"] = "latency" if config.latency_table else "MACs"
+    out["priced_by"] = "latency" if table is not None else "MACs"  # no comparison: nothing is priced by the table
     if config.compare:
         importance = _importance(model, game_split)
         out["allocations"] = _allocations(loaded, task, held_out, units, values, macs, config, importance, table, progress)
