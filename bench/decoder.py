@@ -22,6 +22,8 @@ import argparse
 import json
 import os
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -118,8 +120,16 @@ def models_of(results: list[dict]) -> dict[str, dict]:
             "gates": r.get("gates") if r["kind"] == "train" else None,
             "settings": r["settings"],
             "removed": ((r.get("compact") or {}).get("removed") or {}) if r["kind"] == "train" else None,
+            "sparsity": r.get("sparsity") if r["kind"] == "train" else None,
+            "cost_terms_last_step": _last_step_terms(r) if r["kind"] == "train" else None,
         }
     return models
+
+
+def _last_step_terms(result: dict) -> dict | None:
+    """The loss terms of a training's last step (metrics.json), to weigh a tax against the task loss."""
+    path = Path(result["final_model"]) / "metrics.json"
+    return json.loads(path.read_text()).get("cost_terms_last_step") if path.exists() else None
 
 
 def _ordered(rows: list[dict]) -> list[dict]:
@@ -215,7 +225,10 @@ def time_structures(repeats: int) -> None:
         decode_batches=DECODE_BATCHES,
     )
     results = measure_decoding(timed, config)
+    if state.get("timing"):  # earlier runs are kept: their spread says how far one run's ratios can be trusted
+        state.setdefault("timing_history", []).append(state["timing"])
     state["timing"] = {
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "by_model": results,
         "structure_of": {json.dumps(state["models"][n]["structure"]): n for n in timed},
         "repeats": repeats,
@@ -229,11 +242,9 @@ def rows_of(state: dict) -> list[dict]:
     reference = state["models"].get("lambda0")
     if reference is None or json.dumps(reference["structure"]) not in timing["structure_of"]:
         raise SystemExit("the lambda = 0 fine-tune is not scored and timed yet: run `score`, then `time`")
-    ref_time = timing["by_model"][timing["structure_of"][json.dumps(reference["structure"])]]
     rows = []
     for name, info in state["models"].items():
         timed_as = timing["structure_of"].get(json.dumps(info["structure"]))
-        t = timing["by_model"].get(timed_as, {}) if timed_as else {}
         row = {
             "name": name,
             **{k: info.get(k) for k in ("method", "kind", "id", "budget", "matches", "recovery", "training_steps")},
@@ -249,15 +260,62 @@ def rows_of(state: dict) -> list[dict]:
             "ffn": sum(info["structure"]["ffn"]),
             "timed_as": timed_as,
             "continuation": info["continuation"],
+            "sparsity": info.get("sparsity"),
+            "cost_terms_last_step": info.get("cost_terms_last_step"),
         }
-        if t:
-            row["prefill_speedup"] = ref_time["prefill"]["median"] / t["prefill"]["median"]
-            for b in DECODE_BATCHES:
-                key = f"decode_batch{b}"
-                row[f"decode_b{b}_tokens_per_s"] = t[key]["tokens_per_second"]
-                row[f"decode_b{b}_speedup"] = t[key]["tokens_per_second"] / ref_time[key]["tokens_per_second"]
+        row.update(_speed_ratios(timing, info["structure"], reference["structure"]))
         rows.append(row)
     return _ordered(rows)
+
+
+def _speed_ratios(timing: dict, structure: dict, reference: dict) -> dict:
+    """Prefill and decode speedups of ``structure`` over ``reference`` within one timing run ({} if untimed)."""
+    timed_as = timing["structure_of"].get(json.dumps(structure))
+    if timed_as is None:
+        return {}
+    t, ref = timing["by_model"][timed_as], timing["by_model"][timing["structure_of"][json.dumps(reference)]]
+    ratios = {"prefill_speedup": ref["prefill"]["median"] / t["prefill"]["median"]}
+    for b in DECODE_BATCHES:
+        key = f"decode_batch{b}"
+        ratios[f"decode_b{b}_tokens_per_s"] = t[key]["tokens_per_second"]
+        ratios[f"decode_b{b}_speedup"] = t[key]["tokens_per_second"] / ref[key]["tokens_per_second"]
+    return ratios
+
+
+def _run_to_run(state: dict, rows: list[dict]) -> list[str]:
+    """The incentive models' speed ratios in every timing run kept, oldest first, so a reader sees how far
+    the ratios of one interleaved run move between runs on this machine."""
+    runs = state.get("timing_history", []) + [state["timing"]]
+    reference = state["models"]["lambda0"]["structure"]
+    gated = [r for r in rows if r["kind"] in ("train", "ablation") and r["flops_share"] < 0.999]
+    lines, spread = [], 0.0
+    for r in gated:
+        seen = [_speed_ratios(t, state["models"][r["name"]]["structure"], reference) for t in runs]
+        seen = [s for s in seen if s]
+        if len(seen) < 2:
+            continue
+        cells = []
+        for key, what in (
+            ("prefill_speedup", "prefill"),
+            ("decode_b1_speedup", "decode b1"),
+            ("decode_b8_speedup", "decode b8"),
+        ):
+            values = [s[key] for s in seen]
+            spread = max(spread, max(values) - min(values))
+            cells.append(f"{what} " + " / ".join(f"x{v:.2f}" for v in values))
+        lines.append(f"- {r['method']}: {'; '.join(cells)}.")
+    if not lines:
+        return []
+    return [
+        f"The same structures were timed in {len(runs)} separate interleaved runs "
+        f"({'/'.join(str(t['repeats']) for t in runs)} rounds, the table shows "
+        f"the latest). Within a run the models share the machine's state round by round; between runs a ratio "
+        f"moved by up to {spread:.2f}, so read the speed columns to about that precision. Each model's ratios, "
+        "oldest run first:",
+        "",
+        *lines,
+        "",
+    ]
 
 
 def _incentive_verdicts(rows: list[dict]) -> list[str]:
@@ -293,7 +351,7 @@ def _incentive_verdicts(rows: list[dict]) -> list[str]:
 def _why(state: dict, rows: list[dict]) -> list[str]:
     """Why the incentive models score as they do against the rivals at their structure, from the runs."""
     lines = ["### Why incentive training scores as it does", ""]
-    for r in (r for r in rows if r["kind"] == "train"):
+    for r in (r for r in rows if r["kind"] in ("train", "ablation")):
         info = state["models"][r["name"]]
         heads = (info.get("gates") or {}).get("heads") or {}
         removed = (info.get("removed") or {}).get("heads", 0)
@@ -335,16 +393,19 @@ def _why(state: dict, rows: list[dict]) -> list[str]:
         + " and ".join(f"{share:.0%}" for share in lost)
         + " of the FFN neurons, while a rival prunes a model fine-tuned for all of them (CoFiPruning trains small "
         "tasks for 120 epochs).",
-        "- Speed: at batch 1 on a CPU, greedy decoding of 30 small layers is dominated by per-layer overhead (the "
-        "KV cache, norms, Python), not by the matrix products the FLOPs count: "
+        "- Speed against the FLOPs cut (1 / FLOPs share is the speedup the counted matrix products alone would "
+        "give): "
         + "; ".join(
-            f"{r['method']} computes {1 - r['flops_share']:.0%} fewer FLOPs and decodes "
-            f"x{r.get('decode_b1_speedup', float('nan')):.2f} as fast at batch 1 (x{r.get('prefill_speedup', float('nan')):.2f} "
+            f"{r['method']} computes {1 - r['flops_share']:.0%} fewer FLOPs (x{1 / r['flops_share']:.2f}) and decodes "
+            f"x{r.get('decode_b1_speedup', float('nan')):.2f} as fast at batch 1, "
+            f"x{r.get('decode_b8_speedup', float('nan')):.2f} at batch 8 (x{r.get('prefill_speedup', float('nan')):.2f} "
             "prefill)"
             for r in rows
             if r["kind"] == "train"
         )
-        + ". Removing whole layers, or a batch large enough to make the products dominate, is what would move it.",
+        + ". Each decoded token also pays per-layer costs the FLOPs do not count (the KV cache, norms, Python "
+        "dispatch over 30 layers), which removing heads and neurons does not shrink; where a measured ratio falls "
+        "short of the FLOPs ratio, that is the rest. Removing whole layers is what would cut it.",
         "",
     ]
     return lines
@@ -452,10 +513,10 @@ def figure(rows: list[dict]) -> str | None:
     axes[0].set_ylabel("WikiText-103 test perplexity (lower is better)")
     collapsed = [r for r in rows if r["ppl"] >= COLLAPSED]
     if collapsed:
-        fig.suptitle(
-            "Off the chart, drawn at the top edge: " + "; ".join(f"{r['method']} ({r['ppl']:.3g})" for r in collapsed),
-            fontsize=9,
+        title = "Off the chart, drawn at the top edge: " + "; ".join(
+            f"{r['method']} ({r['ppl']:.3g})" for r in collapsed
         )
+        fig.suptitle(textwrap.fill(title, 140), fontsize=9)
     handles, labels = axes[0].get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=False))
     fig.subplots_adjust(bottom=0.32)
@@ -575,11 +636,33 @@ def _ablation(rows: list[dict]) -> list[str]:
         )
     for r in ablation:
         if r["flops_share"] >= 0.999:
-            lines.append(
-                f"- {r['method']}: compaction found no dead unit, so it computes every FLOP of the reference "
-                f"(perplexity {r['ppl_increase']:+.1%}). A tax alone makes activations small, not zero."
-            )
+            lines.append(_untouched_compute(r))
     return lines + [""]
+
+
+def _untouched_compute(row: dict) -> str:
+    """Why a tax with no gates saved no compute, from its own run: how small it made the activations, and how
+    heavily it weighed against the task at its last step."""
+    line = (
+        f"- {row['method']}: compaction found no dead unit, so it computes every FLOP of the reference "
+        f"(perplexity {row['ppl_increase']:+.1%}). A tax alone makes activations small, not zero"
+    )
+    sparsity = row.get("sparsity") or {}
+    if "1e-02" in sparsity and "1e-03" in sparsity:
+        line += (
+            f": {sparsity['1e-02']:.0%} of its FFN activations are below 1e-2 in magnitude and "
+            f"{sparsity['1e-03']:.0%} below 1e-3 on the scored tokens, but a neuron goes only when it is dead on "
+            "every calibration token"
+        )
+    terms = row.get("cost_terms_last_step") or {}
+    tax = (terms.get("loss/total") or 0) - (terms.get("loss/task") or 0)
+    if terms.get("loss/task") and tax > terms["loss/task"]:
+        line += (
+            f". At the paper's scale the tax outweighs the task: at the last step lambda x C was {tax:.1f} against "
+            f"a language-model loss of {terms['loss/task']:.2f}, so the model traded its language modelling for "
+            "smaller activations that save nothing"
+        )
+    return line + "."
 
 
 def _hour_settings(state: dict, batch: int, window: int) -> list[str]:
@@ -705,7 +788,7 @@ def render(state: dict, rows: list[dict], wall_seconds: float) -> str:
         "of wall time on 2 CPU cores by the trials' own clocks (training, compaction, scoring; a trial stopped and "
         "resumed counts its last part only), plus this script's scoring and timing."
     )
-    lines += ["", "## Issue #12's targets", ""]
+    lines += ["", *_run_to_run(state, rows), "## Issue #12's targets", ""]
     lines += _incentive_verdicts(rows)
     lines += ["", _flap_line(rows, steps), ""] + _why(state, rows) + _ablation(rows)
     lines += ["## The price, and what compaction could realise", ""]
@@ -716,16 +799,19 @@ def render(state: dict, rows: list[dict], wall_seconds: float) -> str:
             continue
         gates, removed = info.get("gates") or {}, info.get("removed") or {}
         heads = gates.get("heads") or {}
-        per_head_gates |= "gate_covers" not in heads
+        per_head_gates |= bool(heads.get("total")) and "gate_covers" not in heads
         lines.append(
             f"- {info['method']}: the gates' expected compute share when training ended "
             f"{gates.get('expected_compute_share', float('nan')):.3f} of the gated units' FLOPs against a budget of "
             f"{info['budget']} (where the price left it when the gates froze), final price "
-            f"lambda {info['lambda_final']:.3g}. Gates closed {heads.get('closed', 0)} of {heads.get('total', 0)} "
-            f"query heads and {(gates.get('neurons') or {}).get('closed', 0)} of "
-            f"{(gates.get('neurons') or {}).get('total', 0)} neurons; compaction removed {removed.get('heads', 0)} "
-            f"query heads and {removed.get('neurons', 0)} neurons, so the compacted model computes "
-            f"{r['flops_share']:.3f} of the reference's FLOPs."
+            f"lambda {info['lambda_final']:.3g}. Gates closed "
+            + " and ".join(
+                f"{part['closed']} of {part['total']} {what}"
+                for part, what in ((heads, "query heads"), (gates.get("neurons") or {}, "neurons"))
+                if part.get("total")
+            )
+            + f"; compaction removed {removed.get('heads', 0)} query heads and {removed.get('neurons', 0)} neurons, "
+            f"so the compacted model computes {r['flops_share']:.3f} of the reference's FLOPs."
         )
     if per_head_gates:
         lines += [
@@ -746,7 +832,8 @@ def render(state: dict, rows: list[dict], wall_seconds: float) -> str:
     lines.append("")
     for r in rows:
         text = r["continuation"].replace("\n", " ").replace("|", "/")
-        lines.append(f'- {r["method"]}: "{text.strip()}"')
+        shown = f'"{text.strip()}"' if text.strip() else "nothing but whitespace or the end-of-text token"
+        lines.append(f"- {r['method']}: {shown}")
     lines += [""] + _not_run(rows, wall_seconds)
     lines += _hour_settings(state, batch, window)
     return "\n".join(lines)
