@@ -651,7 +651,7 @@ def _untouched_compute(row: dict) -> str:
     if "1e-02" in sparsity and "1e-03" in sparsity:
         line += (
             f": {sparsity['1e-02']:.0%} of its FFN activations are below 1e-2 in magnitude and "
-            f"{sparsity['1e-03']:.0%} below 1e-3 on the scored tokens, but a neuron goes only when it is dead on "
+            f"{sparsity['1e-03']:.0%} below 1e-3 on the test tokens its run scored at the end, but a neuron goes only when it is dead on "
             "every calibration token"
         )
     terms = row.get("cost_terms_last_step") or {}
