@@ -147,8 +147,28 @@ def _shadow_sections() -> list[str]:
             "",
             _overshoot(shadow["pairs"]),
             "",
+            *_unpaired(shadow),
         ]
     return lines
+
+
+def _unpaired(shadow: dict) -> list[str]:
+    """Controller runs with no neighbouring budget of the same settings and seed: priced, but not checkable."""
+    paired = {(share, loss) for p in shadow["pairs"] for share, loss in zip(p["shares"], p["losses"])}
+    alone = [r for r in shadow["runs"] if (r["share"], r["loss"]) not in paired]
+    if not alone:
+        return []
+    return [
+        "Controller runs with no neighbouring budget of the same settings and seed, so no finite difference to "
+        "check their price against: "
+        + "; ".join(
+            f"{r['id']} (budget {r['budget']}, share {r['share']:.3f}, dev loss {r['loss']:.4f}, "
+            f"final lambda {r['lambda_final']:.4g})"
+            for r in alone
+        )
+        + ".",
+        "",
+    ]
 
 
 def _shadow_table(pairs: list[dict]) -> str:
