@@ -610,7 +610,7 @@ def _ablation(rows: list[dict]) -> list[str]:
                 f"{r['heads']} / {r['kv_groups']} / {r['ffn']}",
                 round(r["prefill_speedup"], 2) if "prefill_speedup" in r else "-",
                 round(r["decode_b1_speedup"], 2) if "decode_b1_speedup" in r else "-",
-                f"{r['ppl_increase'] / (10 * (1 - r['flops_share'])):+.1%}" if r["flops_share"] < 0.999 else "-",
+                f"{_increase_per_tenth_cut(r):+.1%}" if r["flops_share"] < 0.999 else "-",
             ]
             for r in compared
         ],
@@ -629,7 +629,7 @@ def _ablation(rows: list[dict]) -> list[str]:
     ]
     cutting = [r for r in compared if r["flops_share"] < 0.999]
     if len(cutting) > 1:
-        best = min(cutting, key=lambda r: r["ppl_increase"] / (1 - r["flops_share"]))
+        best = min(cutting, key=_increase_per_tenth_cut)
         lines.append(
             f"- Least perplexity lost per FLOP removed: {best['method']} ({best['ppl_increase']:+.1%} for "
             f"{1 - best['flops_share']:.0%} fewer FLOPs)."
@@ -638,6 +638,11 @@ def _ablation(rows: list[dict]) -> list[str]:
         if r["flops_share"] >= 0.999:
             lines.append(_untouched_compute(r))
     return lines + [""]
+
+
+def _increase_per_tenth_cut(row: dict) -> float:
+    """Perplexity increase per 10% of the reference's FLOPs removed, to compare models cut by unequal amounts."""
+    return row["ppl_increase"] / (10 * (1 - row["flops_share"]))
 
 
 def _untouched_compute(row: dict) -> str:

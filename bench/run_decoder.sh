@@ -4,7 +4,8 @@
 # to continue; finished trials are kept and stopped trainings resume from their checkpoints.
 # Stages in priority order: budget 0.6 and its rivals with no recovery, those rivals with recovery, then
 # budget 0.4 and its rivals, then budget 0.8 and its rivals, then the attention / FFN ablation and the
-# paper-scale FFN tax (stage 5), then the magnitude rival with no recovery at budgets 0.4 and 0.8 (stage 6). Plan on 2 CPU cores (measured: about 7 s a step of 4 x 256 tokens): each
+# paper-scale FFN tax (stage 5), then the magnitude rival with no recovery at budgets 0.4 and 0.8 (stage 6).
+# Plan on 2 CPU cores (measured: about 7 s a step of 4 x 256 tokens): each
 # training about 15-25 min, each rival without recovery about 5 min, each with recovery about 17 min,
 # timing and scoring (python bench/decoder.py score && python bench/decoder.py time) about 15 min.
 #
