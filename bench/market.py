@@ -446,9 +446,10 @@ def _not_run(results: list[dict]) -> list[str]:
             "- The market's allocation on the frontier with recovery training matched to the gates' and the post-hoc "
             "rivals' (`bench/run_fair.sh market`, `bench/sweeps/market_cola.yaml`: a `shapley` post-hoc rival that "
             "prunes with a market estimated inside the sweep, matched per layer and as the market clearing across "
-            "layers). Built and tested on tiny models; the run needs the CoLA gates at budget 0.5 (10 epochs with a "
-            "teacher, about 40 min), a 30-min market of heads and FFN blocks, and six rivals with matched recovery "
-            "(about 40 min each): about 5 hours on 2 cores."
+            "layers). Built and tested on tiny models. The CoLA gates at budget 0.5 and their activation and Fisher "
+            "rivals (the same trials as `fair_cola.yaml`'s) are trained (docs/fair_cola.md); left: a 30-min market "
+            "of the teacher's 72 heads and 72 FFN blocks of 128 neurons, and two shapley rivals with matched "
+            "recovery (about 45 min each): about 2 hours on 2 cores."
         )
     lines.append(
         "- The shadow-price check on the frontier benchmark's controller runs (docs/frontier.md: flops gates at "

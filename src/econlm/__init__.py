@@ -37,6 +37,9 @@ _EXPORTS = {
     "token_budget": "econlm.tokens",
     "TokenSchedule": "econlm.tokens",
     "threshold_budget": "econlm.tokens",
+    "MarketConfig": "econlm.market_run",
+    "run_market": "econlm.market_run",
+    "save_market": "econlm.market_run",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -108,6 +108,14 @@ def _add_probe(sub) -> None:
         "([CLS]/[SEP] always kept): one fraction in (0, 1] for every layer, or one per layer (1,0.8,0.6,...); "
         "reports the exact MACs of the shortened sequences",
     )
+    p.add_argument(
+        "--latency-repeats",
+        type=int,
+        default=0,
+        help="time the token budget (or a checkpoint's learned thresholds) against every token, round by round, "
+        "on real dev batches with dynamic padding: this many rounds (default 0: no timing)",
+    )
+    p.add_argument("--latency-examples", type=int, default=128, help="dev examples the timing runs on")
     p.add_argument("--out", required=True, help="output folder")
     _add_data_flags(p, ("dev",))
     p.set_defaults(func=_cmd_probe)
@@ -129,6 +137,8 @@ def _cmd_probe(args) -> int:
         seed=args.seed,
         ffn_eps=args.ffn_eps,
         token_budget=args.token_budget,
+        latency_repeats=args.latency_repeats,
+        latency_examples=args.latency_examples,
         **_data_fields(args),
     )
     result = run_probe(config)
@@ -142,6 +152,13 @@ def _cmd_probe(args) -> int:
         )
     print(f"\n{meta['model']} on {meta['task']} {meta['split']}: {meta['examples_scored']} {meta['unit_of_examples']}")
     print(format_table(result.rows))
+    timed = meta.get("token_budget_latency")
+    if timed:
+        print(
+            f"token budget {timed['schedule']}: x{timed['speedup']:.2f} faster than every token (median of "
+            f"{timed['repeats']} interleaved rounds, {timed['examples']} dev examples in batches of "
+            f"{timed['batch_size']}, dynamic padding, {timed['threads']} threads, CPU)"
+        )
     print(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
     return 0
 

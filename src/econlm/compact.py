@@ -22,6 +22,7 @@ the largest difference is reported either way.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, replace
@@ -231,12 +232,15 @@ def measure_model(model, loaded, task, config: CompactConfig, head: str) -> dict
     the original and compacted model together, by :func:`measure_latency`."""
     from econlm import data, evaluate
     from econlm.flops import Structure, dense_macs
+    from econlm.tokens import attached_thresholds
 
     structure = Structure.of_model(model)
     macs = dense_macs(structure, latency_seq_len(model, config), include_head=True)
-    score = None
+    score, stats = None, None
+    learned = attached_thresholds(model)
+    recording = learned.recording() if learned is not None and task is not None else contextlib.nullcontext()
     if task is not None:
-        with torch.no_grad():
+        with torch.no_grad(), recording as stats:
             if task.is_lm:
                 ids = evaluate.lm_token_ids(
                     loaded.tokenizer, data.load_text(task, "test", config.data_dir), config.eval_limit or 8192
@@ -254,13 +258,16 @@ def measure_model(model, loaded, task, config: CompactConfig, head: str) -> dict
                     max_length=config.max_length,
                 )
         score = {"metric": result.metric, "value": result.value, "metrics": result.metrics, "examples": result.examples}
-    return {
+    measured = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "dense_macs": macs["macs"],
         "dense_flops": macs["flops"],
         "structure": {"heads": list(structure.heads), "kv_heads": list(structure.kv_heads), "ffn": list(structure.ffn)},
         "score": score,
     }
+    if stats is not None:  # learned thresholds dropped tokens while it was scored: what the blocks ran on
+        measured["token_budget"] = stats.summary(structure)
+    return measured
 
 
 LATENCY_BATCHES = (1, 32)
@@ -521,14 +528,52 @@ def compact_model(
     return compacted, report
 
 
-def _refuse_learned_tokens(model, checkpoint: str) -> None:
+def _set_aside_thresholds(model, config: CompactConfig) -> dict | None:
+    """A checkpoint that drops tokens by learned thresholds: what its token_thresholds.json holds, with the
+    thresholds detached from ``model`` so that calibration and the unit check see every token (which units are
+    dead does not depend on which tokens they see). None for a model without them."""
+    from econlm.learned_tokens import read_thresholds
     from econlm.tokens import attached_thresholds
 
-    if attached_thresholds(model) is not None:
+    attached = attached_thresholds(model)
+    if attached is None:
+        return None
+    if config.token_budget is not None:
         raise UserError(
-            f"{checkpoint} drops tokens by learned thresholds (token_thresholds.json), which read every head's "
-            "attention: removing heads would change which tokens they drop, so econlm compact does not take it yet"
+            f"{config.checkpoint} drops tokens by its learned thresholds (token_thresholds.json); --token-budget "
+            "would drop them twice: leave it out"
         )
+    spec = read_thresholds(config.checkpoint, len(arch.blocks(model)))
+    attached.detach()
+    return spec
+
+
+def _with_thresholds(model, compacted, spec: dict, tokenizer, batches: list[dict]) -> dict:
+    """Attach the learned thresholds to both models and compare them on the calibration batches, tokens
+    dropped. Token values count open heads only (:func:`econlm.tokens.open_heads`), so removing shut heads
+    leaves every value, and so every token dropped, as it was; but a value within float32 rounding of its
+    threshold can fall either way in the smaller matrices, so this is reported, not asserted."""
+    from econlm.tokens import attach_thresholds
+
+    attached = [
+        attach_thresholds(net, spec["thresholds"], tokenizer=tokenizer, special_ids=spec.get("special_ids", []))
+        for net in (model, compacted)
+    ]
+    differences, same_tokens = [], True
+    with torch.no_grad():
+        for batch in batches:
+            with attached[0].recording() as before:
+                expected = _outputs(model, batch)
+            with attached[1].recording() as after:
+                got = _outputs(compacted, batch)
+            differences.append(float((got - expected).abs().max()))
+            same_tokens = same_tokens and before.last_kept() == after.last_kept()
+    return {
+        "same_tokens_dropped": same_tokens,
+        "max_abs_output_difference": max(differences) if differences else 0.0,
+        "checked": "both models dropping tokens by the learned thresholds on the calibration batches: the tokens "
+        "each layer kept, and the outputs",
+    }
 
 
 def _compact(config: CompactConfig, out: Path, pbar) -> dict:
@@ -543,7 +588,7 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     pbar.set_postfix_str("calibrating")
     loaded = load_model(config.checkpoint)
     model = loaded.model
-    _refuse_learned_tokens(model, config.checkpoint)
+    thresholds = _set_aside_thresholds(model, config)
     trained = (getattr(model.config, "econlm", None) or {}).get("train", {})
     as_trained = {}
     if config.task is None and trained.get("task"):
@@ -575,6 +620,9 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
             f"nothing to remove in {config.checkpoint}: no head or FFN neuron is gated off or stays at or below "
             f"|a| <= {config.eps:g} on {config.calib_examples} calibration examples; nothing was written"
         )
+    with_tokens = None
+    if thresholds is not None:  # both score and time as the checkpoint runs: dropping tokens
+        with_tokens = _with_thresholds(model, compacted, thresholds, loaded.tokenizer, batches)
     pbar.update(1)
     pbar.set_postfix_str("scoring the original")
     before = measure_model(model, loaded, task, config, loaded.head)
@@ -609,7 +657,7 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
         "eps": config.eps,
         "calibration_examples": core.calibration_examples,
         "removed": core_json["removed"],
-        "verification": core_json["verification"],
+        "verification": {**core_json["verification"], **({"token_thresholds": with_tokens} if with_tokens else {})},
         "before": before,
         "after": after,
         "ratios": {
@@ -642,6 +690,10 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     # Written beside --out and renamed into place: a failed write (a full disk) leaves no half-written model.
     with staging_dir(out.parent, f".{out.name}-", tensor_bytes(compacted.state_dict())) as staging:
         save_model(compacted, loaded.tokenizer, staging)
+        if thresholds is not None:  # no shut head is left, so the values read the same in the newest format
+            from econlm.learned_tokens import FORMAT, save_thresholds
+
+            save_thresholds(staging, {**thresholds, "format": FORMAT})
         write_json(staging / "compact.json", report)
         if out.exists():
             out.rmdir()  # empty, checked above

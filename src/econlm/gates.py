@@ -41,6 +41,7 @@ class HardConcrete(nn.Module):
     def __init__(self, n: int, init_log_alpha: float = INIT_LOG_ALPHA):
         super().__init__()
         self.log_alpha = nn.Parameter(torch.full((n,), float(init_log_alpha)))
+        self.last: torch.Tensor | None = None  # the latest value drawn, detached: which units this pass shut
 
     def forward(self) -> torch.Tensor:
         """A gate sample in training mode; the deterministic value in eval mode. Shape (n,)."""
@@ -49,7 +50,9 @@ class HardConcrete(nn.Module):
             s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / BETA)
         else:
             s = torch.sigmoid(self.log_alpha)
-        return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+        z = (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+        self.last = z.detach()
+        return z
 
     def prob_open(self) -> torch.Tensor:
         """P(z != 0) per gate, differentiable. Shape (n,)."""

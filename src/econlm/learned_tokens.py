@@ -1,14 +1,16 @@
 """Learned token budgets for encoders, in the style of LTP (Kim et al., 2022, "Learned Token Pruning").
 
 One learnable threshold per layer (but the last, which no layer follows) on a token's *value*: the attention
-it receives in that layer, :func:`econlm.tokens.relative_values` (the mean over heads of its column sum over
-the real query rows) as a share of what the droppable tokens receive, times their number. Values average
-exactly 1 over an example's droppable tokens, whatever its length, and uniform attention gives every token 1:
-a threshold of 0.8 means "less than 80% of an even share", on short and long examples alike. (LTP divides by
-the length as well, so its fixed threshold drops a larger share of a long example.) The share is taken among
-the droppable tokens because in late layers [CLS] and [SEP] absorb most of the attention (attention sinks):
-measured against every token, all other values fall together and a threshold empties the sequence (format 1
-of the thresholds file did that: MiniLM on STS-B kept 3 tokens of 31 after layer 4 at a 0.5 budget).
+it receives in that layer, :func:`econlm.tokens.relative_values` (the mean over the open heads of its column
+sum over the real query rows; a head shut by its gate, or folded to zero, has no say, so econlm compact can
+remove it and the smaller model drops the same tokens) as a share of what the droppable tokens receive,
+times their number. Values average exactly 1 over an example's droppable tokens, whatever its length, and
+uniform attention gives every token 1: a threshold of 0.8 means "less than 80% of an even share", on short
+and long examples alike. (LTP divides by the length as well, so its fixed threshold drops a larger share of
+a long example.) The share is taken among the droppable tokens because in late layers [CLS] and [SEP] absorb
+most of the attention (attention sinks): measured against every token, all other values fall together and a
+threshold empties the sequence (format 1 of the thresholds file did that: MiniLM on STS-B kept 3 tokens of 31
+after layer 4 at a 0.5 budget).
 [CLS]/[SEP]/BOS/EOS and the first real token are always kept; padding is never counted.
 
 Training (the model in training mode) uses a soft mask. After layer ``l`` each real token gets
@@ -58,6 +60,7 @@ from econlm.tokens import (
     attached_thresholds,
     check_encoder,
     check_thresholds,
+    open_heads,
     register_hooks,
     relative_values,
     special_token_ids,
@@ -67,7 +70,10 @@ from econlm.tokens import (
 
 THRESHOLDS_FILE = "token_thresholds.json"
 # Format 2: values relative to the droppable tokens (format 1 read every token's, attention sinks included).
-FORMAT = 2
+# Format 3: values count the open heads only (format 2 counted every head, a shut one too), so removing shut
+# heads (econlm compact) leaves every value as it was. On a model with no shut head the two read the same.
+FORMAT = 3
+SAME_WITHOUT_SHUT_HEADS = 2  # the oldest format that reads like this one on a model whose heads are all open
 ATTRIBUTE = "econlm_token_thresholds"
 PREFIX = ATTRIBUTE + "."
 # Thresholds start below every value (values are >= 0): nothing is dropped, and at the default temperature a
@@ -75,9 +81,9 @@ PREFIX = ATTRIBUTE + "."
 INIT_THRESHOLD = -0.5
 DEFAULT_TEMPERATURE = 0.1
 VALUE_DEFINITION = (
-    "attention a token receives in the layer: the mean over heads of its column sum of the attention probabilities "
-    "over the real query rows, as a share of what the droppable tokens (real, not special) receive, times their "
-    "number (averages 1 over the droppable tokens, whatever [CLS]/[SEP] absorb; 1 for every token under uniform "
+    "attention a token receives in the layer: the mean over the open heads (those whose output reaches the model: "
+    "not gated off, not folded to zero) of its column sum of the attention probabilities over the real query "
+    "rows, as a share of what the droppable tokens (real, not special) receive, times their number (averages 1 over the droppable tokens, whatever [CLS]/[SEP] absorb; 1 for every token under uniform "
     "attention)"
 )
 
@@ -261,9 +267,13 @@ class _SoftSession(BudgetSession):
             if layer < self.layers - 1:
                 # (B, T): query rows weighted by keep, values relative to the droppable tokens still in
                 droppable = state.keep * (state.real & ~state.special)
-                values = relative_values(state.probs, state.keep * state.real, droppable)
+                heads = open_heads(self.model, layer)  # as at inference: only heads whose output counts
+                values = relative_values(state.probs, state.keep * state.real, droppable, heads)
                 m = self.thresholds.keep(layer, values)
-                m = torch.where(state.special | ~state.real, torch.ones_like(m), m)
+                kept = state.special | ~state.real
+                if heads is not None and not bool(heads.any()):  # no head left to say what matters: keep all
+                    kept = torch.ones_like(kept)
+                m = torch.where(kept, torch.ones_like(m), m)
                 keep = state.keep * m  # (B, T)
                 left = (state.keep - keep).unsqueeze(-1).to(hidden.dtype)  # (B, T, 1): what leaves here
                 state.full = left * hidden if state.full is None else state.full + left * hidden
@@ -383,7 +393,7 @@ def read_thresholds(directory: str | Path, layers: int | None = None) -> dict | 
             f"{path} is not a token-thresholds file this econlm reads (no 'format': {FORMAT}); it was written by "
             "an older econlm or by hand: train the model again"
         )
-    if version < FORMAT:
+    if version < SAME_WITHOUT_SHUT_HEADS:
         raise UserError(
             f"{path} has format {version}: its thresholds were learned on token values that counted the attention "
             f"[CLS]/[SEP] absorb, which this econlm (format {FORMAT}) no longer uses; train the model again"
@@ -421,4 +431,11 @@ def attach_saved(model: nn.Module, directory: str | Path, tokenizer=None):
     except UserError as error:
         raise UserError(f"{path}: {error}") from None
     spec = read_thresholds(directory, len(arch.blocks(model)))
+    if spec["format"] < FORMAT:
+        shut = [layer for layer in range(len(arch.blocks(model)) - 1) if open_heads(model, layer) is not None]
+        if shut:
+            raise UserError(
+                f"{path} has format {spec['format']}, whose token values counted every head, and this model has heads "
+                f"shut (layers {', '.join(map(str, shut))}) that format {FORMAT} leaves out: train the model again"
+            )
     return attach_thresholds(model, spec["thresholds"], tokenizer=tokenizer, special_ids=spec.get("special_ids", []))

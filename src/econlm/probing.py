@@ -40,6 +40,10 @@ class ProbeConfig(DataFields):
     seed: int = 0
     ffn_eps: float | None = None  # FFN activations with |a| < ffn_eps are set to zero while scoring
     token_budget: str | None = None  # encoders: share of tokens kept after each layer ("0.5" or "1,0.8,...")
+    # Time the token budget (or the checkpoint's learned thresholds) against every token, round by round, on
+    # real dev batches with dynamic padding: this many rounds (0: no timing) over this many examples.
+    latency_repeats: int = 0
+    latency_examples: int = 128
 
     def __post_init__(self) -> None:
 
@@ -59,6 +63,8 @@ class ProbeConfig(DataFields):
         check_max_length(self.max_length)
         if self.ffn_eps is not None and not (self.ffn_eps > 0 and self.ffn_eps < float("inf")):
             raise UserError(f"--ffn-eps must be a positive number, not {self.ffn_eps}")
+        if self.latency_repeats < 0 or self.latency_examples < 1:
+            raise UserError("--latency-repeats must be >= 0 (0: no timing) and --latency-examples at least 1")
 
     def parsed_budgets(self) -> list[Budget]:
         return [Budget.parse(b) for b in self.budgets]
@@ -303,6 +309,7 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
     evaluate.scoring_method(task, loaded.head)
     model_, tokenizer = loaded.model, loaded.tokenizer
     schedule = _token_schedule(model_, config.token_budget)
+    _check_timed_tokens(model_, task, config)
     model_.eval()
 
     if task.is_lm:
@@ -372,7 +379,86 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
             "token_budget": _token_meta(schedule, model_),
         }
     )
+    if config.latency_repeats:
+        meta["token_budget_latency"] = token_budget_latency(loaded, examples, config)
     return ProbeResult(config=config, rows=rows, meta=meta)
+
+
+def _check_timed_tokens(model, task, config: ProbeConfig) -> None:
+    """--latency-repeats times what a token budget saves: refused in one line where there is none to time."""
+    from econlm.tokens import attached_thresholds
+
+    if not config.latency_repeats:
+        return
+    if task.is_lm:
+        raise UserError("--latency-repeats times a token budget, which encoders on GLUE tasks have; leave it out")
+    if config.token_budget is None and attached_thresholds(model) is None:
+        raise UserError(
+            "--latency-repeats times a token budget against every token: give --token-budget F (or probe a "
+            "checkpoint trained with --cost tokens)"
+        )
+
+
+def token_budget_latency(loaded, examples, config: ProbeConfig) -> dict:
+    """The token budget (or the learned thresholds) against every token, timed round by round in one run on
+    real dev batches: ``config.latency_examples`` examples spread over the split (its length mix), batches of
+    ``config.batch_size`` each padded to its own longest row, so the full model never computes padding that the
+    budget would then be credited with dropping."""
+    from contextlib import contextmanager
+
+    import torch
+
+    from econlm.latency import batches_call, measure_interleaved, measure_token_budget, text_batches
+    from econlm.tokens import attach_thresholds, attached_thresholds
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    subset = examples[:: max(1, len(examples) // config.latency_examples)][: config.latency_examples]
+    pairs = [e.text_b for e in subset] if subset[0].text_b is not None else None
+    batches = text_batches(
+        tokenizer, [e.text_a for e in subset], pairs, batch_size=config.batch_size, max_length=config.max_length
+    )
+    repeats, warmup = config.latency_repeats, 2
+    learned = attached_thresholds(model)
+    if learned is None:
+        measured = measure_token_budget(
+            model, batches, config.token_budget, tokenizer=tokenizer, warmup=warmup, repeats=repeats
+        )
+        timings, speedup = measured["timings"], measured["speedup"]
+        full, budget = "full", "token_budget"
+    else:
+
+        @contextmanager
+        def every_token():  # the same model with its thresholds off for the call, then back on
+            attached = attached_thresholds(model)
+            thresholds, special_ids = attached.thresholds, attached.special_ids
+            attached.detach()
+            try:
+                yield
+            finally:
+                attach_thresholds(model, thresholds, special_ids=special_ids)
+
+        call = batches_call(model, batches)
+        timings = measure_interleaved(
+            {"full": call, "learned": call}, warmup=warmup, repeats=repeats, around={"full": every_token}
+        )
+        full, budget = "full", "learned"
+        speedup = timings[full].median / timings[budget].median
+    return {
+        "schedule": config.token_budget or "learned",
+        "speedup": speedup,
+        "median_seconds": {"every_token": timings[full].median, "token_budget": timings[budget].median},
+        "examples": len(subset),
+        "batches": len(batches),
+        "batch_size": config.batch_size,
+        "tokens_real": sum(int(b["attention_mask"].sum()) for b in batches),
+        "tokens_padded": sum(int(b["input_ids"].numel()) for b in batches),
+        "repeats": repeats,
+        "warmup": warmup,
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+        "timed_on": "real dev batches, dynamic padding (each padded to its own longest row); the model with every "
+        "token and with the token budget called in turn each round (medians of the rounds)",
+    }
 
 
 def _probe_rows(

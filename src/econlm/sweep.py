@@ -544,12 +544,7 @@ def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -
     final_dir = model_dir
     compact = context.get("compact")
     eps = (compact or {}).get("eps", 1e-3)
-    if compact is not None and "tokens" in spec["settings"].get("cost", ()):
-        # Learned thresholds read every head's attention, so removing heads would change which tokens go:
-        # econlm compact refuses such a model, and the trial keeps its trained structure (units + tokens
-        # together are measured as a post-hoc token budget on a compacted model: baselines.tokens, on: units).
-        result["compact"] = {"removed": None, "note": "learned token thresholds: not compacted"}
-    elif compact is not None:
+    if compact is not None:  # learned token thresholds too: their values count open heads only, so they survive
         compact_dir = trial_dir / "compact"
         report = _compact_report(compact_dir)
         if report is None:

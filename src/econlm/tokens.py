@@ -154,7 +154,9 @@ def token_values(probs: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bhqk,bq->bk", probs.float(), real.float())
 
 
-def relative_values(probs: torch.Tensor, real: torch.Tensor, content: torch.Tensor | None = None) -> torch.Tensor:
+def relative_values(
+    probs: torch.Tensor, real: torch.Tensor, content: torch.Tensor | None = None, heads: torch.Tensor | None = None
+) -> torch.Tensor:
     """Attention each token receives relative to an even share.
 
     Without ``content``: :func:`token_values` over the heads' mean. Every real query row sums to 1, so over an
@@ -167,13 +169,36 @@ def relative_values(probs: torch.Tensor, real: torch.Tensor, content: torch.Tens
     number. These values average exactly 1 over the droppable tokens however much attention the always-kept
     [CLS]/[SEP] absorb. In late layers those attention sinks take most of it, so plain values sink below any
     threshold for every other token at once; this is the value learned thresholds read. Returns float32 (B, K).
+
+    ``heads``, bool (H,), counts only those heads (:func:`open_heads`: a head whose output never reaches the
+    model has no say in which tokens matter, and removing it must not change the values); None: every head.
     """
-    values = torch.einsum("bhqk,bq->bk", probs.float(), real.float()) / probs.shape[1]
+    if heads is not None:
+        probs = probs[:, heads.to(probs.device)]
+    values = torch.einsum("bhqk,bq->bk", probs.float(), real.float()) / max(probs.shape[1], 1)
     if content is None:
         return values
     content = content.float()
     received = (values * content).sum(1, keepdim=True)  # (B, 1): attention the droppable tokens receive
     return values * content.sum(1, keepdim=True) / received.clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def open_heads(model: nn.Module, layer: int) -> torch.Tensor | None:
+    """(H,) bool: the heads of ``layer`` whose output reaches the model, the ones token values count. A head is
+    shut when every weight reading its slice of the output projection's input is exactly zero (a gate closed
+    and folded: what econlm compact removes) or, while gates are attached (training), when its gate is 0 in
+    this forward pass. None when every head is open (the common case: nothing to select)."""
+    from econlm.gates import get_gates
+
+    head_dim = arch.shape(model.config).head_dim
+    o_proj = arch.blocks(model)[layer].get_submodule(arch.family(model.config).o)
+    columns = arch.in_columns(o_proj).detach()  # (heads x head_dim, hidden)
+    live = columns.reshape(columns.shape[0] // head_dim, -1).abs().amax(1) > 0
+    gates = get_gates(model)
+    sample = gates.heads[layer].last if gates is not None and gates.heads is not None else None
+    if sample is not None:  # one gate per K/V group: it shuts every query head of its group
+        live = live & (sample > 0).to(live.device).repeat_interleave(live.shape[0] // sample.shape[0])
+    return None if bool(live.all()) else live
 
 
 def threshold_keep(values: torch.Tensor, real: torch.Tensor, special: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -409,7 +434,12 @@ class BudgetSession:
         if state.probs is None or not bool((keep < current).any()):
             state.entered.append(state.entered[-1])
             return hidden
-        values = token_values(state.probs, state.real)  # (B, T)
+        heads = open_heads(self.model, layer)  # rank by the heads whose output counts, as the rule measured
+        if heads is not None and bool(heads.any()):  # (with none open, every head's attention is all there is)
+            probs = state.probs[:, heads.to(state.probs.device)]
+        else:
+            probs = state.probs
+        values = token_values(probs, state.real)  # (B, T)
         index, kept = select_tokens(values, state.real, state.special, keep)  # (B, T')
         if state.full is None:  # the first drop: every slot is still at its own position
             batch, _, dim = hidden.shape
@@ -634,9 +664,10 @@ def threshold_session(model, thresholds, ids: list[int], token_mask, active=None
 
     def keep(layer: int, state: _Pass) -> torch.Tensor:
         threshold = current()[layer]
-        if state.probs is None or threshold == -math.inf:
-            return state.counts[-1]
-        values = relative_values(state.probs, state.real, state.real & ~state.special)
+        heads = open_heads(model, layer) if state.probs is not None else None
+        if state.probs is None or threshold == -math.inf or (heads is not None and not bool(heads.any())):
+            return state.counts[-1]  # nothing read, nothing to drop, or no head left to say what matters
+        values = relative_values(state.probs, state.real, state.real & ~state.special, heads)
         return threshold_keep(values, state.real, state.special, threshold)
 
     session = BudgetSession(model, len(blocks), keep, ids, stats, token_mask, active, on_finish)

@@ -290,7 +290,7 @@ def test_a_few_steps_with_the_tax_lower_the_expected_kept_share():
     metrics = tax.metrics()
     assert metrics["cost/compute_share"] == shares[-1] and metrics["tokens/threshold_0"] > 0.7
     spec = tax.finalize()["tokens"]
-    assert len(spec["thresholds"]) == 2 and spec["format"] == 2 and not tax.token_parameters()
+    assert len(spec["thresholds"]) == 2 and spec["format"] == 3 and not tax.token_parameters()
     assert _no_hooks(model)
 
 
@@ -367,7 +367,7 @@ def test_train_saves_thresholds_that_load_and_probe_honour(tiny, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "learned token budget: tokens per layer" in printed
     saved = json.loads((out / THRESHOLDS_FILE).read_text())
-    assert saved["format"] == 2 and len(saved["thresholds"]) == 2 and saved["special_ids"]
+    assert saved["format"] == 3 and len(saved["thresholds"]) == 2 and saved["special_ids"]
     metrics = json.loads((out / "metrics.json").read_text())
     tokens = metrics["token_budget"]
     assert tokens["thresholds"] == saved["thresholds"] and 0 < tokens["macs_ratio"] <= 1
@@ -383,10 +383,72 @@ def test_train_saves_thresholds_that_load_and_probe_honour(tiny, tmp_path, capsy
     assert row["token_budget"] == "learned" and row["token_macs_ratio"] == pytest.approx(tokens["macs_ratio"])
     assert row["score"] == pytest.approx(metrics["score"])  # the probe scores what training evaluated
     assert row["per_layer"][0]["token_threshold"] == pytest.approx(saved["thresholds"][0])
+    # Timed against the same model with its thresholds off for the call, then back on
+    assert main([*probe, "--latency-repeats", "2", "--latency-examples", "8", "--out", str(tmp_path / "t")]) == 0
+    timed = json.loads((tmp_path / "t" / "probe.json").read_text())["token_budget_latency"]
+    assert timed["schedule"] == "learned" and timed["examples"] == 8 and timed["speedup"] > 0
+    from econlm.data import load_examples
+    from econlm.probing import ProbeConfig, token_budget_latency
+
+    examples = load_examples("sst2", "dev", str(tiny["data"]))
+    token_budget_latency(loaded, examples, ProbeConfig(model=str(out), task="sst2", latency_repeats=1))
+    assert list(attached_thresholds(loaded.model).thresholds) == pytest.approx(saved["thresholds"])  # back on
     capsys.readouterr()
     assert main([*probe, "--token-budget", "0.5", "--out", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err.strip()
     assert "learned thresholds" in err and "\n" not in err
+
+
+def test_units_and_tokens_priced_together_are_realised_by_compaction(tiny, tmp_path, capsys):
+    # One market for units and tokens, as training leaves it: gates shut a head and some neurons, thresholds
+    # drop tokens. In eval mode with the gates on, values count the heads whose gate is open; folded, the shut
+    # head's weights are zero and values skip it; compacted, it is gone. All three drop the same tokens and
+    # compute the same logits.
+    from econlm.models import load_model
+
+    loaded = load_model(str(tiny["ckpt"]))
+    model = loaded.model.eval()
+    fam = arch.family(model.config)
+    with torch.no_grad():  # peaked attention: values spread far from the thresholds, beyond any rounding
+        for block in arch.blocks(model):
+            block.get_submodule(fam.q).weight.mul_(30)
+            block.get_submodule(fam.k).weight.mul_(30)
+    tax = attach_tax(model, TaxConfig(cost=("flops", "tokens"), budget=0.5), total_steps=10, tokenizer=loaded.tokenizer)
+    from econlm.gates import get_gates
+    from econlm.learned_tokens import get_thresholds
+
+    gates = get_gates(model)
+    with torch.no_grad():
+        gates.heads[0].log_alpha[1] = -20.0  # eval value exactly 0: shut
+        gates.heads[1].log_alpha[2] = -20.0
+        gates.neurons[0].log_alpha[:10] = -20.0
+        get_thresholds(model).threshold.copy_(torch.tensor([0.95, 1.0]))
+    batch = loaded.tokenizer(
+        ["a fairly long sentence about a film and its plot and its cast", "short one", "a third, of middling length"],
+        padding=True,
+        return_tensors="pt",
+    )
+    with torch.no_grad(), tax:
+        tax.begin(batch["attention_mask"])
+        gated = model(**batch).logits
+        counts = [float(c.sum()) for c in tax.tokens_term().learned.counts]
+    assert counts[-1] < counts[0]  # tokens left, by values over the open heads
+    finished = tax.finalize()
+    out = tmp_path / "joint"
+    model.save_pretrained(out)
+    loaded.tokenizer.save_pretrained(out)
+    save_thresholds(out, finished["tokens"])
+    assert main(["compact", str(out), "--task", "sst2", "--data-dir", str(tiny["data"]), "--out", str(tmp_path / "c")]) == 0
+    report = json.loads((tmp_path / "c" / "compact.json").read_text())
+    assert report["removed"]["heads"] == 2 and report["removed"]["neurons"] == 10
+    assert report["verification"]["token_thresholds"]["same_tokens_dropped"]
+    assert report["after"]["score"]["value"] == pytest.approx(report["before"]["score"]["value"])
+    assert report["after"]["token_budget"]["tokens_per_layer"] == report["before"]["token_budget"]["tokens_per_layer"]
+    for folder in (out, tmp_path / "c"):
+        net = load_model(str(folder)).model
+        with torch.no_grad(), attached_thresholds(net).recording() as stats:
+            torch.testing.assert_close(net(**batch).logits, gated, rtol=1e-3, atol=1e-4)  # gates scale, folds multiply
+        assert [n * 3 for n in stats.tokens_per_layer()] == pytest.approx(counts)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -398,7 +460,7 @@ def test_train_saves_thresholds_that_load_and_probe_honour(tiny, tmp_path, capsy
     [
         ("{not json", "damaged or truncated"),
         ({"thresholds": [0.5, 0.5]}, "older econlm"),
-        ({"format": 3, "thresholds": [0.5, 0.5]}, "newer than this econlm"),
+        ({"format": 4, "thresholds": [0.5, 0.5]}, "newer than this econlm"),
         ({"format": 1, "thresholds": [0.5, 0.5]}, "format 1: its thresholds were learned on token values that"),
         ({"format": 2, "thresholds": [0.5]}, "1 token thresholds for a model of 3 layers"),
         ({"format": 2, "thresholds": ["high", 0.5]}, "must be a list of numbers"),
@@ -461,14 +523,107 @@ def test_train_cli_refuses_a_decoder_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_compact_refuses_a_learned_token_checkpoint(tmp_path, tiny, capsys):
+def _shut_head(folder, layer: int = 0, head: int = 1) -> None:
+    """Zero every weight reading ``head``'s slice of ``layer``'s output projection, as a closed gate folds."""
+    from econlm.models import load_model
+
+    loaded = load_model(str(folder))
+    model = loaded.model
+    head_dim = arch.shape(model.config).head_dim
+    o_proj = arch.blocks(model)[layer].get_submodule(arch.family(model.config).o)
+    with torch.no_grad():
+        arch.in_columns(o_proj)[head * head_dim : (head + 1) * head_dim] = 0
+    from econlm.tokens import attached_thresholds as attached
+
+    attached(model).detach()
+    model.save_pretrained(folder)
+
+
+def test_values_count_only_the_heads_asked_for():
+    # Head 0 looks only at token 1, head 1 only at token 2: over both, tokens 1 and 2 share the droppable
+    # tokens' attention (1.5 each of an even 1); over head 0 alone token 1 has all of it (3 of 3 tokens).
+    probs = torch.zeros(1, 2, 3, 3)
+    probs[0, 0, :, 1] = 1
+    probs[0, 1, :, 2] = 1
+    real = torch.ones(1, 3, dtype=torch.bool)
+    assert relative_values(probs, real, real).tolist() == [[0.0, 1.5, 1.5]]
+    assert relative_values(probs, real, real, torch.tensor([True, False])).tolist() == [[0.0, 3.0, 0.0]]
+
+
+def test_open_heads_are_those_whose_output_reaches_the_model(tmp_path):
+    from econlm.gates import add_gates, gates_active
+    from econlm.tokens import open_heads
+
+    model = _no_dropout("bert").eval()
+    assert open_heads(model, 0) is None  # every head open: nothing to select
+    o_proj = arch.blocks(model)[0].get_submodule(arch.family(model.config).o)
+    head_dim = arch.shape(model.config).head_dim
+    with torch.no_grad():
+        arch.in_columns(o_proj)[head_dim : 2 * head_dim] = 0  # head 1 folded shut
+    assert open_heads(model, 0).tolist() == [True, False, True, True]
+    gates = add_gates(model, ("attention",))
+    with torch.no_grad():
+        gates.heads[0].log_alpha[3] = -20.0  # gate of head 3 closed: its eval value is exactly 0
+    batch, _ = _batch_and_specials("bert")
+    with torch.no_grad(), gates_active(model):
+        model(**batch)  # the pass draws (here: evaluates) each gate, which open_heads reads
+    assert open_heads(model, 0).tolist() == [True, False, True, False]
+    assert open_heads(model, 1) is None
+
+
+def test_compact_keeps_learned_thresholds_and_drops_the_same_tokens(tmp_path, tiny, capsys):
+    from econlm.models import load_model
+
     folder = _with_thresholds(tmp_path, tiny, [0.9, 1.0])
+    _shut_head(folder)
+    capsys.readouterr()
+    out = tmp_path / "c"
+    code = main(["compact", str(folder), "--task", "sst2", "--data-dir", str(tiny["data"]), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "compact.json").read_text())
+    assert report["removed"]["heads"] == 1
+    # Both models dropped tokens by the thresholds on the calibration batches and agreed to float32 rounding.
+    assert "learned thresholds" in report["verification"]["token_thresholds"]["checked"]
+    saved = json.loads((out / THRESHOLDS_FILE).read_text())
+    assert saved["format"] == 3 and saved["thresholds"] == pytest.approx([0.9, 1.0])
+    original, compacted = load_model(str(folder)), load_model(str(out))
+    assert Structure.of_model(compacted.model).heads[0] == Structure.of_model(original.model).heads[0] - 1
+    batch = original.tokenizer(
+        ["a fairly long sentence about a film and its plot and its cast", "short one"], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        with attached_thresholds(original.model).recording() as before:
+            expected = original.model(**batch).logits
+        with attached_thresholds(compacted.model).recording() as after:
+            got = compacted.model(**batch).logits
+    assert before.last_kept() == after.last_kept()  # the same tokens left after each layer
+    assert before.tokens_per_layer()[-1] < before.tokens_per_layer()[0]  # and some did leave
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_format_2_thresholds_on_a_model_with_a_shut_head_are_refused_in_one_line(tmp_path, tiny):
+    from econlm.models import load_model
+
+    spec = {**TokenThresholds(3, init=[0.9, 1.0], special_ids=[101, 102]).spec(), "format": 2}
+    folder = _with_thresholds(tmp_path, tiny, None, spec)
+    load_model(str(folder))  # every head open: format 2 reads the same as format 3
+    _shut_head(folder)
+    with pytest.raises(UserError, match="format 2, whose token values counted every head") as info:
+        load_model(str(folder))
+    assert _one_line(info)
+
+
+def test_compact_with_a_second_token_budget_on_learned_thresholds_is_one_line(tmp_path, tiny, capsys):
+    folder = _with_thresholds(tmp_path, tiny, [0.9, 1.0])
+    _shut_head(folder)
     capsys.readouterr()
     code = main(
-        ["compact", str(folder), "--task", "sst2", "--data-dir", str(tiny["data"]), "--out", str(tmp_path / "c")]
+        ["compact", str(folder), "--task", "sst2", "--data-dir", str(tiny["data"]), "--token-budget", "0.5"]
+        + ["--out", str(tmp_path / "c")]
     )
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "econlm compact does not take it yet" in err and "\n" not in err
+    assert code == 2 and "would drop them twice" in err and "\n" not in err
+    assert not (tmp_path / "c").exists()
 
 
 def test_a_second_token_budget_on_learned_thresholds_is_refused(tmp_path, tiny):

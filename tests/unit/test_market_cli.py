@@ -69,6 +69,27 @@ def test_market_writes_values_allocations_and_figures(capsys, tmp_path, glue):
     assert page.count("<img") == 4 and "Market-clearing allocations" in page
 
 
+def test_the_market_from_python_is_the_market_from_the_command_line(capsys, tmp_path, glue):
+    import econlm
+
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", head="seq-cls")
+    settings = {"examples": 24, "tol": 0.1, "pairs": 2, "block": 32, "interaction_top": 0, "budgets": (0.5,)}
+    code, err = _run(
+        capsys, "market", ckpt, "--task", "sst2", "--data-dir", glue, "--out", tmp_path / "cli",
+        "--examples", 24, "--tol", 0.1, "--pairs", 2, "--block", 32, "--interaction-top", 0, "--budgets", "0.5",
+    )  # fmt: skip
+    assert code == 0, err
+    config = econlm.MarketConfig(model=str(ckpt), task="sst2", data_dir=str(glue), out=str(tmp_path / "py"), **settings)
+    result = econlm.run_market(config, progress=False)
+    econlm.save_market(result, config.out)  # market.json and the figures, as the command writes them
+    assert json.loads((tmp_path / "py" / "market.json").read_text())["units"] == result["units"]
+    assert sorted(p.name for p in (tmp_path / "py").glob("*.png")) == sorted(p.name for p in (tmp_path / "cli").glob("*.png"))
+    cli = json.loads((tmp_path / "cli" / "market.json").read_text())
+    assert [u["value"] for u in result["units"]] == [u["value"] for u in cli["units"]]  # same seed, same game
+    with pytest.raises(econlm.UserError, match="zero permutations"):
+        econlm.MarketConfig(model=str(ckpt), task="sst2", pairs=0)
+
+
 def test_a_latency_table_prices_the_market_and_a_foreign_one_is_one_line(capsys, tmp_path, glue):
     """A table for the tiny model's shape, with each layer's attention saving 1 ms per head removed and its FFN
     2 ms per block of 32, of 20 ms dense: every allocation's predicted latency fits its budget."""

@@ -329,6 +329,24 @@ def test_probe_cli_reports_score_schedule_and_exact_macs(tiny, tmp_path, capsys)
     assert "token_macs_ratio" in (out / "probe.csv").read_text().splitlines()[0]
 
 
+def test_probe_times_the_token_budget_on_real_dev_batches(tiny, tmp_path, capsys):
+    from econlm.cli import main
+
+    out = tmp_path / "p"
+    flags = ["probe", "--model", str(tiny["ckpt"]), "--task", "sst2", "--data-dir", str(tiny["data"])]
+    flags += ["--budgets", "full", "--token-budget", "0.5", "--latency-repeats", "2", "--latency-examples", "12"]
+    flags += ["--batch-size", "8", "--out", str(out)]
+    assert main(flags) == 0
+    assert "token budget 0.5: x" in capsys.readouterr().out
+    timed = json.loads((out / "probe.json").read_text())["token_budget_latency"]
+    # 12 of the 24 dev examples (every second one), in batches of 8: 8 + 4, each padded to its own longest row
+    assert timed["examples"] == 12 and timed["batches"] == 2 and timed["repeats"] == 2
+    assert 0 < timed["tokens_real"] <= timed["tokens_padded"] and timed["speedup"] > 0
+    assert timed["speedup"] == pytest.approx(
+        timed["median_seconds"]["every_token"] / timed["median_seconds"]["token_budget"]
+    )
+
+
 def test_probe_with_a_full_token_budget_scores_like_the_plain_probe(tiny):
     import econlm
     from econlm.data import load_examples
@@ -347,6 +365,9 @@ def test_probe_with_a_full_token_budget_scores_like_the_plain_probe(tiny):
     [
         (["--token-budget", "0"], "must lie in (0, 1]"),
         (["--token-budget", "1,0.5,0.5"], "gives 3 fractions but the model has 2 layers"),
+        (["--token-budget", "1.5"], "must lie in (0, 1]"),
+        (["--latency-repeats", "3"], "give --token-budget F (or probe a checkpoint trained with --cost tokens)"),
+        (["--token-budget", "0.5", "--latency-repeats", "-1"], "--latency-repeats must be >= 0"),
     ],
 )
 def test_probe_cli_bad_token_budget_is_one_line_exit_2(tiny, tmp_path, capsys, flags, says):

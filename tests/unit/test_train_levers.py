@@ -7,7 +7,7 @@ import pytest
 from econlm.cli import main
 from econlm.latency_table import Curve, LatencyTable, model_shape
 from econlm.training import train
-from tests.conftest import save_tiny_checkpoint, write_tiny_glue
+from tests.conftest import save_tiny_checkpoint, tiny_model, write_tiny_glue
 from tests.unit.test_train import _config
 
 
@@ -80,6 +80,8 @@ def _one_line(capsys) -> str:
         ("missing teacher", "nowhere does not exist; pass the --out of a finished lambda = 0 fine-tune"),
         ("teacher folder without a model", "is not a checkpoint folder (no config.json)"),
         ("teacher of another task", "trained on sst2, not stsb"),
+        ("teacher of another label count", "predicts 3 labels and sst2 has 2"),
+        ("teacher of another vocabulary", "has a vocabulary of 1000 tokens and the student 30522"),
         ("latency without a table", "--cost latency needs --latency-table"),
         ("table of another shape", "made for another model or layer shape"),
         ("malformed table", "is not valid JSON"),
@@ -99,6 +101,13 @@ def test_bad_teachers_and_tables_are_one_line_and_write_nothing(tiny_setup, tmp_
         flags += ["--task", "sst2", "--teacher", str(tmp_path / "empty")]
     elif case == "teacher of another task":
         flags += ["--task", "stsb", "--teacher", str(tiny_setup["teacher"])]
+    elif case == "teacher of another label count":
+        teacher = save_tiny_checkpoint(tmp_path / "three", head="seq-cls", num_labels=3)
+        flags += ["--task", "sst2", "--teacher", str(teacher)]
+    elif case == "teacher of another vocabulary":
+        teacher = tmp_path / "small-vocab"
+        tiny_model("bert", head="seq-cls", vocab_size=1000, num_labels=2).save_pretrained(teacher)
+        flags += ["--task", "sst2", "--teacher", str(teacher)]
     elif case == "latency without a table":
         flags += ["--task", "sst2", "--cost", "latency"]
     elif case == "table of another shape":
@@ -107,6 +116,7 @@ def test_bad_teachers_and_tables_are_one_line_and_write_nothing(tiny_setup, tmp_
     else:
         (tmp_path / "bad.json").write_text("{broken")
         flags += ["--task", "sst2", "--cost", "latency", "--latency-table", str(tmp_path / "bad.json")]
+    capsys.readouterr()  # what making the teacher printed
     assert main(flags) == 2
     assert message in _one_line(capsys)
     assert not out.exists()

@@ -500,3 +500,71 @@ def test_summarize_main_reads_machines_eps_and_timings_from_the_sweep_folder(sum
     assert "fine-tuned 2 more epochs): budget 0.5 seed 1: incentive 0.8480 vs post-hoc activation 0.8400." in frontier
     assert "in 1 of 1 matched pairs (mean difference +0.80 points)" in frontier
     assert "holds here: 1 trial(s), e.g. gated (50.0% fewer dense FLOPs, 0.20 points lost)." in frontier
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bench/paper_scale.py: the paper's "44% sparsity at lambda = 1e-4 with a 0.6% drop", read from a sweep folder
+
+
+@pytest.fixture(scope="module")
+def paper_scale():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import paper_scale
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return paper_scale
+
+
+def _paper_folder(tmp_path, monkeypatch, score_at_1e4: float, sparse_at_1e4: float) -> None:
+    """A hand-made runs/bench_fair/paper: the lambda = 0 reference (Spearman 0.86, 1e9 dense FLOPs) and lambda =
+    1e-4 (its compacted model 9e8 FLOPs, last step task loss 0.5 and total 2.5)."""
+    folder = tmp_path / "paper"
+    rows = []
+    for lam, score, flops, sparse, total in ((0.0, 0.86, 1e9, 0.07, 0.6), (1e-4, score_at_1e4, 9e8, sparse_at_1e4, 2.5)):
+        model_dir = folder / f"lam{lam}"
+        model_dir.mkdir(parents=True)
+        terms = {"loss/task": 0.5 if lam else 0.6, "loss/total": total}
+        (model_dir / "metrics.json").write_text(json.dumps({"cost_terms_last_step": terms}))
+        rows.append(
+            {
+                "id": f"train-{lam}",
+                "kind": "train",
+                "status": "ok",
+                "settings": {"lam": lam},
+                "score": score,
+                "dense_flops": flops,
+                "sparsity": {"1e-02": sparse, "1e-03": sparse / 2},
+                "structure": {"ffn": [1536, 1000]},
+                "training": {"seconds": 400.0},
+                "seconds": 420.0,
+                "model_dir": str(model_dir),
+            }
+        )
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("ECONLM_BENCH_OUT", str(tmp_path))
+
+
+def test_paper_scale_reads_the_claim_against_its_own_numbers(paper_scale, tmp_path, monkeypatch):
+    # 0.86 -> 0.855 is a 0.58% relative drop (<= 0.6%) and 45% of activations are below 1e-2 (>= 44%): holds
+    _paper_folder(tmp_path, monkeypatch, score_at_1e4=0.855, sparse_at_1e4=0.45)
+    rows = paper_scale.rows_of(paper_scale.load())
+    assert [r["lam"] for r in rows] == [0.0, 1e-4]
+    taxed = rows[1]
+    assert taxed["lost"] == pytest.approx(0.005)
+    assert taxed["flops_share"] == pytest.approx(0.9)
+    assert taxed["tax"] == pytest.approx(2.0)  # lambda x C = total 2.5 - task 0.5
+    assert taxed["neurons_kept"] == 2536
+    verdict = paper_scale._verdict(rows)
+    assert "holds here" in verdict and "45% of the FFN activations are below 1e-2" in verdict
+    assert "compaction removes 10.0% of the dense FLOPs" in verdict
+    text = paper_scale.render(rows, wall=840.0)
+    assert "| 0.0001 | 0.8550 | +0.0050 | 0.450 | 0.225 | 0.900 | 2536 | 0.500 | 2.000 | 400 |" in text
+    assert "14 min of trial wall time" in text
+
+
+def test_paper_scale_says_when_the_claim_does_not_hold(paper_scale, tmp_path, monkeypatch):
+    # 0.86 -> 0.8548 is a 0.60465% relative drop: just over 0.6%, so the claim fails though 50% are sparse
+    _paper_folder(tmp_path, monkeypatch, score_at_1e4=0.8548, sparse_at_1e4=0.50)
+    verdict = paper_scale._verdict(paper_scale.rows_of(paper_scale.load()))
+    assert "does not hold here" in verdict and "+0.6% relative drop" in verdict
