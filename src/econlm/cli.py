@@ -628,9 +628,9 @@ def _add_latency_table(sub) -> None:
         "latency-table",
         help="measure what removing heads and FFN neurons saves on this machine (the latency price)",
         description="Time the model pruned to k kept heads (K/V groups for grouped-query attention) and to k "
-        "kept FFN neurons in every layer, each round by round with the dense model, and fit each layer's saving "
-        "as a monotone piecewise-linear curve. Writes a JSON table for econlm train --cost latency and "
-        "econlm compact --latency-table.",
+        "kept FFN neurons in every layer, and the dense model on fewer tokens, each round by round with the dense "
+        "model, and fit each layer's saving as a monotone piecewise-linear curve. Writes a JSON table for econlm "
+        "train --cost latency (and latency,tokens) and econlm compact --latency-table.",
     )
     p.add_argument("model", help="{aliases}, a checkpoint directory or a hub id")
     p.add_argument("--out", required=True, help="the JSON table to write")
@@ -639,14 +639,15 @@ def _add_latency_table(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=20, help="timed rounds per pruned shape")
     p.add_argument("--ffn-points", type=int, default=12, help="kept FFN widths measured")
+    p.add_argument("--token-points", type=int, default=8, help="sequence lengths measured (for pricing tokens)")
     p.set_defaults(func=_cmd_latency_table)
 
 
 def _cmd_latency_table(args) -> int:
     from pathlib import Path
 
-    if min(args.batch, args.seq_len, args.repeats, args.ffn_points) < 1:
-        raise UserError("--batch, --seq-len, --repeats and --ffn-points must be at least 1")
+    if min(args.batch, args.seq_len, args.repeats, args.ffn_points, args.token_points) < 1:
+        raise UserError("--batch, --seq-len, --repeats, --ffn-points and --token-points must be at least 1")
     target = Path(args.out)
     if target.exists():
         raise UserError(f"{target} exists; choose another --out (nothing is overwritten)")
@@ -670,6 +671,7 @@ def _cmd_latency_table(args) -> int:
         seq_len=args.seq_len,
         repeats=args.repeats,
         ffn_points=args.ffn_points,
+        token_points=args.token_points,
     )
     write_json(
         target, {**table.to_json(), "meta": run_metadata(config={k: v for k, v in vars(args).items() if k != "func"})}
@@ -683,9 +685,21 @@ def _cmd_latency_table(args) -> int:
     print(
         f"wrote {target}: dense {table.dense_seconds * 1000:.2f} ms at batch {args.batch} x {args.seq_len} tokens, "
         f"{table.setup['threads']} threads; predicted speedup with half the heads {half_heads:.2f}x, half the FFN "
-        f"{half_ffn:.2f}x"
+        f"{half_ffn:.2f}x, half the tokens after the first layer "
+        f"{1 / _half_tokens_share(table):.2f}x"
     )
     return 0
+
+
+def _half_tokens_share(table) -> float:
+    """The token curve's predicted share of dense latency when every layer after the first runs on half the
+    sequence (units dense)."""
+    import torch
+
+    from econlm.latency_table import latency_token_share
+
+    full, half = torch.tensor([float(table.setup["seq_len"])]), torch.tensor([table.setup["seq_len"] / 2])
+    return float(latency_token_share(table, [full] + [half] * (table.model["layers"] - 1)))
 
 
 def _add_list(sub) -> None:

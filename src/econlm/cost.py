@@ -255,7 +255,8 @@ class Latency(Flops):
 class Tokens(CostTerm):
     """A learned token budget (:mod:`econlm.learned_tokens`): one learnable threshold per layer on the attention
     a token receives; the expected MACs of the blocks at each layer's expected number of kept tokens, as a share
-    of their dense MACs on every token (in [0, 1]). Together with ``flops`` the share is joint: heads and neurons
+    of their dense MACs on every token (in [0, 1]). Together with ``flops`` (or ``latency``: shares of predicted
+    dense seconds, :func:`econlm.latency_table.latency_token_share`) the share is joint: heads and neurons
     count by their probability of being open and tokens by theirs, so one price clears one market for both (the
     flops term is then reported, not added again). Encoders only."""
 
@@ -269,6 +270,7 @@ class Tokens(CostTerm):
         self.learned = LearnedTokens(model)
         self.structure = Structure.of_model(model)
         self.units = None  # Flops.expected_units when priced jointly with gates
+        self.latency = None  # the Latency term when priced jointly by a latency table: shares of dense seconds
         self.share_tensor: torch.Tensor | None = None
         self._last_share: float | None = None
 
@@ -286,6 +288,13 @@ class Tokens(CostTerm):
         if counts is None:  # no forward pass since begin(): nothing was measured
             self.share_tensor, self._last_share = None, None
             return torch.zeros((), device=_device(self.model))
+        if self.latency is not None:  # one market priced in seconds: units and tokens off the same table
+            from econlm.latency_table import latency_token_share
+
+            groups, neurons = self.latency.expected_kept()
+            share = latency_token_share(self.latency.table, counts, groups, neurons)
+            self.share_tensor, self._last_share = share, float(share.detach())
+            return share
         units = self.units() if self.units is not None else None
         share, weighted = token_share(self.structure, counts, self.components, weights, units)
         self.share_tensor, self._last_share = share, float(share.detach())
@@ -295,10 +304,11 @@ class Tokens(CostTerm):
         return self._last_share
 
 
-TOKENS_WITH_LATENCY = (
-    "tokens and latency cannot share one price yet: the latency table is measured at one sequence length, so it "
-    "cannot price kept tokens; use --cost flops,tokens (one market for units and tokens) or tokens alone"
-)
+def tokens_without_curve(path) -> str:
+    return (
+        f"latency table {path} measures no token curve (it was made before econlm priced tokens by latency), so it "
+        "cannot price kept tokens: make it again with econlm latency-table, or use --cost flops,tokens"
+    )
 
 COSTS: Registry[type[CostTerm]] = Registry(
     "cost", {c.name: c for c in (FfnL1, AttnLogitsL1, AttnEntropy, AttnSqrt, Flops, Latency, Tokens)}
@@ -355,10 +365,10 @@ class CostMeter:
             raise unknown_name("cost reduction", reduction, REDUCTIONS)
         if "flops" in names and "latency" in names:
             raise UserError("flops and latency price the same gates; choose one of them")
-        if "tokens" in names and "latency" in names:
-            raise UserError(TOKENS_WITH_LATENCY)
         if "latency" in names and latency_table is None:
             raise UserError("--cost latency needs --latency-table FILE (make one with econlm latency-table)")
+        if "tokens" in names and "latency" in names and latency_table.tokens is None:
+            raise UserError(tokens_without_curve("--latency-table"))
         components = target_components(target)
         self.tokens = TokenMask()
         self.weights = {"attention": attention_weight, "ffn": ffn_weight}
@@ -372,12 +382,14 @@ class CostMeter:
         self.model = model
         self.terms = [COSTS[n](model, components, self.tokens, reduction) for n in chosen]
         gates = next((t for t in self.terms if type(t) is Flops), None)
+        latency = next((t for t in self.terms if isinstance(t, Latency)), None)
         for term in self.terms:
             if isinstance(term, Latency):
                 term.table = latency_table
             if isinstance(term, Tokens):
                 term.learned.configure(token_temperature, special_ids)
                 term.units = gates.expected_units if gates is not None else None
+                term.latency = latency
 
     @property
     def names(self) -> list[str]:
@@ -420,9 +432,10 @@ class CostMeter:
     def read(self) -> CostReading:
         values = {t.name: t.value(self.weights) for t in self.terms}
         tokens = next((t for t in self.terms if isinstance(t, Tokens)), None)
-        # Priced jointly, the tokens term already counts the gates' expected units: flops is reported, not added.
-        joint = tokens is not None and tokens.units is not None
-        priced = [v for name, v in values.items() if not (joint and name == "flops")]
+        # Priced jointly, the tokens term already counts the gates' expected units: flops (or latency) is
+        # reported, not added.
+        joint = tokens is not None and (tokens.units is not None or tokens.latency is not None)
+        priced = [v for name, v in values.items() if not (joint and name in ("flops", "latency"))]
         total = torch.stack(priced).sum() if priced else torch.zeros(())
         if tokens is not None:  # the share the budget is on: tokens (and gates, jointly)
             share, share_tensor = tokens.compute_share(), tokens.share_tensor

@@ -76,14 +76,16 @@ class TaxConfig:
             raise UserError(f"--cost-reduction must be one of {', '.join(REDUCTIONS)}, not {self.cost_reduction!r}")
         if {"flops", "latency"} <= set(self.cost):
             raise UserError("flops and latency price the same gates; choose one of them")
-        if {"tokens", "latency"} <= set(self.cost):
-            from econlm.cost import TOKENS_WITH_LATENCY
-
-            raise UserError(TOKENS_WITH_LATENCY)
         if not (math.isfinite(self.token_temperature) and self.token_temperature > 0):
             raise UserError(f"--token-temperature must be a positive number, not {self.token_temperature}")
         if "latency" in self.cost and not self.latency_table:
             raise UserError("--cost latency needs --latency-table FILE (make one with econlm latency-table)")
+        if {"tokens", "latency"} <= set(self.cost):  # before anything is written: the table must price tokens
+            from econlm.cost import tokens_without_curve
+            from econlm.latency_table import load_table
+
+            if load_table(self.latency_table).tokens is None:
+                raise UserError(tokens_without_curve(self.latency_table))
         for name in ("gate_freeze", "budget_warmup"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"--{name.replace('_', '-')} must lie in [0, 1], not {getattr(self, name)}")

@@ -17,6 +17,14 @@ Predicted latency of a structure with ``h_l`` heads and ``f_l`` neurons in layer
     T = T_dense - sum_l attention_saved(h_l) - sum_l ffn_saved(f_l)
 
 :func:`expected_savings` is the same in torch, at expected kept counts, so gates can be priced by it.
+
+Tokens (learned token budgets) are priced by a third curve: the dense model timed on ``t`` tokens against
+the table's sequence length, the saving per layer at ``t`` tokens. A layer's seconds are taken as separable,
+its units' share times its tokens' share (:func:`latency_token_share`): with ``b = T_dense / layers``,
+``b_l = b - attention_saved(h_l) - ffn_saved(f_l)`` and layer ``l`` running on ``n_l`` tokens of an example
+of ``n_0`` real tokens, the share of dense latency is ``sum_l b_l (b - tokens_saved(n_l)) / sum_l b (b -
+tokens_saved(n_0))``, summed over examples. At batch 1 and short sequences the token curve is flat (the
+fixed cost of a call dominates), so dropping tokens there buys little, which is what the price then says.
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ class LatencyTable:
     attention: Curve  # kept heads (kept K/V groups for grouped-query attention) per layer
     ffn: Curve  # kept FFN neurons per layer
     group: int = 1  # query heads per K/V group: attention curves count groups
+    tokens: Curve | None = None  # tokens per sequence (up to setup's seq_len), every layer; None in older tables
 
     def predict(self, heads: Sequence[int], ffn: Sequence[int]) -> float:
         """Predicted seconds per forward pass of a structure (per-layer query heads and FFN widths)."""
@@ -81,6 +90,7 @@ class LatencyTable:
             "group": self.group,
             "attention": self.attention.to_json(),
             "ffn": self.ffn.to_json(),
+            **({"tokens": self.tokens.to_json()} if self.tokens is not None else {}),
         }
 
 
@@ -127,6 +137,44 @@ def interpolate(k: torch.Tensor, curve: Curve) -> torch.Tensor:
     x0, x1, y0, y1 = xs[index], xs[index + 1], ys[index], ys[index + 1]
     value = (y0 + (y1 - y0) * (k - x0) / (x1 - x0)).clamp_min(0.0)
     return torch.where(k <= xs[-1], value, ys[-1] + 0 * k)
+
+
+def interpolate_many(k: torch.Tensor, curve: Curve) -> torch.Tensor:
+    """:func:`interpolate` at every entry of ``k`` (any shape), with the same extrapolation."""
+    xs, ys = _points(curve, k.dtype if k.is_floating_point() else torch.float32, k.device)
+    if len(xs) == 1:
+        return ys[0] + 0 * k
+    index = torch.clamp(torch.searchsorted(xs, k.detach().reshape(-1), right=True) - 1, 0, len(xs) - 2)
+    index = index.reshape(k.shape)
+    x0, x1, y0, y1 = xs[index], xs[index + 1], ys[index], ys[index + 1]
+    value = (y0 + (y1 - y0) * (k - x0) / (x1 - x0)).clamp_min(0.0)
+    return torch.where(k <= xs[-1], value, ys[-1] + 0 * k)
+
+
+def latency_token_share(
+    table: LatencyTable,
+    counts: Sequence[torch.Tensor],
+    kept_groups: Sequence[torch.Tensor] = (),
+    kept_neurons: Sequence[torch.Tensor] = (),
+) -> torch.Tensor:
+    """The predicted share of dense latency a model spends when layer ``l`` runs on ``counts[l]`` (B,) expected
+    tokens per example (``counts[0]``: the real lengths) with ``kept_groups[l]`` open K/V groups and
+    ``kept_neurons[l]`` open FFN neurons (empty: that component dense); see the module docstring. Padding is
+    never counted: the reference is every example at its own real length. Differentiable in all three."""
+    if table.tokens is None:
+        raise UserError("this latency table measures no token curve: make it again with econlm latency-table")
+    layers = len(counts)
+    base = table.dense_seconds / layers  # one layer's seconds, the embeddings and the head spread over them
+    reference = base - interpolate_many(counts[0].float(), table.tokens)  # (B,) each layer at full length
+    spent = torch.zeros((), device=counts[0].device)
+    for layer, tokens in enumerate(counts):
+        units = base
+        if kept_groups:
+            units = units - interpolate(kept_groups[layer], table.attention)
+        if kept_neurons:
+            units = units - interpolate(kept_neurons[layer], table.ffn)
+        spent = spent + (units / base * (base - interpolate_many(tokens.float(), table.tokens))).sum()
+    return spent / (layers * reference.sum())
 
 
 @functools.lru_cache(maxsize=64)
@@ -185,7 +233,10 @@ def load_table(path: str | Path) -> LatencyTable:
         if raw.get("format") != FORMAT:
             raise ValueError(f"format is {raw.get('format')!r}, expected {FORMAT!r}")
         curves = {}
-        for part in ("attention", "ffn"):
+        for part in ("attention", "ffn", "tokens"):
+            if part == "tokens" and part not in raw:  # tables made before tokens were priced by latency
+                curves[part] = None
+                continue
             c = raw[part]
             kept, saved = [int(k) for k in c["kept"]], [float(s) for s in c["saved"]]
             if len(kept) != len(saved) or not kept or kept != sorted(set(kept)):
@@ -199,6 +250,7 @@ def load_table(path: str | Path) -> LatencyTable:
             attention=curves["attention"],
             ffn=curves["ffn"],
             group=int(raw.get("group", 1)),
+            tokens=curves["tokens"],
         )
         if not (math.isfinite(table.dense_seconds) and table.dense_seconds > 0):
             raise ValueError("dense_seconds must be positive")
@@ -263,9 +315,11 @@ def measure_table(
     repeats: int = 20,
     warmup: int = 3,
     ffn_points: int = 12,
+    token_points: int = 8,
     progress: bool = True,
 ) -> LatencyTable:
-    """Measure the attention and FFN curves of ``model`` at this batch, sequence length and thread count."""
+    """Measure the attention, FFN and token curves of ``model`` at this batch, sequence length and thread
+    count. The token curve times the dense model on ``t`` tokens (every token real) against ``seq_len``."""
     from econlm import arch
     from econlm.latency import measure_interleaved, model_call, random_inputs
     from econlm.progress import bar
@@ -282,13 +336,24 @@ def measure_table(
 
     head_grid = _grid(shape.kv_heads, shape.kv_heads)  # every kept group count: heads are few
     ffn_grid = _grid(shape.intermediate, ffn_points)
-    jobs = [("attention", k) for k in head_grid] + [("ffn", k) for k in ffn_grid]
-    savings: dict[str, list[tuple[int, float]]] = {"attention": [], "ffn": []}
+    token_grid = _grid(seq_len, token_points)
+    jobs = [("attention", k) for k in head_grid] + [("ffn", k) for k in ffn_grid] + [("tokens", t) for t in token_grid]
+    savings: dict[str, list[tuple[int, float]]] = {"attention": [], "ffn": [], "tokens": []}
     dense_times = []
     with bar(total=len(jobs), desc=f"latency table {name}", unit="shape", enabled=progress) as pbar:
         for part, k in jobs:
-            if part == "attention" and k == shape.kv_heads or part == "ffn" and k == shape.intermediate:
+            full = {"attention": shape.kv_heads, "ffn": shape.intermediate, "tokens": seq_len}[part]
+            if k == full:
                 savings[part].append((k, 0.0))
+                pbar.update(1)
+                continue
+            if part == "tokens":  # the same model on fewer tokens, every one real
+                shorter = random_inputs(batch, k, 100, min(1000, model.config.vocab_size))
+                timings = measure_interleaved(
+                    {"dense": forward(model), "shorter": model_call(model, shorter)}, warmup=warmup, repeats=repeats
+                )
+                dense_times.append(timings["dense"].median)
+                savings[part].append((k, (timings["dense"].median - timings["shorter"].median) / shape.layers))
                 pbar.update(1)
                 continue
             pruned = copy.deepcopy(model)
@@ -316,12 +381,13 @@ def measure_table(
             "device": "cpu",
             "repeats": repeats,
             "warmup": warmup,
-            "statistic": "median seconds per forward pass (no grad); each pruned model timed round by round "
-            "with the dense one; savings per layer = (dense - pruned) / layers",
+            "statistic": "median seconds per forward pass (no grad); each pruned model (and the dense model on "
+            "fewer tokens) timed round by round with the dense one; savings per layer = (dense - pruned) / layers",
         },
         machine=machine(),
         dense_seconds=dense_times[len(dense_times) // 2],
         attention=fit_curve(*zip(*savings["attention"])),
         ffn=fit_curve(*zip(*savings["ffn"])),
         group=group,
+        tokens=fit_curve(*zip(*savings["tokens"])),
     )

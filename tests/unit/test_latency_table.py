@@ -13,6 +13,8 @@ from econlm.latency_table import (
     expected_savings,
     fit_curve,
     interpolate,
+    interpolate_many,
+    latency_token_share,
     load_table,
     measure_table,
     model_shape,
@@ -40,7 +42,9 @@ def _curve():
 
 def test_interpolation_is_linear_between_points_and_differentiable():
     curve = _curve()
-    assert curve.at(4) == pytest.approx(0.1) and curve.at(6) == pytest.approx(0.05) and curve.at(3) == pytest.approx(0.2)
+    assert (
+        curve.at(4) == pytest.approx(0.1) and curve.at(6) == pytest.approx(0.05) and curve.at(3) == pytest.approx(0.2)
+    )
     assert curve.at(8) == pytest.approx(0.0)
     k = torch.tensor(6.0, requires_grad=True)
     interpolate(k, curve).backward()
@@ -116,9 +120,71 @@ def test_measure_table_on_a_tiny_model(family):
     groups = 4 if family == "bert" else 2  # llama: 4 query heads over 2 K/V groups
     assert table.attention.kept == tuple(range(1, groups + 1)) and table.ffn.kept == (16, 32, 48, 64)
     assert table.group == 4 // groups and table.model["kv_heads"] == groups
-    for curve in (table.attention, table.ffn):
+    assert table.tokens.kept == (2, 4, 6, 8, 10, 12, 14, 16)  # 8 token counts up to the sequence length
+    for curve in (table.attention, table.ffn, table.tokens):
         assert curve.saved[-1] == 0.0 and all(a >= b for a, b in zip(curve.saved, curve.saved[1:]))
     assert table.dense_seconds > 0 and table.setup["seq_len"] == 16
+
+
+def _token_table(**overrides) -> LatencyTable:
+    """3 layers, 12 ms dense (4 ms a layer); a layer saves 1 ms at 1 kept group (of 2), at 32 neurons (of 64)
+    and on 4 tokens (of 8)."""
+    settings = dict(
+        model={"name": "tiny", **model_shape(tiny_config("bert"))},
+        setup={"batch": 1, "seq_len": 8, "threads": 1},
+        machine={},
+        dense_seconds=0.012,
+        attention=Curve((1, 2), (0.001, 0.0), (0.001, 0.0)),
+        ffn=Curve((32, 64), (0.001, 0.0), (0.001, 0.0)),
+        tokens=Curve((4, 8), (0.001, 0.0), (0.001, 0.0)),
+    )
+    return LatencyTable(**{**settings, **overrides})
+
+
+def test_latency_token_share_by_hand():
+    table = _token_table()
+    lengths = torch.tensor([8.0])
+    # Layer 0 dense on 8 tokens: 4 ms. Layer 1: one group shut (3 of 4 ms) on 4 tokens (3 of 4 ms): 4 x 3/4 x 3/4
+    # = 2.25 ms. Layer 2: half the neurons (3 of 4 ms) on 4 tokens: 2.25 ms. Dense: 3 x 4 ms on 8 tokens.
+    counts = [lengths, torch.tensor([4.0]), torch.tensor([4.0])]
+    groups = [torch.tensor(2.0), torch.tensor(1.0), torch.tensor(2.0)]
+    neurons = [torch.tensor(64.0), torch.tensor(64.0), torch.tensor(32.0)]
+    assert float(latency_token_share(table, counts, groups, neurons)) == pytest.approx(8.5 / 12)
+    assert float(latency_token_share(table, [lengths] * 3)) == pytest.approx(1.0)  # nothing shut or dropped
+    # An example of 4 real tokens is its own reference: dropping nothing from it costs its whole latency.
+    short = torch.tensor([4.0])
+    assert float(latency_token_share(table, [short] * 3)) == pytest.approx(1.0)
+    # Per example: the share sums seconds over examples, each against its own full length.
+    two = [torch.tensor([8.0, 4.0]), torch.tensor([4.0, 4.0]), torch.tensor([4.0, 4.0])]
+    assert float(latency_token_share(table, two)) == pytest.approx((4 + 3 + 3 + 3 * 3) / (3 * 4 + 3 * 3))
+
+
+def test_latency_token_share_has_gradients_where_the_curves_slope():
+    table = _token_table()
+    tokens = torch.tensor([6.0], requires_grad=True)
+    group = torch.tensor(1.5, requires_grad=True)
+    share = latency_token_share(table, [torch.tensor([8.0]), tokens, tokens], [group] * 3, [])
+    share.backward()
+    assert tokens.grad.item() > 0 and group.grad.item() > 0  # more tokens or groups kept: more latency
+    many = interpolate_many(torch.tensor([[2.0, 6.0], [8.0, 9.0]]), table.tokens)  # any shape, entry by entry
+    # below the grid the first slope continues; above it nothing is saved
+    assert many.flatten().tolist() == pytest.approx([0.0015, 0.0005, 0.0, 0.0]) and many.shape == (2, 2)
+
+
+def test_a_table_without_a_token_curve_cannot_price_tokens(tmp_path):
+    from econlm.incentive import TaxConfig
+
+    old = _token_table(tokens=None)
+    with pytest.raises(UserError, match="measures no token curve") as info:
+        latency_token_share(old, [torch.tensor([8.0])] * 3)
+    assert "\n" not in str(info.value)
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old.to_json()))
+    assert "tokens" not in json.loads(path.read_text())  # written as tables were before token curves
+    assert load_table(path).tokens is None
+    with pytest.raises(UserError, match="measures no token curve") as info:
+        TaxConfig(cost=("latency", "tokens"), latency_table=str(path))
+    assert "\n" not in str(info.value)
 
 
 def test_latency_table_cli_writes_a_table_that_loads_and_refuses_to_overwrite(tmp_path, capsys):
@@ -127,11 +193,23 @@ def test_latency_table_cli_writes_a_table_that_loads_and_refuses_to_overwrite(tm
 
     checkpoint = save_tiny_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "table.json"
-    argv = ["latency-table", str(checkpoint), "--out", str(out), "--seq-len", "16", "--repeats", "2", "--ffn-points", "2"]
+    argv = [
+        "latency-table",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--seq-len",
+        "16",
+        "--repeats",
+        "2",
+        "--ffn-points",
+        "2",
+    ]
     assert main(argv) == 0
-    assert "predicted speedup with half the heads" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "predicted speedup with half the heads" in printed and "half the tokens after the first layer" in printed
     table = load_table(out)
-    assert table.ffn.kept == (32, 64) and table.setup["seq_len"] == 16
+    assert table.ffn.kept == (32, 64) and table.setup["seq_len"] == 16 and table.tokens.kept[-1] == 16
     assert json.loads(out.read_text())["meta"]["versions"]["torch"]
     assert main(argv) == 2 and "exists" in capsys.readouterr().err
     assert main(["latency-table", str(checkpoint), "--out", str(tmp_path / "t2.json"), "--seq-len", "999"]) == 2

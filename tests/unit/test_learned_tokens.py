@@ -479,7 +479,7 @@ def test_a_bad_thresholds_file_is_one_line(tmp_path, tiny, content, says):
 @pytest.mark.parametrize(
     ("settings", "says"),
     [
-        ({"cost": ("tokens", "latency"), "latency_table": "t.json"}, "cannot share one price"),
+        ({"cost": ("tokens", "latency"), "latency_table": "t.json"}, "latency table t.json does not exist"),
         ({"cost": ("tokens",), "token_temperature": 0.0}, "--token-temperature must be a positive number"),
         ({"cost": ("tokens",), "token_temperature": float("nan")}, "--token-temperature must be a positive number"),
     ],

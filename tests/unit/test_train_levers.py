@@ -74,6 +74,36 @@ def _one_line(capsys) -> str:
     return err
 
 
+def test_units_and_tokens_in_one_market_priced_in_seconds(tiny_setup, tmp_path):
+    from econlm.cost import CostMeter
+    from econlm.latency_table import Curve, latency_token_share, load_table
+    from econlm.models import load_config, load_model
+
+    model_config = load_config(str(tiny_setup["bert"]))[0]
+    path = _table_file(
+        tmp_path, model_config, tokens=Curve((8, 16, 32), (0.002, 0.001, 0.0), (0.002, 0.001, 0.0)).to_json()
+    )
+    table = load_table(path)
+    loaded = load_model(str(tiny_setup["bert"]))
+    meter = CostMeter(loaded.model, ("latency", "tokens"), latency_table=table)
+    batch = loaded.tokenizer(["a fairly long sentence about a film", "short"], padding=True, return_tensors="pt")
+    loaded.model.train()
+    with meter.attached():
+        meter.begin(batch["attention_mask"])
+        loaded.model(**batch)
+        reading = meter.read()
+    tokens = next(t for t in meter.terms if t.name == "tokens")
+    latency = next(t for t in meter.terms if t.name == "latency")
+    expected = latency_token_share(table, tokens.learned.counts, *latency.expected_kept())
+    assert reading.share == pytest.approx(float(expected.detach())) and 0 < reading.share <= 1
+    # one market: the tokens term carries the gates' seconds too, so latency is reported, not added again
+    assert float(reading.total) == pytest.approx(reading.terms["tokens"])
+    config = _config(tiny_setup, tmp_path / "run", cost=("latency", "tokens"), lam=0.0, budget=0.5, latency_table=path)
+    metrics = train(config, progress=False)
+    assert 0 < metrics["cost_terms_last_step"]["cost/compute_share"] <= 1 and metrics["lambda_final"] > 0
+    assert (tmp_path / "run" / "token_thresholds.json").exists()
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [
