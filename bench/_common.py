@@ -20,17 +20,31 @@ def save(name: str, payload: dict, markdown: str) -> None:
     meta = run_metadata()
     argv = [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]
     meta["command"] = "python " + shlex.join(argv)
+    meta["argv"] = argv
     write_json(RESULTS / f"{name}.json", {"meta": meta, **payload})
+    atomic_write_text(DOCS / f"{name}.md", markdown.rstrip() + footer(name, meta))
+
+
+def footer(name: str, meta: dict) -> str:
+    """The doc's last line: the command, machine, versions and time its numbers were measured with."""
+    argv = meta.get("argv") or shlex.split(meta["command"])[1:]
     # A long argument (a paragraph of timing conditions) is shown by reference: the raw JSON keeps it whole.
     shown = "python " + shlex.join(a if len(a) <= 60 else "TEXT" for a in argv)
     note = " (TEXT: in the raw numbers' command)" if shown != meta["command"] else ""
-    footer = (
+    return (
         f"\n\nMeasured with `{shown}`{note} on {meta['machine']['processor']} "
         f"({meta['machine']['cpu_count']} CPUs, {meta['machine']['torch_threads']} torch threads), "
         f"torch {meta['versions'].get('torch')}, transformers {meta['versions'].get('transformers')}, "
         f"git {meta['git']}, {meta['time_utc']}. Raw numbers: `bench/results/{name}.json`.\n"
     )
-    atomic_write_text(DOCS / f"{name}.md", markdown.rstrip() + footer)
+
+
+def rerender(name: str, markdown: str, meta: dict) -> None:
+    """Write ``docs/<name>.md`` again from numbers already in ``bench/results/<name>.json`` (new wording, the
+    same measurements): the footer keeps the command and time they were measured with."""
+    from econlm.runinfo import atomic_write_text
+
+    atomic_write_text(DOCS / f"{name}.md", markdown.rstrip() + footer(name, meta))
 
 
 from econlm.verdicts import markdown_table  # noqa: E402,F401 - one table writer for docs and verdicts
