@@ -80,6 +80,29 @@ def _verdict(rows: list[dict]) -> str:
     )
 
 
+def _outweighs(rows: list[dict]) -> str | None:
+    """From which lambda on the tax weighed more than the task at the last step, and what the smallest
+    lambda of the grid already cost."""
+    taxed = [r for r in rows if r["lam"] > 0]
+    if not taxed:
+        return None
+    first = taxed[0]
+    line = (
+        f"- The smallest price of the grid, lambda = {first['lam']:g}, already costs {first['lost']:+.4f} Spearman "
+        f"({first['sparsity'].get('1e-02', 0.0):.0%} of the activations below 1e-2)"
+    )
+    heavy = next((r for r in taxed if r["tax"] is not None and r["task_loss"] and r["tax"] > r["task_loss"]), None)
+    if heavy is not None:
+        line += (
+            f"; from lambda = {heavy['lam']:g} on, lambda x C outweighs the task loss at the last step "
+            f"({heavy['tax']:.2f} against {heavy['task_loss']:.2f})"
+        )
+    return (
+        line + f". A sum grows with the batch's tokens and the model's neurons (here {rows[0]['neurons_kept']:,}), "
+        "so the same lambda is a far heavier price on a sum than on econlm's mean."
+    )
+
+
 def render(rows: list[dict], wall: float) -> str:
     table = markdown_table(
         [
@@ -121,10 +144,10 @@ def render(rows: list[dict], wall: float) -> str:
             "",
             "- **Spearman**: the dev split (1,500 pairs), of the model after compaction; lost is against the "
             "lambda = 0 row, the same fine-tune with no tax.",
-            "- **|a| <= eps**: the share of FFN activations at or below eps in magnitude over the dev split's real "
+            "- **abs(a) <= eps**: the share of FFN activations at or below eps in magnitude over the dev split's real "
             "tokens, after training.",
             "- **FLOPs share**: dense FLOPs (2 x MACs) of the compacted model at 128 tokens against the lambda = 0 "
-            "model's; compaction removes a neuron only when |a| <= 1e-3 on all of 256 calibration examples' "
+            "model's; compaction removes a neuron only when abs(a) <= 1e-3 on all of 256 calibration examples' "
             "tokens.",
             "- **task loss / lambda x C**: the two terms of the loss at the last training step.",
             "",
@@ -133,6 +156,7 @@ def render(rows: list[dict], wall: float) -> str:
             "## Reading",
             "",
             _verdict(rows),
+            *([_outweighs(rows)] if _outweighs(rows) else []),
             "",
             f"Cost: {len(rows)} trainings, {wall / 60:.0f} min of trial wall time on 2 CPU cores.",
         ]

@@ -35,7 +35,7 @@ TRIED = {
         "Left to try: hidden-state distillation (`--distill-hidden-weight`, off in these runs), schedules "
         "nearer CoFiPruning's (100 pruning epochs and 20 of fine-tuning on small tasks; these runs have 3 in "
         "all) and a second seed (commented in `bench/sweeps/fair_stsb.yaml`). CoLA: [fair_cola.md](fair_cola.md). "
-        "Not run: the paper-scale lambda grid (`paper_scale_stsb.yaml`)."
+        "The paper's tax at its own scale: [paper_scale_stsb.md](paper_scale_stsb.md)."
     ),
     "cola": (
         "- Tried so far: 10 epochs per run (the earlier frontier benchmark's 3 epochs lost about 15 MCC points at "

@@ -97,7 +97,7 @@ def test_units_and_tokens_in_one_market_priced_in_seconds(tiny_setup, tmp_path):
     expected = latency_token_share(table, tokens.learned.counts, *latency.expected_kept())
     assert reading.share == pytest.approx(float(expected.detach())) and 0 < reading.share <= 1
     # one market: the tokens term carries the gates' seconds too, so latency is reported, not added again
-    assert float(reading.total) == pytest.approx(reading.terms["tokens"])
+    assert float(reading.total.detach()) == pytest.approx(reading.terms["tokens"])
     config = _config(tiny_setup, tmp_path / "run", cost=("latency", "tokens"), lam=0.0, budget=0.5, latency_table=path)
     metrics = train(config, progress=False)
     assert 0 < metrics["cost_terms_last_step"]["cost/compute_share"] <= 1 and metrics["lambda_final"] > 0

@@ -561,6 +561,8 @@ def test_paper_scale_reads_the_claim_against_its_own_numbers(paper_scale, tmp_pa
     text = paper_scale.render(rows, wall=840.0)
     assert "| 0.0001 | 0.8550 | +0.0050 | 0.450 | 0.225 | 0.900 | 2536 | 0.500 | 2.000 | 400 |" in text
     assert "14 min of trial wall time" in text
+    assert "from lambda = 0.0001 on, lambda x C outweighs the task loss at the last step (2.00 against 0.50)" in text
+    assert "costs +0.0050 Spearman (45% of the activations below 1e-2)" in text
 
 
 def test_paper_scale_says_when_the_claim_does_not_hold(paper_scale, tmp_path, monkeypatch):
