@@ -312,10 +312,12 @@ Models: {", ".join(f"`{n}` = `{Path(f).name if Path(f).name not in ('model', 'co
 
 ## Learned thresholds (LTP style): every run tried
 
-Each starts from the lambda = 0 fine-tune, distils from it, and trains its thresholds under the price
-controller (`econlm train --cost tokens --budget B`); format 1 is the first value definition (shares of all
-the attention, sinks included), format 2 the share among the droppable tokens (see `econlm.learned_tokens`).
-Scores and MACs as measured by `econlm train` at the end (dev split, tokens dropped).
+Each starts from the model it names (the lambda = 0 fine-tune, or a compacted one), distils from the
+fine-tune, and trains its thresholds under the price controller (`econlm train --cost tokens --budget B`);
+format 1 is the first value definition (shares of all the attention, sinks included), format 2 the share
+among the droppable tokens, format 3 the same over the open heads only (it reads like format 2 on a model
+with no shut head, as every model here; see `econlm.learned_tokens`). Scores and MACs as measured by
+`econlm train` at the end (dev split, tokens dropped).
 
 {learned}
 
