@@ -387,6 +387,13 @@ def _cmd_compact(args) -> int:
             if k.startswith("decode_")
         )
         print(f"decoder: prefill {ratios['prefill_speedup']:.2f}x faster; generation {decode}")
+    checked = report["verification"].get("token_thresholds")
+    if checked:  # a learned-token checkpoint: both models dropped tokens by its thresholds
+        tokens = ", ".join(f"{n:.1f}" for n in after["token_budget"]["tokens_per_layer"])
+        print(
+            f"learned token thresholds kept: tokens per layer {tokens} (dev data); the same tokens dropped as "
+            f"before on the calibration batches: {'yes' if checked['same_tokens_dropped'] else 'NO'}"
+        )
     levers = report.get("levers")
     if levers:
         print(f"levers (token budget {levers['token_budget']}; MACs of the blocks on the real dev tokens):")

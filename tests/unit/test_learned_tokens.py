@@ -438,7 +438,9 @@ def test_units_and_tokens_priced_together_are_realised_by_compaction(tiny, tmp_p
     model.save_pretrained(out)
     loaded.tokenizer.save_pretrained(out)
     save_thresholds(out, finished["tokens"])
+    capsys.readouterr()
     assert main(["compact", str(out), "--task", "sst2", "--data-dir", str(tiny["data"]), "--out", str(tmp_path / "c")]) == 0
+    assert "the same tokens dropped as before on the calibration batches: yes" in capsys.readouterr().out
     report = json.loads((tmp_path / "c" / "compact.json").read_text())
     assert report["removed"]["heads"] == 2 and report["removed"]["neurons"] == 10
     assert report["verification"]["token_thresholds"]["same_tokens_dropped"]
