@@ -3,11 +3,14 @@ allocations against activation and Fisher pruning, and the shadow-price check of
 
     python bench/market.py run stsb MODEL_DIR [--units head] [--sweep SWEEP_DIR]   # one task (resumable)
     python bench/market.py shadow NAME SWEEP_DIR     # the shadow-price check of one sweep's controller runs
+    python bench/market.py frontier cola SWEEP_DIR   # the sweep's market (heads and FFN blocks) on the frontier
     python bench/market.py docs                                                   # docs/market.md from the results
 
 `run` writes runs/bench_market/<task>/ (econlm market's market.json and figures) and copies market.json to
-bench/results/market_<task>.json; `shadow` writes bench/results/shadow_<name>.json; `docs` renders every
-bench/results/market_*.json and shadow_*.json into docs/market.md.
+bench/results/market_<task>.json; `shadow` writes bench/results/shadow_<name>.json; `frontier` reads the
+market a sweep estimated for its `shapley` rivals and those rivals' scores and speedups from
+bench/results/fair_<task>.json (run bench/summarize_fair.py first) into bench/results/market_frontier_<task>.json;
+`docs` renders all of them into docs/market.md.
 """
 
 from __future__ import annotations
@@ -109,7 +112,30 @@ SHADOW_SWEEPS = {
     "decoder": "the decoder benchmark (SmolLM2-135M on WikiText-2, bench/run_decoder.sh, K/V-group gates)",
     "decoder_per_head": "the decoder benchmark's first run (SmolLM2-135M on WikiText-2, with per-query-head gates)",
     "demo": "the demo sweep",
+    "frontier_cola": "the frontier benchmark's CoLA controller runs (docs/frontier.md; retrained by "
+    "bench/sweeps/shadow_frontier_cola.yaml)",
+    "frontier_stsb": "the frontier benchmark's STS-B controller runs (docs/frontier.md; retrained by "
+    "bench/sweeps/shadow_frontier_stsb.yaml)",
 }
+
+
+def _reproduced(sweep: str) -> list[dict]:
+    """A retrained controller run against the frontier benchmark's own (the same trial id, so the same settings
+    and seed): its dev score there (bench/results/compaction.json) and here, so a reader can tell whether the
+    retrained models stand in for the ones the benchmark did not keep."""
+    from econlm.report import load_results
+
+    path = RESULTS / "compaction.json"
+    if not path.exists():
+        return []
+    before = {
+        row["trial"]: row["score_before"] for rows in json.loads(path.read_text())["rows"].values() for row in rows
+    }
+    return [
+        {"id": r["id"], "score": r["score"], "frontier_score": before[r["id"]]}
+        for r in load_results(Path(sweep))
+        if r.get("status") == "ok" and r["id"] in before
+    ]
 
 
 def shadow(name: str, sweep: str) -> None:
@@ -123,10 +149,223 @@ def shadow(name: str, sweep: str) -> None:
 
     torch.set_num_threads(2)
     result = shadow_prices(sweep)
+    result["reproduced"] = _reproduced(sweep)
     meta = run_metadata()
     result["command"] = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
     result["meta"] = meta
     write_json(RESULTS / f"shadow_{name}.json", result)
+
+
+def _game_summary(game: dict) -> dict:
+    """What a market of heads and FFN blocks says about where the value sits, per kind of unit."""
+    units = game["units"]
+    kinds = {}
+    for kind in dict.fromkeys(u["kind"] for u in units):
+        mine = [u for u in units if u["kind"] == kind]
+        macs = sum(u["macs_per_token"] for u in mine)
+        value = sum(u["value"] for u in mine)
+        kinds[kind] = {
+            "units": len(mine),
+            "negative": sum(u["value"] < 0 for u in mine),
+            "value_sum": value,
+            "macs_per_token": macs,
+            "value_per_mmac": value / macs * 1e6,
+            "gini_value": game["inequality"][kind]["gini_value"],
+            "top": [
+                {k: u[k] for k in ("name", "value", "ci95")}
+                for u in sorted(mine, key=lambda u: u["value"], reverse=True)[:5]
+            ],
+        }
+    est = game["estimator"]
+    return {
+        "model": game["meta"]["model"],
+        "value_definition": game["value_definition"],
+        "full_value": game["full_value"],
+        "block": game["meta"]["config"]["block"],
+        "units": len(units),
+        "pairs": est["pairs"],
+        "converged": est["converged"],
+        "minutes": est["seconds"] / 60,
+        "stopped_by": est["stopped_by"],
+        "value_sum": sum(u["value"] for u in units),
+        "kinds": kinds,
+        "command": game["meta"]["command"],
+        "git": game["meta"]["git"],
+    }
+
+
+def frontier(task: str, sweep: str) -> None:
+    """The market a sweep estimated for its ``shapley`` post-hoc rivals, and how those rivals fared on the
+    frontier against the gates and the activation and Fisher rivals (bench/results/fair_<task>.json)."""
+    from econlm.runinfo import run_metadata, write_json
+
+    games = sorted(Path(sweep).glob("trials/market-*/market/market.json"))
+    if not games:
+        raise SystemExit(f"no market in {sweep}; run its sweep (bench/sweeps/market_{task}.yaml) first")
+    fair_path = RESULTS / f"fair_{task}.json"
+    if not fair_path.exists():
+        raise SystemExit(f"no {fair_path}; run bench/summarize_fair.py {task} first")
+    fair = json.loads(fair_path.read_text())
+    rows = fair["rows"]
+    shapley_matches = {r["matches"] for r in rows if "shapley" in r["method"]}
+    if not shapley_matches:
+        raise SystemExit(f"{fair_path} holds no shapley rival; rerun bench/summarize_fair.py {task} after the sweep")
+    chosen = [r for r in rows if r["id"] in shapley_matches or r["matches"] in shapley_matches]
+    teacher = [r for r in rows if r["method"].startswith("lambda=0") and r["seed"] in {c["seed"] for c in chosen}]
+    game = json.loads(games[-1].read_text())
+    meta = run_metadata()
+    meta["command"] = "python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(ROOT))] + sys.argv[1:])
+    payload = {
+        "task": task,
+        "game": _game_summary(game),
+        "rows": teacher + chosen,
+        "timing": {"repeats": fair["repeats"], "measured": fair["meta"]["time_utc"], "git": fair["meta"]["git"]},
+        "meta": meta,
+    }
+    write_json(RESULTS / f"market_frontier_{task}.json", payload)
+    for png in games[-1].parent.glob("*.png"):
+        (DOCS / "market").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, DOCS / "market" / f"{task}_frontier_{png.name}")
+
+
+def _frontier_section(result: dict) -> list[str]:
+    task, game = result["task"], result["game"]
+    kinds = game["kinds"]
+    rows = result["rows"]
+    teacher = next(r for r in rows if r["method"].startswith("lambda=0"))
+    players = ", ".join(f"{k['units']} {name}" for name, k in kinds.items())
+    lines = [
+        f"## {task}: heads and FFN blocks in one game, and the market on the frontier",
+        "",
+        f"The market that `bench/sweeps/market_{task}.yaml` estimated inside its sweep for its `shapley` rivals: "
+        f"{game['units']} players ({players}; an FFN player is a "
+        f"block of {game['block']} neurons), value {game['value_definition']} (full model {game['full_value']:.4f}), "
+        f"{game['pairs']} antithetic pairs in {game['minutes']:.1f} min on 2 threads (stopped: {game['stopped_by']}; "
+        f"{game['converged']} of {game['units']} players reached a 95% half-width of 0.01). Model: "
+        f"`{game['model']}`.",
+        "",
+        markdown_table(
+            ["units", "count", "negative", "value summed", "MACs per token", "value per million MACs", "Gini of value"],
+            [
+                [
+                    name,
+                    k["units"],
+                    k["negative"],
+                    f"{k['value_sum']:+.4f}",
+                    f"{k['macs_per_token']:.0f}",
+                    f"{k['value_per_mmac']:.4f}",
+                    f"{k['gini_value']:.3f}",
+                ]
+                for name, k in kinds.items()
+            ],
+        ),
+        "",
+    ]
+    if "head" in kinds and "ffn" in kinds:
+        head, ffn = kinds["head"], kinds["ffn"]
+        share = ffn["value_sum"] / (head["value_sum"] + ffn["value_sum"])
+        macs = ffn["macs_per_token"] / (head["macs_per_token"] + ffn["macs_per_token"])
+        richer = "FFN blocks" if ffn["value_per_mmac"] > head["value_per_mmac"] else "heads"
+        lines.append(
+            f"- The FFN blocks hold {share:.0%} of the summed value for {macs:.0%} of the MACs: per MAC the {richer} "
+            f"return more ({ffn['value_per_mmac']:.4f} against {head['value_per_mmac']:.4f} per million MACs). "
+            f"The values are truncated Shapley values, so they need not add up to the full model's score (here "
+            f"{game['value_sum']:.4f} against {game['full_value']:.4f}): a unit is valued only in coalitions "
+            "holding at least half of the units, where most of them are still needed."
+        )
+        lines.append(
+            "- Most valuable: "
+            + "; ".join(
+                f"{name} " + ", ".join(f"{u['name']} {u['value']:+.4f} (+-{u['ci95']:.4f})" for u in k["top"][:3])
+                for name, k in kinds.items()
+            )
+            + "."
+        )
+        lines.append("")
+    lines += [
+        f"On the frontier (the rows of [fair_{task}.md](fair_{task}.md), timed there in one interleaved run, "
+        f"{result['timing']['repeats']} rounds, batch 1 and 32, 128 tokens, 2 threads): the `shapley` rivals remove "
+        "the units of lowest value per MAC, handed the gates' per-layer structure (`matched`) or choosing their own "
+        "allocation across layers at the same FLOPs (`own allocation`), with the same teacher and recovery steps as "
+        "the activation and Fisher rivals.",
+        "",
+        markdown_table(
+            ["method", "score", "lost", "FLOPs share", "speedup b1", "speedup b32", "steps"],
+            [
+                [
+                    r["method"],
+                    f"{r['score']:.4f}",
+                    f"{r['lost']:+.4f}",
+                    f"{r['flops_share']:.3f}",
+                    f"{r['speedup_b1']:.2f}x",
+                    f"{r['speedup_b32']:.2f}x",
+                    r["training_steps"],
+                ]
+                for r in rows
+            ],
+        ),
+        "",
+        *_frontier_reading(task, rows, teacher),
+    ]
+    meta = result["meta"]
+    lines.append(
+        f"Rendered with `{meta['command']}`, git {meta['git']}, {meta['time_utc']}; the market with "
+        f"`{game['command']}` (git {game['git']}). Raw numbers: `bench/results/market_frontier_{task}.json`."
+    )
+    lines.append("")
+    for name in ("head_values", "ffn_values", "lorenz"):
+        if (DOCS / "market" / f"{task}_frontier_market_{name}.png").exists():
+            lines.append(f"![{task} frontier {name}](market/{task}_frontier_market_{name}.png)")
+    return lines
+
+
+def _frontier_reading(task: str, rows: list[dict], teacher: dict) -> list[str]:
+    """Shapley against activation and Fisher in each layout, with and without recovery, and the dev split's
+    sampling noise those differences sit in."""
+    from summarize_fair import DEV_EXAMPLES
+
+    lines, last_without = [], []
+    for retrained in (False, True):
+        for allocation in ("matched", "global"):
+            mine = {
+                r["method"].split()[1]: r
+                for r in rows
+                if r["method"].startswith("post-hoc")
+                and r["retrained"] == retrained
+                and r.get("allocation", "matched") == allocation
+            }
+            if "shapley" not in mine or len(mine) < 2:
+                continue
+            others = {k: r for k, r in mine.items() if k != "shapley"}
+            best = max(others.values(), key=lambda r: r["score"])
+            gap = mine["shapley"]["score"] - best["score"]
+            if not retrained and mine["shapley"]["score"] < min(r["score"] for r in others.values()):
+                last_without.append(allocation)
+            layout = "handed the gates' structure" if allocation == "matched" else "choosing its own allocation"
+            lines.append(
+                f"- {'With' if retrained else 'Without'} recovery, {layout}: Shapley {mine['shapley']['score']:.4f} "
+                f"against "
+                + ", ".join(f"{k} {r['score']:.4f}" for k, r in others.items())
+                + f" ({gap:+.4f} against the best)."
+            )
+    if last_without:
+        lines.append(
+            f"- Without recovery the market's choice scores lowest in {len(last_without)} of the layouts above: "
+            "at half the FLOPs, value measured in coalitions that keep at least half of the units does not rank "
+            "the units that survive a cut this deep any better than the cheap criteria do."
+        )
+    incentive = next((r for r in rows if r["method"].startswith("incentive")), None)
+    n = DEV_EXAMPLES.get(task)
+    if incentive is not None and n:
+        se = ((1 - teacher["score"] ** 2) / (n - 2)) ** 0.5
+        retrained = [r["score"] for r in rows if r["retrained"] or r is incentive]
+        lines.append(
+            f"- The incentive run these rivals are matched to scores {incentive['score']:.4f} (teacher "
+            f"{teacher['score']:.4f}). The retrained models span {max(retrained) - min(retrained):.4f}, against a "
+            f"standard error of about {se:.3f} for one model's score on the {n} dev examples: one seed cannot "
+            "rank them."
+        )
+    return lines + [""]
 
 
 def _shadow_sections() -> list[str]:
@@ -148,8 +387,23 @@ def _shadow_sections() -> list[str]:
             _overshoot(shadow["pairs"]),
             "",
             *_unpaired(shadow),
+            *_reproduction_lines(shadow.get("reproduced") or []),
         ]
     return lines
+
+
+def _reproduction_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    gaps = [abs(r["score"] - r["frontier_score"]) for r in rows]
+    return [
+        f"The {len(rows)} retrained models against the frontier benchmark's own (the same trial ids, so the same "
+        "settings and seed; dev score there -> here): "
+        + "; ".join(f"{r['id']} {r['frontier_score']:.4f} -> {r['score']:.4f}" for r in rows)
+        + f". Largest gap {max(gaps):.4f}: training on CPU is not bit-for-bit repeatable across versions, so "
+        "these are stand-ins of the same recipe, not the same models.",
+        "",
+    ]
 
 
 def _unpaired(shadow: dict) -> list[str]:
@@ -431,7 +685,13 @@ def _not_run(results: list[dict]) -> list[str]:
     for task in ("stsb", "cola"):
         if task not in tasks:
             lines.append(f"- The market on {task} (`python bench/market.py run {task} MODEL`, about an hour).")
-    if not any((r.get("meta") or {}).get("config", {}).get("units") == ["head", "ffn"] for r in results):
+    in_frontier = any(
+        {"head", "ffn"} <= set(json.loads(p.read_text())["game"]["kinds"])
+        for p in RESULTS.glob("market_frontier_*.json")
+    )
+    if not in_frontier and not any(
+        (r.get("meta") or {}).get("config", {}).get("units") == ["head", "ffn"] for r in results
+    ):
         lines.append(
             "- FFN blocks in the game (`--units head,ffn`): 144 players instead of 72, about twice the pairs' cost."
         )
@@ -451,12 +711,16 @@ def _not_run(results: list[dict]) -> list[str]:
             "of the teacher's 72 heads and 72 FFN blocks of 128 neurons, and two shapley rivals with matched "
             "recovery (about 45 min each): about 2 hours on 2 cores."
         )
-    lines.append(
-        "- The shadow-price check on the frontier benchmark's controller runs (docs/frontier.md: flops gates at "
-        "budgets 0.3 / 0.5 / 0.7, two seeds, STS-B and CoLA): their models were not kept, and the check reads each "
-        "model's dev loss; retraining them is 12 runs, about 10 min each on CoLA and 20 on STS-B."
-    )
-    return lines + [""]
+    missing = [t for t in ("cola", "stsb") if not (RESULTS / f"shadow_frontier_{t}.json").exists()]
+    if missing:
+        lines.append(
+            "- The shadow-price check on the frontier benchmark's controller runs (docs/frontier.md: flops gates at "
+            "budgets 0.3 / 0.5 / 0.7, two seeds) on " + " and ".join(missing) + ": their models were not kept, and "
+            "the check reads each model's dev loss; `bench/sweeps/shadow_frontier_<task>.yaml` retrains them (six "
+            "runs per task, about 10 min each on CoLA and 20 on STS-B), then `python bench/market.py shadow "
+            "frontier_<task> SWEEP_DIR`."
+        )
+    return lines + [""] if len(lines) > 2 else []
 
 
 def _latency_section(result: dict) -> list[str]:
@@ -533,8 +797,11 @@ def docs() -> None:
     from econlm.runinfo import atomic_write_text
 
     results = [
-        json.loads(p.read_text()) for p in sorted(RESULTS.glob("market_*.json")) if not p.stem.endswith("_samples")
+        json.loads(p.read_text())
+        for p in sorted(RESULTS.glob("market_*.json"))
+        if not p.stem.endswith("_samples") and not p.stem.startswith("market_frontier_")
     ]
+    frontiers = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("market_frontier_*.json"))]
     lines = [
         "# The market: what MiniLM's heads and FFN blocks are worth",
         "",
@@ -547,6 +814,8 @@ def docs() -> None:
     for result in results:
         lines += _latency_section(result) if result.get("priced_by") == "latency" else _task_section(result)
         lines.append("")
+    for result in frontiers:
+        lines += _frontier_section(result) + [""]
     lines += _shadow_sections()
     lines += _not_run(results)
     atomic_write_text(DOCS / "market.md", "\n".join(lines).rstrip() + "\n")
@@ -567,12 +836,17 @@ def main() -> None:
     sh = sub.add_parser("shadow")
     sh.add_argument("name")
     sh.add_argument("sweep")
+    fr = sub.add_parser("frontier")
+    fr.add_argument("task")
+    fr.add_argument("sweep")
     sub.add_parser("docs")
     args = parser.parse_args()
     if args.command == "run":
         run(args.task, args.model, args.units, args.sweep, args.minutes, args.examples, args.latency_table)
     elif args.command == "shadow":
         shadow(args.name, args.sweep)
+    elif args.command == "frontier":
+        frontier(args.task, args.sweep)
     docs()
 
 

@@ -570,3 +570,77 @@ def test_paper_scale_says_when_the_claim_does_not_hold(paper_scale, tmp_path, mo
     _paper_folder(tmp_path, monkeypatch, score_at_1e4=0.8548, sparse_at_1e4=0.50)
     verdict = paper_scale._verdict(paper_scale.rows_of(paper_scale.load()))
     assert "does not hold here" in verdict and "+0.6% relative drop" in verdict
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bench/market.py: the market a sweep estimated for its shapley rivals, read against the frontier's rows
+
+
+@pytest.fixture(scope="module")
+def market_bench():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import market
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return market
+
+
+def test_market_game_summary_sums_value_and_macs_per_kind(market_bench):
+    unit = {"ci95": 0.01, "macs_per_token": 0.0}
+    units = [
+        {**unit, "kind": "head", "name": "L0.H0", "value": 0.03, "macs_per_token": 1e6},
+        {**unit, "kind": "head", "name": "L0.H1", "value": -0.01, "macs_per_token": 1e6},
+        {**unit, "kind": "ffn", "name": "L0.F0", "value": 0.06, "macs_per_token": 2e6},
+    ]
+    game = {
+        "units": units,
+        "inequality": {"head": {"gini_value": 0.5}, "ffn": {"gini_value": 0.0}},
+        "estimator": {"pairs": 4, "converged": 1, "seconds": 120.0, "stopped_by": "time limit"},
+        "meta": {"model": "m", "config": {"block": 128}, "command": "c", "git": "g"},
+        "value_definition": "mcc on 8 dev examples",
+        "full_value": 0.07,
+    }
+    summary = market_bench._game_summary(game)
+    head, ffn = summary["kinds"]["head"], summary["kinds"]["ffn"]
+    assert (head["units"], head["negative"], ffn["negative"]) == (2, 1, 0)
+    assert head["value_sum"] == pytest.approx(0.02) and head["macs_per_token"] == 2e6
+    assert head["value_per_mmac"] == pytest.approx(0.01)  # 0.02 over 2 million MACs
+    assert ffn["value_per_mmac"] == pytest.approx(0.03)  # 0.06 over 2 million MACs
+    assert summary["value_sum"] == pytest.approx(0.08) and summary["minutes"] == 2.0
+    assert [u["name"] for u in head["top"]] == ["L0.H0", "L0.H1"]
+
+
+def test_market_frontier_reading_compares_shapley_within_each_layout(market_bench):
+    def row(method, score, retrained, allocation="matched"):
+        return {"method": method, "score": score, "retrained": retrained, "allocation": allocation}
+
+    teacher = row("lambda=0 fine-tune (teacher)", 0.25, False)
+    rows = [
+        teacher,
+        row("incentive flops budget 0.5", 0.26, True),
+        row("post-hoc shapley +LS rescale, no retraining", 0.05, False),
+        row("post-hoc activation +LS rescale, no retraining", 0.09, False),
+        row("post-hoc fisher +LS rescale, no retraining", 0.10, False),
+        row("post-hoc shapley +LS rescale, 10.0 epochs", 0.255, True),
+        row("post-hoc fisher +LS rescale, 10.0 epochs", 0.245, True),
+    ]
+    lines = market_bench._frontier_reading("cola", rows, teacher)
+    assert lines[0] == (
+        "- Without recovery, handed the gates' structure: Shapley 0.0500 against activation 0.0900, fisher 0.1000 "
+        "(-0.0500 against the best)."
+    )
+    assert lines[1].endswith("Shapley 0.2550 against fisher 0.2450 (+0.0100 against the best).")
+    assert "scores lowest in 1 of the layouts above" in lines[2]
+    # sqrt((1 - 0.25^2) / 1041) = 0.030; the retrained scores 0.26, 0.255, 0.245 span 0.015
+    assert "span 0.0150, against a standard error of about 0.030" in lines[3]
+
+
+def test_market_reproduction_lines_state_the_largest_gap(market_bench):
+    rows = [
+        {"id": "a", "frontier_score": 0.10, "score": 0.12},
+        {"id": "b", "frontier_score": 0.85, "score": 0.845},
+    ]
+    (line, _) = market_bench._reproduction_lines(rows)
+    assert "a 0.1000 -> 0.1200; b 0.8500 -> 0.8450" in line and "Largest gap 0.0200" in line
+    assert market_bench._reproduction_lines([]) == []
