@@ -380,7 +380,8 @@ def _shadow_sections() -> list[str]:
         lines += [
             f"## Shadow prices on {SHADOW_SWEEPS.get(name, name)}",
             "",
-            f"{shadow['definition']}. Sweep: {shadow['sweep']}; `{shadow['command']}`.",
+            f"{shadow['definition']}. Sweep: {shadow['sweep']}; `{shadow['command']}`"
+            + (f" ({shadow['provenance']})." if shadow.get("provenance") else "."),
             "",
             _shadow_table(shadow["pairs"]),
             "",
@@ -546,6 +547,8 @@ def _task_section(result: dict) -> list[str]:
     lines += [
         "### Market-clearing allocations against activation and Fisher at the same structure (no retraining)",
         "",
+        _budget_meaning(result["meta"]["config"]["units"]),
+        "",
         markdown_table(
             [
                 "budget",
@@ -600,6 +603,33 @@ def _task_section(result: dict) -> list[str]:
     return lines
 
 
+def _budget_meaning(kinds: list[str]) -> str:
+    if len(kinds) > 1:
+        return "A budget is a share of the model's blocks' MACs; each layer keeps at least one unit of each kind."
+    return (
+        f"A budget is a share of the MACs of the units in the game ({kinds[0]}s; the other kind stays whole), while "
+        "the dense compute share is of the whole model's, so budget 0.5 leaves more than half of the model. Each "
+        "layer keeps at least one unit."
+    )
+
+
+def _half_noise(result: dict) -> str:
+    """How much of the half-heads comparison is noise: the held-out score's sampling error, and how many of the
+    heads the Shapley ranking drops first are told apart from zero at all."""
+    n = result["meta"]["held_out_examples"]
+    dense = next((r["score"] for r in result["allocations"] if r["method"] == "dense"), result["full_value"])
+    se = ((1 - min(dense**2, 1.0)) / max(n - 2, 1)) ** 0.5
+    heads = sorted((u for u in result["units"] if u["kind"] == "head"), key=lambda u: u["value"])
+    bottom = heads[: len(heads) // 2]
+    unclear = sum(abs(u["value"]) <= u["ci95"] for u in bottom)
+    return (
+        f"- How much of that is noise: a held-out {result['metric']} near {dense:.3f} on {n} examples has a sampling "
+        f"error of about {se:.3f} (sqrt((1 - r^2) / (n - 2))), and {unclear} of the {len(bottom)} heads the Shapley "
+        "ranking removes first have a 95% interval that holds zero: the order within the bottom half, which decides "
+        "what goes, is mostly the estimate's noise, while Fisher's ranking averages gradients over every example."
+    )
+
+
 def _targets(result: dict, top: list[dict]) -> list[str]:
     """Issue #14's targets, checked against this run; every reading below is conditional on the numbers."""
     est = result["estimator"]
@@ -611,6 +641,16 @@ def _targets(result: dict, top: list[dict]) -> list[str]:
         why = (
             " The widest intervals belong to the most valuable heads: what removing one costs varies most across "
             "coalitions, so they need the most pairs."
+        )
+    limit = result["meta"]["config"].get("max_minutes")
+    if wide:
+        # An interval shrinks as 1 / sqrt(pairs): the widest needs (width / 0.01)^2 times its pairs.
+        worst = max(wide, key=lambda u: u["ci95"] ** 2 * u["samples"])
+        factor = (worst["ci95"] / 0.01) ** 2 * worst["samples"] / est["pairs"]
+        why += (
+            f" The run was given {limit:g} min (`--minutes`); intervals shrink as 1/sqrt(pairs), so {worst['name']} "
+            f"needs about {factor * est['pairs']:.0f} pairs, about {factor * est['seconds'] / 3600:.1f} hours at this "
+            "run's pace" + (": more than 60 minutes would buy." if factor * est["seconds"] > 3600 else ".")
         )
     lines.append(
         "- 95% half-width <= 0.01 on the top 10 heads within 60 minutes: "
@@ -628,6 +668,8 @@ def _targets(result: dict, top: list[dict]) -> list[str]:
             f"{scores['activation']:.4f}, Fisher {scores['fisher']:.4f}: "
             + ("Shapley at least as good as both" if not beaten else f"**missed**, below {' and '.join(beaten)}")
         )
+    if half.get("rows"):
+        lines.append(_half_noise(result))
     negative = result["inequality"]["all"]["negative_value"]
     dense = next((r["score"] for r in result["allocations"] if r["method"] == "dense"), None)
     budgets = sorted({r["budget"] for r in result["allocations"] if r["method"] == "market"}, reverse=True)

@@ -40,6 +40,7 @@ _EXPORTS = {
     "MarketConfig": "econlm.market_run",
     "run_market": "econlm.market_run",
     "save_market": "econlm.market_run",
+    "shadow_prices": "econlm.shadow",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

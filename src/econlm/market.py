@@ -81,7 +81,7 @@ def units_of(model: nn.Module, kinds: Sequence[str], block: int) -> list[Unit]:
 
 
 def divisors(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0 and d < n)
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
 # ---------------------------------------------------------------------------------------------------------

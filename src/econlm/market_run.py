@@ -189,9 +189,16 @@ def run_market(config: MarketConfig, loaded=None, progress: bool = True) -> dict
     random.Random(config.seed).shuffle(examples)
     held_out_needed = MIN_HELD_OUT if config.compare else 0  # only the comparisons score held-out examples
     if len(examples) < config.examples + held_out_needed:
+        room = len(examples) - held_out_needed
+        if room < needed_examples(config.tol):  # fewer examples would break --tol's own floor: say what does fit
+            raise UserError(
+                f"{task.name} has {len(examples)} dev examples: too few for --tol {config.tol} (needs "
+                f"{needed_examples(config.tol)} for the game) plus {held_out_needed} held out to score pruned models "
+                f"on; use --tol {2 / max(room, 1):.3g} or larger"
+            )
         raise UserError(
             f"{task.name} has {len(examples)} dev examples; --examples {config.examples} leaves fewer than "
-            f"{held_out_needed} to score pruned models on: use --examples {max(len(examples) - held_out_needed, 0)} or fewer"
+            f"{held_out_needed} to score pruned models on: use --examples {room} or fewer"
         )
     if loaded is None:
         check_spec(config.model)

@@ -426,7 +426,7 @@ def _market_sections(folder: Path) -> list[str]:
         except ValueError:
             raise UserError(f"{path} is not valid JSON; rerun econlm market to rewrite it") from None
         where = path.parent.parent.name if path.parent.parent.parent.name == "trials" else path.parent.name
-        title = f"The market: {result.get('task', '')} ({where})"
+        title = f"The market: {result['task']} ({where})" if result.get("task") else f"The market ({where})"
         parts.append(f"<h2>{html.escape(title)}</h2>")
         if "units" in result:
             est = result["estimator"]

@@ -161,7 +161,7 @@ def test_a_market_plan_compacts_to_the_masked_model(family):
 
 def test_a_block_that_does_not_divide_the_width_names_the_ones_that_do():
     model = tiny_model("bert")
-    with pytest.raises(UserError, match="does not divide the FFN width 64; use one of 1, 2, 4, 8, 16, 32"):
+    with pytest.raises(UserError, match="does not divide the FFN width 64; use one of 1, 2, 4, 8, 16, 32, 64"):
         market.units_of(model, ("ffn",), 24)
 
 
@@ -223,3 +223,20 @@ def test_latency_priced_clearing_buys_by_value_per_marginal_second():
     assert market.clear_market_latency(values, units, structure, table, 1.0, block=16) == [True] * 7 + [False]
     with pytest.raises(UserError, match=r"\(0, 1\]"):
         market.clear_market_latency(values, units, structure, table, 0.0, block=16)
+
+
+def test_lorenz_gini_and_the_costly_units_by_hand():
+    from econlm.market_run import _costly_low_return, _inequality
+
+    units = [market.Unit("head", 0, 0), market.Unit("head", 0, 1), market.Unit("ffn", 0, 0), market.Unit("ffn", 0, 1)]
+    values, macs = [0.3, -0.1, 0.1, 0.2], [1.0, 1.0, 2.0, 2.0]
+    # negative values hold no share: sorted 0, 0.1, 0.2, 0.3 of a total 0.6
+    assert market.lorenz(values) == pytest.approx([0.0, 0.0, 1 / 6, 0.5, 1.0])
+    # Gini = sum of |x_i - x_j| over ordered pairs / (2 n^2 mean): 2.0 / (2 * 16 * 0.15)
+    assert market.gini(values) == pytest.approx(2.0 / 4.8)
+    table = _inequality(units, values, macs)
+    assert table["all"]["gini_compute"] == pytest.approx(8 / 48)  # 1, 1, 2, 2: |1 - 2| in 8 ordered pairs
+    assert table["head"]["gini_value"] == pytest.approx(0.5) and table["head"]["negative_value"] == 1
+    assert table["ffn"]["gini_compute"] == 0.0 and table["ffn"]["lorenz_value"] == pytest.approx([0, 1 / 3, 1])
+    # value per MAC: 0.3, -0.1, 0.05, 0.1
+    assert [u["name"] for u in _costly_low_return(units, values, macs)] == ["L0.H1", "L0.F0", "L0.F1", "L0.H0"]

@@ -83,7 +83,9 @@ def test_the_market_from_python_is_the_market_from_the_command_line(capsys, tmp_
     result = econlm.run_market(config, progress=False)
     econlm.save_market(result, config.out)  # market.json and the figures, as the command writes them
     assert json.loads((tmp_path / "py" / "market.json").read_text())["units"] == result["units"]
-    assert sorted(p.name for p in (tmp_path / "py").glob("*.png")) == sorted(p.name for p in (tmp_path / "cli").glob("*.png"))
+    assert sorted(p.name for p in (tmp_path / "py").glob("*.png")) == sorted(
+        p.name for p in (tmp_path / "cli").glob("*.png")
+    )
     cli = json.loads((tmp_path / "cli" / "market.json").read_text())
     assert [u["value"] for u in result["units"]] == [u["value"] for u in cli["units"]]  # same seed, same game
     with pytest.raises(econlm.UserError, match="zero permutations"):
@@ -127,7 +129,9 @@ def test_a_latency_table_prices_the_market_and_a_foreign_one_is_one_line(capsys,
     structure = Structure.of_model(load_model(str(ckpt)).model)
     loaded_table = load_table(path)
     for row in (r for r in result["allocations"] if r["method"] == "market"):
-        kept = market.clear_market_latency([u["value"] for u in result["units"]], units, structure, loaded_table, row["budget"], 32)
+        kept = market.clear_market_latency(
+            [u["value"] for u in result["units"]], units, structure, loaded_table, row["budget"], 32
+        )
         heads = [sum(k for u, k in zip(units, kept) if u.kind == "head" and u.layer == i) for i in range(2)]
         ffn = [32 * sum(k for u, k in zip(units, kept) if u.kind == "ffn" and u.layer == i) for i in range(2)]
         assert row["predicted_latency_share"] == pytest.approx(1 / loaded_table.predicted_speedup(heads, ffn))
@@ -142,7 +146,10 @@ def test_a_latency_table_prices_the_market_and_a_foreign_one_is_one_line(capsys,
     "flags, message",
     [
         (["--budgets", "0.5,1.5"], "a budget must be in (0, 1]"),
-        (["--budgets", "0.5,,0.6"], "--budgets takes comma-separated numbers in (0, 1], such as 0.8,0.6,0.5, not '0.5,,0.6'"),
+        (
+            ["--budgets", "0.5,,0.6"],
+            "--budgets takes comma-separated numbers in (0, 1], such as 0.8,0.6,0.5, not '0.5,,0.6'",
+        ),
         (["--budgets", "abc"], "not 'abc'"),
         (["--pairs", "0"], "zero permutations"),
         (["--examples", "50"], "--examples 50 is too few for --tol 0.01"),
@@ -158,6 +165,7 @@ def test_bad_settings_are_one_line_before_loading(capsys, tmp_path, flags, messa
 
 def test_a_block_that_does_not_divide_the_ffn(capsys, tmp_path, glue):
     ckpt = save_tiny_checkpoint(tmp_path / "ckpt", head="seq-cls")
+    capsys.readouterr()  # the checkpoint's own save messages
     code, err = _run(
         capsys,
         "market",
@@ -175,7 +183,31 @@ def test_a_block_that_does_not_divide_the_ffn(capsys, tmp_path, glue):
         "--block",
         24,
     )
-    assert code == 2 and "--block 24 does not divide the FFN width 64; use one of 1, 2, 4, 8, 16, 32" in err
+    assert code == 2 and "--block 24 does not divide the FFN width 64; use one of 1, 2, 4, 8, 16, 32, 64" in err
+    assert "\n" not in err
+
+
+@pytest.mark.parametrize(
+    "examples, tol, message",
+    [
+        # 130 dev examples, 100 kept back to score pruned models: 30 fit the game, enough for --tol 0.1 (20)
+        (40, 0.1, "--examples 40 leaves fewer than 100 to score pruned models on: use --examples 30 or fewer"),
+        # --tol 0.01 needs 200 in the game; 30 fit, and 2 / 30 = 0.0667 is the finest --tol they allow
+        (
+            200,
+            0.01,
+            "too few for --tol 0.01 (needs 200 for the game) plus 100 held out to score pruned models on; "
+            "use --tol 0.0667 or larger",
+        ),
+    ],
+)
+def test_a_dev_split_too_small_for_the_game_and_the_held_out_scores(capsys, tmp_path, glue, examples, tol, message):
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt", head="seq-cls")
+    capsys.readouterr()  # the checkpoint's own save messages
+    flags = ["--data-dir", glue, "--out", tmp_path / "o", "--examples", examples, "--tol", tol]
+    code, err = _run(capsys, "market", ckpt, "--task", "sst2", *flags)
+    assert code == 2 and message in err and "\n" not in err
+    assert not (tmp_path / "o" / "market.json").exists()
 
 
 def test_a_model_without_a_task_head_is_told_to_fine_tune(capsys, tmp_path, glue):
@@ -268,5 +300,9 @@ def test_shadow_prices_of_a_sweep_and_the_report_section(capsys, tmp_path, glue)
     losses = [dev_loss(str(tmp_path / f"m{i}"), {"task": "sst2", "data_dir": str(glue)})["loss"] for i in (0, 1)]
     assert pair["losses"] == pytest.approx(losses)
     assert pair["finite_difference"] == pytest.approx(-(losses[1] - losses[0]) / (0.69 - 0.52))
+    import econlm  # the same check from Python
+
+    again = econlm.shadow_prices(sweep)
+    assert again["pairs"][0]["losses"] == pytest.approx(losses) and again["pairs"][0]["shares"] == [0.52, 0.69]
     page = "".join(_market_sections(sweep))  # the section econlm report adds (the fake trials lack the rest)
     assert "Is the price a shadow price of compute?" in page and "0.52, 0.69" in page

@@ -95,6 +95,11 @@ def test_sweep_runs_resumes_records_failures_and_builds_baselines(tiny, tmp_path
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 and "Ablation" in page and "Failed trials" in page
     assert "<td>flops gates (both)</td>" in page and "<td>budget 0.3</td>" in page  # a controller's price is its budget
+    # With a market.json in the folder (here the shadow-price check of this sweep), the report adds its section.
+    assert "The market" not in page
+    assert main(["market", "--sweep", str(out), "--out", str(out / "market")]) == 0
+    assert main(["report", str(out)]) == 0
+    assert "<h2>The market (market)</h2>" in (out / "report.html").read_text()
 
 
 def test_ray_missing_says_how_to_install(tiny, tmp_path, capsys, monkeypatch):
