@@ -41,9 +41,9 @@ TRIED = {
         "- Tried so far: 10 epochs per run (the earlier frontier benchmark's 3 epochs lost about 15 MCC points at "
         "half the FLOPs, docs/frontier.md), the budget falling over the first 6 epochs and the gates frozen after "
         "7, so 3 epochs distil on a fixed structure; prediction-layer distillation from the 10-epoch teacher. "
-        "The next runs are the commented trials of `bench/sweeps/fair_cola.yaml` (seed 1 at FLOPs budget 0.3 "
-        "and latency budget 0.5, then seed 2's teacher and three students), each student with its rivals about "
-        "3 hours on 2 cores. Left to try: hidden-state distillation (`--distill-hidden-weight`, off here)."
+        "Next: stage 2 of `bench/sweeps/fair_cola.yaml` (seed 1 at FLOPs budget 0.3 and latency budget 0.5, "
+        "about 7 hours with their rivals on 2 cores), then its commented trials (seed 2's teacher and three "
+        "students). Left to try: hidden-state distillation (`--distill-hidden-weight`, off here)."
     ),
 }
 
