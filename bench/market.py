@@ -150,6 +150,8 @@ def shadow(name: str, sweep: str) -> None:
     torch.set_num_threads(2)
     result = shadow_prices(sweep)
     result["reproduced"] = _reproduced(sweep)
+    if name.startswith("frontier_"):
+        result["single_budget"] = _single_budget(name.removeprefix("frontier_"))
     meta = run_metadata()
     result["command"] = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
     result["meta"] = meta
@@ -389,8 +391,29 @@ def _shadow_sections() -> list[str]:
             "",
             *_unpaired(shadow),
             *_reproduction_lines(shadow.get("reproduced") or []),
+            *_single_budget_lines(shadow.get("single_budget") or []),
         ]
     return lines
+
+
+def _single_budget(task: str) -> list[dict]:
+    """The frontier benchmark's controller runs that no other budget shares settings and seed with (its
+    attention-only and FFN-only ablations): no finite difference exists for them, so they were not retrained."""
+    from econlm.shadow import _group_key
+
+    path = RESULTS / "train_sweep.json"
+    if not path.exists():
+        return []
+    rows = [r for r in json.loads(path.read_text())["rows"].get(task, []) if r["settings"].get("budget") is not None]
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(_group_key(r["settings"]), []).append(r)
+    return [
+        {"id": r["id"], "budget": r["settings"]["budget"], "target": r["settings"].get("target", "both")}
+        for members in groups.values()
+        if len({m["settings"]["budget"] for m in members}) == 1
+        for r in members
+    ]
 
 
 def _reproduction_lines(rows: list[dict]) -> list[str]:
@@ -403,6 +426,18 @@ def _reproduction_lines(rows: list[dict]) -> list[str]:
         + "; ".join(f"{r['id']} {r['frontier_score']:.4f} -> {r['score']:.4f}" for r in rows)
         + f". Largest gap {max(gaps):.4f}: training on CPU is not bit-for-bit repeatable across versions, so "
         "these are stand-ins of the same recipe, not the same models.",
+        "",
+    ]
+
+
+def _single_budget_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    return [
+        "The benchmark's other controller runs have no neighbouring budget of the same settings and seed, so no "
+        "finite difference exists to check their price against (not retrained): "
+        + "; ".join(f"{r['id']} (gates on {r['target']}, budget {r['budget']})" for r in rows)
+        + ".",
         "",
     ]
 

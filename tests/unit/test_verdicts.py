@@ -644,3 +644,12 @@ def test_market_reproduction_lines_state_the_largest_gap(market_bench):
     (line, _) = market_bench._reproduction_lines(rows)
     assert "a 0.1000 -> 0.1200; b 0.8500 -> 0.8450" in line and "Largest gap 0.0200" in line
     assert market_bench._reproduction_lines([]) == []
+
+
+def test_market_single_budget_runs_of_the_stored_frontier_are_its_ablations(market_bench):
+    # bench/results/train_sweep.json: seed 1's flops gates at 0.3 / 0.5 / 0.7 form one group; the attention-only
+    # and FFN-only gates at 0.5 each stand alone, so no finite difference exists for them
+    for task in ("cola", "stsb"):
+        alone = market_bench._single_budget(task)
+        assert sorted(r["target"] for r in alone) == ["attention", "ffn"]
+        assert all(r["budget"] == 0.5 and r["id"].startswith(f"train-{task}-flops-lam0-b0.5-s1-") for r in alone)
