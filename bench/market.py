@@ -119,6 +119,13 @@ SHADOW_SWEEPS = {
 }
 
 
+def _command() -> str:
+    """This script's command line, relative to the repository."""
+    import os
+
+    return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+
+
 def _reproduced(sweep: str) -> list[dict]:
     """A retrained controller run against the frontier benchmark's own (the same trial id, so the same settings
     and seed): its dev score there (bench/results/compaction.json) and here, so a reader can tell whether the
@@ -140,7 +147,6 @@ def _reproduced(sweep: str) -> list[dict]:
 
 def shadow(name: str, sweep: str) -> None:
     """The shadow-price check of ``sweep``'s controller runs, saved as bench/results/shadow_<name>.json."""
-    import os
 
     import torch
 
@@ -153,7 +159,7 @@ def shadow(name: str, sweep: str) -> None:
     if name.startswith("frontier_"):
         result["single_budget"] = _single_budget(name.removeprefix("frontier_"))
     meta = run_metadata()
-    result["command"] = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+    result["command"] = _command()
     result["meta"] = meta
     write_json(RESULTS / f"shadow_{name}.json", result)
 
@@ -216,7 +222,7 @@ def frontier(task: str, sweep: str) -> None:
     teacher = [r for r in rows if r["method"].startswith("lambda=0") and r["seed"] in {c["seed"] for c in chosen}]
     game = json.loads(games[-1].read_text())
     meta = run_metadata()
-    meta["command"] = "python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(ROOT))] + sys.argv[1:])
+    meta["command"] = _command()
     payload = {
         "task": task,
         "game": _game_summary(game),
@@ -324,7 +330,7 @@ def _frontier_section(result: dict) -> list[str]:
 def _frontier_reading(task: str, rows: list[dict], teacher: dict) -> list[str]:
     """Shapley against activation and Fisher in each layout, with and without recovery, and the dev split's
     sampling noise those differences sit in."""
-    from summarize_fair import DEV_EXAMPLES
+    from summarize_fair import DEV_EXAMPLES, _allocation, correlation_se
 
     lines, last_without = [], []
     for retrained in (False, True):
@@ -334,7 +340,7 @@ def _frontier_reading(task: str, rows: list[dict], teacher: dict) -> list[str]:
                 for r in rows
                 if r["method"].startswith("post-hoc")
                 and r["retrained"] == retrained
-                and r.get("allocation", "matched") == allocation
+                and _allocation(r) == allocation
             }
             if "shapley" not in mine or len(mine) < 2:
                 continue
@@ -359,7 +365,7 @@ def _frontier_reading(task: str, rows: list[dict], teacher: dict) -> list[str]:
     incentive = next((r for r in rows if r["method"].startswith("incentive")), None)
     n = DEV_EXAMPLES.get(task)
     if incentive is not None and n:
-        se = ((1 - teacher["score"] ** 2) / (n - 2)) ** 0.5
+        se = correlation_se(teacher["score"], n)
         retrained = [r["score"] for r in rows if r["retrained"] or r is incentive]
         lines.append(
             f"- The incentive run these rivals are matched to scores {incentive['score']:.4f} (teacher "
@@ -651,9 +657,11 @@ def _budget_meaning(kinds: list[str]) -> str:
 def _half_noise(result: dict) -> str:
     """How much of the half-heads comparison is noise: the held-out score's sampling error, and how many of the
     heads the Shapley ranking drops first are told apart from zero at all."""
+    from summarize_fair import correlation_se
+
     n = result["meta"]["held_out_examples"]
     dense = next((r["score"] for r in result["allocations"] if r["method"] == "dense"), result["full_value"])
-    se = ((1 - min(dense**2, 1.0)) / max(n - 2, 1)) ** 0.5
+    se = correlation_se(dense, n)
     heads = sorted((u for u in result["units"] if u["kind"] == "head"), key=lambda u: u["value"])
     bottom = heads[: len(heads) // 2]
     unclear = sum(abs(u["value"]) <= u["ci95"] for u in bottom)
@@ -755,17 +763,14 @@ def _targets(result: dict, top: list[dict]) -> list[str]:
     return lines
 
 
-def _not_run(results: list[dict]) -> list[str]:
+def _not_run(results: list[dict], frontiers: list[dict]) -> list[str]:
     """What issue #14's benchmark asks for that bench/results does not hold yet, with its cost here."""
     lines = ["## Not run yet", ""]
     tasks = {r["task"] for r in results}
     for task in ("stsb", "cola"):
         if task not in tasks:
             lines.append(f"- The market on {task} (`python bench/market.py run {task} MODEL`, about an hour).")
-    in_frontier = any(
-        {"head", "ffn"} <= set(json.loads(p.read_text())["game"]["kinds"])
-        for p in RESULTS.glob("market_frontier_*.json")
-    )
+    in_frontier = any({"head", "ffn"} <= set(f["game"]["kinds"]) for f in frontiers)
     if not in_frontier and not any(
         (r.get("meta") or {}).get("config", {}).get("units") == ["head", "ffn"] for r in results
     ):
@@ -778,7 +783,7 @@ def _not_run(results: list[dict]) -> list[str]:
             "bench/latency/minilm_b1_s128_t2.json`): built and tested on tiny models, not run on MiniLM yet; a rerun "
             "into the same folder reuses the saved samples, so it costs the comparisons only (minutes)."
         )
-    if not list(RESULTS.glob("market_frontier_*.json")):
+    if not frontiers:
         lines.append(
             "- The market's allocation on the frontier with recovery training matched to the gates' and the post-hoc "
             "rivals' (`bench/run_fair.sh market`, `bench/sweeps/market_cola.yaml`: a `shapley` post-hoc rival that "
@@ -894,7 +899,7 @@ def docs() -> None:
     for result in frontiers:
         lines += _frontier_section(result) + [""]
     lines += _shadow_sections()
-    lines += _not_run(results)
+    lines += _not_run(results, frontiers)
     atomic_write_text(DOCS / "market.md", "\n".join(lines).rstrip() + "\n")
     print(f"wrote {DOCS / 'market.md'}")
 

@@ -212,12 +212,17 @@ def pairs_of(rows: list[dict]) -> list[dict]:
 DEV_EXAMPLES = {"stsb": 1500, "cola": 1043}
 
 
+def correlation_se(r: float, n: int) -> float:
+    """sqrt((1 - r^2) / (n - 2)): the sampling error of a correlation r measured on n examples."""
+    return ((1 - min(r**2, 1.0)) / max(n - 2, 1)) ** 0.5
+
+
 def _noise(task: str, rows: list[dict], pairs: list[dict]) -> str | None:
     n = DEV_EXAMPLES.get(task)
     teacher = next((r for r in rows if r["method"].startswith("lambda=0")), None)
     if n is None or teacher is None:
         return None
-    se = ((1 - teacher["score"] ** 2) / (n - 2)) ** 0.5
+    se = correlation_se(teacher["score"], n)
     gaps = [abs(p[k]) for p in pairs for k in ("difference", "matched_difference", "global_difference") if k in p]
     largest = f" (here at most {max(gaps):.4f})" if gaps else ""
     return (

@@ -386,12 +386,18 @@ def test_frontier_section_names_the_model_and_does_not_change_the_rows():
 
 @pytest.fixture(scope="module")
 def summarize():
+    return _bench_script("summarize")
+
+
+def _bench_script(name: str):
+    """A script of bench/ imported as a module (its imports of _common and its neighbours resolve)."""
+    import importlib
+
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        import summarize
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    return summarize
 
 
 def _stored(name: str) -> dict:
@@ -508,12 +514,7 @@ def test_summarize_main_reads_machines_eps_and_timings_from_the_sweep_folder(sum
 
 @pytest.fixture(scope="module")
 def paper_scale():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import paper_scale
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return paper_scale
+    return _bench_script("paper_scale")
 
 
 def _paper_folder(tmp_path, monkeypatch, score_at_1e4: float, sparse_at_1e4: float) -> None:
@@ -578,12 +579,7 @@ def test_paper_scale_says_when_the_claim_does_not_hold(paper_scale, tmp_path, mo
 
 @pytest.fixture(scope="module")
 def market_bench():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import market
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return market
+    return _bench_script("market")
 
 
 def test_market_game_summary_sums_value_and_macs_per_kind(market_bench):
