@@ -233,6 +233,7 @@ class _SoftPass:
     counts: list[torch.Tensor] = field(default_factory=list)  # per layer entered: (B,) expected real tokens
     given_mask: torch.Tensor | None = None
     mask: torch.Tensor | None = None  # what later blocks get: the given mask plus log keep
+    shortened: bool = False  # never: every token stays in the sequence (the block hook reads it)
     full: torch.Tensor | None = None  # (B, T, D): sum of the states tokens left with, weighted by what left
     probs: torch.Tensor | None = None
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -151,6 +152,8 @@ def token_values(probs: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     ``real`` is the bool (B, Q) mask of real query rows (queries and keys are the same tokens here).
     Returns float32 (B, K).
     """
+    if bool(real.all()):  # no padding row (always so at batch 1): one reduction, no masked product
+        return probs.float().sum(dim=(1, 2))
     return torch.einsum("bhqk,bq->bk", probs.float(), real.float())
 
 
@@ -175,7 +178,10 @@ def relative_values(
     """
     if heads is not None:
         probs = probs[:, heads.to(probs.device)]
-    values = torch.einsum("bhqk,bq->bk", probs.float(), real.float()) / max(probs.shape[1], 1)
+    if real.dtype == torch.bool and bool(real.all()):  # no padding row (always so at batch 1)
+        values = probs.float().sum(dim=(1, 2)) / max(probs.shape[1], 1)
+    else:
+        values = torch.einsum("bhqk,bq->bk", probs.float(), real.float()) / max(probs.shape[1], 1)
     if content is None:
         return values
     content = content.float()
@@ -190,15 +196,34 @@ def open_heads(model: nn.Module, layer: int) -> torch.Tensor | None:
     this forward pass. None when every head is open (the common case: nothing to select)."""
     from econlm.gates import get_gates
 
-    head_dim = arch.shape(model.config).head_dim
     o_proj = arch.blocks(model)[layer].get_submodule(arch.family(model.config).o)
-    columns = arch.in_columns(o_proj).detach()  # (heads x head_dim, hidden)
-    live = columns.reshape(columns.shape[0] // head_dim, -1).abs().amax(1) > 0
+    live, all_live = _live_heads(o_proj, arch.shape(model.config).head_dim)
     gates = get_gates(model)
     sample = gates.heads[layer].last if gates is not None and gates.heads is not None else None
-    if sample is not None:  # one gate per K/V group: it shuts every query head of its group
-        live = live & (sample > 0).to(live.device).repeat_interleave(live.shape[0] // sample.shape[0])
+    if sample is None:
+        return None if all_live else live
+    # one gate per K/V group: it shuts every query head of its group
+    live = live & (sample > 0).to(live.device).repeat_interleave(live.shape[0] // sample.shape[0])
     return None if bool(live.all()) else live
+
+
+# o_proj -> ((weight storage, its version, head size), ((H,) live heads, all live)): reading a 384 x 384 weight on every drop of every
+# forward pass costs as much as the drop itself at batch 1; the version counter tells when the weight changed.
+_LIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _live_heads(o_proj: nn.Module, head_dim: int) -> tuple[torch.Tensor, bool]:
+    """(H,) bool: heads of which some weight reading their output is non-zero, and whether all are; cached
+    until the weight changes."""
+    weight = o_proj.weight
+    key = (weight.data_ptr(), weight._version, head_dim)
+    cached = _LIVE.get(o_proj)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    columns = arch.in_columns(o_proj).detach()  # (heads x head_dim, hidden)
+    live = columns.reshape(columns.shape[0] // head_dim, -1).abs().amax(1) > 0
+    _LIVE[o_proj] = (key, (live, bool(live.all())))
+    return live, bool(live.all())
 
 
 def threshold_keep(values: torch.Tensor, real: torch.Tensor, special: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -225,9 +250,12 @@ def select_tokens(
         position.
     """
     batch, length = values.shape
+    width = max(int(keep.max()) if batch else 0, 1)
+    if batch and bool(real.all()) and int(keep.min()) == width:  # no padding in or out (always so at batch 1)
+        order = values.float().masked_fill(special, math.inf).argsort(dim=1, descending=True, stable=True)
+        return order[:, :width].sort(dim=1).values, torch.ones(batch, width, dtype=torch.bool, device=values.device)
     rank = values.float().masked_fill(special, math.inf).masked_fill(~real, -math.inf)  # (B, T)
     order = rank.argsort(dim=1, descending=True, stable=True)  # (B, T), best first
-    width = max(int(keep.max()) if batch else 0, 1)
     chosen = order[:, :width]  # (B, T')
     within = torch.arange(width, device=values.device) < keep.unsqueeze(1)  # (B, T')
     # Kept positions sort by position; the rest are pushed behind them (+T) and become padding slots.
@@ -333,7 +361,8 @@ class _Pass:
     counts: list[torch.Tensor]  # real tokens per row entering each layer so far
     original_real: torch.Tensor  # the batch's own real mask, (B, T0)
     entered: list[torch.Tensor]  # per layer so far, (B, T_l): original positions of its tokens, -1 at padding
-    mask: torch.Tensor | None = None  # the shortened mask later blocks get; None until a token is dropped
+    mask: torch.Tensor | None = None  # the shortened mask later blocks get (None: the batch has no padding)
+    shortened: bool = False  # a token was dropped: later blocks get `mask` instead of the model's own
     given_mask: torch.Tensor | None = None  # what the model handed its first block (its format is kept)
     full: torch.Tensor | None = None  # (B, T0 + 1, D): every token's latest state (last slot: scratch)
     probs: torch.Tensor | None = None  # the current layer's attention probabilities
@@ -396,7 +425,7 @@ class BudgetSession:
             state = self.state
             if state is None:
                 return None
-            if state.mask is None:
+            if state.mask is None and not state.shortened:
                 if layer == 0:
                     state.given_mask = kwargs.get("attention_mask") if mask_index is None else _arg(args, mask_index)
                 return None
@@ -431,7 +460,7 @@ class BudgetSession:
         current = state.counts[-1]
         keep = self.keep(layer, state)
         state.counts.append(keep)
-        if state.probs is None or not bool((keep < current).any()):
+        if keep is current or state.probs is None or not bool((keep < current).any()):
             state.entered.append(state.entered[-1])
             return hidden
         heads = open_heads(self.model, layer)  # rank by the heads whose output counts, as the rule measured
@@ -449,7 +478,9 @@ class BudgetSession:
         state.positions = torch.where(kept, state.positions.gather(1, index), state.width)
         state.special = state.special.gather(1, index) & kept
         state.real = kept
-        state.mask = padding_mask(kept, state.given_mask, hidden.dtype)
+        # A shortened batch without padding (always so at batch 1) needs no mask: every key may be attended.
+        state.mask = None if bool(kept.all()) else padding_mask(kept, state.given_mask, hidden.dtype)
+        state.shortened = True
         state.entered.append(torch.where(kept, state.positions, -1))
         if self.token_mask is not None:
             self.token_mask.mask = kept
@@ -599,6 +630,8 @@ def token_budget(
     stats = TokenBudgetStats(schedule=fractions)
 
     def keep(layer: int, state: _Pass) -> torch.Tensor:
+        if fractions[layer] >= 1:  # nothing leaves: skip the arithmetic (and the drop)
+            return state.counts[-1]
         return keep_counts(fractions[layer], state.lengths, state.specials, state.counts[-1])
 
     session = BudgetSession(model, len(blocks), keep, ids, stats, token_mask)

@@ -1,5 +1,6 @@
 """The post-hoc token budget (PoWER-BERT style): the selection core, the shortened run, its MACs and errors."""
 
+import inspect
 import json
 import math
 
@@ -166,6 +167,35 @@ def test_budget_equals_running_each_example_alone_on_its_kept_tokens(family):
     for b, kept in enumerate(kept_last):  # so does every special id
         n = int(batch["attention_mask"][b].sum())
         assert {p for p in range(n) if int(ids[b, p]) in specials} <= set(kept)
+
+
+@pytest.mark.parametrize("family", ENCODERS)
+def test_an_unpadded_batch_takes_the_short_path_to_the_same_tokens_and_states(family):
+    # Batch 1 (no padding in or out) ranks with one reduction, gathers without a padding slot and hands later
+    # blocks no mask; it must keep the tokens, and compute the states, that running each example alone does.
+    model = tiny_model(family, num_hidden_layers=3) if family != "distilbert" else tiny_model(family, n_layers=3)
+    batch, specials = _batch_and_specials(family)
+    fractions = (0.6, 0.3, 0.3)
+    reference = _reference_run(model, batch, fractions, specials)
+    masks = []
+    block = arch.blocks(model)[2]
+    signature = inspect.signature(block.forward)
+    handle = block.register_forward_pre_hook(
+        lambda m, args, kwargs: masks.append(signature.bind(*args, **kwargs).arguments.get("attention_mask", "?")),
+        with_kwargs=True,
+    )
+    try:
+        for b, (positions, states) in enumerate(reference):
+            n = int(batch["attention_mask"][b].sum())
+            one = {k: v[b : b + 1, :n] for k, v in batch.items()}
+            with torch.no_grad(), token_budget(model, fractions, special_ids=specials) as stats:
+                out = model(**one).last_hidden_state
+            assert stats.last_kept()[-1] == [positions]
+            for pos in range(n):
+                torch.testing.assert_close(out[0, pos], states[pos], rtol=1e-5, atol=1e-5)
+    finally:
+        handle.remove()
+    assert masks and all(mask is None for mask in masks)  # the third block ran on the short path
 
 
 def test_later_layers_really_run_on_fewer_tokens():

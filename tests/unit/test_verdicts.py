@@ -649,3 +649,17 @@ def test_market_single_budget_runs_of_the_stored_frontier_are_its_ablations(mark
         alone = market_bench._single_budget(task)
         assert sorted(r["target"] for r in alone) == ["attention", "ffn"]
         assert all(r["budget"] == 0.5 and r["id"].startswith(f"train-{task}-flops-lam0-b0.5-s1-") for r in alone)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bench/tokens.py: the reading of the batch-1 length curve
+
+
+def test_token_reading_states_how_time_falls_with_length():
+    tokens_bench = _bench_script("tokens")
+    curve = {"repeats": 15, "share_of_longest": {"8": 0.30, "16": 0.32, "32": 0.40, "64": 0.60, "128": 1.0}}
+    reading = tokens_bench._reading({"task": "cola", "length_curve": curve}, [], "teacher")
+    # 16 vs 32: 0.32 / 0.40 = 80%; 8 vs 16: 0.30 / 0.32 = 94%; 64 vs 128: 60%
+    assert "16 tokens take 80% of the time of 32, and 8 tokens 94% of the time of 16" in reading
+    assert "64 tokens take 60% of the time of 128" in reading
+    assert "15 rounds" in reading
