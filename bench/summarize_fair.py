@@ -16,10 +16,11 @@ import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, markdown_table, save  # noqa: E402
+from _common import RESULTS, ROOT, markdown_table, save  # noqa: E402
 
 THREADS = 2
 SEQ_LEN = 128
@@ -137,6 +138,7 @@ def summarize(task: str, repeats: int) -> tuple[dict, str]:
     results = [r for r in everything if r.get("status") == "ok" and r["kind"] in ("train", "posthoc")]
     wall = sum(r.get("seconds", 0.0) for r in everything)
     seeds = sorted({r["settings"]["seed"] for r in results})
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     rows, loads = [], []
     for seed in seeds:
         mine = [r for r in results if r["settings"]["seed"] == seed]
@@ -162,16 +164,78 @@ def summarize(task: str, repeats: int) -> tuple[dict, str]:
                 "flops_share": r["dense_flops"] / teacher["dense_flops"],
                 "training_steps": r["training"]["steps"],
                 "training_seconds": r["training"]["seconds"],
+                "trial_seconds": r.get("seconds"),  # with the id, tells this training run from a rerun of it
+                "timed": now,
                 **{f"speedup_b{b}": times["teacher"][b] / times[key][b] for b in BATCHES},
             }
             if r["kind"] == "train" and r is not teacher:
                 row["predicted_speedup_b1"] = predicted_speedup(r["final_model"])
                 row["market"] = _market(r)
             rows.append(row)
+    from econlm.runinfo import git_hash
+
+    run = {
+        "time_utc": now,
+        "git": git_hash(),
+        "repeats": repeats,
+        "trial_wall_seconds": wall,
+        "load_average": loads,  # 1-minute load before and after each seed's timing: other work on the cores
+        "trials": [row["id"] for row in rows],
+    }
+    previous_path = RESULTS / f"fair_{task}.json"
+    previous = json.loads(previous_path.read_text()) if previous_path.exists() else None
+    rows, runs = merge_runs(previous, rows, run)
     pairs = pairs_of(rows)
-    payload = {"task": task, "rows": rows, "pairs": pairs, "repeats": repeats, "trial_wall_seconds": wall}
-    payload["load_average"] = loads  # 1-minute load before and after each seed's timing: other work on the cores
-    return payload, render(task, rows, pairs, repeats, wall, loads)
+    payload = {"task": task, "rows": rows, "pairs": pairs, "runs": runs}
+    return payload, render(task, rows, pairs, runs)
+
+
+def runs_of(payload: dict) -> tuple[list[dict], list[dict]]:
+    """The rows and timing runs a saved payload holds; one saved before runs were kept is one run, told by its
+    meta, and every row is of it."""
+    if "runs" in payload:
+        return payload["rows"], payload["runs"]
+    runs = [
+        {
+            "time_utc": payload["meta"]["time_utc"],
+            "git": payload["meta"]["git"],
+            "repeats": payload.get("repeats"),
+            "trial_wall_seconds": payload.get("trial_wall_seconds", 0.0),
+            "load_average": payload.get("load_average") or [],
+            "trials": [r["id"] for r in payload["rows"]],
+        }
+    ]
+    return [{**row, "timed": runs[0]["time_utc"]} for row in payload["rows"]], runs
+
+
+def merge_runs(previous: dict | None, rows: list[dict], run: dict) -> tuple[list[dict], list[dict]]:
+    """This session's rows and timing run next to the ones earlier sessions saved.
+
+    A session's models are gone when its machine is (2-core sessions of a few hours here), so each session
+    times what it trained against its own teacher, and earlier sessions' rows stay as they were measured: every
+    speedup is still a ratio from one interleaved run. An earlier run that timed any of the same training runs
+    (same trial id and trial seconds: this session summarized twice) is replaced; of the others, a row whose trial
+    this session trained again gives way to the new one, except a teacher, which its own run's rows were measured
+    against. Returns (rows, runs) ordered by seed, then run."""
+    if previous is None:
+        for row in rows:
+            row.setdefault("timed", run["time_utc"])
+        return rows, [run]
+    earlier_rows, earlier = runs_of(previous)
+    fresh = {(r["id"], r.get("trial_seconds")) for r in rows}
+    replaced = {
+        r["timed"] for r in earlier_rows if r.get("trial_seconds") is not None and (r["id"], r["trial_seconds"]) in fresh
+    }
+    retrained = {r["id"] for r in rows}
+    kept = [
+        r
+        for r in earlier_rows
+        if r["timed"] not in replaced and (r["id"] not in retrained or r["method"].startswith("lambda=0"))
+    ]
+    runs = [r for r in earlier if r["time_utc"] not in replaced] + [run]
+    order = {r["time_utc"]: i for i, r in enumerate(runs)}
+    merged = sorted(kept + rows, key=lambda r: (r["seed"], order[r["timed"]]))  # stable: each run's own order
+    return merged, runs
 
 
 def _allocation(row: dict) -> str:
@@ -233,8 +297,10 @@ def _noise(task: str, rows: list[dict], pairs: list[dict]) -> str | None:
     )
 
 
-def render(task: str, rows: list[dict], pairs: list[dict], repeats: int, wall: float = 0.0, loads=()) -> str:
+def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> str:
     speed_target, loss_target = TARGETS.get(task, (2.0, 0.005))
+    number = {run["time_utc"]: i + 1 for i, run in enumerate(runs)}
+    wall = sum(run["trial_wall_seconds"] for run in runs)
     lines = [
         f"# Issue #10 on {task}: incentive training against fair post-hoc rivals",
         "",
@@ -242,24 +308,38 @@ def render(task: str, rows: list[dict], pairs: list[dict], repeats: int, wall: f
         "the same training steps as the incentive run it is paired with (`matched`), or none. Steps and seconds "
         "count everything behind a model (the teacher's fine-tune included). Speedups: the teacher's median "
         f"forward time over the model's, batch 1 and 32, {SEQ_LEN} tokens, {THREADS} threads, CPU, all models of a "
-        f"seed interleaved round by round in one run ({repeats} rounds after 3 warm-up rounds). Scores: the dev "
-        "split, of exactly the model timed (compacted)."
-        + (
-            " Load average (1 minute) before and after the timing: "
-            + ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in loads)
-            + " on 2 cores; above 2, other work shared the cores and the speedups are noisier than the medians "
-            "suggest (the interleaving keeps them fair, not quiet)."
-            if loads
-            else ""
+        "seed that one session trained interleaved round by round in one run (the `run` column) after 3 warm-up "
+        "rounds. A session's models do not outlive it, so a later session trains its seed's teacher again and "
+        "times its models against that one. Scores: the dev split, of exactly the model timed (compacted).",
+        "",
+        markdown_table(
+            ["run", "timed (UTC)", "models", "rounds", "load average before -> after", "trials' wall hours", "git"],
+            [
+                [
+                    number[run["time_utc"]],
+                    run["time_utc"],
+                    sum(r["timed"] == run["time_utc"] for r in rows),
+                    run.get("repeats") or "-",
+                    ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in run.get("load_average") or []) or "-",
+                    f"{run['trial_wall_seconds'] / 3600:.2f}",
+                    (run.get("git") or "-")[:12],
+                ]
+                for run in runs
+            ],
         ),
+        "",
+        "The load average is the 1-minute one on 2 cores; above 2, other work shared the cores and the speedups are "
+        "noisier than the medians suggest (the interleaving keeps them fair, not quiet).",
         "",
         f"Cost of this benchmark: {len(rows)} trials, at least {wall / 3600:.2f} hours of wall time on 2 CPU cores "
         "(the trials' own clocks: training, compaction and scoring; a trial stopped and resumed counts its last "
-        "part only; part of the time the cores were shared with other work).",
+        "part only; a teacher trained again in a later session counts again; part of the time the cores were "
+        "shared with other work).",
         "",
         markdown_table(
             [
                 "seed",
+                "run",
                 "method",
                 "score",
                 "lost",
@@ -273,6 +353,7 @@ def render(task: str, rows: list[dict], pairs: list[dict], repeats: int, wall: f
             [
                 [
                     r["seed"],
+                    number.get(r.get("timed"), 1),
                     r["method"],
                     f"{r['score']:.4f}",
                     f"{r['lost']:+.4f}",
@@ -430,18 +511,11 @@ def main() -> None:
     args = parser.parse_args()
     name = f"fair_{args.task}"
     if args.render:
-        from _common import RESULTS, rerender
+        from _common import rerender
 
         payload = json.loads((RESULTS / f"{name}.json").read_text())
-        payload["pairs"] = pairs_of(payload["rows"])
-        markdown = render(
-            args.task,
-            payload["rows"],
-            payload["pairs"],
-            payload["repeats"],
-            payload.get("trial_wall_seconds", 0.0),
-            payload.get("load_average", ()),
-        )
+        rows, runs = runs_of(payload)
+        markdown = render(args.task, rows, pairs_of(rows), runs)
         rerender(name, markdown, payload["meta"])
     else:
         payload, markdown = summarize(args.task, args.repeats)

@@ -663,3 +663,88 @@ def test_token_reading_states_how_time_falls_with_length():
     assert "16 tokens take 80% of the time of 32, and 8 tokens 94% of the time of 16" in reading
     assert "64 tokens take 60% of the time of 128" in reading
     assert "15 rounds" in reading
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bench/summarize_fair.py: one session's timing run next to earlier sessions'
+
+
+def _fair_row(id_, method, seed=1, score=0.25, trial_seconds=None, timed=None):
+    row = {"id": id_, "method": method, "seed": seed, "score": score, "trial_seconds": trial_seconds}
+    return row if timed is None else {**row, "timed": timed}
+
+
+def test_fair_runs_keep_earlier_sessions_and_replace_a_repeated_summary():
+    fair = _bench_script("summarize_fair")
+    # saved before runs were kept: one run, told by its meta; its teacher and student of seed 1
+    legacy = {
+        "meta": {"time_utc": "T1", "git": "g1"},
+        "repeats": 15,
+        "trial_wall_seconds": 3600.0,
+        "load_average": [[0.0, 1.0]],
+        "rows": [_fair_row("teacher-s1", "lambda=0 fine-tune (teacher)"), _fair_row("b05", "incentive flops b0.5")],
+    }
+    run2 = {"time_utc": "T2", "trial_wall_seconds": 7200.0, "trials": ["teacher-s1", "b03"]}
+    fresh = [
+        _fair_row("teacher-s1", "lambda=0 fine-tune (teacher)", trial_seconds=1750.0, timed="T2"),
+        _fair_row("b03", "incentive flops b0.3", trial_seconds=3000.0, timed="T2"),
+        _fair_row("teacher-s2", "lambda=0 fine-tune (teacher)", seed=2, trial_seconds=1800.0, timed="T2"),
+    ]
+    rows, runs = fair.merge_runs(legacy, fresh, run2)
+    # both seed-1 teachers stay (each run's rows were timed against its own), seed 1 before seed 2, run 1 first
+    assert [(r["id"], r["timed"]) for r in rows] == [
+        ("teacher-s1", "T1"),
+        ("b05", "T1"),
+        ("teacher-s1", "T2"),
+        ("b03", "T2"),
+        ("teacher-s2", "T2"),
+    ]
+    assert [r["time_utc"] for r in runs] == ["T1", "T2"] and runs[0]["trial_wall_seconds"] == 3600.0
+    # the same session summarized again (same trial ids and seconds) replaces its run, not adds one
+    again = {**run2, "time_utc": "T3"}
+    retimed = [{**r, "timed": "T3"} for r in fresh]
+    rows, runs = fair.merge_runs({"rows": rows, "runs": runs}, retimed, again)
+    assert [r["time_utc"] for r in runs] == ["T1", "T3"]
+    assert [(r["id"], r["timed"]) for r in rows][2:] == [("teacher-s1", "T3"), ("b03", "T3"), ("teacher-s2", "T3")]
+    # a student trained again in a later session gives way to the new one; the old run's teacher stays
+    later = [_fair_row("teacher-s1", "lambda=0 fine-tune (teacher)", trial_seconds=1700.0, timed="T4")]
+    later.append(_fair_row("b03", "incentive flops b0.3", trial_seconds=2900.0, timed="T4"))
+    rows, runs = fair.merge_runs({"rows": rows, "runs": runs}, later, {"time_utc": "T4", "trial_wall_seconds": 1.0})
+    assert [(r["id"], r["timed"]) for r in rows] == [
+        ("teacher-s1", "T1"),
+        ("b05", "T1"),
+        ("teacher-s1", "T3"),
+        ("teacher-s1", "T4"),
+        ("b03", "T4"),
+        ("teacher-s2", "T3"),
+    ]
+
+
+def test_token_bench_goes_on_from_the_committed_state_when_this_machine_has_none(tmp_path, monkeypatch):
+    tokens_bench = _bench_script("tokens")
+    monkeypatch.setattr(tokens_bench, "STATE", tmp_path / "state")  # no runs/bench_tokens here
+    monkeypatch.setattr(tokens_bench, "RESULTS", tmp_path)
+    speedup = {"teacher|full": 1.0, "teacher|0.5": 1.4}
+    state = {"models": {"teacher": "/gone"}, "reference": "teacher", "timing": {"dev_b1": {"repeats": 15, "speedup": speedup}}}
+    # saved before each variant named its run: the docs step's meta tells when they were timed
+    (tmp_path / "tokens_cola.json").write_text(json.dumps({"meta": {"time_utc": "T1"}, "state": state}))
+    case = tokens_bench._load("cola")["timing"]["dev_b1"]
+    assert case["timed"] == {"teacher|full": "T1", "teacher|0.5": "T1"}
+    # one count of rounds for the case: each variant has it; after --fresh emptied them, none counts as timed
+    assert tokens_bench._repeats_by_key(case) == {"teacher|full": 15, "teacher|0.5": 15}
+    assert tokens_bench._repeats_by_key({**case, "repeats_by_key": {}}) == {}
+    assert tokens_bench._load("stsb") == {"task": "stsb", "models": {}, "scores": {}}  # nothing saved: a new one
+
+
+def test_token_targets_read_each_real_dev_batch_case():
+    tokens_bench = _bench_script("tokens")
+    rows = [  # lost is against the reference at full length: 0.004 is within 0.5 points, 0.006 is not
+        {"model": "t", "levers": "tokens", "schedule": "0.9", "lost": 0.004, "speedup_dev_b1": 0.9, "speedup_dev_b32": 1.6},
+        {"model": "t", "levers": "tokens", "schedule": "0.5", "lost": 0.006, "speedup_dev_b1": 1.2, "speedup_dev_b32": 2.0},
+        {"model": "u", "levers": "units + tokens", "schedule": "0.7", "lost": 0.02, "speedup_dev_b1": 3.5},
+    ]
+    text = tokens_bench._targets(rows, "t", {"dev_b1": {}, "dev_b32": {}})
+    assert "- Tokens alone, >= 1.5x at <= 0.5 points lost (dev_b1): **missed**: best 0.9 at 0.90x, +0.40 points" in text
+    assert "- Tokens alone, >= 1.5x at <= 0.5 points lost (dev_b32): **met**: best 0.9 at 1.60x, +0.40 points" in text
+    assert "- Units + tokens, >= 3x at <= 1 point lost (dev_b1): **missed**: none timed loses <= 1 points" in text
+    assert "Units + tokens, >= 3x at <= 1 point lost (dev_b32): **not measured**" in text
