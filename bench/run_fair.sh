@@ -5,7 +5,7 @@
 #
 #   bench/run_fair.sh            # the latency table, then STS-B, CoLA and the paper-scale grid
 #   bench/run_fair.sh stsb       # one of them: stsb, cola or paper, or market (issue #14's market on CoLA's frontier)
-#   bench/run_fair.sh cola-b03   # one session's share of cola (about 2 hours): seed 1 at FLOPs budget 0.3, its Fisher rival
+#   bench/run_fair.sh cola-b03   # one session's share of cola (about 2 hours): seed 1 at FLOPs budget 0.3, two rivals
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,9 @@ parts=("$@")
 for part in "${parts[@]}"; do
   case "$part" in
     stsb|cola) .venv/bin/econlm sweep "bench/sweeps/fair_$part.yaml" --out "$out/$part" ;;
-    cola-b03) .venv/bin/econlm sweep bench/sweeps/fair_cola_b03.yaml --out "$out/cola" ;;
+    cola-b03)
+      .venv/bin/econlm sweep bench/sweeps/fair_cola_b03.yaml --out "$out/cola"
+      .venv/bin/econlm sweep bench/sweeps/fair_cola_b03_activation.yaml --out "$out/cola" ;;
     paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
     market) .venv/bin/econlm sweep bench/sweeps/market_cola.yaml --out "$out/cola" ;;
     *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, paper or market" >&2; exit 2 ;;

@@ -41,10 +41,14 @@ TRIED = {
     "cola": (
         "- Tried so far: 10 epochs per run (the earlier frontier benchmark's 3 epochs lost about 15 MCC points at "
         "half the FLOPs, docs/frontier.md), the budget falling over the first 6 epochs and the gates frozen after "
-        "7, so 3 epochs distil on a fixed structure; prediction-layer distillation from the 10-epoch teacher. "
-        "Next: stage 2 of `bench/sweeps/fair_cola.yaml` (seed 1 at FLOPs budget 0.3 and latency budget 0.5, "
-        "about 7 hours with their rivals on 2 cores), then its commented trials (seed 2's teacher and three "
-        "students). Left to try: hidden-state distillation (`--distill-hidden-weight`, off here)."
+        "7, so 3 epochs distil on a fixed structure; prediction-layer distillation from the 10-epoch teacher. Run 1: "
+        "seed 1 at FLOPs budget 0.5 against activation, Fisher and Shapley rivals. Run 2: seed 1 at FLOPs budget "
+        "0.3 (`bench/sweeps/fair_cola_b03.yaml`, `fair_cola_b03_activation.yaml`) against the two rivals that were "
+        "best at 0.5 (Fisher importance choosing its own allocation, activation importance handed the student's). "
+        "Left: seed 1 at latency budget 0.5 and seed 2's three students (`bench/sweeps/fair_cola.yaml`). A session "
+        "here has about 3 hours of 2 CPU cores and its models do not outlive it, so each run must fit one session: "
+        "a teacher (about 25 minutes), one student (about 45) and one or two retrained rivals (about 30 minutes each). Left "
+        "to try: hidden-state distillation (`--distill-hidden-weight`, off here)."
     ),
 }
 
@@ -172,11 +176,12 @@ def summarize(task: str, repeats: int) -> tuple[dict, str]:
                 row["predicted_speedup_b1"] = predicted_speedup(r["final_model"])
                 row["market"] = _market(r)
             rows.append(row)
-    from econlm.runinfo import git_hash
+    from econlm.runinfo import git_hash, versions
 
     run = {
         "time_utc": now,
         "git": git_hash(),
+        "versions": versions(),
         "repeats": repeats,
         "trial_wall_seconds": wall,
         "load_average": loads,  # 1-minute load before and after each seed's timing: other work on the cores
@@ -199,6 +204,7 @@ def runs_of(payload: dict) -> tuple[list[dict], list[dict]]:
         {
             "time_utc": payload["meta"]["time_utc"],
             "git": payload["meta"]["git"],
+            "versions": payload["meta"].get("versions", {}),
             "repeats": payload.get("repeats"),
             "trial_wall_seconds": payload.get("trial_wall_seconds", 0.0),
             "load_average": payload.get("load_average") or [],
@@ -297,6 +303,47 @@ def _noise(task: str, rows: list[dict], pairs: list[dict]) -> str | None:
     )
 
 
+def _allocation_pattern(pairs: list[dict]) -> str | None:
+    """Two or more pairs where the incentive run beat every rival handed its structure but lost to one that chose
+    its own allocation: the structure the gates found, not the recovery on it, is what lost."""
+    both = [p for p in pairs if "matched_difference" in p and "global_difference" in p]
+    same = [p for p in both if p["matched_difference"] >= 0 > p["global_difference"]]
+    if len(same) < 2:
+        return None
+    return (
+        f"- The same order in {len(same)} of {len(both)} pairs: the incentive run ahead of every rival handed its "
+        "per-layer structure ("
+        + ", ".join(f"{p['matched_difference']:+.4f}" for p in same)
+        + ") and behind the Fisher rival that spent the same FLOPs across layers its own way ("
+        + ", ".join(f"{p['global_difference']:+.4f}" for p in same)
+        + "). Where the gates put the compute across layers, not how well the model recovered on it, is what "
+        "lost; each gap is within one seed's noise, but the order repeats. The next thing to try is an "
+        "allocation the gates do not find alone: start them from Fisher's ranking per MAC, or price each layer's "
+        "units by their Fisher importance."
+    )
+
+
+def _teachers_again(rows: list[dict], number: dict) -> str | None:
+    """A seed's teacher trained again in a later session (same recipe and seed): how far its score moved."""
+    parts = []
+    for seed in sorted({r["seed"] for r in rows}):
+        teachers = [r for r in rows if r["seed"] == seed and r["method"].startswith("lambda=0")]
+        if len(teachers) > 1:
+            scores = ", ".join(f"{r['score']:.4f} (run {number.get(r.get('timed'), 1)})" for r in teachers)
+            spread = max(r["score"] for r in teachers) - min(r["score"] for r in teachers)
+            parts.append(f"seed {seed}'s teacher scored {scores}, {spread:.4f} apart")
+    if not parts:
+        return None
+    return (
+        "- The same teacher trained twice: "
+        + "; ".join(parts)
+        + ". Same recipe, seed and data, in another session on another machine of the same kind (each run's "
+        "library versions are in its `runs` entry of the raw numbers); training on CPU threads is not bitwise reproducible, so a "
+        "gap of this size between two runs of one recipe is noise, and each run's models are compared with their "
+        "own run's teacher only."
+    )
+
+
 def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> str:
     speed_target, loss_target = TARGETS.get(task, (2.0, 0.005))
     number = {run["time_utc"]: i + 1 for i, run in enumerate(runs)}
@@ -313,7 +360,16 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
         "times its models against that one. Scores: the dev split, of exactly the model timed (compacted).",
         "",
         markdown_table(
-            ["run", "timed (UTC)", "models", "rounds", "load average before -> after", "trials' wall hours", "git"],
+            [
+                "run",
+                "timed (UTC)",
+                "models",
+                "rounds",
+                "load average before -> after",
+                "trials' wall hours",
+                "git",
+                "torch / transformers",
+            ],
             [
                 [
                     number[run["time_utc"]],
@@ -323,6 +379,7 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
                     ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in run.get("load_average") or []) or "-",
                     f"{run['trial_wall_seconds'] / 3600:.2f}",
                     (run.get("git") or "-")[:12],
+                    " / ".join((run.get("versions") or {}).get(k, "?") for k in ("torch", "transformers")),
                 ]
                 for run in runs
             ],
@@ -478,6 +535,9 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
                         else ""
                     )
                 )
+        pattern = _allocation_pattern(pairs)
+        if pattern:
+            lines.append(pattern)
         lost = [p for p in pairs if p.get("matched_difference", p["difference"]) < 0]
         if lost:
             lines.append(
@@ -494,6 +554,9 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
                 + ": no rival retrained with the same teacher and steps did better, including the one handed the "
                 "per-layer structure the gates had found."
             )
+        retrained = _teachers_again(rows, number)
+        if retrained:
+            lines.append(retrained)
         noise = _noise(task, rows, pairs)
         if noise:
             lines.append(noise)

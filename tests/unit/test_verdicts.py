@@ -748,3 +748,27 @@ def test_token_targets_read_each_real_dev_batch_case():
     assert "- Tokens alone, >= 1.5x at <= 0.5 points lost (dev_b32): **met**: best 0.9 at 1.60x, +0.40 points" in text
     assert "- Units + tokens, >= 3x at <= 1 point lost (dev_b1): **missed**: none timed loses <= 1 points" in text
     assert "Units + tokens, >= 3x at <= 1 point lost (dev_b32): **not measured**" in text
+
+
+def test_fair_reading_names_a_teacher_trained_again():
+    fair = _bench_script("summarize_fair")
+    rows = [
+        _fair_row("t1", "lambda=0 fine-tune (teacher)", score=0.2546, timed="T1"),
+        _fair_row("t1", "lambda=0 fine-tune (teacher)", score=0.2577, timed="T2"),
+        _fair_row("t2", "lambda=0 fine-tune (teacher)", seed=2, score=0.30, timed="T2"),
+    ]
+    line = fair._teachers_again(rows, {"T1": 1, "T2": 2})
+    # 0.2577 - 0.2546 = 0.0031; seed 2 has one teacher, so it is not named
+    assert "seed 1's teacher scored 0.2546 (run 1), 0.2577 (run 2), 0.0031 apart" in line and "seed 2" not in line
+    assert fair._teachers_again(rows[:1] + rows[2:], {"T1": 1, "T2": 2}) is None
+
+
+def test_fair_reading_names_an_order_that_repeats_across_pairs():
+    fair = _bench_script("summarize_fair")
+    ahead_behind = {"matched_difference": 0.0049, "global_difference": -0.0098}
+    second = {"matched_difference": 0.0114, "global_difference": -0.0116}
+    other = {"matched_difference": -0.002, "global_difference": -0.003}  # behind both: not the pattern
+    line = fair._allocation_pattern([ahead_behind, second, other])
+    assert "The same order in 2 of 3 pairs" in line
+    assert "(+0.0049, +0.0114)" in line and "(-0.0098, -0.0116)" in line
+    assert fair._allocation_pattern([ahead_behind, other]) is None  # once is not an order
