@@ -185,7 +185,6 @@ def summarize(task: str, repeats: int) -> tuple[dict, str]:
         "repeats": repeats,
         "trial_wall_seconds": wall,
         "load_average": loads,  # 1-minute load before and after each seed's timing: other work on the cores
-        "trials": [row["id"] for row in rows],
     }
     previous_path = RESULTS / f"fair_{task}.json"
     previous = json.loads(previous_path.read_text()) if previous_path.exists() else None
@@ -208,7 +207,6 @@ def runs_of(payload: dict) -> tuple[list[dict], list[dict]]:
             "repeats": payload.get("repeats"),
             "trial_wall_seconds": payload.get("trial_wall_seconds", 0.0),
             "load_average": payload.get("load_average") or [],
-            "trials": [r["id"] for r in payload["rows"]],
         }
     ]
     return [{**row, "timed": runs[0]["time_utc"]} for row in payload["rows"]], runs
@@ -224,8 +222,6 @@ def merge_runs(previous: dict | None, rows: list[dict], run: dict) -> tuple[list
     this session trained again gives way to the new one, except a teacher, which its own run's rows were measured
     against. Returns (rows, runs) ordered by seed, then run."""
     if previous is None:
-        for row in rows:
-            row.setdefault("timed", run["time_utc"])
         return rows, [run]
     earlier_rows, earlier = runs_of(previous)
     fresh = {(r["id"], r.get("trial_seconds")) for r in rows}

@@ -152,7 +152,13 @@ def token_values(probs: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     ``real`` is the bool (B, Q) mask of real query rows (queries and keys are the same tokens here).
     Returns float32 (B, K).
     """
-    if bool(real.all()):  # no padding row (always so at batch 1): one reduction, no masked product
+    return _received(probs, real)
+
+
+def _received(probs: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(B, K) float32: attention each key receives, summed over heads and the query rows ``real`` weighs (a bool
+    mask, or a soft float one while thresholds learn)."""
+    if real.dtype == torch.bool and bool(real.all()):  # no padding row (always so at batch 1): one reduction
         return probs.float().sum(dim=(1, 2))
     return torch.einsum("bhqk,bq->bk", probs.float(), real.float())
 
@@ -178,10 +184,7 @@ def relative_values(
     """
     if heads is not None:
         probs = probs[:, heads.to(probs.device)]
-    if real.dtype == torch.bool and bool(real.all()):  # no padding row (always so at batch 1)
-        values = probs.float().sum(dim=(1, 2)) / max(probs.shape[1], 1)
-    else:
-        values = torch.einsum("bhqk,bq->bk", probs.float(), real.float()) / max(probs.shape[1], 1)
+    values = _received(probs, real) / max(probs.shape[1], 1)
     if content is None:
         return values
     content = content.float()
@@ -207,8 +210,9 @@ def open_heads(model: nn.Module, layer: int) -> torch.Tensor | None:
     return None if bool(live.all()) else live
 
 
-# o_proj -> ((weight storage, its version, head size), ((H,) live heads, all live)): reading a 384 x 384 weight on every drop of every
-# forward pass costs as much as the drop itself at batch 1; the version counter tells when the weight changed.
+# o_proj -> ((weight storage, its version, head size), ((H,) live heads, all live)): reading a 384 x 384 weight
+# on every drop of every forward pass costs as much as the drop itself at batch 1; the version counter tells
+# when the weight changed.
 _LIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -223,7 +227,7 @@ def _live_heads(o_proj: nn.Module, head_dim: int) -> tuple[torch.Tensor, bool]:
     columns = arch.in_columns(o_proj).detach()  # (heads x head_dim, hidden)
     live = columns.reshape(columns.shape[0] // head_dim, -1).abs().amax(1) > 0
     _LIVE[o_proj] = (key, (live, bool(live.all())))
-    return live, bool(live.all())
+    return _LIVE[o_proj][1]
 
 
 def threshold_keep(values: torch.Tensor, real: torch.Tensor, special: torch.Tensor, threshold: float) -> torch.Tensor:

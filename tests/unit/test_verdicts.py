@@ -684,7 +684,7 @@ def test_fair_runs_keep_earlier_sessions_and_replace_a_repeated_summary():
         "load_average": [[0.0, 1.0]],
         "rows": [_fair_row("teacher-s1", "lambda=0 fine-tune (teacher)"), _fair_row("b05", "incentive flops b0.5")],
     }
-    run2 = {"time_utc": "T2", "trial_wall_seconds": 7200.0, "trials": ["teacher-s1", "b03"]}
+    run2 = {"time_utc": "T2", "trial_wall_seconds": 7200.0}
     fresh = [
         _fair_row("teacher-s1", "lambda=0 fine-tune (teacher)", trial_seconds=1750.0, timed="T2"),
         _fair_row("b03", "incentive flops b0.3", trial_seconds=3000.0, timed="T2"),
