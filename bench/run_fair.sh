@@ -6,6 +6,8 @@
 #   bench/run_fair.sh            # the latency table, then STS-B, CoLA and the paper-scale grid
 #   bench/run_fair.sh stsb       # one of them: stsb, cola or paper, or market (issue #14's market on CoLA's frontier)
 #   bench/run_fair.sh cola-b03   # one session's share of cola (about 2 hours): seed 1 at FLOPs budget 0.3, two rivals
+#   bench/run_fair.sh cola-start # after cola-b03, same teacher: students started from it (gates open, Fisher-ordered)
+#   bench/run_fair.sh stsb-start # STS-B seed 1, the student started from its teacher, Fisher rivals
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +23,14 @@ for part in "${parts[@]}"; do
     cola-b03)
       .venv/bin/econlm sweep bench/sweeps/fair_cola_b03.yaml --out "$out/cola"
       .venv/bin/econlm sweep bench/sweeps/fair_cola_b03_activation.yaml --out "$out/cola" ;;
+    cola-start)  # two students side by side, one thread each: as fast as one at two threads
+      for f in fair_cola_b03_start fair_cola_b03_fisherstart; do
+        OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/$f.yaml" --out "$out/cola" &
+      done
+      wait ;;
+    stsb-start) .venv/bin/econlm sweep bench/sweeps/fair_stsb_start.yaml --out "$out/stsb" ;;
     paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
     market) .venv/bin/econlm sweep bench/sweeps/market_cola.yaml --out "$out/cola" ;;
-    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, paper or market" >&2; exit 2 ;;
+    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, paper or market" >&2; exit 2 ;;
   esac
 done

@@ -30,12 +30,16 @@ TARGETS = {"stsb": (2.0, 0.005), "cola": (1.6, 0.02)}  # (batch-1 speedup, large
 # What each task's benchmark tried and what is left: the Reading section's last line.
 TRIED = {
     "stsb": (
-        "- Tried so far (the method names give each recipe): the latency price at the default pace, then FLOPs "
-        "gates with a price four times as fast, the budget reached at 40% of training and the gates frozen at "
+        "- Tried so far (the method names give each recipe): run 1, the latency price at the default pace, then "
+        "FLOPs gates with a price four times as fast, the budget reached at 40% of training and the gates frozen at "
         "60%, so that 40% of the steps distil on a fixed structure (CoFiPruning's order: prune, then fine-tune). "
-        "Left to try: hidden-state distillation (`--distill-hidden-weight`, off in these runs), schedules "
-        "nearer CoFiPruning's (100 pruning epochs and 20 of fine-tuning on small tasks; these runs have 3 in "
-        "all) and a second seed (commented in `bench/sweeps/fair_stsb.yaml`). CoLA: [fair_cola.md](fair_cola.md). "
+        "Run 2 (`bench/sweeps/fair_stsb_start.yaml`): the same FLOPs recipe with the student starting from the "
+        "teacher's weights rather than the pretrained model (as CoFiPruning prunes the fine-tuned model, and as "
+        "every post-hoc rival starts), against Fisher importance choosing its own allocation and handed the "
+        "student's. Left: seed 2 (its trials are in `fair_stsb_start.yaml`: rerun `bench/run_fair.sh stsb-start`, "
+        "finished trials are kept), hidden-state distillation "
+        "(`--distill-hidden-weight`, off in these runs) and schedules nearer CoFiPruning's (100 pruning epochs and "
+        "20 of fine-tuning on small tasks; these runs have 3 in all). CoLA: [fair_cola.md](fair_cola.md). "
         "The paper's tax at its own scale: [paper_scale_stsb.md](paper_scale_stsb.md)."
     ),
     "cola": (
@@ -44,11 +48,17 @@ TRIED = {
         "7, so 3 epochs distil on a fixed structure; prediction-layer distillation from the 10-epoch teacher. Run 1: "
         "seed 1 at FLOPs budget 0.5 against activation, Fisher and Shapley rivals. Run 2: seed 1 at FLOPs budget "
         "0.3 (`bench/sweeps/fair_cola_b03.yaml`, `fair_cola_b03_activation.yaml`) against Fisher importance (choosing "
-        "its own allocation, and handed the student's) and activation importance (handed the student's). "
-        "Left: seed 1 at latency budget 0.5 and seed 2's three students (`bench/sweeps/fair_cola.yaml`). A session "
-        "here has about 3 hours of 2 CPU cores and its models do not outlive it, so each run must fit one session: "
-        "a teacher (about 25 minutes), one student (about 45) and one or two retrained rivals (about 30 minutes each). Left "
-        "to try: hidden-state distillation (`--distill-hidden-weight`, off here)."
+        "its own allocation, and handed the student's) and activation importance (handed the student's); then, in "
+        "a later session on the same teacher (its folder was still there), two more students of the same recipe "
+        "that start from the teacher's weights instead of the pretrained model, one with open gates and one with "
+        "gates ordered by Fisher importance per MAC (`--gate-init fisher`; `fair_cola_b03_start.yaml`, "
+        "`fair_cola_b03_fisherstart.yaml`), each against Fisher importance choosing its own allocation at the "
+        "FLOPs the student reached (the rival that beat both earlier students); all of run 2 timed again in one "
+        "run. Left: seed 2 (teacher, the Fisher-started student, its rivals) and the latency budget "
+        "(`bench/sweeps/fair_cola.yaml`). A session here has about 3 hours of 2 CPU cores and its models rarely "
+        "outlive it, so each run must fit one session: a teacher (about 25 minutes), two students side by side "
+        "(about 60) and their rivals (about 30 each, two side by side). Left to try: hidden-state distillation "
+        "(`--distill-hidden-weight`, off here)."
     ),
 }
 
@@ -80,6 +90,8 @@ def _label(r: dict) -> str:
         return (
             f"incentive {'+'.join(s['cost'])} budget {s['budget']}"
             + (" +distill" if s.get("distill") else "")
+            + (" +from teacher" if s.get("start_from_teacher") else "")
+            + (" +Fisher gate start" if s.get("gate_init") == "fisher" else "")
             + (f" ({recipe})" if recipe else "")
         )
     epochs = s["finetune_epochs"]
@@ -240,6 +252,49 @@ def merge_runs(previous: dict | None, rows: list[dict], run: dict) -> tuple[list
     return merged, runs
 
 
+def display_order(rows: list[dict]) -> list[dict]:
+    """Each run's rows as a reader compares them: the teacher, then every incentive model followed by the rivals
+    paired with it (retrained before untrained), then anything else; runs and seeds keep their order."""
+    ordered = []
+    for key in dict.fromkeys((r["seed"], r.get("timed")) for r in rows):
+        mine = [r for r in rows if (r["seed"], r.get("timed")) == key]
+        teachers = [r for r in mine if r["method"].startswith("lambda=0")]
+        students = [r for r in mine if r["method"].startswith("incentive")]
+        placed = teachers[:]
+        for student in students:
+            rivals = [r for r in mine if r.get("matches") == student["id"] and r not in placed]
+            placed += [student] + sorted(rivals, key=lambda r: (not r.get("retrained"), _allocation(r) != "global"))
+        ordered += placed + [r for r in mine if r not in placed]
+    return ordered
+
+
+def _rival_spread(rows: list[dict]) -> str | None:
+    """The largest gap between two retrained rivals of one recipe and run at nearly the same FLOPs (within 0.05):
+    how far a score moves when nothing but a few percent of compute changes, a floor for reading the pairs."""
+    widest = None
+    for a in rows:
+        for b in rows:
+            same = (a["method"], a["seed"], a.get("timed")) == (b["method"], b["seed"], b.get("timed"))
+            if (
+                a["method"].startswith("post-hoc")
+                and a.get("retrained")
+                and same
+                and a["id"] < b["id"]
+                and abs(a["flops_share"] - b["flops_share"]) <= 0.05
+                and (widest is None or abs(a["score"] - b["score"]) > abs(widest[0]["score"] - widest[1]["score"]))
+            ):
+                widest = (a, b)
+    if widest is None:
+        return None
+    a, b = sorted(widest, key=lambda r: r["flops_share"])
+    return (
+        f"- The same rival recipe ({a['method']}, seed {a['seed']}) at FLOPs shares {a['flops_share']:.3f} and "
+        f"{b['flops_share']:.3f} scored {a['score']:.4f} and {b['score']:.4f}, {abs(a['score'] - b['score']):.4f} "
+        "apart: when a few percent of compute and the units it removes are all that differ, the score moves by "
+        "this much, so a pair's difference smaller than it says nothing about the methods."
+    )
+
+
 def _allocation(row: dict) -> str:
     """``global`` for a rival that chose its own per-layer allocation (older results say so in the label)."""
     return row.get("allocation") or ("global" if "own allocation" in row["method"] else "matched")
@@ -317,6 +372,46 @@ def _allocation_pattern(pairs: list[dict]) -> str | None:
         "allocation the gates do not find alone: start them from Fisher's ranking per MAC, or price each layer's "
         "units by their Fisher importance."
     )
+
+
+STARTS = (" +from teacher", " +Fisher gate start")
+
+
+def _recipe(method: str) -> str:
+    """An incentive method's name without how its student started."""
+    for start in STARTS:
+        method = method.replace(start, "")
+    return method
+
+
+def _starts(rows: list[dict], pairs: list[dict], number: dict) -> list[str]:
+    """Students of one teacher and recipe that differ only in how they started (the pretrained weights or the
+    teacher's; gates open or ordered by Fisher): each one's score, FLOPs share and standing against its best
+    retrained rival, so the start is the only thing that changed."""
+    standing = {(p["seed"], p["incentive"], p["incentive_score"]): p["difference"] for p in pairs}
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["method"].startswith("incentive"):
+            groups.setdefault((r["seed"], number.get(r.get("timed"), 1), _recipe(r["method"])), []).append(r)
+    lines = []
+    for (seed, run, recipe), students in groups.items():
+        if len(students) < 2:
+            continue
+        parts = []
+        for r in students:
+            started = [name.strip(" +") for name in STARTS if name in r["method"]] or ["the pretrained model"]
+            gap = standing.get((r["seed"], r["method"], r["score"]))
+            parts.append(
+                f"{', '.join(started)}: {r['score']:.4f} ({r['lost']:+.4f} against the teacher) at a FLOPs share of "
+                f"{r['flops_share']:.3f}, {r['speedup_b1']:.2f}x at batch 1"
+                + (f", {gap:+.4f} against its best retrained rival" if gap is not None else ", no rival run")
+            )
+        lines.append(
+            f"- How the student starts (seed {seed}, run {run}, {recipe}, the same teacher and steps): "
+            + "; ".join(parts)
+            + "."
+        )
+    return lines
 
 
 def _teachers_again(rows: list[dict], number: dict) -> str | None:
@@ -417,7 +512,7 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
                     r["training_steps"],
                     f"{r['training_seconds']:.0f}",
                 ]
-                for r in rows
+                for r in display_order(rows)
             ],
         ),
         "",
@@ -547,15 +642,23 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
             lines.append(
                 "- The incentive run scored as well or better than every retrained rival in "
                 + ", ".join(f"seed {p['seed']}'s {p['incentive']} ({p['difference']:+.4f})" for p in won)
-                + ": no rival retrained with the same teacher and steps did better, including the one handed the "
-                "per-layer structure the gates had found."
+                + ": no rival retrained with the same teacher and steps did better"
+                + (
+                    ", including the one handed the per-layer structure the gates had found."
+                    if all("matched_difference" in p for p in won)
+                    else " (where only Fisher's own allocation was run as a rival, that is the one it beat)."
+                )
             )
+        lines += _starts(rows, pairs, number)
         retrained = _teachers_again(rows, number)
         if retrained:
             lines.append(retrained)
         noise = _noise(task, rows, pairs)
         if noise:
             lines.append(noise)
+        spread = _rival_spread(rows)
+        if spread:
+            lines.append(spread)
         lines.append(TRIED[task])
     return "\n".join(lines)
 

@@ -179,6 +179,8 @@ TRAIN_HELP = {
     "price_lr": "eta of the price controller: lambda += eta * (share - budget) each step",
     "gate_freeze": "gates (flops, latency) and token thresholds: share of training after which they are fixed "
     "(token masks turn hard) and the weights recover",
+    "gate_init": "gates (flops, latency): open (every gate starts open) or fisher (starts ordered by each unit's "
+    "Fisher importance per MAC on 256 training examples, least valuable lowest)",
     "token_temperature": "--cost tokens: temperature T of the soft token mask sigmoid((value - threshold) / T); "
     "values average 1 over an example's tokens",
     "token_lr": "--cost tokens: learning rate of the token thresholds",

@@ -182,3 +182,34 @@ def fold_gates(model: nn.Module) -> dict[str, list[list[float]]]:
             scale_input_columns(block.get_submodule(fam.ffn_down), torch.tensor(values["neurons"][i]))
     delattr(model, ATTRIBUTE)
     return values
+
+
+# A Fisher start (``--gate-init fisher``) spreads the starting log_alpha over [INIT - SPREAD, INIT] by rank: the
+# unit worth least per MAC starts at 1.0 (eval value 0.78, P(open) 0.93), the one worth most at 5.0 (as with
+# the open start). The price then reaches the cheap-to-lose units first; training can still reverse the order.
+FISHER_START_SPREAD = 4.0
+GATE_STARTS = ("open", "fisher")
+
+
+@torch.no_grad()
+def start_by_value(gates: ModelGates, per_mac: list[dict[str, torch.Tensor]], spread: float = FISHER_START_SPREAD):
+    """Set every gate's starting ``log_alpha`` from its unit's value per MAC, ranked across all gated units.
+
+    ``per_mac[layer]`` holds ``"heads"`` (one value per K/V group) and ``"neurons"``. A unit of rank ``q``
+    (0 the least valuable per MAC, 1 the most, ties in layer-then-index order) starts at
+    ``INIT_LOG_ALPHA - spread * (1 - q)``. Ranking across layers and kinds is what Kwon et al.'s global
+    allocation does with the same numbers; here it only orders the start, and the price decides the rest.
+    """
+    groups = [(name, getattr(gates, name)) for name in ("heads", "neurons") if getattr(gates, name) is not None]
+    values = torch.cat([per_mac[i][name].flatten().double() for name, group in groups for i in range(len(group))])
+    n = values.numel()
+    rank = torch.empty(n, dtype=torch.float64)
+    rank[torch.argsort(values, stable=True)] = torch.arange(n, dtype=torch.float64)
+    quantile = rank / max(n - 1, 1)
+    start = 0
+    for _, group in groups:
+        for gate in group:
+            size = gate.log_alpha.numel()
+            part = quantile[start : start + size].to(gate.log_alpha.dtype).to(gate.log_alpha.device)
+            gate.log_alpha.copy_(INIT_LOG_ALPHA - spread * (1 - part))
+            start += size

@@ -53,8 +53,10 @@ try:
 except ImportError:  # Windows: no flock, so sweeps sharing a folder there are not protected from each other
     fcntl = None
 
-# Trial settings a sweep adds to TrainConfig's: distill trains against the lambda = 0 fine-tune of the same seed.
-SWEEP_SETTINGS = ("distill",)
+# Trial settings a sweep adds to TrainConfig's: distill trains against the lambda = 0 fine-tune of the same seed;
+# start_from_teacher starts from that fine-tune's weights instead of the pretrained model (CoFiPruning prunes the
+# fine-tuned model; post-hoc rivals start there too), so a student and its rivals begin from the same weights.
+SWEEP_SETTINGS = ("distill", "start_from_teacher")
 TOP_KEYS = ("name", "base", "grid", "trials", "compact", "baselines", "resources", "compute_axis")
 COMPUTE_AXES = ("dense_flops", "effective_flops", "latency")
 # What makes two trials comparable: same model, task, data, seed and evaluation.
@@ -399,7 +401,8 @@ def _untaxed_settings(settings: dict) -> dict:
     """The settings of a trial other than its tax and distillation."""
     from econlm.incentive import TaxConfig
 
-    dropped = {f.name for f in fields(TaxConfig)} | set(DISTILL_FIELDS) | set(SWEEP_SETTINGS)
+    # gate_init is how the gates start: a setting of the tax's gates that TrainConfig applies, not of the run
+    dropped = {f.name for f in fields(TaxConfig)} | set(DISTILL_FIELDS) | set(SWEEP_SETTINGS) | {"gate_init"}
     return {k: v for k, v in settings.items() if k not in dropped}
 
 
@@ -421,6 +424,7 @@ def _is_plain(settings: dict) -> bool:
         and not {"flops", "latency"} & set(settings.get("cost", ()))
         and not settings.get("distill")
         and not settings.get("teacher")
+        and not settings.get("start_from_teacher")
     )
 
 
@@ -436,13 +440,17 @@ def teacher_settings(settings: dict, plain: list[dict] = ()) -> tuple[str, dict]
 
 
 def _with_teacher(settings: dict, trials: Path, plain: list[dict]) -> dict:
-    """A ``distill: true`` trial's settings with its teacher's model folder, trained first if it is missing."""
-    if not settings.get("distill"):
+    """A ``distill: true`` trial's settings with its teacher's model folder, and a ``start_from_teacher: true``
+    trial's with that folder as its model; the teacher is trained first if it is missing."""
+    if not settings.get("distill") and not settings.get("start_from_teacher"):
         return settings
     teacher_id, teacher = teacher_settings(settings, plain)
     teacher_dir = trials / teacher_id / "model"
     _trained(teacher, teacher_dir)
-    return {**settings, "teacher": str(teacher_dir)}
+    given = {"teacher": str(teacher_dir)} if settings.get("distill") else {}
+    if settings.get("start_from_teacher"):
+        given["model"] = str(teacher_dir)
+    return {**settings, **given}
 
 
 def _final_measurements(model_dir: Path, settings: dict, eps: float, result: dict) -> None:
@@ -539,7 +547,11 @@ def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -
     _summary_fields(metrics, result)
     result["model_dir"] = str(model_dir)
     teacher = (metrics.get("distillation") or {}).get("teacher")
-    result["training"] = _training_cost(metrics, [Path(teacher)] if teacher else [])
+    made_from = [Path(teacher)] if teacher else []
+    if spec["settings"].get("start_from_teacher"):  # its weights came from the fine-tune: count those steps once
+        start = trial_dir.parent / teacher_settings(spec["settings"], context.get("plain", ()))[0] / "model"
+        made_from += [start] if start not in made_from else []
+    result["training"] = _training_cost(metrics, made_from)
     result["dense_flops_before"] = metrics["dense_flops"]
     final_dir = model_dir
     compact = context.get("compact")

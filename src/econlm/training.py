@@ -62,6 +62,7 @@ class TrainConfig(DataFields):
     budget_rho: float = 20.0  # weight of the quadratic anchor 0.5 * rho * (share - budget)^2 (controller only)
     budget_warmup: float = 0.5  # share of training over which the budget falls from 1 to its value
     gate_freeze: float = 0.7  # gates: after this share of training they stop learning and turn deterministic
+    gate_init: str = "open"  # open: every gate starts open; fisher: starts ordered by Fisher importance per MAC
     latency_table: str | None = None  # the table --cost latency prices gates by
     cost_reduction: str = "mean"  # mean per token and unit, or sum (the paper's scale for lambda)
     token_temperature: float = 0.1  # --cost tokens: temperature T of the soft mask sigmoid((value - threshold) / T)
@@ -119,6 +120,18 @@ class TrainConfig(DataFields):
             )
         if self.device not in ("cpu", "auto"):
             raise UserError(f"--device must be cpu or auto, not {self.device}")
+        self._check_gate_init()
+
+    def _check_gate_init(self) -> None:
+        from econlm.gates import GATE_STARTS
+
+        if self.gate_init not in GATE_STARTS:
+            raise UserError(f"--gate-init must be one of {', '.join(GATE_STARTS)}, not {self.gate_init!r}")
+        if self.gate_init == "fisher" and not {"flops", "latency"} & set(self.cost):
+            raise UserError(
+                "--gate-init fisher orders the unit gates, which only --cost flops or --cost latency trains; "
+                "add one of them or leave --gate-init out"
+            )
 
     def tax(self):
         from econlm.incentive import TaxConfig
@@ -429,6 +442,8 @@ def _setup(config: TrainConfig, resume: bool) -> _Run:
     incentive = Incentive(model, config.tax(), total_steps, tokenizer=tokenizer)
     _drop_loaded_thresholds(model)
     model.to(accelerator.device)
+    if config.gate_init == "fisher" and not resume:  # a resumed run has its gates in the checkpoint
+        _start_gates_from_fisher(config, task, model, tokenizer, features)
     optimizer = torch.optim.AdamW(
         incentive.parameter_groups(config.lr, config.gate_lr, config.weight_decay, token_lr=config.token_lr)
     )
@@ -506,6 +521,38 @@ def _features(config: TrainConfig, task, tokenizer, train_data) -> tuple[list, i
     if not features:
         raise UserError(f"the training text is shorter than one block of {config.max_length} tokens")
     return features, 0
+
+
+FISHER_START_EXAMPLES = 256  # as many as compaction calibrates on by default
+
+
+def fisher_start_batches(config: TrainConfig, task, tokenizer, features) -> list:
+    """The labelled training examples a Fisher start measures on: a sample the seed picks, in batches of 16."""
+    picked = random.Random(config.seed).sample(range(len(features)), min(FISHER_START_EXAMPLES, len(features)))
+    regression = task.kind == "regression"
+    return [
+        _collate(tokenizer, [features[i] for i in picked[start : start + 16]], regression)
+        for start in range(0, len(picked), 16)
+    ]
+
+
+def _start_gates_from_fisher(config: TrainConfig, task, model, tokenizer, features) -> None:
+    """Order the gates' starting values by each unit's Fisher importance per MAC, measured on training
+    examples the seed picks (:func:`econlm.gates.start_by_value`)."""
+    from econlm.fisher import fisher_importance
+    from econlm.flops import Structure, unit_macs_per_token
+    from econlm.gates import get_gates, start_by_value
+
+    device = next(model.parameters()).device
+    importance = fisher_importance(model, [b.to(device) for b in fisher_start_batches(config, task, tokenizer, features)])
+    structure = Structure.of_model(model)
+    per_mac = []
+    for layer, scores in enumerate(importance):
+        unit = unit_macs_per_token(structure, layer, config.max_length)
+        groups = structure.kv_heads[layer]
+        group_value = scores["heads"].view(groups, -1).sum(dim=1)
+        per_mac.append({"heads": group_value / unit["kv_group"], "neurons": scores["neurons"] / unit["ffn_neuron"]})
+    start_by_value(get_gates(model), per_mac)
 
 
 def _teacher(config: TrainConfig, task, model, device):

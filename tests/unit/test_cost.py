@@ -206,3 +206,17 @@ def test_sum_reduction_is_the_papers_sum_over_tokens_units_and_layers(name):
 def test_unknown_reduction_is_a_user_error():
     with pytest.raises(UserError, match="cost reduction"):
         CostMeter(tiny_model("bert"), ("ffn_l1",), "both", reduction="median")
+
+
+def test_a_fisher_start_ranks_every_gated_unit_by_value_per_mac_across_kinds():
+    from econlm.gates import ModelGates, start_by_value
+
+    gates = ModelGates(heads=[2], neurons=[3])
+    # Ranks over all five units: 0.05 -> 0, 0.1 -> 1, 0.2 -> 2, 0.3 -> 3, 0.5 -> 4; start = 5 - 4 * (1 - rank / 4).
+    start_by_value(gates, [{"heads": torch.tensor([0.5, 0.1]), "neurons": torch.tensor([0.2, 0.3, 0.05])}])
+    assert gates.heads[0].log_alpha.tolist() == pytest.approx([5.0, 2.0])
+    assert gates.neurons[0].log_alpha.tolist() == pytest.approx([3.0, 4.0, 1.0])
+    # Only the gated kinds take part: heads alone rank among themselves.
+    heads_only = ModelGates(heads=[2], neurons=None)
+    start_by_value(heads_only, [{"heads": torch.tensor([0.5, 0.1]), "neurons": torch.tensor([9.0, 9.0, 9.0])}])
+    assert heads_only.heads[0].log_alpha.tolist() == pytest.approx([5.0, 1.0])

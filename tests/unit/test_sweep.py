@@ -181,6 +181,31 @@ def test_distill_trials_train_against_the_plain_fine_tune_of_the_same_seed(tiny,
         run_sweep({"base": base, "trials": [{"distill": "yes"}]}, tmp_path / "bad")
 
 
+def test_a_student_can_start_from_its_teacher_whose_steps_count_once(tiny, tmp_path):
+    from econlm.sweep import run_sweep
+
+    base = _base(tiny, seed=4)
+    students = [
+        {"lam": 0.1, "cost": ["ffn_l1"], "distill": True, "start_from_teacher": True},  # teacher and start
+        {"lam": 0.1, "cost": ["ffn_l1"], "start_from_teacher": True},  # start only: no distillation
+    ]
+    results = run_sweep({"base": base, "trials": students, "grid": {"lam": [0]}}, tmp_path / "run", progress=False)
+    assert [r["status"] for r in results] == ["ok"] * 3
+    teacher = next(r for r in results if not r["settings"].get("start_from_teacher"))
+    teacher_dir = str(tmp_path / "run" / "trials" / teacher["id"] / "model")
+    own = teacher["training"]["steps"]  # 1 epoch of the tiny SST-2 in batches of 16, the same for every run
+    for student in (r for r in results if r["settings"].get("start_from_teacher")):
+        model_dir = tmp_path / "run" / "trials" / student["id"] / "model"
+        assert json.loads((model_dir / "train_config.json").read_text())["model"] == teacher_dir
+        distilled = json.loads((model_dir / "metrics.json").read_text())["distillation"]
+        assert (distilled or {}).get("teacher") == (teacher_dir if student["settings"].get("distill") else None)
+        # Its own epoch plus the teacher's, once, whether the teacher also taught it or not.
+        assert student["training"]["steps"] == 2 * own
+        assert student["training"]["counted"] == ["own", teacher_dir]
+    with pytest.raises(UserError, match="'start_from_teacher' must be true or false"):
+        run_sweep({"base": base, "trials": [{"start_from_teacher": 1}]}, tmp_path / "bad")
+
+
 def test_a_missing_teacher_is_trained_first():
     from econlm.sweep import teacher_settings
 
@@ -197,6 +222,8 @@ def test_a_missing_teacher_is_trained_first():
     teacher_id, teacher = teacher_settings(student)
     assert teacher == {"model": "m", "task": "sst2", "seed": 2, "lr": 1e-3, "lam": 0.0, "cost": ["ffn_l1"]}
     assert teacher_id.startswith("train-sst2-ffn_l1-lam0-s2-")
+    # How the student starts (its gates, its weights) is not the teacher's business: the same teacher.
+    assert teacher_settings({**student, "gate_init": "fisher", "start_from_teacher": True}) == (teacher_id, teacher)
 
 
 def test_posthoc_rivals_fisher_rescaled_matched_and_untrained_report_their_training(tiny, tmp_path):

@@ -239,3 +239,54 @@ def test_gates_stop_learning_after_the_freeze_point(tiny_setup, tmp_path):
     assert not torch.equal(snapshots[2][0], snapshots[5][0])
     assert torch.equal(snapshots[7][0], snapshots[12][0])
     assert snapshots[3][1] is True and snapshots[8][1] is False
+
+
+def test_a_fisher_start_orders_the_gates_by_fisher_importance_per_mac(tiny_setup, tmp_path):
+    from econlm.data import get_task
+    from econlm.fisher import fisher_importance
+    from econlm.flops import Structure, unit_macs_per_token
+    from econlm.gates import get_gates
+    from econlm.training import _features, _load_data, _load_for_task, fisher_start_batches
+
+    starts = {}
+
+    def watch(step, model):
+        if step == 1:
+            gates = get_gates(model)
+            starts["heads"] = torch.cat([g.log_alpha.detach().clone() for g in gates.heads])
+            starts["neurons"] = torch.cat([g.log_alpha.detach().clone() for g in gates.neurons])
+
+    # A gate learning rate of 1e-9 leaves the first step's gates where they started.
+    config = _config(tiny_setup, tmp_path / "run", cost=("flops",), budget=0.5, lam=0.0, gate_init="fisher",
+                     gate_lr=1e-9, epochs=1)
+    train(config, progress=False, on_step=watch)
+    # The same Fisher values, measured here on a fresh copy of the starting model (its new head from the seed).
+    task = get_task("sst2")
+    torch.manual_seed(config.seed)
+    loaded = _load_for_task(config, task)
+    features, _ = _features(config, task, loaded.tokenizer, _load_data(config, task)[0])
+    importance = fisher_importance(loaded.model, fisher_start_batches(config, task, loaded.tokenizer, features))
+    structure = Structure.of_model(loaded.model)
+    unit = [unit_macs_per_token(structure, i, 32) for i in range(len(importance))]
+    heads = torch.cat([s["heads"] / u["kv_group"] for s, u in zip(importance, unit)])
+    neurons = torch.cat([s["neurons"] / u["ffn_neuron"] for s, u in zip(importance, unit)])
+    values = torch.cat([heads, neurons])
+    start = torch.cat([starts["heads"], starts["neurons"]])
+    # Every unit starts in [1, 5]; the least valuable per MAC at 1, the most at 5, and higher value never lower.
+    assert start.min().item() == pytest.approx(1.0, abs=1e-6) and start.max().item() == pytest.approx(5.0, abs=1e-6)
+    assert start[values.argmin()].item() == pytest.approx(1.0, abs=1e-6)
+    order = torch.argsort(values, stable=True)
+    assert bool((start[order][1:] >= start[order][:-1] - 1e-6).all())
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"gate_init": "warm"}, "--gate-init must be one of open, fisher"),
+        ({"gate_init": "fisher"}, "only --cost flops or --cost latency trains"),
+    ],
+)
+def test_bad_gate_starts_fail_before_training(tiny_setup, tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        _config(tiny_setup, tmp_path / "x", **overrides)
+    assert not (tmp_path / "x").exists()

@@ -772,3 +772,45 @@ def test_fair_reading_names_an_order_that_repeats_across_pairs():
     assert "The same order in 2 of 3 pairs" in line
     assert "(+0.0049, +0.0114)" in line and "(-0.0098, -0.0116)" in line
     assert fair._allocation_pattern([ahead_behind, other]) is None  # once is not an order
+
+
+def test_fair_reading_compares_students_that_differ_only_in_how_they_started():
+    fair = _bench_script("summarize_fair")
+    recipe = "incentive flops budget 0.3 +distill (budget warm-up 0.6)"
+    start = "incentive flops budget 0.3 +distill +from teacher (budget warm-up 0.6)"
+    both = "incentive flops budget 0.3 +distill +from teacher +Fisher gate start (budget warm-up 0.6)"
+
+    def student(method, score):
+        return {**_fair_row(method, method, score=score, timed="T2"), "lost": 0.25 - score, "flops_share": 0.4,
+                "speedup_b1": 2.0}
+
+    rows = [student(recipe, 0.24), student(start, 0.27), student(both, 0.26), student("incentive flops budget 0.5", 0.2)]
+    pairs = [{"seed": 1, "incentive": start, "incentive_score": 0.27, "difference": 0.01}]
+    (line,) = fair._starts(rows, pairs, {"T2": 2})  # budget 0.5 is another recipe: alone, not compared
+    assert line.startswith(f"- How the student starts (seed 1, run 2, {recipe}, the same teacher and steps): ")
+    assert "the pretrained model: 0.2400 (+0.0100 against the teacher) at a FLOPs share of 0.400, 2.00x at batch 1, no rival run" in line
+    assert "from teacher: 0.2700 (-0.0200 against the teacher)" in line and "+0.0100 against its best retrained rival" in line
+    assert "from teacher, Fisher gate start: 0.2600" in line
+
+
+def test_fair_table_puts_each_student_before_its_rivals_and_reads_the_rivals_own_spread():
+    fair = _bench_script("summarize_fair")
+    rival = "post-hoc fisher (own allocation at the same FLOPs) +LS rescale, 10.0 epochs +distill"
+
+    def row(id_, method, score, share, matches=None, retrained=True):
+        return {**_fair_row(id_, method, score=score, timed="T2"), "flops_share": share, "matches": matches,
+                "retrained": retrained, "allocation": "global"}
+
+    rows = [
+        row("r1", rival, 0.2675, 0.366, matches="s1"),
+        row("t", "lambda=0 fine-tune (teacher)", 0.2577, 1.0, retrained=False),
+        row("u1", "post-hoc fisher, no retraining", 0.08, 0.366, matches="s1", retrained=False),
+        row("s2", "incentive flops budget 0.3 +from teacher", 0.2341, 0.379),
+        row("r2", rival, 0.2278, 0.377, matches="s2"),
+        row("s1", "incentive flops budget 0.3 +Fisher gate start", 0.2533, 0.366),
+    ]
+    assert [r["id"] for r in fair.display_order(rows)] == ["t", "s2", "r2", "s1", "r1", "u1"]
+    line = fair._rival_spread(rows)
+    # 0.2675 - 0.2278 = 0.0397, shares 0.011 apart; the untrained rival and the students take no part
+    assert "at FLOPs shares 0.366 and 0.377 scored 0.2675 and 0.2278, 0.0397 apart" in line
+    assert fair._rival_spread([rows[0], {**rows[4], "flops_share": 0.5}]) is None  # 0.134 apart in FLOPs: not comparable
