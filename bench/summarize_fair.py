@@ -422,7 +422,8 @@ def _teachers_again(rows: list[dict], number: dict) -> str | None:
         if len(teachers) > 1:
             scores = ", ".join(f"{r['score']:.4f} (run {number.get(r.get('timed'), 1)})" for r in teachers)
             spread = max(r["score"] for r in teachers) - min(r["score"] for r in teachers)
-            parts.append(f"seed {seed}'s teacher scored {scores}, {spread:.4f} apart")
+            apart = "the same to four decimals" if spread < 5e-5 else f"{spread:.4f} apart"
+            parts.append(f"seed {seed}'s teacher scored {scores}, {apart}")
     if not parts:
         return None
     return (

@@ -761,6 +761,8 @@ def test_fair_reading_names_a_teacher_trained_again():
     # 0.2577 - 0.2546 = 0.0031; seed 2 has one teacher, so it is not named
     assert "seed 1's teacher scored 0.2546 (run 1), 0.2577 (run 2), 0.0031 apart" in line and "seed 2" not in line
     assert fair._teachers_again(rows[:1] + rows[2:], {"T1": 1, "T2": 2}) is None
+    same = [{**rows[0], "score": 0.8598}, {**rows[1], "score": 0.85982}]
+    assert "0.8598 (run 1), 0.8598 (run 2), the same to four decimals" in fair._teachers_again(same, {"T1": 1, "T2": 2})
 
 
 def test_fair_reading_names_an_order_that_repeats_across_pairs():
