@@ -200,15 +200,15 @@ def start_by_value(gates: ModelGates, per_mac: list[dict[str, torch.Tensor]], sp
     ``INIT_LOG_ALPHA - spread * (1 - q)``. Ranking across layers and kinds is what Kwon et al.'s global
     allocation does with the same numbers; here it only orders the start, and the price decides the rest.
     """
-    groups = [(name, getattr(gates, name)) for name in ("heads", "neurons") if getattr(gates, name) is not None]
-    values = torch.cat([per_mac[i][name].flatten().double() for name, group in groups for i in range(len(group))])
+    names = [name for name in ("heads", "neurons") if getattr(gates, name) is not None]
+    values = torch.cat([layer[name].flatten().double() for name in names for layer in per_mac])
     n = values.numel()
     rank = torch.empty(n, dtype=torch.float64)
     rank[torch.argsort(values, stable=True)] = torch.arange(n, dtype=torch.float64)
     quantile = rank / max(n - 1, 1)
     start = 0
-    for _, group in groups:
-        for gate in group:
+    for name in names:
+        for gate in getattr(gates, name):
             size = gate.log_alpha.numel()
             part = quantile[start : start + size].to(gate.log_alpha.dtype).to(gate.log_alpha.device)
             gate.log_alpha.copy_(INIT_LOG_ALPHA - spread * (1 - part))

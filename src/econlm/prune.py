@@ -163,6 +163,19 @@ GLOBAL_IMPORTANCE = ("fisher", "shapley")
 GIVEN_IMPORTANCE = ("shapley",)  # not computed here: passed to prune as ``scores``
 
 
+def value_per_mac(structure, scores: list[dict[str, torch.Tensor]], seq_len: int) -> list[dict[str, torch.Tensor]]:
+    """Per layer ``{"heads": (K/V groups,), "neurons": (F,)}``: each removable unit's importance over the MACs per
+    token it costs at ``seq_len`` (a K/V group sums its query heads' importance)."""
+    from econlm.flops import unit_macs_per_token
+
+    out = []
+    for layer, layer_scores in enumerate(scores):
+        unit = unit_macs_per_token(structure, layer, seq_len)
+        groups = layer_scores["heads"].view(structure.kv_heads[layer], -1).sum(dim=1)
+        out.append({"heads": groups / unit["kv_group"], "neurons": layer_scores["neurons"] / unit["ffn_neuron"]})
+    return out
+
+
 def global_removal(
     structure, scores: list[dict[str, torch.Tensor]], target_block_macs: float, seq_len: int
 ) -> tuple[list[int], list[int]]:

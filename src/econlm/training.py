@@ -540,19 +540,13 @@ def _start_gates_from_fisher(config: TrainConfig, task, model, tokenizer, featur
     """Order the gates' starting values by each unit's Fisher importance per MAC, measured on training
     examples the seed picks (:func:`econlm.gates.start_by_value`)."""
     from econlm.fisher import fisher_importance
-    from econlm.flops import Structure, unit_macs_per_token
+    from econlm.flops import Structure
     from econlm.gates import get_gates, start_by_value
+    from econlm.prune import value_per_mac
 
     device = next(model.parameters()).device
     importance = fisher_importance(model, [b.to(device) for b in fisher_start_batches(config, task, tokenizer, features)])
-    structure = Structure.of_model(model)
-    per_mac = []
-    for layer, scores in enumerate(importance):
-        unit = unit_macs_per_token(structure, layer, config.max_length)
-        groups = structure.kv_heads[layer]
-        group_value = scores["heads"].view(groups, -1).sum(dim=1)
-        per_mac.append({"heads": group_value / unit["kv_group"], "neurons": scores["neurons"] / unit["ffn_neuron"]})
-    start_by_value(get_gates(model), per_mac)
+    start_by_value(get_gates(model), value_per_mac(Structure.of_model(model), importance, config.max_length))
 
 
 def _teacher(config: TrainConfig, task, model, device):
