@@ -135,7 +135,71 @@ def _market(r: dict) -> dict:
         "gate_freeze": r["settings"].get("gate_freeze", 0.7),
         "price_lr": r["settings"].get("price_lr", 0.5),
         "cost": "+".join(r["settings"].get("cost", [])),
+        "clearing": metrics.get("budget_clearing") or _clearing_from_events(Path(r["model_dir"]), metrics),
     }
+
+
+def _clearing_from_events(model_dir: Path, metrics: dict) -> dict | None:
+    """For runs trained before metrics.json kept the share's path: the same reading from TensorBoard's record
+    of the share (`cost/compute_share`, every logged step)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from econlm.prices import clearing
+
+    config = json.loads((model_dir / "train_config.json").read_text())
+    if config.get("budget") is None:
+        return None
+    history = [
+        [event.step, value.simple_value]
+        for path in sorted((model_dir / "tb").glob("events*"))
+        for event in EventFileLoader(str(path)).Load()
+        for value in event.summary.value
+        if value.tag == "cost/compute_share"
+    ]
+    steps = metrics["train"]["steps"]
+    return clearing(
+        config["budget"],
+        history,
+        budget_step=int(config["budget_warmup"] * steps),
+        freeze_step=int(config["gate_freeze"] * steps) if config["gate_freeze"] < 1 else None,
+    )
+
+
+def _lag(clearing: dict | None) -> str:
+    """How far the share still had to go when the gates froze (econlm.prices.clearing), as a sentence."""
+    if not clearing:
+        return ""
+    falling = clearing.get("falling_per_100_steps")
+    still = (
+        f", still falling {falling:.3f} per 100 steps"
+        if falling is not None and falling > 0.001
+        else ", no longer falling"
+    )
+    return (
+        f" When the budget reached its value (step {clearing['budget_step']}) the share was "
+        f"{clearing['share_when_budget_in_force']:.3f}; the gates froze {clearing['steps_to_catch_up']} steps later "
+        f"at {clearing['share_at_freeze']:.3f}{still}."
+    )
+
+
+def _lagging(markets: list[dict]) -> str | None:
+    """The pattern behind the missed budgets: a share still falling at the freeze means the price ran out of
+    steps, not that the budget cannot be bought."""
+    missed = [r for r in markets if (r["market"].get("clearing") or {}).get("cleared") is False]
+    falling = [r for r in missed if (r["market"]["clearing"].get("falling_per_100_steps") or 0.0) > 0.001]
+    if not missed or len(falling) < len(missed):
+        return None
+    gaps = sorted(r["market"]["clearing"]["steps_to_catch_up"] for r in missed)
+    runs = "the one run that missed its budget" if len(missed) == 1 else f"all {len(missed)} runs that missed their budget"
+    span = f"{gaps[0]}" if gaps[0] == gaps[-1] else f"{gaps[0]} to {gaps[-1]}"
+    return (
+        f"- In {runs} the share was still falling when the gates froze: the dual ascent is an integral controller, "
+        "so the share trails the budget in force, and the recipes left it "
+        f"{span} steps between the budget's full value and the freeze. The price ran out of steps; "
+        "nothing showed the budget could not be bought. CoFiPruning leaves 80 of its 100 pruning epochs after the "
+        "sparsity warm-up. `econlm train` now says so at the end of such a run (one warning line with the share's "
+        "path), and a recipe that warms the budget up sooner or freezes later is the next thing to try."
+    )
 
 
 def predicted_speedup(final_model: str) -> float | None:
@@ -605,7 +669,7 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
                     f"- Seed {r['seed']}, {r['method']}: the price did not clear the budget. The gates froze at a "
                     f"share of {share:.3f} against {budget}, with lambda at {m['lambda_final']:.3g} and rising until "
                     f"the freeze: the dual ascent moves lambda by price_lr ({m['price_lr']:g}) x (share - budget) a "
-                    f"step.{why} The structure it reached is what its rivals were matched to."
+                    f"step.{why}{_lag(m.get('clearing'))} The structure it reached is what its rivals were matched to."
                 )
             elif share is not None and budget is not None:
                 lines.append(
@@ -627,6 +691,9 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
                         else ""
                     )
                 )
+        lagging = _lagging(markets)
+        if lagging:
+            lines.append(lagging)
         pattern = _allocation_pattern(pairs)
         if pattern:
             lines.append(pattern)

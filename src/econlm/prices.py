@@ -62,3 +62,58 @@ class Price:
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.current = state["step"], state["current"]
+
+
+def clearing(
+    budget: float,
+    share_history: list,
+    budget_step: int,
+    freeze_step: int | None,
+    tolerance: float = 0.01,
+    window: int = 50,
+) -> dict | None:
+    """Did the controller clear its budget before the gates froze, and if not, why?
+
+    ``share_history`` is ``[step, share]`` records of the compute share each step paid for. The structure is
+    what the gates chose at ``freeze_step`` (the last record at or before it; the last record if nothing froze),
+    so that share is the one that counts. Cleared means it is at most ``budget + tolerance``. The share still
+    ``falling_per_100_steps`` over the ``window`` steps before the freeze says the price had not caught up
+    with the gates yet: the dual ascent is an integral controller, so the share lags the budget in force, and
+    the steps between the budget's full value (``budget_step``) and the freeze are all it has to catch up.
+    Returns None without records."""
+    records = sorted((int(s), float(v)) for s, v in share_history)
+    if not records:
+        return None
+    end = records[-1][0] if freeze_step is None else freeze_step
+    before = [r for r in records if r[0] <= end] or records[:1]
+    at_freeze_step, at_freeze = before[-1]
+    earlier = [r for r in before if r[0] <= at_freeze_step - window]
+    falling = None
+    if earlier:
+        start_step, start = earlier[-1]
+        falling = (start - at_freeze) / (at_freeze_step - start_step) * 100
+    in_force = next((v for s, v in records if s >= budget_step), records[-1][1])
+    return {
+        "budget": budget,
+        "share_at_freeze": at_freeze,
+        "freeze_step": at_freeze_step,
+        "budget_step": budget_step,
+        "share_when_budget_in_force": in_force,
+        "steps_to_catch_up": at_freeze_step - budget_step,
+        "falling_per_100_steps": falling,
+        "cleared": at_freeze <= budget + tolerance,
+    }
+
+
+def clearing_advice(report: dict) -> str | None:
+    """One line for a user whose price did not clear the budget, or None when it did."""
+    if report is None or report["cleared"]:
+        return None
+    falling = report["falling_per_100_steps"]
+    still = f", still falling {falling:.3f} per 100 steps" if falling is not None and falling > 0.001 else ""
+    return (
+        f"the price did not clear the budget: the compute share was {report['share_at_freeze']:.3f} against "
+        f"{report['budget']:g} when the gates froze at step {report['freeze_step']}{still}, "
+        f"{report['steps_to_catch_up']} steps after the budget reached its value; leave the price more steps "
+        "to catch up (a smaller --budget-warmup, a later --gate-freeze, a larger --price-lr, or more --epochs)"
+    )

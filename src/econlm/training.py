@@ -26,6 +26,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -167,6 +168,7 @@ class _State:
     global_step: int = 0
     train_seconds: float = 0.0
     lambda_history: list = field(default_factory=list)
+    share_history: list = field(default_factory=list)  # [step, compute share paid for] under a budget
     last_log: dict = field(default_factory=dict)
     validation_history: list = field(default_factory=list)  # [step, score] every --eval-every steps
 
@@ -686,6 +688,8 @@ def _record(run: _Run, log: dict, writer) -> None:
     state.last_log = log
     if state.global_step % run.config.log_every == 0 or state.global_step == 1:
         state.lambda_history.append([state.global_step, log["price/lambda"]])
+        if "cost/compute_share" in log:
+            state.share_history.append([state.global_step, log["cost/compute_share"]])
         if writer:
             for key, value in log.items():
                 writer.add_scalar(key, value, state.global_step)
@@ -774,6 +778,7 @@ def _tensorboard(out: Path):
 
 def finish(run: _Run) -> dict:
     """Fold gates, evaluate on held-out data, save the checkpoint and ``metrics.json``."""
+    from econlm.prices import clearing_advice
     from econlm.runinfo import run_metadata
 
     config, model = run.config, run.inner
@@ -782,6 +787,9 @@ def finish(run: _Run) -> dict:
     tokens = gates.get("tokens")  # learned token thresholds: evaluated (and saved) as inference runs them
     evaluation = _evaluate(run, tokens)
     metrics = _metrics(run, evaluation, gates["gates"])
+    advice = clearing_advice(metrics["budget_clearing"])
+    if advice:
+        print(f"econlm: warning: {advice}", file=sys.stderr)
     previous = getattr(model.config, "econlm", None) or {}
     model.config.econlm = {**previous, "train": _config_dict(config), "gates": gates["folded"]}
     meta = run_metadata(seed=config.seed, config=_config_dict(config))
@@ -924,6 +932,8 @@ def _metrics(run: _Run, evaluation: dict, gates_report: dict | None) -> dict:
         "scoring": score.details,
         "lambda_final": run.incentive.price.current,
         "lambda_history": state.lambda_history,
+        "share_history": state.share_history,
+        "budget_clearing": _budget_clearing(run),
         "validation_history": {
             "split": _validation_split(task),
             "every": config.eval_every,
@@ -953,6 +963,22 @@ def _metrics(run: _Run, evaluation: dict, gates_report: dict | None) -> dict:
         },
         "costs_known": sorted(COSTS),
     }
+
+
+def _budget_clearing(run: _Run) -> dict | None:
+    """Under a budget, whether the price cleared it before the gates froze (:func:`econlm.prices.clearing`)."""
+    from econlm.prices import clearing
+
+    config = run.config
+    if config.budget is None or not run.state.share_history:
+        return None
+    froze = run.incentive.frozen  # gates (or token thresholds) fixed from gate_freeze of training on
+    return clearing(
+        config.budget,
+        run.state.share_history,
+        budget_step=int(config.budget_warmup * run.total_steps),
+        freeze_step=int(config.gate_freeze * run.total_steps) if froze else None,
+    )
 
 
 def _save_final(model, tokenizer, out: Path, metrics: dict, tokens: dict | None = None) -> None:

@@ -78,7 +78,7 @@ def test_train_writes_a_checkpoint_probe_can_score(tiny_setup, tmp_path, capsys)
     assert probe["head"] == "seq-cls" and probe["rows"][0]["score"] == pytest.approx(metrics["score"])
 
 
-def test_flops_cost_with_budget_controller_prices_compute(tiny_setup, tmp_path):
+def test_flops_cost_with_budget_controller_prices_compute(tiny_setup, tmp_path, capsys):
     config = _config(tiny_setup, tmp_path / "run", cost=("flops",), budget=0.5, lam=0.0, price_lr=0.5, task="stsb")
     metrics = train(config, progress=False)
     assert config.schedule == "controller"
@@ -87,6 +87,14 @@ def test_flops_cost_with_budget_controller_prices_compute(tiny_setup, tmp_path):
     assert lambdas[0] == 0.0 and lambdas[-1] > 0.0
     assert metrics["gates"]["heads"]["total"] == 8 and metrics["gates"]["neurons"]["total"] == 128
     assert metrics["metric"] == "spearman"
+    # The share paid for is kept at each logged step; the structure is the one chosen when the gates froze.
+    shares = metrics["share_history"]
+    assert [s for s, _ in shares] == [s for s, _ in metrics["lambda_history"][:-1]]  # the last is the end's
+    clearing = metrics["budget_clearing"]
+    freeze = int(config.gate_freeze * metrics["train"]["steps"])
+    assert clearing["share_at_freeze"] == [v for s, v in shares if s <= freeze][-1]
+    assert clearing["cleared"] == (clearing["share_at_freeze"] <= 0.5 + 0.01)
+    assert ("did not clear the budget" in capsys.readouterr().err) == (not clearing["cleared"])
 
 
 @pytest.mark.parametrize("has_train", [False, True])

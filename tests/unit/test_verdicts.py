@@ -816,3 +816,24 @@ def test_fair_table_puts_each_student_before_its_rivals_and_reads_the_rivals_own
     # 0.2675 - 0.2278 = 0.0397, shares 0.011 apart; the untrained rival and the students take no part
     assert "at FLOPs shares 0.366 and 0.377 scored 0.2675 and 0.2278, 0.0397 apart" in line
     assert fair._rival_spread([rows[0], {**rows[4], "flops_share": 0.5}]) is None  # 0.134 apart in FLOPs: not comparable
+
+
+def test_fair_reading_says_the_price_ran_out_of_steps_when_every_missed_share_was_still_falling():
+    fair = _bench_script("summarize_fair")
+    from econlm.prices import clearing
+
+    # share path of a run that missed 0.3: 0.518 when the budget is fully in force (step 216), 0.355 at the
+    # freeze (step 324), 0.0055 lower than 50 steps before it: 0.011 per 100 steps
+    history = [[216, 0.518], [274, 0.3605], [324, 0.355], [400, 0.355]]
+    missed = clearing(0.3, history, budget_step=216, freeze_step=324)
+    assert missed["falling_per_100_steps"] == pytest.approx(0.0055 / 50 * 100)
+    text = fair._lag(missed)
+    assert "(step 216) the share was 0.518; the gates froze 108 steps later at 0.355, still falling 0.011" in text
+    flat = clearing(0.3, [[216, 0.5], [274, 0.355], [324, 0.355]], budget_step=216, freeze_step=324)
+    assert "no longer falling" in fair._lag(flat) and fair._lag(None) == ""
+    cleared = clearing(0.3, [[216, 0.5], [324, 0.305]], budget_step=216, freeze_step=324)
+    line = fair._lagging([{"market": {"clearing": missed}}, {"market": {"clearing": cleared}}])
+    assert line.startswith("- In the one run that missed its budget") and "left it 108 steps between" in line
+    # one missed run whose share had stopped falling: the pattern does not hold, so nothing is claimed
+    assert fair._lagging([{"market": {"clearing": missed}}, {"market": {"clearing": flat}}]) is None
+    assert fair._lagging([{"market": {}}]) is None
