@@ -7,7 +7,8 @@
 #   bench/run_fair.sh stsb       # one of them: stsb, cola or paper, or market (issue #14's market on CoLA's frontier)
 #   bench/run_fair.sh cola-b03   # one session's share of cola (about 2 hours): seed 1 at FLOPs budget 0.3, two rivals
 #   bench/run_fair.sh cola-start # after cola-b03, same teacher: students started from it (gates open, Fisher-ordered)
-#   bench/run_fair.sh stsb-start # STS-B seed 1, the student started from its teacher, Fisher rivals
+#   bench/run_fair.sh stsb-start # STS-B seeds 1 and 2, the student started from its teacher, Fisher rivals
+#   bench/run_fair.sh stsb-clear # after stsb-start: the same student with more steps for the price to clear
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,8 +30,9 @@ for part in "${parts[@]}"; do
       done
       wait ;;
     stsb-start) .venv/bin/econlm sweep bench/sweeps/fair_stsb_start.yaml --out "$out/stsb" ;;
+    stsb-clear) .venv/bin/econlm sweep bench/sweeps/fair_stsb_clear.yaml --out "$out/stsb" ;;
     paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
     market) .venv/bin/econlm sweep bench/sweeps/market_cola.yaml --out "$out/cola" ;;
-    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, paper or market" >&2; exit 2 ;;
+    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, paper or market" >&2; exit 2 ;;
   esac
 done

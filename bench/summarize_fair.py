@@ -150,7 +150,8 @@ def _clearing_from_events(model_dir: Path, metrics: dict) -> dict | None:
     if config.get("budget") is None:
         return None
     history = [
-        [event.step, value.simple_value]
+        # torch's SummaryWriter stores a scalar as a one-value tensor, older writers as simple_value
+        [event.step, value.tensor.float_val[0] if value.tensor.float_val else value.simple_value]
         for path in sorted((model_dir / "tb").glob("events*"))
         for event in EventFileLoader(str(path)).Load()
         for value in event.summary.value
@@ -177,8 +178,8 @@ def _lag(clearing: dict | None) -> str:
     )
     return (
         f" When the budget reached its value (step {clearing['budget_step']}) the share was "
-        f"{clearing['share_when_budget_in_force']:.3f}; the gates froze {clearing['steps_to_catch_up']} steps later "
-        f"at {clearing['share_at_freeze']:.3f}{still}."
+        f"{clearing['share_when_budget_in_force']:.3f}; the gates froze {clearing['steps_to_catch_up']} steps later, "
+        f"the last step before paying for {clearing['share_at_freeze']:.3f}{still}."
     )
 
 
@@ -190,7 +191,9 @@ def _lagging(markets: list[dict]) -> str | None:
     if not missed or len(falling) < len(missed):
         return None
     gaps = sorted(r["market"]["clearing"]["steps_to_catch_up"] for r in missed)
-    runs = "the one run that missed its budget" if len(missed) == 1 else f"all {len(missed)} runs that missed their budget"
+    runs = {1: "the one run that missed its budget", 2: "both runs that missed their budget"}.get(
+        len(missed), f"all {len(missed)} runs that missed their budget"
+    )
     span = f"{gaps[0]}" if gaps[0] == gaps[-1] else f"{gaps[0]} to {gaps[-1]}"
     return (
         f"- In {runs} the share was still falling when the gates froze: the dual ascent is an integral controller, "
@@ -200,6 +203,19 @@ def _lagging(markets: list[dict]) -> str | None:
         "sparsity warm-up. `econlm train` now says so at the end of such a run (one warning line with the share's "
         "path), and a recipe that warms the budget up sooner or freezes later is the next thing to try."
     )
+
+
+def _refresh_markets(task: str, rows: list[dict]) -> None:
+    """Read each incentive row's market again from its trial, where the trial is still on this machine (no
+    timing: the price's path and the share's are in the trial's files)."""
+    try:
+        trials = {r["id"]: r for r in load(task)}
+    except SystemExit:  # no benchmark folder here: the saved readings stand
+        return
+    for row in rows:
+        trial = trials.get(row["id"])
+        if row.get("market") and trial and (Path(trial["model_dir"]) / "metrics.json").exists():
+            row["market"] = _market(trial)
 
 
 def predicted_speedup(final_model: str) -> float | None:
@@ -745,8 +761,13 @@ def main() -> None:
 
         payload = json.loads((RESULTS / f"{name}.json").read_text())
         rows, runs = runs_of(payload)
+        _refresh_markets(args.task, rows)
+        payload["rows"] = rows
         markdown = render(args.task, rows, pairs_of(rows), runs)
         rerender(name, markdown, payload["meta"])
+        from econlm.runinfo import write_json
+
+        write_json(RESULTS / f"{name}.json", {**payload, "runs": runs})  # the markets read again, the rest as saved
     else:
         payload, markdown = summarize(args.task, args.repeats)
         save(name, payload, markdown)

@@ -74,9 +74,10 @@ def clearing(
 ) -> dict | None:
     """Did the controller clear its budget before the gates froze, and if not, why?
 
-    ``share_history`` is ``[step, share]`` records of the compute share each step paid for. The structure is
-    what the gates chose at ``freeze_step`` (the last record at or before it; the last record if nothing froze),
-    so that share is the one that counts. Cleared means it is at most ``budget + tolerance``. The share still
+    ``share_history`` is ``[step, share]`` records of the compute share each step paid for. The gates learn
+    until ``freeze_step`` (the last record at or before it is ``share_at_freeze``; without a freeze, the last
+    record), then hold their structure, whose share is the last record's (``share_final``): cleared means that
+    is at most ``budget + tolerance``. The share still
     ``falling_per_100_steps`` over the ``window`` steps before the freeze says the price had not caught up
     with the gates yet: the dual ascent is an integral controller, so the share lags the budget in force, and
     the steps between the budget's full value (``budget_step``) and the freeze are all it has to catch up.
@@ -93,15 +94,17 @@ def clearing(
         start_step, start = earlier[-1]
         falling = (start - at_freeze) / (at_freeze_step - start_step) * 100
     in_force = next((v for s, v in records if s >= budget_step), records[-1][1])
+    final = records[-1][1]  # after the freeze, the share of the structure the gates hold (deterministic)
     return {
         "budget": budget,
         "share_at_freeze": at_freeze,
+        "share_final": final,
         "freeze_step": at_freeze_step,
         "budget_step": budget_step,
         "share_when_budget_in_force": in_force,
         "steps_to_catch_up": at_freeze_step - budget_step,
         "falling_per_100_steps": falling,
-        "cleared": at_freeze <= budget + tolerance,
+        "cleared": final <= budget + tolerance,
     }
 
 
@@ -112,8 +115,8 @@ def clearing_advice(report: dict) -> str | None:
     falling = report["falling_per_100_steps"]
     still = f", still falling {falling:.3f} per 100 steps" if falling is not None and falling > 0.001 else ""
     return (
-        f"the price did not clear the budget: the compute share was {report['share_at_freeze']:.3f} against "
-        f"{report['budget']:g} when the gates froze at step {report['freeze_step']}{still}, "
+        f"the price did not clear the budget: the compute share is {report['share_final']:.3f} against "
+        f"{report['budget']:g}; the gates froze at step {report['freeze_step']} at {report['share_at_freeze']:.3f}{still}, "
         f"{report['steps_to_catch_up']} steps after the budget reached its value; leave the price more steps "
         "to catch up (a smaller --budget-warmup, a later --gate-freeze, a larger --price-lr, or more --epochs)"
     )
