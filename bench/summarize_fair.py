@@ -171,11 +171,12 @@ def _lag(clearing: dict | None) -> str:
     if not clearing:
         return ""
     falling = clearing.get("falling_per_100_steps")
-    still = (
-        f", still falling {falling:.3f} per 100 steps"
-        if falling is not None and falling > 0.001
-        else ", no longer falling"
-    )
+    still = ", no longer falling"
+    if falling is not None and falling > 0.001:
+        gap = clearing["share_at_freeze"] - clearing["budget"]
+        still = f", still falling {falling:.3f} per 100 steps" + (
+            f" (at that pace about {gap / falling * 100:.0f} more steps to the budget)" if gap > 0 else ""
+        )
     return (
         f" When the budget reached its value (step {clearing['budget_step']}) the share was "
         f"{clearing['share_when_budget_in_force']:.3f}; the gates froze {clearing['steps_to_catch_up']} steps later, "

@@ -828,7 +828,7 @@ def test_fair_reading_says_the_price_ran_out_of_steps_when_every_missed_share_wa
     missed = clearing(0.3, history, budget_step=216, freeze_step=324)
     assert missed["falling_per_100_steps"] == pytest.approx(0.0055 / 50 * 100)
     text = fair._lag(missed)
-    assert "(step 216) the share was 0.518; the gates froze 108 steps later, the last step before paying for 0.355, still falling 0.011" in text
+    assert "(step 216) the share was 0.518; the gates froze 108 steps later, the last step before paying for 0.355, still falling 0.011 per 100 steps (at that pace about 500 more steps to the budget)" in text
     flat = clearing(0.3, [[216, 0.5], [274, 0.355], [324, 0.355]], budget_step=216, freeze_step=324)
     assert "no longer falling" in fair._lag(flat) and fair._lag(None) == ""
     cleared = clearing(0.3, [[216, 0.5], [324, 0.305]], budget_step=216, freeze_step=324)
