@@ -97,6 +97,8 @@ def score(task: str, models: dict[str, str]) -> None:
     state["models"].update(models)
     examples = load_examples(task, "dev", DATA)
     for name, folder in state["models"].items():
+        if not Path(folder).exists():  # trained in an earlier session: its scores stand, nothing to add
+            continue
         loaded = None
         for schedule in _schedules(folder):
             key = f"{name}|{schedule}"
@@ -171,7 +173,8 @@ def record_learned(task: str, folders: list[str]) -> None:
         config = json.loads((path / "train_config.json").read_text())
         thresholds = json.loads((path / "token_thresholds.json").read_text())
         tokens = metrics["token_budget"]
-        runs[path.name] = {
+        # a sweep trial's training run is its folder's model/: the trial id names it
+        runs[path.parent.name if path.name == "model" else path.name] = {
             "folder": str(path),
             "format": thresholds.get("format"),
             "score": metrics["score"],
@@ -187,6 +190,10 @@ def record_learned(task: str, folders: list[str]) -> None:
             },
             "init": config["model"],
             "teacher": config.get("teacher"),
+            "cost": config.get("cost"),  # with flops or latency too: the gates learned in the same market
+            "gates": metrics.get("gates"),
+            "share_final": (metrics.get("cost_terms_last_step") or {}).get("cost/compute_share"),
+            "gate_init": config.get("gate_init", "open"),
         }
     _save(task, state)
 
@@ -478,9 +485,10 @@ def _reading(state: dict, rows: list[dict], first: str) -> str:
                 f"{top['speedup_synthetic_b32_s128']:.2f}x)"
             )
         lines.append(line + ".")
+    lines += _tokens_on_units(rows, first)
     runs = state.get("learned_runs", {})
     old = [r for r in runs.values() if r["format"] == 1]
-    new = [r for r in runs.values() if r["format"] == 2 and r["init"] == state["models"][first]]
+    new = [r for r in runs.values() if r["format"] == 2 and _same_run(r["init"], state["models"][first])]
     if old:
         r = old[0]
         lines.append(
@@ -517,9 +525,12 @@ def _reading(state: dict, rows: list[dict], first: str) -> str:
                 "below the fine-tune; LTP trains its thresholds and then fine-tunes for several epochs each"
             )
         lines.append(text + ".")
-    both = [r for r in runs.values() if r["format"] == 2 and r["init"] != state["models"][first]]
+    for r in runs.values():
+        if set(r.get("cost") or ()) & {"flops", "latency"}:
+            lines.append(_one_market(r, full.get(first)))
+    both = [r for r in runs.values() if r["format"] == 2 and not _same_run(r["init"], state["models"][first])]
     for r in both:
-        units_alone = next((full[n] for n, f in state["models"].items() if f == r["init"] and n in full), None)
+        units_alone = next((full[n] for n, f in state["models"].items() if _same_run(f, r["init"]) and n in full), None)
         text = (
             f"- Both levers learned: thresholds trained on a compacted model ({Path(r['init']).parent.name}, "
             f"{r['steps']} steps, budget {r['settings']['budget']}) scored {r['score']:.4f} at block MACs "
@@ -533,6 +544,86 @@ def _reading(state: dict, rows: list[dict], first: str) -> str:
             )
         lines.append(text + ".")
     return "\n".join(lines) if lines else "Nothing measured yet."
+
+
+def _tokens_on_units(rows: list[dict], first: str, loss: float = 0.01) -> list[str]:
+    """On each compacted model timed in the latest run, whether a post-hoc token schedule that costs at most
+    ``loss`` (against that model's own full score) adds speed at batch 1 to what the units bought."""
+    lines = []
+    for name in sorted({r["model"] for r in rows} - {first}):
+        own = {r["schedule"]: r for r in rows if r["model"] == name}
+        full = own.get("full")
+        if not full or not full.get("speedup_dev_b1") or full["levers"] != "units":
+            continue
+        timed = [
+            r
+            for s, r in own.items()
+            if s != "full" and r.get("speedup_dev_b1") and r.get("timed") == full.get("timed")
+            and full["score"] - r["score"] <= loss
+        ]
+        if not timed:
+            continue
+        lo, hi = min(r["speedup_dev_b1"] for r in timed), max(r["speedup_dev_b1"] for r in timed)
+        slower = hi < full["speedup_dev_b1"]
+        lines.append(
+            f"- On {name} (units alone {full['speedup_dev_b1']:.2f}x at batch 1), the token schedules that cost it at "
+            f"most {loss * 100:g} point{'s' if loss != 0.01 else ''} run at "
+            + (f"{lo:.2f}x" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}x to {hi:.2f}x")
+            + (
+                ": at batch 1 on real dev examples the token rule takes back speed the units bought (the layers it "
+                "shortens are cheaper after compaction; ranking and gathering the kept tokens are not)"
+                if slower
+                else ""
+            )
+            + "."
+        )
+    return lines
+
+
+def _same_run(folder: str, other: str) -> bool:
+    """Two paths to the same trained model: a trial's folder and model/ name it wherever the benchmark folder
+    was (a later session trains the same trial again into another one)."""
+    return Path(folder).parts[-2:] == Path(other).parts[-2:]
+
+
+def _one_market(r: dict, reference: float | None) -> str:
+    """A run whose gates and thresholds learned under one price (``--cost flops,tokens``): which lever the
+    market bought its budget with."""
+    gates = r.get("gates") or {}
+    heads, neurons = gates.get("heads", {}), gates.get("neurons", {})
+    lost = f" ({(reference - r['score']) * 100:.2f} points lost)" if reference is not None else ""
+    share = r.get("share_final")
+    cleared = (
+        f"The price cleared the budget (share {share:.3f} at the last step against {r['settings']['budget']})"
+        if share is not None and share <= r["settings"]["budget"] + 0.01
+        else f"Against a budget of {r['settings']['budget']}"
+    )
+    return (
+        f"- One market for both levers ({Path(r['folder']).parent.name}: `--cost {','.join(r['cost'])}`, budget "
+        f"{r['settings']['budget']}, {r['steps']} steps from the fine-tune, gates started {r.get('gate_init', 'open')}"
+        f"). {cleared}, and it bought it {_lever(r)}: the layers ran on "
+        f"{', '.join(f'{t:.1f}' for t in r['tokens_per_layer'])} tokens (block MACs x{r['macs_ratio']:.3f} from "
+        f"tokens alone), while the gates shut {heads.get('closed', 0)} of {heads.get('total', 0)} heads and "
+        f"{neurons.get('closed', 0)} of {neurons.get('total', 0)} neurons (their expected share of the units' "
+        f"compute: {gates.get('expected_compute_share', float('nan')):.3f}). It scored {r['score']:.4f}{lost}."
+        + (
+            " One threshold moves the cost of every later layer for every token, so a step of the price moves the "
+            "share far more through the thresholds than through any gate: one price cleared the market through the "
+            "lever that answers fastest, not through the one that costs the least score. Pricing both goods in one "
+            "market needs their responses put on one footing first (the thresholds' learning rate, or a budget per "
+            "lever)."
+            if _lever(r) == "mostly with tokens"
+            else ""
+        )
+    )
+
+
+def _lever(r: dict) -> str:
+    """Which lever cut more of the blocks' compute: the tokens' MACs ratio against the gates' share."""
+    units = (r.get("gates") or {}).get("expected_compute_share")
+    if units is None:
+        return "with both levers"
+    return "mostly with tokens" if r["macs_ratio"] < units else "mostly with units"
 
 
 def _learned_table(runs: dict) -> str:

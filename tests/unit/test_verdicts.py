@@ -837,3 +837,49 @@ def test_fair_reading_says_the_price_ran_out_of_steps_when_every_missed_share_wa
     # one missed run whose share had stopped falling: the pattern does not hold, so nothing is claimed
     assert fair._lagging([{"market": {"clearing": missed}}, {"market": {"clearing": flat}}]) is None
     assert fair._lagging([{"market": {}}]) is None
+
+
+def test_tokens_reading_says_which_lever_one_market_bought_its_budget_with():
+    tokens_bench = _bench_script("tokens")
+    run = {
+        "folder": "/x/train-stsb-flops+tokens-lam0-b0.25-s1-abc/model",
+        "cost": ["flops", "tokens"],
+        "settings": {"budget": 0.25},
+        "steps": 540,
+        "gate_init": "fisher",
+        "tokens_per_layer": [31.5, 6.6, 3.7],
+        "macs_ratio": 0.270,
+        "gates": {"expected_compute_share": 0.892, "heads": {"closed": 5, "total": 72},
+                  "neurons": {"closed": 713, "total": 9216}},
+        "share_final": 0.2505,
+        "score": 0.2666,
+    }
+    line = tokens_bench._one_market(run, 0.8598)
+    assert "The price cleared the budget (share 0.251 at the last step against 0.25)" in line
+    assert "bought it mostly with tokens: the layers ran on 31.5, 6.6, 3.7 tokens" in line
+    assert "5 of 72 heads and 713 of 9216 neurons" in line and "0.2666 (59.32 points lost)" in line
+    assert "answers fastest" in line
+    # the gates cut more than the tokens did: the same reading names the units, and no tokens explanation
+    units = tokens_bench._one_market({**run, "macs_ratio": 0.95, "share_final": 0.4}, 0.8598)
+    assert "mostly with units" in units and "Against a budget of 0.25" in units and "answers fastest" not in units
+
+
+def test_tokens_reading_says_when_token_schedules_take_back_the_units_speed_at_batch_1():
+    tokens_bench = _bench_script("tokens")
+
+    def row(model, schedule, score, speedup, levers):
+        return {"model": model, "schedule": schedule, "score": score, "speedup_dev_b1": speedup, "levers": levers,
+                "timed": "T2"}
+
+    rows = [
+        row("teacher", "full", 0.86, 1.0, "none"),
+        row("units", "full", 0.861, 2.02, "units"),
+        row("units", "1,1,0.9,0.8,0.7,0.7", 0.8602, 1.69, "units + tokens"),
+        row("units", "1,0.9,0.8,0.7,0.6,0.6", 0.8503, 1.64, "units + tokens"),  # 1.07 points: beyond 1 point
+        row("units", "0.5", 0.57, 2.05, "units + tokens"),  # faster, but 29 points lost: not read
+    ]
+    (line,) = tokens_bench._tokens_on_units(rows, "teacher")
+    assert line.startswith("- On units (units alone 2.02x at batch 1), the token schedules that cost it at most 1 point")
+    assert "run at 1.69x: at batch 1 on real dev examples the token rule takes back speed" in line
+    faster = tokens_bench._tokens_on_units([*rows[:2], {**rows[2], "speedup_dev_b1": 2.2}], "teacher")
+    assert faster[0].endswith("run at 2.20x.")
