@@ -30,17 +30,19 @@ TARGETS = {"stsb": (2.0, 0.005), "cola": (1.6, 0.02)}  # (batch-1 speedup, large
 # What each task's benchmark tried and what is left: the Reading section's last line.
 TRIED = {
     "stsb": (
-        "- Tried so far (the method names give each recipe): run 1, the latency price at the default pace, then "
-        "FLOPs gates with a price four times as fast, the budget reached at 40% of training and the gates frozen at "
-        "60%, so that 40% of the steps distil on a fixed structure (CoFiPruning's order: prune, then fine-tune). "
-        "Run 2 (`bench/sweeps/fair_stsb_start.yaml`): the same FLOPs recipe with the student starting from the "
-        "teacher's weights rather than the pretrained model (as CoFiPruning prunes the fine-tuned model, and as "
-        "every post-hoc rival starts), against Fisher importance choosing its own allocation and handed the "
-        "student's. Left: seed 2 (its trials are in `fair_stsb_start.yaml`: rerun `bench/run_fair.sh stsb-start`, "
-        "finished trials are kept), hidden-state distillation "
-        "(`--distill-hidden-weight`, off in these runs) and schedules nearer CoFiPruning's (100 pruning epochs and "
-        "20 of fine-tuning on small tasks; these runs have 3 in all). CoLA: [fair_cola.md](fair_cola.md). "
-        "The paper's tax at its own scale: [paper_scale_stsb.md](paper_scale_stsb.md)."
+        "- Tried so far (the method names give each recipe; the `run` column is the timing run, not the recipe): "
+        "first the latency price at the default pace, then FLOPs gates with a price four times as fast, the budget "
+        "reached at 40% of training and the gates frozen at 60%, so that 40% of the steps distil on a fixed "
+        "structure (CoFiPruning's order: prune, then fine-tune). Then (`bench/sweeps/fair_stsb_start.yaml`, seeds 1 "
+        "and 2) the same FLOPs recipe with the student starting from the teacher's weights rather than the "
+        "pretrained model (as CoFiPruning prunes the fine-tuned model, and as every post-hoc rival starts), against "
+        "Fisher importance choosing its own allocation and handed the student's. Last (`fair_stsb_clear.yaml`, seed "
+        "1, same teacher): that student with only the schedule moved so the price has the steps to clear the "
+        "budget (budget reached at 25% of training, gates frozen at 70%), against the same two rivals matched to "
+        "the FLOPs it reached. Left: hidden-state distillation (`--distill-hidden-weight`, off in these runs) and "
+        "schedules nearer CoFiPruning's (100 pruning epochs and 20 of fine-tuning on small tasks; these runs have 3 "
+        "in all). CoLA: [fair_cola.md](fair_cola.md). The paper's tax at its own scale: "
+        "[paper_scale_stsb.md](paper_scale_stsb.md)."
     ),
     "cola": (
         "- Tried so far: 10 epochs per run (the earlier frontier benchmark's 3 epochs lost about 15 MCC points at "
@@ -54,8 +56,10 @@ TRIED = {
         "gates ordered by Fisher importance per MAC (`--gate-init fisher`; `fair_cola_b03_start.yaml`, "
         "`fair_cola_b03_fisherstart.yaml`), each against Fisher importance choosing its own allocation at the "
         "FLOPs the student reached (the rival that beat both earlier students); all of run 2 timed again in one "
-        "run. Left: seed 2 (teacher, the Fisher-started student, its rivals) and the latency budget "
-        "(`bench/sweeps/fair_cola.yaml`). A session here has about 3 hours of 2 CPU cores and its models rarely "
+        "run. Seed 2 (`fair_cola_b03_fisherstart.yaml`): its teacher and the Fisher-started student, timed together; "
+        "its retrained rival runs last and is in the table once it has finished and been timed. Left: the latency "
+        "budget (`bench/sweeps/fair_cola.yaml`) and the schedule that gave the STS-B price the steps to clear its "
+        "budget ([fair_stsb.md](fair_stsb.md); CoLA's runs froze 430 to 790 steps short at their pace). A session here has about 3 hours of 2 CPU cores and its models rarely "
         "outlive it, so each run must fit one session: a teacher (about 25 minutes), two students side by side "
         "(about 60) and their rivals (about 30 each, two side by side). Left to try: hidden-state distillation "
         "(`--distill-hidden-weight`, off here)."
@@ -191,19 +195,43 @@ def _lagging(markets: list[dict]) -> str | None:
     falling = [r for r in missed if (r["market"]["clearing"].get("falling_per_100_steps") or 0.0) > 0.001]
     if not missed or len(falling) < len(missed):
         return None
+    cleared = [r for r in markets if (r["market"].get("clearing") or {}).get("cleared")]
     gaps = sorted(r["market"]["clearing"]["steps_to_catch_up"] for r in missed)
     runs = {1: "the one run that missed its budget", 2: "both runs that missed their budget"}.get(
         len(missed), f"all {len(missed)} runs that missed their budget"
     )
     span = f"{gaps[0]}" if gaps[0] == gaps[-1] else f"{gaps[0]} to {gaps[-1]}"
     return (
-        f"- In {runs} the share was still falling when the gates froze: the dual ascent is an integral controller, "
+        f"- Of the runs whose share's path was read, in {runs} the share was still falling when the gates froze: "
+        "the dual ascent is an integral controller, "
         "so the share trails the budget in force, and the recipes left it "
         f"{span} steps between the budget's full value and the freeze. The price ran out of steps; "
         "nothing showed the budget could not be bought. CoFiPruning leaves 80 of its 100 pruning epochs after the "
         "sparsity warm-up. `econlm train` now says so at the end of such a run (one warning line with the share's "
-        "path), and a recipe that warms the budget up sooner or freezes later is the next thing to try."
+        "path)"
+        + (_given_steps(cleared) if cleared else ", and a recipe that warms the budget up sooner or freezes later is "
+           "the next thing to try.")
     )
+
+
+def _given_steps(cleared: list[dict]) -> str:
+    """The runs whose recipe left the price enough steps, and what they reached: the test of the lag reading."""
+    return "; given more steps, the price cleared it: " + "; ".join(
+        f"seed {r['seed']}'s {r['method']} ({r['market']['clearing']['steps_to_catch_up']} steps to catch up) ended "
+        f"at a share of {r['market']['clearing']['share_final']:.3f} against {r['market']['clearing']['budget']}"
+        + (
+            " (below it: the integral term overshoots once the gates respond)"
+            if r["market"]["clearing"]["share_final"] < r["market"]["clearing"]["budget"] - 0.01
+            else ""
+        )
+        for r in cleared
+    ) + "."
+
+
+def _drops_tokens(row: dict) -> bool:
+    """A row of a run whose price also bought tokens (issue #11's joint market), saved before such runs were
+    left out of this comparison."""
+    return "tokens" in (row.get("market") or {}).get("cost", "").split("+")
 
 
 def _refresh_markets(task: str, rows: list[dict]) -> None:
@@ -232,7 +260,11 @@ def predicted_speedup(final_model: str) -> float | None:
 
 def summarize(task: str, repeats: int) -> tuple[dict, str]:
     everything = load(task)
-    results = [r for r in everything if r.get("status") == "ok" and r["kind"] in ("train", "posthoc")]
+    results = [
+        r
+        for r in everything
+        if r.get("status") == "ok" and r["kind"] in ("train", "posthoc") and "tokens" not in r["settings"].get("cost", ())
+    ]  # a run that also drops tokens is issue #11's (docs/tokens_<task>.md): its rivals and timing differ
     wall = sum(r.get("seconds", 0.0) for r in everything)
     seeds = sorted({r["settings"]["seed"] for r in results})
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -762,13 +794,14 @@ def main() -> None:
 
         payload = json.loads((RESULTS / f"{name}.json").read_text())
         rows, runs = runs_of(payload)
+        rows = [r for r in rows if not _drops_tokens(r)]
         _refresh_markets(args.task, rows)
-        payload["rows"] = rows
-        markdown = render(args.task, rows, pairs_of(rows), runs)
+        payload.update(rows=rows, pairs=pairs_of(rows), runs=runs)
+        markdown = render(args.task, rows, payload["pairs"], runs)
         rerender(name, markdown, payload["meta"])
         from econlm.runinfo import write_json
 
-        write_json(RESULTS / f"{name}.json", {**payload, "runs": runs})  # the markets read again, the rest as saved
+        write_json(RESULTS / f"{name}.json", payload)  # the markets read again, the rest as saved
     else:
         payload, markdown = summarize(args.task, args.repeats)
         save(name, payload, markdown)

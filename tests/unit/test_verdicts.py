@@ -832,8 +832,14 @@ def test_fair_reading_says_the_price_ran_out_of_steps_when_every_missed_share_wa
     flat = clearing(0.3, [[216, 0.5], [274, 0.355], [324, 0.355]], budget_step=216, freeze_step=324)
     assert "no longer falling" in fair._lag(flat) and fair._lag(None) == ""
     cleared = clearing(0.3, [[216, 0.5], [324, 0.305]], budget_step=216, freeze_step=324)
-    line = fair._lagging([{"market": {"clearing": missed}}, {"market": {"clearing": cleared}}])
-    assert line.startswith("- In the one run that missed its budget") and "left it 108 steps between" in line
+    given = {"seed": 1, "method": "incentive flops", "market": {"clearing": cleared}}
+    line = fair._lagging([{"market": {"clearing": missed}}, given])
+    assert line.startswith("- Of the runs whose share's path was read, in the one run that missed its budget")
+    assert "left it 108 steps between" in line
+    assert line.endswith("given more steps, the price cleared it: seed 1's incentive flops (108 steps to catch up) "
+                         "ended at a share of 0.305 against 0.3.")
+    alone = fair._lagging([{"market": {"clearing": missed}}])  # nothing cleared: the next thing to try
+    assert alone.endswith("warms the budget up sooner or freezes later is the next thing to try.")
     # one missed run whose share had stopped falling: the pattern does not hold, so nothing is claimed
     assert fair._lagging([{"market": {"clearing": missed}}, {"market": {"clearing": flat}}]) is None
     assert fair._lagging([{"market": {}}]) is None
