@@ -36,10 +36,10 @@ TRIED = {
         "structure (CoFiPruning's order: prune, then fine-tune). Then (`bench/sweeps/fair_stsb_start.yaml`, seeds 1 "
         "and 2) the same FLOPs recipe with the student starting from the teacher's weights rather than the "
         "pretrained model (as CoFiPruning prunes the fine-tuned model, and as every post-hoc rival starts), against "
-        "Fisher importance choosing its own allocation and handed the student's. Last (`fair_stsb_clear.yaml`, seed "
-        "1, same teacher): that student with only the schedule moved so the price has the steps to clear the "
+        "Fisher importance choosing its own allocation and handed the student's. Last (`fair_stsb_clear.yaml`, seeds 1 "
+        "and 2, same teachers): that student with only the schedule moved so the price has the steps to clear the "
         "budget (budget reached at 25% of training, gates frozen at 70%), against the same two rivals matched to "
-        "the FLOPs it reached. Left: hidden-state distillation (`--distill-hidden-weight`, off in these runs) and "
+        "the FLOPs it reached (seed 2's are in the table once finished and timed). Left: hidden-state distillation (`--distill-hidden-weight`, off in these runs) and "
         "schedules nearer CoFiPruning's (100 pruning epochs and 20 of fine-tuning on small tasks; these runs have 3 "
         "in all). CoLA: [fair_cola.md](fair_cola.md). The paper's tax at its own scale: "
         "[paper_scale_stsb.md](paper_scale_stsb.md)."
@@ -59,7 +59,8 @@ TRIED = {
         "run. Seed 2 (`fair_cola_b03_fisherstart.yaml`): its teacher and the Fisher-started student, timed together; "
         "its retrained rival runs last and is in the table once it has finished and been timed. Left: the latency "
         "budget (`bench/sweeps/fair_cola.yaml`) and the schedule that gave the STS-B price the steps to clear its "
-        "budget ([fair_stsb.md](fair_stsb.md); CoLA's runs froze 430 to 790 steps short at their pace). A session here has about 3 hours of 2 CPU cores and its models rarely "
+        "budget ([fair_stsb.md](fair_stsb.md); how short CoLA's runs froze is read above). A session here has about "
+        "3 hours of 2 CPU cores and its models rarely "
         "outlive it, so each run must fit one session: a teacher (about 25 minutes), two students side by side "
         "(about 60) and their rivals (about 30 each, two side by side). Left to try: hidden-state distillation "
         "(`--distill-hidden-weight`, off here)."
@@ -161,12 +162,9 @@ def _clearing_from_events(model_dir: Path, metrics: dict) -> dict | None:
         for value in event.summary.value
         if value.tag == "cost/compute_share"
     ]
-    steps = metrics["train"]["steps"]
+    froze = config["gate_freeze"] < 1
     return clearing(
-        config["budget"],
-        history,
-        budget_step=int(config["budget_warmup"] * steps),
-        freeze_step=int(config["gate_freeze"] * steps) if config["gate_freeze"] < 1 else None,
+        config["budget"], history, metrics["train"]["steps"], config["budget_warmup"], config["gate_freeze"] if froze else None
     )
 
 
@@ -226,12 +224,6 @@ def _given_steps(cleared: list[dict]) -> str:
         )
         for r in cleared
     ) + "."
-
-
-def _drops_tokens(row: dict) -> bool:
-    """A row of a run whose price also bought tokens (issue #11's joint market), saved before such runs were
-    left out of this comparison."""
-    return "tokens" in (row.get("market") or {}).get("cost", "").split("+")
 
 
 def _refresh_markets(task: str, rows: list[dict]) -> None:
@@ -794,7 +786,6 @@ def main() -> None:
 
         payload = json.loads((RESULTS / f"{name}.json").read_text())
         rows, runs = runs_of(payload)
-        rows = [r for r in rows if not _drops_tokens(r)]
         _refresh_markets(args.task, rows)
         payload.update(rows=rows, pairs=pairs_of(rows), runs=runs)
         markdown = render(args.task, rows, payload["pairs"], runs)

@@ -525,9 +525,9 @@ def _reading(state: dict, rows: list[dict], first: str) -> str:
                 "below the fine-tune; LTP trains its thresholds and then fine-tunes for several epochs each"
             )
         lines.append(text + ".")
-    for r in runs.values():
+    for name, r in runs.items():
         if set(r.get("cost") or ()) & {"flops", "latency"}:
-            lines.append(_one_market(r, full.get(first)))
+            lines.append(_one_market(name, r, full.get(first)))
     both = [r for r in runs.values() if r["format"] == 2 and not _same_run(r["init"], state["models"][first])]
     for r in both:
         units_alone = next((full[n] for n, f in state["models"].items() if _same_run(f, r["init"]) and n in full), None)
@@ -586,11 +586,12 @@ def _same_run(folder: str, other: str) -> bool:
     return Path(folder).parts[-2:] == Path(other).parts[-2:]
 
 
-def _one_market(r: dict, reference: float | None) -> str:
+def _one_market(name: str, r: dict, reference: float | None) -> str:
     """A run whose gates and thresholds learned under one price (``--cost flops,tokens``): which lever the
     market bought its budget with."""
     gates = r.get("gates") or {}
     heads, neurons = gates.get("heads", {}), gates.get("neurons", {})
+    lever = _lever(r)
     lost = f" ({(reference - r['score']) * 100:.2f} points lost)" if reference is not None else ""
     share = r.get("share_final")
     cleared = (
@@ -599,9 +600,9 @@ def _one_market(r: dict, reference: float | None) -> str:
         else f"Against a budget of {r['settings']['budget']}"
     )
     return (
-        f"- One market for both levers ({Path(r['folder']).parent.name}: `--cost {','.join(r['cost'])}`, budget "
+        f"- One market for both levers ({name}: `--cost {','.join(r['cost'])}`, budget "
         f"{r['settings']['budget']}, {r['steps']} steps from the fine-tune, gates started {r.get('gate_init', 'open')}"
-        f"). {cleared}, and it bought it {_lever(r)}: the layers ran on "
+        f"). {cleared}, and it bought it {lever}: the layers ran on "
         f"{', '.join(f'{t:.1f}' for t in r['tokens_per_layer'])} tokens (block MACs x{r['macs_ratio']:.3f} from "
         f"tokens alone), while the gates shut {heads.get('closed', 0)} of {heads.get('total', 0)} heads and "
         f"{neurons.get('closed', 0)} of {neurons.get('total', 0)} neurons (their expected share of the units' "
@@ -612,7 +613,7 @@ def _one_market(r: dict, reference: float | None) -> str:
             "lever that answers fastest, not through the one that costs the least score. Pricing both goods in one "
             "market needs their responses put on one footing first (the thresholds' learning rate, or a budget per "
             "lever)."
-            if _lever(r) == "mostly with tokens"
+            if lever == "mostly with tokens"
             else ""
         )
     )

@@ -67,21 +67,25 @@ class Price:
 def clearing(
     budget: float,
     share_history: list,
-    budget_step: int,
-    freeze_step: int | None,
+    total_steps: int,
+    budget_warmup: float,
+    gate_freeze: float | None,
     tolerance: float = 0.01,
     window: int = 50,
 ) -> dict | None:
     """Did the controller clear its budget before the gates froze, and if not, why?
 
     ``share_history`` is ``[step, share]`` records of the compute share each step paid for. The gates learn
-    until ``freeze_step`` (the last record at or before it is ``share_at_freeze``; without a freeze, the last
+    until the freeze (the last record at or before it is ``share_at_freeze``; without a freeze, the last
     record), then hold their structure, whose share is the last record's (``share_final``): cleared means that
     is at most ``budget + tolerance``. The share still
     ``falling_per_100_steps`` over the ``window`` steps before the freeze says the price had not caught up
     with the gates yet: the dual ascent is an integral controller, so the share lags the budget in force, and
-    the steps between the budget's full value (``budget_step``) and the freeze are all it has to catch up.
-    Returns None without records."""
+    the steps between the budget's full value and the freeze are all it has to catch up. The budget reaches
+    its value after ``budget_warmup`` of ``total_steps`` and the gates freeze after ``gate_freeze`` of them (the
+    run's settings, as training applies them; None when nothing froze). Returns None without records."""
+    budget_step = int(budget_warmup * total_steps)
+    freeze_step = None if gate_freeze is None else int(gate_freeze * total_steps)
     records = sorted((int(s), float(v)) for s, v in share_history)
     if not records:
         return None

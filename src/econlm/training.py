@@ -976,8 +976,9 @@ def _budget_clearing(run: _Run) -> dict | None:
     return clearing(
         config.budget,
         run.state.share_history,
-        budget_step=int(config.budget_warmup * run.total_steps),
-        freeze_step=int(config.gate_freeze * run.total_steps) if froze else None,
+        run.total_steps,
+        config.budget_warmup,
+        config.gate_freeze if froze else None,
     )
 
 

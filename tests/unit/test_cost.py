@@ -185,7 +185,7 @@ def test_clearing_reads_the_share_the_gates_froze_at_and_how_fast_it_was_still_f
     from econlm.prices import clearing, clearing_advice
 
     history = [[0, 1.0], [50, 0.8], [100, 0.6], [150, 0.5], [200, 0.45], [250, 0.44]]
-    report = clearing(0.3, history, budget_step=100, freeze_step=200)
+    report = clearing(0.3, history, 400, budget_warmup=0.25, gate_freeze=0.5)  # budget at step 100, freeze at 200
     assert report["share_at_freeze"] == 0.45 and report["freeze_step"] == 200
     assert report["share_final"] == 0.44  # the structure the frozen gates hold
     assert report["share_when_budget_in_force"] == 0.6 and report["steps_to_catch_up"] == 100
@@ -193,12 +193,12 @@ def test_clearing_reads_the_share_the_gates_froze_at_and_how_fast_it_was_still_f
     assert report["cleared"] is False
     advice = clearing_advice(report)
     assert "is 0.440 against 0.3" in advice and "step 200 at 0.450" in advice and "0.100 per 100 steps" in advice
-    never_froze = clearing(0.3, history, budget_step=100, freeze_step=None)  # the last record counts
+    never_froze = clearing(0.3, history, 400, budget_warmup=0.25, gate_freeze=None)  # the last record counts
     assert never_froze["share_at_freeze"] == 0.44
     assert never_froze["falling_per_100_steps"] == pytest.approx((0.45 - 0.44) / 50 * 100)
-    met = clearing(0.435, history, budget_step=100, freeze_step=200)  # 0.44 is within the 0.01 tolerance
+    met = clearing(0.435, history, 400, budget_warmup=0.25, gate_freeze=0.5)  # 0.44 is within the 0.01 tolerance
     assert met["cleared"] is True and clearing_advice(met) is None
-    assert clearing(0.3, [], budget_step=0, freeze_step=None) is None
+    assert clearing(0.3, [], 400, budget_warmup=0.25, gate_freeze=None) is None
 
 
 @pytest.mark.parametrize("name", ["ffn_l1", "attn_entropy", "attn_sqrt", "attn_logits_l1"])

@@ -825,13 +825,13 @@ def test_fair_reading_says_the_price_ran_out_of_steps_when_every_missed_share_wa
     # share path of a run that missed 0.3: 0.518 when the budget is fully in force (step 216), 0.355 at the
     # freeze (step 324), 0.0055 lower than 50 steps before it: 0.011 per 100 steps
     history = [[216, 0.518], [274, 0.3605], [324, 0.355], [400, 0.355]]
-    missed = clearing(0.3, history, budget_step=216, freeze_step=324)
+    missed = clearing(0.3, history, 540, budget_warmup=0.4, gate_freeze=0.6)
     assert missed["falling_per_100_steps"] == pytest.approx(0.0055 / 50 * 100)
     text = fair._lag(missed)
     assert "(step 216) the share was 0.518; the gates froze 108 steps later, the last step before paying for 0.355, still falling 0.011 per 100 steps (at that pace about 500 more steps to the budget)" in text
-    flat = clearing(0.3, [[216, 0.5], [274, 0.355], [324, 0.355]], budget_step=216, freeze_step=324)
+    flat = clearing(0.3, [[216, 0.5], [274, 0.355], [324, 0.355]], 540, budget_warmup=0.4, gate_freeze=0.6)
     assert "no longer falling" in fair._lag(flat) and fair._lag(None) == ""
-    cleared = clearing(0.3, [[216, 0.5], [324, 0.305]], budget_step=216, freeze_step=324)
+    cleared = clearing(0.3, [[216, 0.5], [324, 0.305]], 540, budget_warmup=0.4, gate_freeze=0.6)
     given = {"seed": 1, "method": "incentive flops", "market": {"clearing": cleared}}
     line = fair._lagging([{"market": {"clearing": missed}}, given])
     assert line.startswith("- Of the runs whose share's path was read, in the one run that missed its budget")
@@ -860,13 +860,14 @@ def test_tokens_reading_says_which_lever_one_market_bought_its_budget_with():
         "share_final": 0.2505,
         "score": 0.2666,
     }
-    line = tokens_bench._one_market(run, 0.8598)
+    line = tokens_bench._one_market("train-stsb-flops+tokens-lam0-b0.25-s1-abc", run, 0.8598)
+    assert line.startswith("- One market for both levers (train-stsb-flops+tokens-lam0-b0.25-s1-abc: `--cost flops,tokens`")
     assert "The price cleared the budget (share 0.251 at the last step against 0.25)" in line
     assert "bought it mostly with tokens: the layers ran on 31.5, 6.6, 3.7 tokens" in line
     assert "5 of 72 heads and 713 of 9216 neurons" in line and "0.2666 (59.32 points lost)" in line
     assert "answers fastest" in line
     # the gates cut more than the tokens did: the same reading names the units, and no tokens explanation
-    units = tokens_bench._one_market({**run, "macs_ratio": 0.95, "share_final": 0.4}, 0.8598)
+    units = tokens_bench._one_market("u", {**run, "macs_ratio": 0.95, "share_final": 0.4}, 0.8598)
     assert "mostly with units" in units and "Against a budget of 0.25" in units and "answers fastest" not in units
 
 
