@@ -9,6 +9,7 @@
 #   bench/run_fair.sh cola-start # after cola-b03, same teacher: students started from it (gates open, Fisher-ordered)
 #   bench/run_fair.sh stsb-start # STS-B seeds 1 and 2, the student started from its teacher, Fisher rivals
 #   bench/run_fair.sh stsb-clear # after stsb-start: the same student with more steps for the price to clear
+#   bench/run_fair.sh cola-clear # after cola-start: the same schedule on CoLA (Fisher-ordered student, same teachers)
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +32,9 @@ for part in "${parts[@]}"; do
       wait ;;
     stsb-start) .venv/bin/econlm sweep bench/sweeps/fair_stsb_start.yaml --out "$out/stsb" ;;
     stsb-clear) .venv/bin/econlm sweep bench/sweeps/fair_stsb_clear.yaml --out "$out/stsb" ;;
+    cola-clear) .venv/bin/econlm sweep bench/sweeps/fair_cola_clear.yaml --out "$out/cola" ;;
     paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
     market) .venv/bin/econlm sweep bench/sweeps/market_cola.yaml --out "$out/cola" ;;
-    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, paper or market" >&2; exit 2 ;;
+    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, paper or market" >&2; exit 2 ;;
   esac
 done

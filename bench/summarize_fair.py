@@ -39,7 +39,7 @@ TRIED = {
         "Fisher importance choosing its own allocation and handed the student's. Last (`fair_stsb_clear.yaml`, seeds 1 "
         "and 2, same teachers): that student with only the schedule moved so the price has the steps to clear the "
         "budget (budget reached at 25% of training, gates frozen at 70%), against the same two rivals matched to "
-        "the FLOPs it reached (seed 2's are in the table once finished and timed). Left: hidden-state distillation (`--distill-hidden-weight`, off in these runs) and "
+        "the FLOPs it reached. Left: hidden-state distillation (`--distill-hidden-weight`, off in these runs) and "
         "schedules nearer CoFiPruning's (100 pruning epochs and 20 of fine-tuning on small tasks; these runs have 3 "
         "in all). CoLA: [fair_cola.md](fair_cola.md). The paper's tax at its own scale: "
         "[paper_scale_stsb.md](paper_scale_stsb.md)."
@@ -57,13 +57,15 @@ TRIED = {
         "`fair_cola_b03_fisherstart.yaml`), each against Fisher importance choosing its own allocation at the "
         "FLOPs the student reached (the rival that beat both earlier students); all of run 2 timed again in one "
         "run. Seed 2 (`fair_cola_b03_fisherstart.yaml`): its teacher and the Fisher-started student, timed together; "
-        "its retrained rival runs last and is in the table once it has finished and been timed. Left: the latency "
-        "budget (`bench/sweeps/fair_cola.yaml`) and the schedule that gave the STS-B price the steps to clear its "
-        "budget ([fair_stsb.md](fair_stsb.md); how short CoLA's runs froze is read above). A session here has about "
-        "3 hours of 2 CPU cores and its models rarely "
-        "outlive it, so each run must fit one session: a teacher (about 25 minutes), two students side by side "
-        "(about 60) and their rivals (about 30 each, two side by side). Left to try: hidden-state distillation "
-        "(`--distill-hidden-weight`, off here)."
+        "its retrained rival, in a later session. Run 3 (`fair_cola_clear.yaml`, seed 1, same teacher): the "
+        "Fisher-started student with only the schedule moved as on STS-B, the one that gave the STS-B price the "
+        "steps to clear its budget ([fair_stsb.md](fair_stsb.md)): the budget reached at 25% of training and the "
+        "gates frozen at 70%, so the price has 1206 steps to catch up instead of 268, at the same price_lr 0.5; "
+        "against Fisher importance choosing its own allocation and handed the student's. Seed 2 of run 3 did not "
+        "fit a session. A session here has about 3 hours of 2 CPU cores and its models rarely outlive it, so each "
+        "run must fit one session: a teacher (about 25 minutes), two students side by side (about 60) and their "
+        "rivals (about 45 each, two side by side). Left: the latency budget (`bench/sweeps/fair_cola.yaml`) and "
+        "hidden-state distillation (`--distill-hidden-weight`, off here)."
     ),
 }
 
@@ -433,6 +435,22 @@ def pairs_of(rows: list[dict]) -> list[dict]:
     return pairs
 
 
+def _pairs_by_recipe(pairs: list[dict]) -> list[str]:
+    """The pair count of each recipe across seeds: the target counts every recipe tried, early ones included,
+    so a recipe that wins on every seed shows here and not in the total."""
+    recipes: dict[str, list[dict]] = {}
+    for p in pairs:
+        recipes.setdefault(p["incentive"], []).append(p)
+    if len(recipes) < 2:
+        return []
+    return ["  - by recipe (pairs won of pairs, seeds, mean difference):"] + [
+        f"    - {recipe}: {sum(p['difference'] >= 0 for p in mine)} of {len(mine)} "
+        f"(seed{'s' if len(mine) > 1 else ''} {', '.join(str(p['seed']) for p in mine)}), "
+        f"{statistics.mean(p['difference'] for p in mine):+.4f}"
+        for recipe, mine in recipes.items()
+    ]
+
+
 # The standard error of a correlation r on n examples, sqrt((1 - r^2) / (n - 2)): MCC and Pearson are
 # correlations (Spearman nearly so), so it says how far one dev split's score moves by sampling alone.
 DEV_EXAMPLES = {"stsb": 1500, "cola": 1043}
@@ -662,6 +680,7 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
         f"the same dev split it is scored on, which favours the rivals): {wins} of {len(pairs)} pairs "
         f"(issue #10's target: at least 4 of 6 per task), mean difference {mean:+.4f}"
     )
+    lines += _pairs_by_recipe(pairs)
     predictions = [r for r in incentive if r.get("predicted_speedup_b1")]
     within = [r for r in predictions if abs(r["predicted_speedup_b1"] / r["speedup_b1"] - 1) <= 0.10]
     lines.append(
