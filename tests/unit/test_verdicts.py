@@ -890,3 +890,20 @@ def test_tokens_reading_says_when_token_schedules_take_back_the_units_speed_at_b
     assert "run at 1.69x: at batch 1 on real dev examples the token rule takes back speed" in line
     faster = tokens_bench._tokens_on_units([*rows[:2], {**rows[2], "speedup_dev_b1": 2.2}], "teacher")
     assert faster[0].endswith("run at 2.20x.")
+
+
+def test_fair_pairs_are_counted_by_recipe_across_seeds():
+    fair = _bench_script("summarize_fair")
+
+    def pair(recipe, seed, difference):
+        return {"incentive": recipe, "seed": seed, "difference": difference}
+
+    pairs = [pair("cleared", 1, 0.0032), pair("early", 1, -0.0102), pair("cleared", 2, 0.0002)]
+    lines = fair._pairs_by_recipe(pairs)
+    # cleared: both differences >= 0, mean (0.0032 + 0.0002) / 2 = 0.0017; early: one lost pair
+    assert lines == [
+        "  - by recipe (pairs won of pairs, seeds, mean difference):",
+        "    - cleared: 2 of 2 (seeds 1, 2), +0.0017",
+        "    - early: 0 of 1 (seed 1), -0.0102",
+    ]
+    assert fair._pairs_by_recipe(pairs[:1]) == []  # one recipe: the total already says it
