@@ -479,21 +479,41 @@ def _noise(task: str, rows: list[dict], pairs: list[dict]) -> str | None:
 
 def _allocation_pattern(pairs: list[dict]) -> str | None:
     """Two or more pairs where the incentive run beat every rival handed its structure but lost to one that chose
-    its own allocation: the structure the gates found, not the recovery on it, is what lost."""
+    its own allocation: the structure the gates found, not the recovery on it, is what lost. Pairs ahead of both
+    kinds of rival are named as the exceptions, and what they did differently is the lead."""
     both = [p for p in pairs if "matched_difference" in p and "global_difference" in p]
     same = [p for p in both if p["matched_difference"] >= 0 > p["global_difference"]]
     if len(same) < 2:
         return None
-    return (
+    ahead = [p for p in both if p["matched_difference"] >= 0 and p["global_difference"] >= 0]
+    line = (
         f"- The same order in {len(same)} of {len(both)} pairs: the incentive run ahead of every rival handed its "
         "per-layer structure ("
         + ", ".join(f"{p['matched_difference']:+.4f}" for p in same)
         + ") and behind the Fisher rival that spent the same FLOPs across layers its own way ("
         + ", ".join(f"{p['global_difference']:+.4f}" for p in same)
         + "). Where the gates put the compute across layers, not how well the model recovered on it, is what "
-        "lost; each gap is within one seed's noise, but the order repeats. The next thing to try is an "
-        "allocation the gates do not find alone: start them from Fisher's ranking per MAC, or price each layer's "
-        "units by their Fisher importance."
+        "lost; each gap is within one seed's noise, but the order repeats."
+    )
+    if not ahead:
+        return line + (
+            " The next thing to try is an allocation the gates do not find alone: start them from Fisher's ranking "
+            "per MAC, or price each layer's units by their Fisher importance."
+        )
+    return line + (
+        " Ahead of both: "
+        + "; ".join(
+            f"seed {p['seed']}'s {p['incentive']} ({p['matched_difference']:+.4f} and {p['global_difference']:+.4f})"
+            for p in ahead
+        )
+        + ". "
+        + (
+            "Its gates started from Fisher's ranking per MAC (the allocation the gates did not find alone, handed "
+            "to them as a start) and the price had the steps to clear the budget: the lead to repeat on another "
+            "seed, not yet a finding."
+            if all("Fisher gate start" in p["incentive"] for p in ahead)
+            else "What those runs did differently is the lead to repeat on another seed, not yet a finding."
+        )
     )
 
 

@@ -907,3 +907,17 @@ def test_fair_pairs_are_counted_by_recipe_across_seeds():
         "    - early: 0 of 1 (seed 1), -0.0102",
     ]
     assert fair._pairs_by_recipe(pairs[:1]) == []  # one recipe: the total already says it
+
+
+def test_fair_allocation_pattern_names_the_pairs_ahead_of_both_rivals():
+    fair = _bench_script("summarize_fair")
+    ahead_behind = {"matched_difference": 0.0049, "global_difference": -0.0098}
+    second = {"matched_difference": 0.0114, "global_difference": -0.0116}
+    fisher = "incentive flops budget 0.3 +Fisher gate start (budget warm-up 0.25, freeze 0.7)"
+    cleared = {"seed": 1, "incentive": fisher, "matched_difference": 0.0066, "global_difference": 0.0338}
+    line = fair._allocation_pattern([ahead_behind, second, cleared])
+    assert "The same order in 2 of 3 pairs" in line
+    assert f"Ahead of both: seed 1's {fisher} (+0.0066 and +0.0338)" in line
+    assert "started from Fisher's ranking" in line and "next thing to try" not in line
+    plain = fair._allocation_pattern([ahead_behind, second, {**cleared, "incentive": "incentive flops"}])
+    assert "What those runs did differently is the lead" in plain
