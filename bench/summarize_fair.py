@@ -62,7 +62,7 @@ TRIED = {
         "steps to clear its budget ([fair_stsb.md](fair_stsb.md)): the budget reached at 25% of training and the "
         "gates frozen at 70%, so the price has 1206 steps to catch up instead of 268, at the same price_lr 0.5; "
         "against Fisher importance choosing its own allocation and handed the student's. Seed 2 of run 3 did not "
-        "fit a session. A session here has about 3 hours of 2 CPU cores and its models rarely outlive it, so each "
+        "fit the same session (its student was started at the end; `bench/run_fair.sh cola-clear` resumes it). A session here has about 3 hours of 2 CPU cores and its models rarely outlive it, so each "
         "run must fit one session: a teacher (about 25 minutes), two students side by side (about 60) and their "
         "rivals (about 45 each, two side by side). Left: the latency budget (`bench/sweeps/fair_cola.yaml`) and "
         "hidden-state distillation (`--distill-hidden-weight`, off here)."
