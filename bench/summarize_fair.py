@@ -506,14 +506,8 @@ def _allocation_pattern(pairs: list[dict]) -> str | None:
             f"seed {p['seed']}'s {p['incentive']} ({p['matched_difference']:+.4f} and {p['global_difference']:+.4f})"
             for p in ahead
         )
-        + ". "
-        + (
-            "Its gates started from Fisher's ranking per MAC (the allocation the gates did not find alone, handed "
-            "to them as a start) and the price had the steps to clear the budget: the lead to repeat on another "
-            "seed, not yet a finding."
-            if all("Fisher gate start" in p["incentive"] for p in ahead)
-            else "What those runs did differently is the lead to repeat on another seed, not yet a finding."
-        )
+        + (". Its recipe (the method name) is" if len(ahead) == 1 else ". Their recipes (the method names) are")
+        + " what differed from the runs in that order: the lead to repeat on another seed, not yet a finding."
     )
 
 
