@@ -62,9 +62,10 @@ TRIED = {
         "steps to clear its budget ([fair_stsb.md](fair_stsb.md)): the budget reached at 25% of training and the "
         "gates frozen at 70%, so the price has 1206 steps to catch up instead of 268, at the same price_lr 0.5; "
         "against Fisher importance choosing its own allocation and handed the student's. Seed 2 of run 3 did not "
-        "fit the same session (its student was started at the end; `bench/run_fair.sh cola-clear` resumes it). A session here has about 3 hours of 2 CPU cores and its models rarely outlive it, so each "
-        "run must fit one session: a teacher (about 25 minutes), two students side by side (about 60) and their "
-        "rivals (about 45 each, two side by side). Left: the latency budget (`bench/sweeps/fair_cola.yaml`) and "
+        "fit the same session (its student was started at the end; `bench/run_fair.sh cola-clear` resumes it). "
+        "A session here has about 3 hours of 2 CPU cores and its models rarely outlive it, so each run must fit "
+        "one session: a teacher (about 25 minutes), two students side by side (about 60) and their rivals (about "
+        "45 each, two side by side). Left: the latency budget (`bench/sweeps/fair_cola.yaml`) and "
         "hidden-state distillation (`--distill-hidden-weight`, off here)."
     ),
 }
@@ -166,7 +167,11 @@ def _clearing_from_events(model_dir: Path, metrics: dict) -> dict | None:
     ]
     froze = config["gate_freeze"] < 1
     return clearing(
-        config["budget"], history, metrics["train"]["steps"], config["budget_warmup"], config["gate_freeze"] if froze else None
+        config["budget"],
+        history,
+        metrics["train"]["steps"],
+        config["budget_warmup"],
+        config["gate_freeze"] if froze else None,
     )
 
 
@@ -209,23 +214,27 @@ def _lagging(markets: list[dict]) -> str | None:
         "nothing showed the budget could not be bought. CoFiPruning leaves 80 of its 100 pruning epochs after the "
         "sparsity warm-up. `econlm train` now says so at the end of such a run (one warning line with the share's "
         "path)"
-        + (_given_steps(cleared) if cleared else ", and a recipe that warms the budget up sooner or freezes later is "
-           "the next thing to try.")
+        + (
+            _given_steps(cleared)
+            if cleared
+            else ", and a recipe that warms the budget up sooner or freezes later is the next thing to try."
+        )
     )
 
 
 def _given_steps(cleared: list[dict]) -> str:
     """The runs whose recipe left the price enough steps, and what they reached: the test of the lag reading."""
-    return "; given more steps, the price cleared it: " + "; ".join(
-        f"seed {r['seed']}'s {r['method']} ({r['market']['clearing']['steps_to_catch_up']} steps to catch up) ended "
-        f"at a share of {r['market']['clearing']['share_final']:.3f} against {r['market']['clearing']['budget']}"
-        + (
-            " (below it: the integral term overshoots once the gates respond)"
-            if r["market"]["clearing"]["share_final"] < r["market"]["clearing"]["budget"] - 0.01
-            else ""
+
+    def reached(r: dict) -> str:
+        c = r["market"]["clearing"]
+        below = c["share_final"] < c["budget"] - 0.01  # past the tolerance clearing allows above the budget
+        return (
+            f"seed {r['seed']}'s {r['method']} ({c['steps_to_catch_up']} steps to catch up) ended at a share of "
+            f"{c['share_final']:.3f} against {c['budget']}"
+            + (" (below it: the integral term overshoots once the gates respond)" if below else "")
         )
-        for r in cleared
-    ) + "."
+
+    return "; given more steps, the price cleared it: " + "; ".join(reached(r) for r in cleared) + "."
 
 
 def _refresh_markets(task: str, rows: list[dict]) -> None:
@@ -257,7 +266,9 @@ def summarize(task: str, repeats: int) -> tuple[dict, str]:
     results = [
         r
         for r in everything
-        if r.get("status") == "ok" and r["kind"] in ("train", "posthoc") and "tokens" not in r["settings"].get("cost", ())
+        if r.get("status") == "ok"
+        and r["kind"] in ("train", "posthoc")
+        and "tokens" not in r["settings"].get("cost", ())
     ]  # a run that also drops tokens is issue #11's (docs/tokens_<task>.md): its rivals and timing differ
     wall = sum(r.get("seconds", 0.0) for r in everything)
     seeds = sorted({r["settings"]["seed"] for r in results})
@@ -345,7 +356,9 @@ def merge_runs(previous: dict | None, rows: list[dict], run: dict) -> tuple[list
     earlier_rows, earlier = runs_of(previous)
     fresh = {(r["id"], r.get("trial_seconds")) for r in rows}
     replaced = {
-        r["timed"] for r in earlier_rows if r.get("trial_seconds") is not None and (r["id"], r["trial_seconds"]) in fresh
+        r["timed"]
+        for r in earlier_rows
+        if r.get("trial_seconds") is not None and (r["id"], r["trial_seconds"]) in fresh
     }
     retrained = {r["id"] for r in rows}
     kept = [
