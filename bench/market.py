@@ -126,6 +126,12 @@ def _command() -> str:
     return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
 
 
+def _shown(command: str) -> str:
+    """A stored command as a user would type it: results saved before `_command` named the interpreter lack it,
+    and the script is not executable on its own."""
+    return command if command.startswith("python ") else f"python {command}"
+
+
 def _reproduced(sweep: str) -> list[dict]:
     """A retrained controller run against the frontier benchmark's own (the same trial id, so the same settings
     and seed): its dev score there (bench/results/compaction.json) and here, so a reader can tell whether the
@@ -637,7 +643,7 @@ def _task_section(result: dict) -> list[str]:
     lines += _targets(result, top)
     meta = result["meta"]
     lines.append(
-        f"Measured with `{meta['command']}`, git {meta['git']}, torch {meta['versions'].get('torch')}, "
+        f"Measured with `{_shown(meta['command'])}`, git {meta['git']}, torch {meta['versions'].get('torch')}, "
         f"{meta['machine']['processor']} ({meta['machine']['cpu_count']} CPUs), {meta['time_utc']}; "
         f"the whole run took {meta['seconds'] / 60:.1f} min. Raw numbers: `bench/results/market_{task}.json`."
     )
@@ -842,7 +848,7 @@ def _latency_section(result: dict) -> list[str]:
         ),
         "",
         *_latency_reading(result),
-        f"Measured with `{meta['command']}`, git {meta['git']}, {meta['time_utc']}. Raw numbers: "
+        f"Measured with `{_shown(meta['command'])}`, git {meta['git']}, {meta['time_utc']}. Raw numbers: "
         f"`bench/results/market_{result['task']}_latency.json`.",
     ]
 

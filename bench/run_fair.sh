@@ -10,6 +10,7 @@
 #   bench/run_fair.sh stsb-start # STS-B seeds 1 and 2, the student started from its teacher, Fisher rivals
 #   bench/run_fair.sh stsb-clear # after stsb-start: the same student with more steps for the price to clear
 #   bench/run_fair.sh cola-clear # after cola-start: the same schedule on CoLA (Fisher-ordered student, same teachers)
+#   bench/run_fair.sh stsb-clear-b05 # after stsb-start: the cleared schedule at FLOPs budget 0.5, seed 1 then seed 2
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,8 +34,12 @@ for part in "${parts[@]}"; do
     stsb-start) .venv/bin/econlm sweep bench/sweeps/fair_stsb_start.yaml --out "$out/stsb" ;;
     stsb-clear) .venv/bin/econlm sweep bench/sweeps/fair_stsb_clear.yaml --out "$out/stsb" ;;
     cola-clear) .venv/bin/econlm sweep bench/sweeps/fair_cola_clear.yaml --out "$out/cola" ;;
+    stsb-clear-b05)  # one seed's student and rivals before the next seed's student
+      for f in fair_stsb_clear_b05 fair_stsb_clear_b05_s2; do
+        .venv/bin/econlm sweep "bench/sweeps/$f.yaml" --out "$out/stsb"
+      done ;;
     paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
     market) .venv/bin/econlm sweep bench/sweeps/market_cola.yaml --out "$out/cola" ;;
-    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, paper or market" >&2; exit 2 ;;
+    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, stsb-clear-b05, paper or market" >&2; exit 2 ;;
   esac
 done

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -448,20 +449,45 @@ def pairs_of(rows: list[dict]) -> list[dict]:
     return pairs
 
 
+def _without_budget(method: str) -> str:
+    """An incentive method's name with its budget left out: the same recipe at another point of the frontier."""
+    return re.sub(r" budget [0-9.]+", "", method)
+
+
+def _count(mine: list[dict], where: str) -> str:
+    return (
+        f"{sum(p['difference'] >= 0 for p in mine)} of {len(mine)} ({where}), "
+        f"{statistics.mean(p['difference'] for p in mine):+.4f}"
+    )
+
+
 def _pairs_by_recipe(pairs: list[dict]) -> list[str]:
     """The pair count of each recipe across seeds: the target counts every recipe tried, early ones included,
-    so a recipe that wins on every seed shows here and not in the total."""
+    so a recipe that wins on every seed shows here and not in the total. A recipe run at more than one budget
+    is also counted across its budgets, the count the target asks of one method."""
     recipes: dict[str, list[dict]] = {}
     for p in pairs:
         recipes.setdefault(p["incentive"], []).append(p)
     if len(recipes) < 2:
         return []
-    return ["  - by recipe (pairs won of pairs, seeds, mean difference):"] + [
-        f"    - {recipe}: {sum(p['difference'] >= 0 for p in mine)} of {len(mine)} "
-        f"(seed{'s' if len(mine) > 1 else ''} {', '.join(str(p['seed']) for p in mine)}), "
-        f"{statistics.mean(p['difference'] for p in mine):+.4f}"
+    lines = ["  - by recipe (pairs won of pairs, seeds, mean difference):"] + [
+        f"    - {recipe}: "
+        + _count(mine, f"seed{'s' if len(mine) > 1 else ''} {', '.join(str(p['seed']) for p in mine)}")
         for recipe, mine in recipes.items()
     ]
+    schedules: dict[str, list[dict]] = {}
+    for p in pairs:
+        schedules.setdefault(_without_budget(p["incentive"]), []).append(p)
+    across = {name: mine for name, mine in schedules.items() if len({p["incentive"] for p in mine}) > 1}
+    if across:
+        lines.append("  - by recipe across its budgets (pairs won of pairs, budget/seed, mean difference):")
+        for name, mine in across.items():
+            where = ", ".join(
+                f"{re.search(r'budget ([0-9.]+)', p['incentive']).group(1)}/{p['seed']}"
+                for p in sorted(mine, key=lambda p: (p["incentive"], p["seed"]))
+            )
+            lines.append(f"    - {name}: {_count(mine, where)}")
+    return lines
 
 
 # The standard error of a correlation r on n examples, sqrt((1 - r^2) / (n - 2)): MCC and Pearson are

@@ -51,7 +51,12 @@ def _add_data_flags(p, splits: tuple[str, ...]) -> None:
     from econlm.userdata import TASK_TYPES
 
     g = p.add_argument_group("your own data (--task FILE: .csv, .tsv, .jsonl, a save_to_disk folder or a .txt corpus)")
-    g.add_argument("--text-columns", default=None, help="the text column, or two for pairs: A[,B] (default: text)")
+    g.add_argument(
+        "--text-columns",
+        default=None,
+        help="the text column, or two for pairs: A[,B] (default: a GLUE pair such as sentence1,sentence2 if the "
+        "header has one, else text or sentence)",
+    )
     g.add_argument("--label-column", default=None, help="the label column (default: label)")
     g.add_argument(
         "--task-type",
@@ -213,7 +218,8 @@ TRAIN_HELP = {
     "cost_reduction": "mean (per token and unit, the default) or sum (the paper's L1 sums, for its lambda grid)",
     "train_file": "your own data: a separate training file (default: --task FILE less its dev share)",
     "dev_file": "your own data: a separate dev file (default: 10%% of --task FILE, the same for every run)",
-    "text_columns": "your own data: the text column, or two for pairs: A[,B] (default: text)",
+    "text_columns": "your own data: the text column, or two for pairs: A[,B] (default: a GLUE pair such as "
+    "sentence1,sentence2 if the header has one, else text or sentence)",
     "label_column": "your own data: the label column (default: label)",
     "task_type": "your own data: classification, regression or lm (default: from the labels)",
     "metric": "your own data: the headline metric (default by task type)",
@@ -478,7 +484,7 @@ def _add_market(sub) -> None:
         "market",
         help="what each head and FFN block is worth (Shapley values), what it costs, and a market-clearing pruning",
         description="Estimate Shapley values of attention heads and FFN neuron blocks for the task metric on a dev "
-        "subset (antithetic permutation sampling, truncated at half the units, per-unit early stopping, 95%% "
+        "subset (antithetic permutation sampling, truncated at half the units, per-unit early stopping, 95% "
         "intervals); price each unit by its MACs; estimate interactions among the top heads; keep units by value "
         "per MAC at each --budgets share of compute and compare with activation and Fisher pruning at the same "
         "structure on held-out dev examples. With --sweep DIR, also check whether each controller run's price "

@@ -37,7 +37,16 @@ METRICS = {
 }
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
 TEXT_SUFFIXES = (".txt", ".tokens", ".raw")
-DEFAULT_TEXT_COLUMNS = (("text",), ("sentence",), ("sentence1", "sentence2"), ("question", "sentence"))
+# Without --text-columns, the first of these the header has. Pairs come first: a QNLI-style header has both
+# `question` and `sentence`, and reading `sentence` alone would silently drop half of every example.
+DEFAULT_TEXT_COLUMNS = (
+    ("sentence1", "sentence2"),
+    ("question", "sentence"),
+    ("question1", "question2"),
+    ("premise", "hypothesis"),
+    ("text",),
+    ("sentence",),
+)
 HOLDOUT = 0.1  # share of a single file held out as dev
 
 

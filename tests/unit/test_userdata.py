@@ -65,6 +65,23 @@ def test_jsonl_pairs_with_numeric_scores_make_a_regression_task(tmp_path):
     assert example.text_b is not None and isinstance(example.label, float)
 
 
+@pytest.mark.parametrize(
+    ("header", "pair"),
+    [
+        ("question,sentence,label", ("q", "s")),  # QNLI: `sentence` alone would drop every question
+        ("sentence1,sentence2,label", ("q", "s")),
+        ("premise,hypothesis,label", ("q", "s")),
+        ("text,label", ("q", None)),
+    ],
+)
+def test_text_columns_found_in_the_header_prefer_a_pair(tmp_path, header, pair):
+    path = tmp_path / "t.csv"
+    row = "q,s" if pair[1] else "q"
+    path.write_text(header + "\n" + "".join(f"{row},{i % 2}\n" for i in range(10)))
+    example = load_examples(build_task(str(path), DataSpec()), "train", None, None)[0]
+    assert (example.text_a, example.text_b) == pair
+
+
 def test_separate_dev_file_tsv_and_a_chosen_metric(tmp_path):
     rows = [(f"word{i} good" if i % 2 else f"word{i} bad", i % 2) for i in range(12)]
     train = _csv(tmp_path / "train.tsv", rows, sep="\t")

@@ -909,6 +909,26 @@ def test_fair_pairs_are_counted_by_recipe_across_seeds():
     assert fair._pairs_by_recipe(pairs[:1]) == []  # one recipe: the total already says it
 
 
+def test_fair_pairs_of_one_recipe_are_counted_across_its_budgets():
+    fair = _bench_script("summarize_fair")
+    low, high = "incentive flops budget 0.3 (freeze 0.7)", "incentive flops budget 0.5 (freeze 0.7)"
+    pairs = [
+        {"incentive": low, "seed": 1, "difference": 0.0032},
+        {"incentive": low, "seed": 2, "difference": 0.0002},
+        {"incentive": high, "seed": 1, "difference": -0.0010},
+        {"incentive": "incentive latency budget 0.5", "seed": 1, "difference": -0.0200},
+    ]
+    lines = fair._pairs_by_recipe(pairs)
+    # the two FLOPs budgets are one recipe: 2 of 3, mean (0.0032 + 0.0002 - 0.0010) / 3 = 0.0008; the latency
+    # price ran at one budget only, so it has no line of its own here
+    assert lines[-2:] == [
+        "  - by recipe across its budgets (pairs won of pairs, budget/seed, mean difference):",
+        "    - incentive flops (freeze 0.7): 2 of 3 (0.3/1, 0.3/2, 0.5/1), +0.0008",
+    ]
+    assert lines[2] == "    - incentive flops budget 0.5 (freeze 0.7): 0 of 1 (seed 1), -0.0010"
+    assert not any("across" in line for line in fair._pairs_by_recipe(pairs[:2] + pairs[3:]))
+
+
 def test_fair_allocation_pattern_names_the_pairs_ahead_of_both_rivals():
     fair = _bench_script("summarize_fair")
     ahead_behind = {"matched_difference": 0.0049, "global_difference": -0.0098}
