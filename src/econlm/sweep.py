@@ -1178,6 +1178,10 @@ def _run_sweep(config: SweepConfig, out: Path, runner, progress: bool) -> list[d
         return mine + [r for i, r in sorted(others.items()) if i not in results]
 
     def write_results_jsonl() -> None:
+        nonlocal others
+        # Read the folder again each time: a sweep sharing it may have finished trials since this one began,
+        # and results.jsonl is what a reader (a report, a summary) takes mid-sweep for the folder's index.
+        others = _folder_results(out)
         lines = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in folder_results())
         atomic_write_text(out / "results.jsonl", lines)
 
@@ -1204,7 +1208,6 @@ def _run_sweep(config: SweepConfig, out: Path, runner, progress: bool) -> list[d
             runner.run([(s, str(out / "trials" / s["id"]), context) for s in todo], record)
             pick_up_elsewhere()
     all_results = [results[i] for i in order if i in results]
-    others = _folder_results(out)  # again: a sweep sharing the folder may have finished trials meanwhile
     write_results_jsonl()  # also when every trial had finished before
     write_pareto(folder_results(), out, config.compute_axis)
     return all_results

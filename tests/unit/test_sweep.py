@@ -144,6 +144,28 @@ def _base(tiny, **extra) -> dict:
     return {**base, "max_length": 32, "data_dir": str(tiny["data"]), **extra}
 
 
+def test_results_jsonl_keeps_trials_another_sweep_finished_while_this_one_ran(tiny, tmp_path, monkeypatch):
+    import econlm.sweep as sweep_module
+    from econlm.sweep import SweepConfig, run_sweep
+
+    out = tmp_path / "shared"
+    seen = []  # the index a reader would find while each of this sweep's trials runs
+
+    def fake_trial(spec, trial_dir, context):
+        index = out / "results.jsonl"
+        seen.append({json.loads(line)["id"] for line in index.read_text().splitlines()} if index.exists() else set())
+        if len(seen) == 1:  # another sweep file on the folder finishes a trial of its own meanwhile
+            other = out / "trials" / "other-sweep-trial"
+            other.mkdir(parents=True)
+            (other / "result.json").write_text(json.dumps({"id": "other-sweep-trial", "kind": "train",
+                                                           "settings": {"task": "stsb"}, "status": "ok"}))
+        return {"id": spec["id"], "kind": spec["kind"], "settings": spec["settings"], "status": "ok", "model_dir": trial_dir}
+
+    monkeypatch.setattr(sweep_module, "run_trial", fake_trial)
+    run_sweep(SweepConfig(name="t", base=_base(tiny), grid={"lam": [0.0, 0.1]}), out, progress=False)
+    assert "other-sweep-trial" in seen[1]  # written with this sweep's first result, not only at its end
+
+
 def test_a_sweep_built_in_code_is_validated_like_a_file_and_runs(tiny, tmp_path):
     from econlm.sweep import SweepConfig, run_sweep, sweep_config
 

@@ -940,3 +940,8 @@ def test_fair_allocation_pattern_names_the_pairs_ahead_of_both_rivals():
     assert f"Ahead of both: seed 1's {fisher} (+0.0066 and +0.0338)" in line
     assert "what differed from the runs in that order" in line and "next thing to try" not in line
     assert "next thing to try" in fair._allocation_pattern([ahead_behind, second])  # none ahead of both
+    assert "the lead to repeat on another seed" in line  # ahead of both on seed 1 only
+    again = {**cleared, "seed": 2, "matched_difference": 0.0639, "global_difference": 0.0547}
+    line = fair._allocation_pattern([ahead_behind, second, cleared, again])
+    assert f"{fisher} did so on seeds 1, 2, each seed against both rivals" in line
+    assert "lead to repeat" not in line
