@@ -453,9 +453,12 @@ def pairs_of(rows: list[dict]) -> list[dict]:
     return pairs
 
 
+BUDGET = re.compile(r" budget ([0-9.]+)")  # in an incentive method's name (`_label`)
+
+
 def _without_budget(method: str) -> str:
     """An incentive method's name with its budget left out: the same recipe at another point of the frontier."""
-    return re.sub(r" budget [0-9.]+", "", method)
+    return BUDGET.sub("", method)
 
 
 def _count(mine: list[dict], where: str) -> str:
@@ -487,7 +490,7 @@ def _pairs_by_recipe(pairs: list[dict]) -> list[str]:
         lines.append("  - by recipe across its budgets (pairs won of pairs, budget/seed, mean difference):")
         for name, mine in across.items():
             where = ", ".join(
-                f"{re.search(r'budget ([0-9.]+)', p['incentive']).group(1)}/{p['seed']}"
+                f"{BUDGET.search(p['incentive']).group(1)}/{p['seed']}"
                 for p in sorted(mine, key=lambda p: (p["incentive"], p["seed"]))
             )
             lines.append(f"    - {name}: {_count(mine, where)}")

@@ -1153,9 +1153,6 @@ def _run_sweep(config: SweepConfig, out: Path, runner, progress: bool) -> list[d
     results: dict[str, dict] = {}
     order: list[str] = []
     elsewhere: set[str] = set()  # trials another process was running when this one reached them
-    # Several sweep files may share one folder (a second seed, a finer grid): their trials stay in
-    # results.jsonl and pareto.json, after this sweep's own.
-    others = _folder_results(out)
 
     def load_existing(specs):
         for spec in specs:
@@ -1172,18 +1169,15 @@ def _run_sweep(config: SweepConfig, out: Path, runner, progress: bool) -> list[d
                 results[tid] = result
                 elsewhere.discard(tid)
 
-    def folder_results() -> list[dict]:
-        """This sweep's results in its order, then the other trials in the folder."""
+    def write_results_jsonl() -> list[dict]:
+        """results.jsonl: this sweep's results in its order, then the other trials in the folder. Several sweep
+        files may share one folder (a second seed, a finer grid), so the folder is read again at every write:
+        another sweep may have finished trials since this one began, and a reader (a report, a summary) takes
+        this file mid-sweep for the folder's index."""
         mine = [results[i] for i in order if i in results]
-        return mine + [r for i, r in sorted(others.items()) if i not in results]
-
-    def write_results_jsonl() -> None:
-        nonlocal others
-        # Read the folder again each time: a sweep sharing it may have finished trials since this one began,
-        # and results.jsonl is what a reader (a report, a summary) takes mid-sweep for the folder's index.
-        others = _folder_results(out)
-        lines = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in folder_results())
-        atomic_write_text(out / "results.jsonl", lines)
+        rows = mine + [r for i, r in sorted(_folder_results(out).items()) if i not in results]
+        atomic_write_text(out / "results.jsonl", "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
+        return rows
 
     def record(spec: dict, result: dict | None) -> None:
         pbar.update(1)
@@ -1208,8 +1202,7 @@ def _run_sweep(config: SweepConfig, out: Path, runner, progress: bool) -> list[d
             runner.run([(s, str(out / "trials" / s["id"]), context) for s in todo], record)
             pick_up_elsewhere()
     all_results = [results[i] for i in order if i in results]
-    write_results_jsonl()  # also when every trial had finished before
-    write_pareto(folder_results(), out, config.compute_axis)
+    write_pareto(write_results_jsonl(), out, config.compute_axis)  # also when every trial had finished before
     return all_results
 
 
