@@ -11,6 +11,7 @@
 #   bench/run_fair.sh stsb-clear # after stsb-start: the same student with more steps for the price to clear
 #   bench/run_fair.sh cola-clear # after cola-start: the same schedule on CoLA (Fisher-ordered student, same teachers)
 #   bench/run_fair.sh stsb-clear-b05 # after stsb-start: the cleared schedule at FLOPs budget 0.5, seed 1 then seed 2
+#   bench/run_fair.sh stsb-anchor-b05 # after stsb-start: budget 0.5 with the anchor at rho 1000 and 300 (seed 1, side by side), then rho 1000 on seed 2
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,8 +39,14 @@ for part in "${parts[@]}"; do
       for f in fair_stsb_clear_b05 fair_stsb_clear_b05_s2; do
         .venv/bin/econlm sweep "bench/sweeps/$f.yaml" --out "$out/stsb"
       done ;;
+    stsb-anchor-b05)  # two students side by side, one thread each; then seed 2 of the one nearer the budget
+      for f in fair_stsb_anchor_b05_r1000 fair_stsb_anchor_b05_r300; do
+        OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/$f.yaml" --out "$out/stsb" &
+      done
+      wait
+      .venv/bin/econlm sweep bench/sweeps/fair_stsb_anchor_b05_r1000_s2.yaml --out "$out/stsb" ;;
     paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
     market) .venv/bin/econlm sweep bench/sweeps/market_cola.yaml --out "$out/cola" ;;
-    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, stsb-clear-b05, paper or market" >&2; exit 2 ;;
+    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, stsb-clear-b05, stsb-anchor-b05, paper or market" >&2; exit 2 ;;
   esac
 done

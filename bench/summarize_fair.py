@@ -23,6 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, markdown_table, save  # noqa: E402
 
+from econlm.prices import UNDERSHOOT  # noqa: E402  (a share this far below its budget gave up allowed compute)
+
 THREADS = 2
 SEQ_LEN = 128
 BATCHES = (1, 32)
@@ -43,7 +45,12 @@ TRIED = {
         "the FLOPs it reached. Then (`fair_stsb_clear_b05.yaml`, `fair_stsb_clear_b05_s2.yaml`, same teachers) the same "
         "student at FLOPs budget 0.5, so the final recipe is counted at a second point of the frontier, against the "
         "same two rivals (both seeds' students, seed 1's rivals and then seed 2's, trained side by side in one "
-        "session). Left: hidden-state distillation (`--distill-hidden-weight`, off in these runs) and "
+        "session). At 0.5 the price overshot (shares 0.357 and 0.370): it wound up while the gates, which start "
+        "open, had not yet answered. Then (`fair_stsb_anchor_b05_r1000.yaml`, `_r300.yaml`, run 5, same teachers) "
+        "the same student at 0.5 with a stronger anchor (the controller's proportional term, see the reading): rho "
+        "1000 at price_lr 2 and rho 300 at price_lr 0.5 side by side on seed 1, the one whose share ended nearest "
+        "0.5 without passing 0.51 carried to seed 2 (`fair_stsb_anchor_b05_r1000_s2.yaml`), a rule fixed before any "
+        "score was read: rho 1000 (0.489 against 0.476). Left: hidden-state distillation (`--distill-hidden-weight`, off in these runs) and "
         "schedules nearer CoFiPruning's (100 pruning epochs and 20 of fine-tuning on small tasks; these runs have 3 "
         "in all). CoLA: [fair_cola.md](fair_cola.md). The paper's tax at its own scale: "
         "[paper_scale_stsb.md](paper_scale_stsb.md)."
@@ -97,7 +104,12 @@ def _label(r: dict) -> str:
             return "lambda=0 fine-tune (teacher)"
         recipe = ", ".join(
             f"{name} {s[key]:g}"
-            for key, name in (("price_lr", "price_lr"), ("budget_warmup", "budget warm-up"), ("gate_freeze", "freeze"))
+            for key, name in (
+                ("price_lr", "price_lr"),
+                ("budget_rho", "anchor rho"),
+                ("budget_warmup", "budget warm-up"),
+                ("gate_freeze", "freeze"),
+            )
             if key in s
         )
         return (
@@ -147,6 +159,7 @@ def _market(r: dict) -> dict:
         "lambda_path": history[:: max(1, len(history) // 8)],
         "gate_freeze": r["settings"].get("gate_freeze", 0.7),
         "price_lr": r["settings"].get("price_lr", 0.5),
+        "budget_rho": r["settings"].get("budget_rho", 20.0),
         "cost": "+".join(r["settings"].get("cost", [])),
         "clearing": metrics.get("budget_clearing") or _clearing_from_events(Path(r["model_dir"]), metrics),
     }
@@ -224,6 +237,38 @@ def _lagging(markets: list[dict]) -> str | None:
             if cleared
             else ", and a recipe that warms the budget up sooner or freezes later is the next thing to try."
         )
+    )
+
+
+def _anchors(markets: list[dict]) -> str | None:
+    """Students of one budget that differ in the anchor's weight rho: where their shares ended. The anchor's
+    gradient on the share, rho * (share - budget), is the controller's proportional term next to lambda's
+    integral one (econlm.incentive)."""
+    by_budget: dict[float, list[dict]] = {}
+    for r in markets:
+        by_budget.setdefault(r["market"]["budget"], []).append(r)
+    lines = []
+    for budget, runs in sorted(by_budget.items()):
+        if len({r["market"]["budget_rho"] for r in runs}) < 2 or any(r["market"]["share_at_end"] is None for r in runs):
+            continue
+        runs = sorted(runs, key=lambda r: (r["market"]["budget_rho"], r["market"]["price_lr"], r["seed"]))
+        lines.append(
+            f"FLOPs budget {budget}: "
+            + "; ".join(
+                f"rho {r['market']['budget_rho']:g}, price_lr {r['market']['price_lr']:g}, seed {r['seed']}: share "
+                f"{r['market']['share_at_end']:.3f}, final lambda {r['market']['lambda_final']:.3g}"
+                for r in runs
+            )
+        )
+    if not lines:
+        return None
+    return (
+        "- The anchor's weight. The price on the share is lambda (the integral of the share's error) plus the "
+        "anchor's rho x (share - budget), a proportional term that turns negative, and reopens gates, once the share "
+        "is more than lambda / rho below the budget. The gates start open (log-alpha 5) and take tens of steps to "
+        "answer any price, and during that dead time the integral winds up; a weak anchor (rho 20, the default) "
+        "cannot pull the share back from a wound-up lambda, a strong one keeps lambda low by tracking the annealed "
+        "budget from the start. " + ". ".join(lines) + "."
     )
 
 
@@ -813,9 +858,15 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
                     f"step.{why}{_lag(m.get('clearing'))} The structure it reached is what its rivals were matched to."
                 )
             elif share is not None and budget is not None:
+                under = share < budget - UNDERSHOOT
                 lines.append(
                     f"- Seed {r['seed']}, {r['method']}: the price cleared the budget (share {share:.3f} against "
-                    f"{budget} at the freeze, lambda {m['lambda_final']:.3g})."
+                    f"{budget} at the freeze, lambda {m['lambda_final']:.3g})"
+                    + (
+                        f", and undershot it by {budget - share:.3f}: the model gave up compute the budget allowed."
+                        if under
+                        else "."
+                    )
                 )
         for p in pairs:
             if "matched_difference" in p and "global_difference" in p:
@@ -832,6 +883,9 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
                         else ""
                     )
                 )
+        anchors = _anchors(markets)
+        if anchors:
+            lines.append(anchors)
         lagging = _lagging(markets)
         if lagging:
             lines.append(lagging)

@@ -190,7 +190,10 @@ TRAIN_HELP = {
     "values average 1 over an example's tokens",
     "token_lr": "--cost tokens: learning rate of the token thresholds",
     "budget_warmup": "controller only: share of training over which the budget falls from 1 to --budget",
-    "budget_rho": "controller only: weight rho of the anchor 0.5 * rho * (share - budget)^2",
+    "budget_rho": (
+        "controller only: weight rho of the anchor 0.5 * rho * (share - budget)^2, the price's proportional term; "
+        "raise it (1000, say) when the share ends far below --budget"
+    ),
     "epochs": "training epochs (fractions allowed)",
     "lr": "learning rate of the model weights",
     "gate_lr": "learning rate of the gates (flops, latency)",

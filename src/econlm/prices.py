@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEDULES = ("constant", "warmup", "controller")
+UNDERSHOOT = 0.05  # a final share further than this below the budget gave up compute the budget allowed
 
 
 @dataclass
@@ -72,13 +73,16 @@ def clearing(
     gate_freeze: float | None,
     tolerance: float = 0.01,
     window: int = 50,
+    undershoot: float = UNDERSHOOT,
 ) -> dict | None:
     """Did the controller clear its budget before the gates froze, and if not, why?
 
     ``share_history`` is ``[step, share]`` records of the compute share each step paid for. The gates learn
     until the freeze (the last record at or before it is ``share_at_freeze``; without a freeze, the last
     record), then hold their structure, whose share is the last record's (``share_final``): cleared means that
-    is at most ``budget + tolerance``. The share still
+    is at most ``budget + tolerance``, and undershot that it is more than ``undershoot`` below the budget (the
+    price wound up while the gates had not yet answered, and they kept shutting units the budget allowed). The
+    share still
     ``falling_per_100_steps`` over the ``window`` steps before the freeze says the price had not caught up
     with the gates yet: the dual ascent is an integral controller, so the share lags the budget in force, and
     the steps between the budget's full value and the freeze are all it has to catch up. The budget reaches
@@ -109,12 +113,22 @@ def clearing(
         "steps_to_catch_up": at_freeze_step - budget_step,
         "falling_per_100_steps": falling,
         "cleared": final <= budget + tolerance,
+        "undershot": final < budget - undershoot,
     }
 
 
 def clearing_advice(report: dict) -> str | None:
-    """One line for a user whose price did not clear the budget, or None when it did."""
-    if report is None or report["cleared"]:
+    """One line for a user whose price missed the budget (above it, or far below), or None when it landed."""
+    if report is None:
+        return None
+    if report.get("undershot"):
+        return (
+            f"the share undershot the budget: {report['share_final']:.3f} against {report['budget']:g}, so the "
+            "model gave up compute it was allowed; the price wound up before the gates answered, and a larger "
+            "--budget-rho pulls the share back up to the budget (on STS-B at budget 0.5, rho 20 ended at 0.357, "
+            "rho 1000 at 0.489)"
+        )
+    if report["cleared"]:
         return None
     falling = report["falling_per_100_steps"]
     still = f", still falling {falling:.3f} per 100 steps" if falling is not None and falling > 0.001 else ""

@@ -181,6 +181,38 @@ def test_price_schedules():
     assert again.update(0.6) == controller.update(0.6)
 
 
+def test_the_anchor_adds_a_proportional_price_that_reopens_gates_below_the_budget():
+    # The controller's price is the integral term lambda (econlm.prices) plus the anchor 0.5 * rho * (share - b)^2,
+    # whose gradient on the share is rho * (share - b): d(total - task)/d(gate) = (lambda + rho * (s - b)) * ds/d(gate).
+    # Below the budget by more than lambda / rho the sum is negative, so the tax itself pushes gates open.
+    from econlm.incentive import TaxConfig, attach_tax
+
+    batch = padded_batch("bert")
+    for lam, rho in ((3.0, 100.0), (40.0, 100.0)):
+        model = tiny_model("bert")
+        tax = attach_tax(
+            model, TaxConfig(cost=("flops",), budget=0.9, budget_rho=rho, budget_warmup=0.0), total_steps=10
+        )
+        gates = tax.gate_parameters()
+        with torch.no_grad():
+            for p in gates:
+                p.fill_(-0.5)  # every unit partly shut: the expected share (0.75) sits well below the budget
+        tax.price.current = lam
+        with tax:
+            tax.begin(batch["attention_mask"], step=0)
+            model(**batch)
+            total = tax.loss(torch.zeros(()))
+            share = tax.reading.share_tensor
+            taxed = torch.autograd.grad(total, gates, retain_graph=True)
+            of_share = torch.autograd.grad(share, gates)
+        s = float(share.detach())
+        price = lam + rho * (s - 0.9)
+        for got, ds in zip(taxed, of_share):
+            torch.testing.assert_close(got, price * ds)
+        assert (price < 0) == (lam == 3.0), (s, price)  # below 0.9 - 3 / 100, not below 0.9 - 40 / 100
+        tax.finalize()
+
+
 def test_clearing_reads_the_share_the_gates_froze_at_and_how_fast_it_was_still_falling():
     from econlm.prices import clearing, clearing_advice
 
@@ -198,6 +230,12 @@ def test_clearing_reads_the_share_the_gates_froze_at_and_how_fast_it_was_still_f
     assert never_froze["falling_per_100_steps"] == pytest.approx((0.45 - 0.44) / 50 * 100)
     met = clearing(0.435, history, 400, budget_warmup=0.25, gate_freeze=0.5)  # 0.44 is within the 0.01 tolerance
     assert met["cleared"] is True and clearing_advice(met) is None
+    assert met["undershot"] is False  # 0.44 is 0.005 above 0.435
+    loose = clearing(0.5, history, 400, budget_warmup=0.25, gate_freeze=0.5)  # 0.44 is 0.06 below 0.5
+    assert loose["cleared"] is True and loose["undershot"] is True
+    assert "undershot the budget: 0.440 against 0.5" in clearing_advice(loose)
+    near = clearing(0.48, history, 400, budget_warmup=0.25, gate_freeze=0.5)  # 0.04 below: within 0.05
+    assert near["undershot"] is False and clearing_advice(near) is None
     assert clearing(0.3, [], 400, budget_warmup=0.25, gate_freeze=None) is None
 
 

@@ -945,3 +945,27 @@ def test_fair_allocation_pattern_names_the_pairs_ahead_of_both_rivals():
     line = fair._allocation_pattern([ahead_behind, second, cleared, again])
     assert f"{fisher} did so on seeds 1, 2, each seed against both rivals" in line
     assert "lead to repeat" not in line
+
+
+def test_fair_anchor_reading_lists_the_shares_of_one_budget_by_rho():
+    fair = _bench_script("summarize_fair")
+
+    def run(seed, budget, rho, lr, share, lam):
+        return {
+            "seed": seed,
+            "market": {"budget": budget, "budget_rho": rho, "price_lr": lr, "share_at_end": share, "lambda_final": lam},
+        }
+
+    markets = [
+        run(1, 0.5, 1000.0, 2.0, 0.4889, 10.73),
+        run(1, 0.5, 20.0, 2.0, 0.3573, 42.32),
+        run(1, 0.5, 300.0, 0.5, 0.4764, 8.94),
+        run(1, 0.3, 20.0, 2.0, 0.2649, 122.6),  # one rho at this budget: nothing to compare
+    ]
+    line = fair._anchors(markets)
+    assert line.endswith(
+        "FLOPs budget 0.5: rho 20, price_lr 2, seed 1: share 0.357, final lambda 42.3; rho 300, price_lr 0.5, "
+        "seed 1: share 0.476, final lambda 8.94; rho 1000, price_lr 2, seed 1: share 0.489, final lambda 10.7."
+    )
+    assert "0.3:" not in line
+    assert fair._anchors(markets[1:2] + markets[3:]) is None
