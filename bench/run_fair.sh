@@ -12,6 +12,7 @@
 #   bench/run_fair.sh cola-clear # after cola-start: the same schedule on CoLA (Fisher-ordered student, same teachers)
 #   bench/run_fair.sh stsb-clear-b05 # after stsb-start: the cleared schedule at FLOPs budget 0.5, seed 1 then seed 2
 #   bench/run_fair.sh stsb-anchor-b05 # after stsb-start: budget 0.5 with the anchor at rho 1000 and 300 (seed 1, side by side), then rho 1000 on seed 2
+#   bench/run_fair.sh stsb-early-b05  # after stsb-anchor-b05: the same anchored student with the gates frozen at 40% (seeds 1 and 2 side by side)
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,8 +46,13 @@ for part in "${parts[@]}"; do
       done
       wait
       .venv/bin/econlm sweep bench/sweeps/fair_stsb_anchor_b05_r1000_s2.yaml --out "$out/stsb" ;;
+    stsb-early-b05)  # both seeds side by side, one thread each
+      for f in fair_stsb_early_b05 fair_stsb_early_b05_s2; do
+        OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/$f.yaml" --out "$out/stsb" &
+      done
+      wait ;;
     paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
     market) .venv/bin/econlm sweep bench/sweeps/market_cola.yaml --out "$out/cola" ;;
-    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, stsb-clear-b05, stsb-anchor-b05, paper or market" >&2; exit 2 ;;
+    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, stsb-clear-b05, stsb-anchor-b05, stsb-early-b05, paper or market" >&2; exit 2 ;;
   esac
 done

@@ -50,7 +50,15 @@ TRIED = {
         "the same student at 0.5 with a stronger anchor (the controller's proportional term, see the reading): rho "
         "1000 at price_lr 2 and rho 300 at price_lr 0.5 side by side on seed 1, the one whose share ended nearest "
         "0.5 without passing 0.51 carried to seed 2 (`fair_stsb_anchor_b05_r1000_s2.yaml`), a rule fixed before any "
-        "score was read: rho 1000 (0.489 against 0.476). Left: hidden-state distillation (`--distill-hidden-weight`, off in these runs) and "
+        "score was read: rho 1000 (0.489 against 0.476); rho 300's rivals ran too, so it counts as a recipe tried. "
+        "At 0.5 the anchored student lost on both seeds to Fisher handed its structure, while that structure beat "
+        "Fisher's own allocation on both: the gates chose well and the student had 30% of its steps to recover on "
+        "the structure against the rival's 100%. So last (run 6, `fair_stsb_early_b05.yaml` and `_s2.yaml`, same "
+        "teachers and steps): the anchored student with the budget in force at 15% of training and the gates frozen "
+        "at 40%, 60% of the steps distilling on a fixed structure, a schedule the anchor makes possible (the share "
+        "reaches the budget within tens of steps of it). Run 6's seed 2 student finished with its no-retraining "
+        "rivals; its retrained rivals were stopped at the end of the session (one from its checkpoint) and are left "
+        "to resume, so it has no pair yet. Left: hidden-state distillation (`--distill-hidden-weight`, off in these runs) and "
         "schedules nearer CoFiPruning's (100 pruning epochs and 20 of fine-tuning on small tasks; these runs have 3 "
         "in all). CoLA: [fair_cola.md](fair_cola.md). The paper's tax at its own scale: "
         "[paper_scale_stsb.md](paper_scale_stsb.md)."
@@ -249,13 +257,14 @@ def _anchors(markets: list[dict]) -> str | None:
         by_budget.setdefault(r["market"]["budget"], []).append(r)
     lines = []
     for budget, runs in sorted(by_budget.items()):
-        if len({r["market"]["budget_rho"] for r in runs}) < 2 or any(r["market"]["share_at_end"] is None for r in runs):
+        rhos = {r["market"].get("budget_rho", 20.0) for r in runs}  # markets saved before rho was read: 20
+        if len(rhos) < 2 or any(r["market"]["share_at_end"] is None for r in runs):
             continue
-        runs = sorted(runs, key=lambda r: (r["market"]["budget_rho"], r["market"]["price_lr"], r["seed"]))
+        runs = sorted(runs, key=lambda r: (r["market"].get("budget_rho", 20.0), r["market"]["price_lr"], r["seed"]))
         lines.append(
             f"FLOPs budget {budget}: "
             + "; ".join(
-                f"rho {r['market']['budget_rho']:g}, price_lr {r['market']['price_lr']:g}, seed {r['seed']}: share "
+                f"rho {r['market'].get('budget_rho', 20.0):g}, price_lr {r['market']['price_lr']:g}, seed {r['seed']}: share "
                 f"{r['market']['share_at_end']:.3f}, final lambda {r['market']['lambda_final']:.3g}"
                 for r in runs
             )

@@ -956,9 +956,11 @@ def test_fair_anchor_reading_lists_the_shares_of_one_budget_by_rho():
             "market": {"budget": budget, "budget_rho": rho, "price_lr": lr, "share_at_end": share, "lambda_final": lam},
         }
 
+    saved_before_rho = run(1, 0.5, 20.0, 2.0, 0.3573, 42.32)
+    del saved_before_rho["market"]["budget_rho"]  # a market an earlier session saved: the default rho, 20
     markets = [
         run(1, 0.5, 1000.0, 2.0, 0.4889, 10.73),
-        run(1, 0.5, 20.0, 2.0, 0.3573, 42.32),
+        saved_before_rho,
         run(1, 0.5, 300.0, 0.5, 0.4764, 8.94),
         run(1, 0.3, 20.0, 2.0, 0.2649, 122.6),  # one rho at this budget: nothing to compare
     ]
