@@ -249,23 +249,27 @@ def _lagging(markets: list[dict]) -> str | None:
 
 
 def _anchors(markets: list[dict]) -> str | None:
-    """Students of one budget that differ in the anchor's weight rho: where their shares ended. The anchor's
-    gradient on the share, rho * (share - budget), is the controller's proportional term next to lambda's
-    integral one (econlm.incentive)."""
-    by_budget: dict[float, list[dict]] = {}
+    """Students of one cost and budget that differ in the anchor's weight rho: where their shares ended. The
+    anchor's gradient on the share, rho * (share - budget), is the controller's proportional term next to
+    lambda's integral one (econlm.incentive)."""
+    groups: dict[tuple, list[dict]] = {}
     for r in markets:
-        by_budget.setdefault(r["market"]["budget"], []).append(r)
+        groups.setdefault((r["market"]["cost"], r["market"]["budget"]), []).append(r)
+
+    def rho(r: dict) -> float:
+        return r["market"].get("budget_rho", 20.0)  # markets saved before rho was read ran at the default
+
     lines = []
-    for budget, runs in sorted(by_budget.items()):
-        rhos = {r["market"].get("budget_rho", 20.0) for r in runs}  # markets saved before rho was read: 20
-        if len(rhos) < 2 or any(r["market"]["share_at_end"] is None for r in runs):
+    for (cost, budget), runs in sorted(groups.items()):
+        if len({rho(r) for r in runs}) < 2 or any(r["market"]["share_at_end"] is None for r in runs):
             continue
-        runs = sorted(runs, key=lambda r: (r["market"].get("budget_rho", 20.0), r["market"]["price_lr"], r["seed"]))
+        runs = sorted(runs, key=lambda r: (rho(r), r["market"]["price_lr"], -r["market"]["gate_freeze"], r["seed"]))
         lines.append(
-            f"FLOPs budget {budget}: "
+            f"{'dense latency' if cost == 'latency' else 'FLOPs'} budget {budget}: "
             + "; ".join(
-                f"rho {r['market'].get('budget_rho', 20.0):g}, price_lr {r['market']['price_lr']:g}, seed {r['seed']}: share "
-                f"{r['market']['share_at_end']:.3f}, final lambda {r['market']['lambda_final']:.3g}"
+                f"rho {rho(r):g}, price_lr {r['market']['price_lr']:g}, freeze {r['market']['gate_freeze']:g}, "
+                f"seed {r['seed']}: share {r['market']['share_at_end']:.3f}, final lambda "
+                f"{r['market']['lambda_final']:.3g}"
                 for r in runs
             )
         )

@@ -953,7 +953,15 @@ def test_fair_anchor_reading_lists_the_shares_of_one_budget_by_rho():
     def run(seed, budget, rho, lr, share, lam):
         return {
             "seed": seed,
-            "market": {"budget": budget, "budget_rho": rho, "price_lr": lr, "share_at_end": share, "lambda_final": lam},
+            "market": {
+                "cost": "flops",
+                "budget": budget,
+                "budget_rho": rho,
+                "price_lr": lr,
+                "gate_freeze": 0.7,
+                "share_at_end": share,
+                "lambda_final": lam,
+            },
         }
 
     saved_before_rho = run(1, 0.5, 20.0, 2.0, 0.3573, 42.32)
@@ -965,9 +973,15 @@ def test_fair_anchor_reading_lists_the_shares_of_one_budget_by_rho():
         run(1, 0.3, 20.0, 2.0, 0.2649, 122.6),  # one rho at this budget: nothing to compare
     ]
     line = fair._anchors(markets)
+    latency = run(1, 0.5, 20.0, 0.5, 0.781, 44.3)  # another market: a share of dense latency
+    latency["market"]["cost"] = "latency"
+    markets.append(latency)
+    line = fair._anchors(markets)
     assert line.endswith(
-        "FLOPs budget 0.5: rho 20, price_lr 2, seed 1: share 0.357, final lambda 42.3; rho 300, price_lr 0.5, "
-        "seed 1: share 0.476, final lambda 8.94; rho 1000, price_lr 2, seed 1: share 0.489, final lambda 10.7."
+        "FLOPs budget 0.5: rho 20, price_lr 2, freeze 0.7, seed 1: share 0.357, final lambda 42.3; rho 300, "
+        "price_lr 0.5, freeze 0.7, seed 1: share 0.476, final lambda 8.94; rho 1000, price_lr 2, freeze 0.7, seed 1: "
+        "share 0.489, final lambda 10.7."
     )
+    assert "0.781" not in line  # one rho in the latency market: nothing to compare there
     assert "0.3:" not in line
     assert fair._anchors(markets[1:2] + markets[3:]) is None
