@@ -167,10 +167,17 @@ def _market(r: dict) -> dict:
         "lambda_path": history[:: max(1, len(history) // 8)],
         "gate_freeze": r["settings"].get("gate_freeze", 0.7),
         "price_lr": r["settings"].get("price_lr", 0.5),
-        "budget_rho": r["settings"].get("budget_rho", 20.0),
+        "budget_rho": _rho(r["settings"]),
         "cost": "+".join(r["settings"].get("cost", [])),
         "clearing": metrics.get("budget_clearing") or _clearing_from_events(Path(r["model_dir"]), metrics),
     }
+
+
+def _rho(settings: dict) -> float:
+    """The anchor's weight a run trained with: its own setting, else the library's default."""
+    from econlm.incentive import TaxConfig
+
+    return settings.get("budget_rho", TaxConfig.budget_rho)
 
 
 def _clearing_from_events(model_dir: Path, metrics: dict) -> dict | None:
@@ -257,7 +264,7 @@ def _anchors(markets: list[dict]) -> str | None:
         groups.setdefault((r["market"]["cost"], r["market"]["budget"]), []).append(r)
 
     def rho(r: dict) -> float:
-        return r["market"].get("budget_rho", 20.0)  # markets saved before rho was read ran at the default
+        return _rho(r["market"])  # a market saved before rho was read ran at the default
 
     lines = []
     for (cost, budget), runs in sorted(groups.items()):

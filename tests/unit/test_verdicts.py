@@ -972,7 +972,6 @@ def test_fair_anchor_reading_lists_the_shares_of_one_budget_by_rho():
         run(1, 0.5, 300.0, 0.5, 0.4764, 8.94),
         run(1, 0.3, 20.0, 2.0, 0.2649, 122.6),  # one rho at this budget: nothing to compare
     ]
-    line = fair._anchors(markets)
     latency = run(1, 0.5, 20.0, 0.5, 0.781, 44.3)  # another market: a share of dense latency
     latency["market"]["cost"] = "latency"
     markets.append(latency)
