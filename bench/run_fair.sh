@@ -14,6 +14,7 @@
 #   bench/run_fair.sh stsb-anchor-b05 # after stsb-start: budget 0.5 with the anchor at rho 1000 and 300 (seed 1, side by side), then rho 1000 on seed 2
 #   bench/run_fair.sh stsb-early-b05  # after stsb-anchor-b05: the same anchored student with the gates frozen at 40% (seeds 1 and 2 side by side)
 #   bench/run_fair.sh stsb-early-b03  # after stsb-start: run 6's recipe at budget 0.3 (seeds 1 and 2 side by side)
+#   bench/run_fair.sh stsb-fisher-b03 # after stsb-start: run 7's recipe with Fisher-ordered gates (seeds 1 and 2 side by side)
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,11 +55,12 @@ for part in "${parts[@]}"; do
       wait ;;
     paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
     market) .venv/bin/econlm sweep bench/sweeps/market_cola.yaml --out "$out/cola" ;;
-    stsb-early-b03)  # both seeds side by side, one thread each
-      for f in fair_stsb_early_b03 fair_stsb_early_b03_s2; do
+    stsb-early-b03|stsb-fisher-b03)  # both seeds side by side, one thread each
+      f1="fair_${part//-/_}"
+      for f in "$f1" "${f1}_s2"; do
         OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/$f.yaml" --out "$out/stsb" &
       done
       wait ;;
-    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, stsb-clear-b05, stsb-anchor-b05, stsb-early-b05, stsb-early-b03, paper or market" >&2; exit 2 ;;
+    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, stsb-clear-b05, stsb-anchor-b05, stsb-early-b05, stsb-early-b03, stsb-fisher-b03, paper or market" >&2; exit 2 ;;
   esac
 done
