@@ -305,6 +305,20 @@ def _anchors(markets: list[dict]) -> str | None:
     )
 
 
+def _why_below(market: dict) -> str:
+    """Why a cleared share ended below its budget. With the anchor, gates stop closing where its pull
+    rho x (budget - share) equals the price lambda, so a share near budget - lambda / rho is that balance;
+    otherwise the integral term overshot once the gates, which start open, began to answer it."""
+    share, budget = market["clearing"]["share_final"], market["clearing"]["budget"]
+    lam, rho = market.get("lambda_final"), market.get("budget_rho")
+    if lam is not None and rho and abs(budget - lam / rho - share) <= 0.01:
+        return (
+            f"below it by about lambda / rho = {lam:.3g} / {rho:.4g} = {lam / rho:.3f}, where the anchor's pull "
+            "balances the price"
+        )
+    return "below it: the integral term overshoots once the gates respond"
+
+
 def _given_steps(cleared: list[dict]) -> str:
     """The runs whose recipe left the price enough steps, and what they reached: the test of the lag reading."""
 
@@ -313,8 +327,7 @@ def _given_steps(cleared: list[dict]) -> str:
         below = c["share_final"] < c["budget"] - 0.01  # past the tolerance clearing allows above the budget
         return (
             f"seed {r['seed']}'s {r['method']} ({c['steps_to_catch_up']} steps to catch up) ended at a share of "
-            f"{c['share_final']:.3f} against {c['budget']}"
-            + (" (below it: the integral term overshoots once the gates respond)" if below else "")
+            f"{c['share_final']:.3f} against {c['budget']}" + (f" ({_why_below(r['market'])})" if below else "")
         )
 
     return "; given more steps, the price cleared it: " + "; ".join(reached(r) for r in cleared) + "."

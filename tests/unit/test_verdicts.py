@@ -838,6 +838,18 @@ def test_fair_reading_says_the_price_ran_out_of_steps_when_every_missed_share_wa
     assert "left it 108 steps between" in line
     assert line.endswith("given more steps, the price cleared it: seed 1's incentive flops (108 steps to catch up) "
                          "ended at a share of 0.305 against 0.3.")
+    # below the budget: an anchored share at budget - lambda / rho (0.3 - 39.5 / 1000 = 0.2605) is the anchor's
+    # balance; a share far from that point, or a run without rho, is the integral's overshoot
+    low = clearing(0.3, [[216, 0.5], [324, 0.258]], 540, budget_warmup=0.4, gate_freeze=0.6)
+    anchored = {"seed": 2, "method": "m", "market": {"clearing": low, "lambda_final": 39.5, "budget_rho": 1000.0}}
+    assert fair._lagging([{"market": {"clearing": missed}}, anchored]).endswith(
+        "ended at a share of 0.258 against 0.3 (below it by about lambda / rho = 39.5 / 1000 = 0.040, where the "
+        "anchor's pull balances the price)."
+    )
+    weak = {**anchored, "market": {**anchored["market"], "budget_rho": 20.0}}  # 0.3 - 39.5 / 20 < 0: not the anchor
+    assert "(below it: the integral term overshoots once the gates respond)" in fair._lagging(
+        [{"market": {"clearing": missed}}, weak]
+    )
     alone = fair._lagging([{"market": {"clearing": missed}}])  # nothing cleared: the next thing to try
     assert alone.endswith("warms the budget up sooner or freezes later is the next thing to try.")
     # one missed run whose share had stopped falling: the pattern does not hold, so nothing is claimed
