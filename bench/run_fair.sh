@@ -48,14 +48,9 @@ for part in "${parts[@]}"; do
       done
       wait
       .venv/bin/econlm sweep bench/sweeps/fair_stsb_anchor_b05_r1000_s2.yaml --out "$out/stsb" ;;
-    stsb-early-b05)  # both seeds side by side, one thread each
-      for f in fair_stsb_early_b05 fair_stsb_early_b05_s2; do
-        OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/$f.yaml" --out "$out/stsb" &
-      done
-      wait ;;
     paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
     market) .venv/bin/econlm sweep bench/sweeps/market_cola.yaml --out "$out/cola" ;;
-    stsb-early-b03|stsb-fisher-b03)  # both seeds side by side, one thread each
+    stsb-early-b05|stsb-early-b03|stsb-fisher-b03)  # both seeds side by side, one thread each
       f1="fair_${part//-/_}"
       for f in "$f1" "${f1}_s2"; do
         OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/$f.yaml" --out "$out/stsb" &

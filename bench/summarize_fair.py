@@ -75,8 +75,8 @@ TRIED = {
         "again budget - lambda / rho), and well ahead of Fisher choosing its own allocation on both seeds (+0.0102, "
         "+0.0166); against Fisher handed their structure, seed 1 +0.0079 and seed 2 -0.0044: 1 of 2 pairs, mean "
         "+0.0017. Fisher's ordering as the gates' start closed the allocation gap on both seeds; seed 2 lost on "
-        "recovery, by less than the noise below. Left: the same start at budget 0.5 (two seeds, about 2 hours of both "
-        "cores), hidden-state distillation (`--distill-hidden-weight`, off in these runs) and "
+        "recovery, by less than the noise below. Left: the same start at budget 0.5 (two seeds side by side, about an "
+        "hour of both cores, as run 8 took), hidden-state distillation (`--distill-hidden-weight`, off in these runs) and "
         "schedules nearer CoFiPruning's (100 pruning epochs and 20 of fine-tuning on small tasks; these runs have 3 "
         "in all). CoLA: [fair_cola.md](fair_cola.md). The paper's tax at its own scale: "
         "[paper_scale_stsb.md](paper_scale_stsb.md)."
@@ -315,8 +315,8 @@ def _why_below(market: dict) -> str:
     rho x (budget - share) equals the price lambda, so a share near budget - lambda / rho is that balance;
     otherwise the integral term overshot once the gates, which start open, began to answer it."""
     share, budget = market["clearing"]["share_final"], market["clearing"]["budget"]
-    lam, rho = market.get("lambda_final"), market.get("budget_rho")
-    if lam is not None and rho and abs(budget - lam / rho - share) <= 0.01:
+    lam, rho = market.get("lambda_final"), _rho(market)  # a market saved before rho was read ran at the default
+    if lam is not None and abs(budget - lam / rho - share) <= 0.01:
         return (
             f"below it by about lambda / rho = {lam:.3g} / {rho:.4g} = {lam / rho:.3f}, where the anchor's pull "
             "balances the price"

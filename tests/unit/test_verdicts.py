@@ -839,7 +839,7 @@ def test_fair_reading_says_the_price_ran_out_of_steps_when_every_missed_share_wa
     assert line.endswith("given more steps, the price cleared it: seed 1's incentive flops (108 steps to catch up) "
                          "ended at a share of 0.305 against 0.3.")
     # below the budget: an anchored share at budget - lambda / rho (0.3 - 39.5 / 1000 = 0.2605) is the anchor's
-    # balance; a share far from that point, or a run without rho, is the integral's overshoot
+    # balance; a share far from that point is the integral's overshoot
     low = clearing(0.3, [[216, 0.5], [324, 0.258]], 540, budget_warmup=0.4, gate_freeze=0.6)
     anchored = {"seed": 2, "method": "m", "market": {"clearing": low, "lambda_final": 39.5, "budget_rho": 1000.0}}
     assert fair._lagging([{"market": {"clearing": missed}}, anchored]).endswith(
@@ -850,6 +850,11 @@ def test_fair_reading_says_the_price_ran_out_of_steps_when_every_missed_share_wa
     assert "(below it: the integral term overshoots once the gates respond)" in fair._lagging(
         [{"market": {"clearing": missed}}, weak]
     )
+    before_rho = {**anchored, "market": {**anchored["market"], "lambda_final": 0.6}}  # saved before rho was read
+    del before_rho["market"]["budget_rho"]  # so it ran at the default 20: 0.3 - 0.6 / 20 = 0.27, 0.012 off 0.258
+    assert "integral term overshoots" in fair._lagging([{"market": {"clearing": missed}}, before_rho])
+    before_rho["market"]["lambda_final"] = 0.8  # 0.3 - 0.8 / 20 = 0.26: the default anchor's balance
+    assert "lambda / rho = 0.8 / 20 = 0.040" in fair._lagging([{"market": {"clearing": missed}}, before_rho])
     alone = fair._lagging([{"market": {"clearing": missed}}])  # nothing cleared: the next thing to try
     assert alone.endswith("warms the budget up sooner or freezes later is the next thing to try.")
     # one missed run whose share had stopped falling: the pattern does not hold, so nothing is claimed
