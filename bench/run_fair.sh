@@ -16,6 +16,7 @@
 #   bench/run_fair.sh stsb-early-b03  # after stsb-start: run 6's recipe at budget 0.3 (seeds 1 and 2 side by side)
 #   bench/run_fair.sh stsb-fisher-b03 # after stsb-start: run 7's recipe with Fisher-ordered gates (seeds 1 and 2 side by side)
 #   bench/run_fair.sh stsb-fisher-b05 # run 8's recipe at budget 0.5 (seeds 1 and 2 side by side; trains a missing teacher first)
+#   bench/run_fair.sh stsb-fisher-b04 # the same at budget 0.4, the recipe's third budget (seeds 1 and 2 side by side)
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,12 +52,12 @@ for part in "${parts[@]}"; do
       .venv/bin/econlm sweep bench/sweeps/fair_stsb_anchor_b05_r1000_s2.yaml --out "$out/stsb" ;;
     paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
     market) .venv/bin/econlm sweep bench/sweeps/market_cola.yaml --out "$out/cola" ;;
-    stsb-early-b05|stsb-early-b03|stsb-fisher-b03|stsb-fisher-b05)  # both seeds side by side, one thread each
+    stsb-early-b05|stsb-early-b03|stsb-fisher-b03|stsb-fisher-b05|stsb-fisher-b04)  # both seeds side by side, one thread each
       f1="fair_${part//-/_}"
       for f in "$f1" "${f1}_s2"; do
         OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/$f.yaml" --out "$out/stsb" &
       done
       wait ;;
-    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, stsb-clear-b05, stsb-anchor-b05, stsb-early-b05, stsb-early-b03, stsb-fisher-b03, stsb-fisher-b05, paper or market" >&2; exit 2 ;;
+    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, stsb-clear-b05, stsb-anchor-b05, stsb-early-b05, stsb-early-b03, stsb-fisher-b03, stsb-fisher-b05, stsb-fisher-b04, paper or market" >&2; exit 2 ;;
   esac
 done
