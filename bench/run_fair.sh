@@ -17,6 +17,8 @@
 #   bench/run_fair.sh stsb-fisher-b03 # after stsb-start: run 7's recipe with Fisher-ordered gates (seeds 1 and 2 side by side)
 #   bench/run_fair.sh stsb-fisher-b05 # run 8's recipe at budget 0.5 (seeds 1 and 2 side by side; trains a missing teacher first)
 #   bench/run_fair.sh stsb-fisher-b04 # the same at budget 0.4, the recipe's third budget (seeds 1 and 2 side by side)
+#   bench/run_fair.sh stsb-norepair   # after stsb-fisher-b04 and -b05: their Fisher rivals again, retrained from the unrepaired structure
+#   bench/run_fair.sh stsb-layerwise  # the same rivals (Fisher's own allocation) repaired layer by layer, as Kwon et al. do
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +52,11 @@ for part in "${parts[@]}"; do
       done
       wait
       .venv/bin/econlm sweep bench/sweeps/fair_stsb_anchor_b05_r1000_s2.yaml --out "$out/stsb" ;;
+    stsb-norepair|stsb-layerwise)  # one seed per core: budget 0.4, then 0.5 (the students and teachers exist; only rivals train)
+      for s in "" _s2; do
+        (for b in 04 05; do OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/fair_${part//-/_}_b$b$s.yaml" --out "$out/stsb"; done) &
+      done
+      wait ;;
     paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
     market) .venv/bin/econlm sweep bench/sweeps/market_cola.yaml --out "$out/cola" ;;
     stsb-early-b05|stsb-early-b03|stsb-fisher-b03|stsb-fisher-b05|stsb-fisher-b04)  # both seeds side by side, one thread each
@@ -58,6 +65,6 @@ for part in "${parts[@]}"; do
         OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/$f.yaml" --out "$out/stsb" &
       done
       wait ;;
-    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, stsb-clear-b05, stsb-anchor-b05, stsb-early-b05, stsb-early-b03, stsb-fisher-b03, stsb-fisher-b05, stsb-fisher-b04, paper or market" >&2; exit 2 ;;
+    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, stsb-clear-b05, stsb-anchor-b05, stsb-early-b05, stsb-early-b03, stsb-fisher-b03, stsb-fisher-b05, stsb-fisher-b04, stsb-norepair, stsb-layerwise, paper or market" >&2; exit 2 ;;
   esac
 done

@@ -87,7 +87,25 @@ TRIED = {
         "-0.0018 against Fisher handed their structure. So the Fisher-start recipe won 3 of its 6 pairs, mean +0.0006: "
         "seed 1 won at all three budgets and seed 2 lost at all three, every gap but one within 0.0045, so on STS-B the "
         "gates' structure and Fisher's, each given the same teacher, distillation and steps, tie, and issue #10's 4 of 6 "
-        "is missed by one pair. Left: hidden-state distillation (`--distill-hidden-weight`, off in these runs) and "
+        "is missed by one pair. Then a fairness check of the rivals (a later session, same machine, so the same "
+        "teachers, students and timing run): every retrained rival so far started from the least-squares repair of "
+        "its kept units solved on the dense model's inputs, all layers at once (`rescale: true`), and at run 10's "
+        "seed-1 structure that repair had made the untrained model worse (-0.56 against -0.21 unrepaired). So the "
+        "Fisher rivals of runs 9 and 10 were retrained again, same teacher, distillation and steps, from two other "
+        "starts: no repair (`fair_stsb_norepair_b04*.yaml`, `_b05*.yaml`, `bench/run_fair.sh stsb-norepair`), and "
+        "Kwon et al.'s own order (`rescale: layerwise`, `fair_stsb_layerwise_*.yaml`, `stsb-layerwise`: layer by "
+        "layer on the pruned model's own inputs against the dense model's sublayer sums, the last layer on [CLS] "
+        "alone, stopping where a scale passes 10; for Fisher's own allocation only, since handed the student's "
+        "structure at 0.4 it scored below no repair before retraining, -0.71 and 0.28 against -0.21 and 0.57). "
+        "Untrained, the layer-by-layer repair is the best start for Fisher's own allocation at 0.4 (0.47 and 0.70 "
+        "against 0.33 and 0.62 for the one-step repair, 0.21 and 0.53 unrepaired), but retrained it is the worst "
+        "(0.8595 and 0.8585). At 0.4 the unrepaired start beat the repaired one on both seeds and both "
+        "allocations, by 0.0017 to 0.0034, and both students now lose (-0.0022 and -0.0035, to Fisher handed "
+        "their structure); at 0.5 no pair changed sign (seed 1 still +0.0011, the unrepaired start tying the "
+        "repaired one at 0.8633; seed 2 still -0.0002). So the repair handicapped the rivals where many units go, "
+        "and the Fisher-start recipe wins 2 of its 6 pairs, mean -0.0002 (3 of 6, +0.0006, before). Run 8's pairs at 0.3 were against repaired rivals only (its models went "
+        "with an earlier machine), which favours the student there. Later sweeps should give every rival both "
+        "starts (`rescale: [false, true]`). Left: hidden-state distillation (`--distill-hidden-weight`, off in these runs) and "
         "schedules nearer CoFiPruning's (100 pruning epochs and 20 of fine-tuning on small tasks; these runs have 3 "
         "in all). CoLA: [fair_cola.md](fair_cola.md). The paper's tax at its own scale: "
         "[paper_scale_stsb.md](paper_scale_stsb.md)."
@@ -134,6 +152,9 @@ def _is_plain(settings: dict) -> bool:
     return plain(settings)
 
 
+REPAIR_LABELS = {True: " +LS rescale", "layerwise": " +LS rescale layer by layer"}
+
+
 def _label(r: dict) -> str:
     s = r["settings"]
     if r["kind"] == "train":
@@ -158,7 +179,7 @@ def _label(r: dict) -> str:
         )
     epochs = s["finetune_epochs"]
     spent = " (own allocation at the same FLOPs)" if s.get("allocation") == "global" else ""
-    return f"post-hoc {s['importance']}{spent}{' +LS rescale' if s.get('rescale') else ''}, " + (
+    return f"post-hoc {s['importance']}{spent}{REPAIR_LABELS.get(s.get('rescale'), '')}, " + (
         f"{epochs} epochs" + (" +distill" if s.get("distill") else "") if epochs else "no retraining"
     )
 

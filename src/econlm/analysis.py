@@ -21,7 +21,7 @@ def method_of(result: dict) -> str:
     if result["kind"] == "posthoc":
         settings = result["settings"]
         # Variants are methods of their own: a repaired or untrained rival is not the fine-tuned one.
-        rescaled = "-rescaled" if settings.get("rescale") else ""
+        rescaled = {True: "-rescaled", "layerwise": "-layerwise-rescaled"}.get(settings.get("rescale"), "")
         untrained = "-untrained" if settings.get("finetune_epochs") == 0 else ""
         spent = "-global" if settings.get("allocation") == "global" else ""  # its own structure, same FLOPs
         return f"posthoc-{settings['importance']}{spent}{rescaled}{untrained}"

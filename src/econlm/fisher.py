@@ -16,6 +16,7 @@ as a linear rescaling can.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -174,4 +175,174 @@ def rescale_kept_units(model: nn.Module, plans, grams: list[dict[str, torch.Tens
         scale_input_columns(block.get_submodule(fam.ffn_down), neuron_scale)
         scale_input_columns(block.get_submodule(fam.o), head_scale.repeat_interleave(head_dim))
         applied.append({"heads": head_scale.tolist(), "neurons": neuron_scale.tolist()})
+    return applied
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Least-squares rescaling layer by layer, in Kwon et al.'s order
+
+MAX_SCALE = 10.0  # a larger least-squares scale means the kept units cannot stand in for the removed ones
+
+
+class RepairStopped(UserWarning):
+    """The layer-by-layer repair stopped early: a solve asked for a scale beyond its bound."""
+
+
+class _Reached(Exception):
+    """Raised once the layer being repaired has run: the layers after it are not needed."""
+
+
+def _sublayer_sums(model: nn.Module, layer: int, batch: dict, first_token_only: bool = False) -> dict[str, torch.Tensor]:
+    """One block's tensors on ``batch``'s real tokens, (N, width) float64: the attention output projection's input
+    (``o_in``) and output (``o_out``), the FFN down-projection's (``down_in``, ``down_out``), and the residual each
+    sublayer's output is added to (``o_residual``, ``down_residual``). ``first_token_only``: each example's first
+    token alone (N = batch size)."""
+    fam = arch.family(model.config)
+    block = arch.blocks(model)[layer]
+    seen: dict[str, torch.Tensor] = {}
+
+    def block_input(module, args, kwargs):
+        seen["block_in"] = args[0] if args else kwargs["hidden_states"]
+
+    def around(name: str):
+        def hook(module, args, out):
+            seen[f"{name}_in"], seen[f"{name}_out"] = args[0], out
+
+        return hook
+
+    def ffn_input(module, args):
+        seen["up_in"] = args[0]
+
+    def reached(module, args, out):
+        raise _Reached
+
+    handles = [
+        block.register_forward_pre_hook(block_input, with_kwargs=True),
+        block.get_submodule(fam.o).register_forward_hook(around("o")),
+        block.get_submodule(fam.ffn_up).register_forward_pre_hook(ffn_input),
+        block.get_submodule(fam.ffn_down).register_forward_hook(around("down")),
+        block.register_forward_hook(reached),
+    ]
+    device = next(model.parameters()).device
+    try:
+        model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+    except _Reached:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    mask = batch.get("attention_mask")
+
+    def real(x: torch.Tensor) -> torch.Tensor:
+        x = x.double()
+        if first_token_only:
+            return x[:, 0]
+        if mask is None:
+            return x.reshape(-1, x.shape[-1])
+        if mask.shape != x.shape[:2]:  # a chunked FFN, say: the hooks saw part of the tokens
+            raise ValueError(f"layer {layer}: tensors of shape {tuple(x.shape)} do not match the mask's {tuple(mask.shape)}")
+        return x[mask.bool().to(x.device)]
+
+    out = {name: real(seen[name]) for name in ("o_in", "o_out", "down_in", "down_out") if name in seen}
+    out["o_residual"] = real(seen["block_in"])
+    # Post-norm blocks (BERT) add the FFN's output to the attention sublayer's normalized output, which is the
+    # FFN's input; pre-norm blocks (Llama, GPT-2) add it to the block input plus the attention output.
+    out["down_residual"] = real(seen["up_in"]) if fam.kind == "encoder" else out["o_residual"] + out["o_out"]
+    return out
+
+
+def _teacher_sums(model: nn.Module, layer: int, batch: dict, first_token_only: bool) -> dict[str, torch.Tensor]:
+    """What the student's sublayers must reproduce: each sublayer's output plus its residual, (N, D)."""
+    tensors = _sublayer_sums(model, layer, batch, first_token_only)
+    return {name: tensors[f"{name}_out"] + tensors[f"{name}_residual"] for name in ("o", "down")}
+
+
+def _bias(module: nn.Module) -> torch.Tensor | float:
+    bias = getattr(module, "bias", None)
+    return 0.0 if bias is None else bias.detach().double()
+
+
+def _solve_near_one(ata: torch.Tensor, atb: torch.Tensor, ridge: float) -> torch.Tensor:
+    """The least-squares scales, damped toward 1 (leaving a unit as it is), not toward 0: a unit the calibration
+    data never fires, or a direction it cannot see, keeps its weights instead of losing them."""
+    damping = ridge * ata.diagonal().mean().clamp_min(1e-30)
+    ones = torch.ones_like(atb)
+    system = ata + damping * torch.eye(len(atb), dtype=ata.dtype, device=ata.device)
+    return ones + torch.linalg.solve(system, atb - ata @ ones)
+
+
+@torch.no_grad()
+def repair_layer_by_layer(
+    student: nn.Module,
+    teacher: nn.Module,
+    batches: Sequence[dict],
+    ridge: float = RIDGE,
+    max_scale: float = MAX_SCALE,
+    last_layer_first_token: bool = False,
+) -> dict:
+    """Rescale the kept units of the pruned ``student`` so that each sublayer of it reproduces the dense
+    ``teacher``'s, layer by layer in order, heads before the FFN (Kwon et al.'s order).
+
+    Unlike :func:`rescale_kept_units`, which reproduces each layer's output on the dense model's own inputs, the
+    regressors here are the units' contributions on the *student's* inputs (its earlier layers already
+    repaired) and the target is the teacher's sublayer sum: its output plus its residual, less the student's
+    residual. So each layer also absorbs the error its earlier layers left. Once a solve asks for a scale beyond
+    ``max_scale`` (the kept units cannot stand in for the removed ones), the repair stops there and leaves that
+    sublayer and the later ones as pruned, as Kwon et al. do. ``last_layer_first_token``: the last layer matches the
+    first token alone, all that a pooled classification head reads of it (Kwon et al. do this for the last FFN).
+
+    Returns ``{"heads": [...], "neurons": [...], "stopped": None or "layer L heads|neurons"}``, the scales applied
+    per layer (empty lists where none)."""
+    from econlm.gates import scale_input_columns
+
+    fam = arch.family(student.config)
+    head_dim = arch.shape(student.config).head_dim
+    layers = len(arch.blocks(student))
+    applied: dict = {"heads": [[] for _ in range(layers)], "neurons": [[] for _ in range(layers)], "stopped": None}
+    modes = student.training, teacher.training
+    student.eval()
+    teacher.eval()
+    try:
+        for layer in range(layers):
+            block = arch.blocks(student)[layer]
+            first = last_layer_first_token and layer == layers - 1
+            targets = [_teacher_sums(teacher, layer, batch, first) for batch in batches]
+            for kind, path in (("heads", fam.o), ("neurons", fam.ffn_down)):
+                module = block.get_submodule(path)
+                width = arch.in_features(module)
+                if width == 0:
+                    continue
+                columns = arch.in_columns(module).double()  # (width, D): what each input feature writes
+                units = width // head_dim if kind == "heads" else width
+                ata = torch.zeros(units, units, dtype=torch.float64, device=columns.device)
+                atb = torch.zeros(units, dtype=torch.float64, device=columns.device)
+                name = "o" if kind == "heads" else "down"
+                for batch, teacher_sums in zip(batches, targets):
+                    mine = _sublayer_sums(student, layer, batch, first)
+                    # (N, D): what the kept units' contributions must add up to
+                    target = teacher_sums[name] - _bias(module) - mine[f"{name}_residual"]
+                    # Unit i's contribution is x_i W_i (its input features times the columns they write), so the
+                    # Gram of contributions is (X^T X) * (W W^T) summed over each unit's features, without
+                    # forming an (N, units, D) tensor; a head is head_dim features, a neuron one.
+                    x = mine[f"{name}_in"]
+                    group = head_dim if kind == "heads" else 1
+                    gram = ((x.T @ x) * (columns @ columns.T)).view(units, group, units, group).sum(dim=(1, 3))
+                    ata += gram
+                    atb += (x * (target @ columns.T)).sum(dim=0).view(units, group).sum(dim=1)
+                scales = _solve_near_one(ata, atb, ridge)
+                if not torch.isfinite(scales).all() or scales.abs().max() > max_scale:
+                    applied["stopped"] = f"layer {layer} {kind}"
+                    warnings.warn(
+                        f"least-squares repair stopped at layer {layer} {kind}: a scale of "
+                        f"{float(scales.abs().max()):.3g} passes {max_scale:g}, so these units and the later layers "
+                        "stay as pruned",
+                        RepairStopped,
+                        stacklevel=2,
+                    )
+                    return applied
+                scale_input_columns(module, (scales.repeat_interleave(head_dim) if kind == "heads" else scales).float())
+                applied[kind][layer] = scales.tolist()
+    finally:
+        student.train(modes[0])
+        teacher.train(modes[1])
     return applied

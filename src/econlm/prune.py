@@ -28,11 +28,13 @@ clearing by value per MAC) have; the others are per-layer rankings.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from econlm import arch
-from econlm.fisher import fisher_importance, output_grams, rescale_kept_units
+from econlm.fisher import fisher_importance, output_grams, repair_layer_by_layer, rescale_kept_units
 from econlm.registry import Registry
 from econlm.surgery import LayerPlan, apply_plan
 
@@ -229,13 +231,15 @@ def prune(
     remove_neurons: list[int] | None,
     importance: str = "magnitude",
     batches: list[dict] | None = None,
-    rescale: bool = False,
+    rescale: bool | str = False,
     target_block_macs: float | None = None,
     seq_len: int = 128,
     scores: list[dict[str, torch.Tensor]] | None = None,
 ) -> list[LayerPlan]:
     """Remove units in place; returns the plans applied. With ``rescale`` the kept units are rescaled by least
-    squares to reproduce each layer's output on ``batches`` (Kwon et al.'s repair, no training).
+    squares to reproduce each layer's output on ``batches`` (Kwon et al.'s repair, no training): ``True`` or
+    ``"gram"`` solves every layer on the dense model's inputs, ``"layerwise"`` solves them in order on the pruned
+    model's own inputs, against the dense model's sublayer sums, as Kwon et al. do.
 
     Either give the counts per layer, or leave them None and give ``target_block_macs`` (the blocks' MACs of
     one ``seq_len``-token sequence to fall to): :func:`global_removal` then spends the budget.
@@ -257,12 +261,31 @@ def prune(
         remove_heads, remove_neurons = global_removal(Structure.of_model(model), scores, target_block_macs, seq_len)
     _check_covered(scores, remove_heads, remove_neurons)
     plans = plan_by_importance(model, scores, remove_heads, remove_neurons)
-    grams = None
-    if rescale:
-        if not batches:
-            raise ValueError("least-squares rescaling needs calibration batches")
-        grams = output_grams(model, batches)  # of the model before pruning: the outputs to reproduce
+    repair = _repair_of(rescale)
+    if repair and not batches:
+        raise ValueError("least-squares rescaling needs calibration batches")
+    grams = output_grams(model, batches) if repair == "gram" else None  # the dense model's: what to reproduce
+    teacher = copy.deepcopy(model) if repair == "layerwise" else None
     apply_plan(model, plans)
     if grams is not None:
         rescale_kept_units(model, plans, grams)
+    if teacher is not None:
+        # An encoder's sequence classification head reads the last layer's first token and nothing else.
+        pooled = not arch.is_decoder(model.config) and type(model).__name__.endswith("ForSequenceClassification")
+        repair_layer_by_layer(model, teacher, batches, last_layer_first_token=pooled)
     return plans
+
+
+REPAIRS = ("gram", "layerwise")  # rescale=True is "gram", the repair every earlier result used
+
+
+def _repair_of(rescale: bool | str) -> str | None:
+    """``None``, ``"gram"`` (each layer on the dense model's inputs, :func:`rescale_kept_units`) or
+    ``"layerwise"`` (in order, on the pruned model's own inputs, :func:`repair_layer_by_layer`)."""
+    if rescale is False or rescale is None:
+        return None
+    if rescale is True:
+        return "gram"
+    if rescale not in REPAIRS:
+        raise ValueError(f"unknown rescaling {rescale!r}; valid: true, false, {', '.join(REPAIRS)}")
+    return rescale

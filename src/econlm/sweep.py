@@ -12,7 +12,8 @@ A sweep YAML file::
     compact: {eps: 1e-3, calib_examples: 256}          # optional: compact every trained model
     baselines:                                         # optional, built from the lam = 0 trials
       posthoc: {importance: [magnitude, activation], finetune_epochs: 0.5}
-      # also: rescale, distill, allocation: [matched, global] (global: fisher spends the same MACs itself),
+      # also: rescale (true, false or layerwise), distill, allocation: [matched, global] (global: fisher
+      # spends the same MACs itself),
       # importance shapley: values from a market of each lambda = 0 model's heads and FFN blocks, estimated
       # once per model as a trial of its own; market: {block, examples, minutes, pairs, tol, value, seed}
       topk: {budgets: [32, 8, 2]}
@@ -42,6 +43,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -277,9 +279,13 @@ def _check_posthoc(posthoc: dict, where) -> None:
     for epochs in _as_list(posthoc.get("finetune_epochs", 0.5)):
         if epochs != "matched" and (isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs < 0):
             raise UserError(f"{where('finetune_epochs')}: epochs must be numbers >= 0 or 'matched', not {epochs!r}")
-    for flag in ("rescale", "distill"):
-        if not all(isinstance(v, bool) for v in _as_list(posthoc.get(flag, False))):
-            raise UserError(f"{where(flag)}: '{flag}' must be true or false (or a list of both)")
+    if not all(isinstance(v, bool) for v in _as_list(posthoc.get("distill", False))):
+        raise UserError(f"{where('distill')}: 'distill' must be true or false (or a list of both)")
+    if not all(isinstance(v, bool) or v == "layerwise" for v in _as_list(posthoc.get("rescale", False))):
+        raise UserError(
+            f"{where('rescale')}: 'rescale' must be true (each layer on the dense model's inputs), false or "
+            "layerwise (in order, on the pruned model's own inputs), or a list of them"
+        )
     allocations = _as_list(posthoc.get("allocation", "matched"))
     for value in allocations:
         if value not in ALLOCATIONS:
@@ -629,12 +635,29 @@ def _compact_report(compact_dir: Path) -> dict | None:
     return None
 
 
+def _prune_rival(model, settings: dict, batches: list[dict], scores) -> None:
+    from econlm.prune import prune
+
+    prune(
+        model,
+        settings.get("remove_heads"),  # None for a global allocation: prune spends target_block_macs
+        settings.get("remove_neurons"),
+        settings["importance"],
+        batches,
+        rescale=settings.get("rescale", False),  # true, or "layerwise"
+        target_block_macs=settings.get("target_block_macs"),
+        seq_len=settings.get("max_length", 128),
+        scores=scores,
+    )
+
+
 def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -> None:
     """Prune the lam = 0 model like a compacted incentive model (same counts per layer), then fine-tune."""
     from econlm.compact import CompactConfig, _calibration_batches, save_model
     from econlm.data import get_task
+    from econlm.fisher import RepairStopped
     from econlm.models import load_model
-    from econlm.prune import prune
+    from econlm.runinfo import write_json
     from econlm.userdata import spec_of
 
     settings = spec["settings"]
@@ -655,18 +678,18 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
             labels=labelled,
         )
         scores = _market_scores(settings, trial_dir, loaded.model) if settings.get("market") else None
-        prune(
-            loaded.model,
-            settings.get("remove_heads"),  # None for a global allocation: prune spends target_block_macs
-            settings.get("remove_neurons"),
-            settings["importance"],
-            batches,
-            rescale=bool(settings.get("rescale")),
-            target_block_macs=settings.get("target_block_macs"),
-            seq_len=settings.get("max_length", 128),
-            scores=scores,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RepairStopped)
+            _prune_rival(loaded.model, settings, batches, scores)
+        # Where the layer-by-layer repair stopped (None: it ran to the end, or none was asked for).
+        stopped = [str(w.message) for w in caught if issubclass(w.category, RepairStopped)]
+        for w in caught:  # any other warning is shown as it would have been
+            if not issubclass(w.category, RepairStopped):
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        write_json(trial_dir / "repair.json", {"stopped": stopped[0] if stopped else None})
         save_model(loaded.model, loaded.tokenizer, pruned_dir)  # its per-layer structure: result["structure"]
+    if (trial_dir / "repair.json").exists():
+        result["repair_stopped"] = json.loads((trial_dir / "repair.json").read_text())["stopped"]
     train_settings = {k: v for k, v in settings.items() if k in _train_fields()}
     train_settings.update(
         {
@@ -836,7 +859,7 @@ def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def _posthoc_variants(posthoc: dict, incentive_settings: dict) -> list[tuple[str, bool, float, str]]:
+def _posthoc_variants(posthoc: dict, incentive_settings: dict) -> list[tuple[str, bool | str, float, str]]:
     """(importance, rescale, fine-tuning epochs, allocation) for each post-hoc rival of one incentive run.
     ``matched`` epochs are the incentive run's own, so both get the same training steps after the lambda = 0
     model. A ``global`` allocation (the pruner spends the incentive model's FLOPs itself) is made only for
@@ -847,7 +870,7 @@ def _posthoc_variants(posthoc: dict, incentive_settings: dict) -> list[tuple[str
     for value in _as_list(posthoc.get("finetune_epochs", 0.5)):
         epochs.append(float(incentive_settings.get("epochs", 3.0)) if value == "matched" else value)
     return [
-        (importance, bool(rescale), e, allocation)
+        (importance, rescale, e, allocation)
         for importance in _as_list(posthoc.get("importance", ["magnitude"]))
         for rescale in _as_list(posthoc.get("rescale", False))
         for e in epochs
@@ -954,7 +977,7 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
                     if importance == "shapley":  # the values of this source model's market trial
                         s["market"] = trial_id("market", _market_settings(config, settings, source))
                     if rescale:
-                        s["rescale"] = True  # only when set: the ids of earlier sweeps stay as they were
+                        s["rescale"] = rescale  # only when set: the ids of earlier sweeps stay as they were
                     if posthoc.get("distill") and epochs:
                         s["distill"] = True
                     specs.append({"id": trial_id("posthoc", s), "kind": "posthoc", "settings": s})

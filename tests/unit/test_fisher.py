@@ -1,5 +1,7 @@
 """Fisher importance of unit masks and least-squares rescaling, against hand computations."""
 
+import copy
+
 import pytest
 import torch
 
@@ -115,3 +117,180 @@ def test_wanda_scores_are_weight_magnitude_times_input_norm_summed_over_the_unit
     o_in = seen["o"][real].double()  # (21, 4 heads x 8)
     per_feature = block.attention.output.dense.weight.double().abs().sum(dim=0) * o_in.pow(2).sum(dim=0).sqrt()
     torch.testing.assert_close(scores["heads"], per_feature.view(4, 8).sum(dim=1).float(), rtol=1e-5, atol=1e-7)
+
+
+def _duplicate_neuron(model, layer: int, copy_of: int, into: int) -> None:
+    """Make FFN neuron ``into`` of ``layer`` an exact copy of ``copy_of`` (same inputs, same output column)."""
+    fam = arch.family(model.config)
+    block = arch.blocks(model)[layer]
+    with torch.no_grad():
+        for path in (fam.ffn_up, fam.ffn_gate):
+            if path is None:
+                continue
+            module = block.get_submodule(path)
+            rows = arch.out_rows(module)
+            rows[into] = rows[copy_of]
+            if module.bias is not None:
+                module.bias[into] = module.bias[copy_of]
+        columns = arch.in_columns(block.get_submodule(fam.ffn_down))
+        columns[into] = columns[copy_of]
+
+
+def _scores_removing(monkeypatch, heads: int, neurons: int, gone: dict[tuple[str, int], int]):
+    """Register importance ``fixed`` that scores the units in ``gone`` ((kind, layer) -> unit) lowest."""
+    from econlm.prune import IMPORTANCE
+
+    scores = [{"heads": torch.ones(heads), "neurons": torch.ones(neurons)} for _ in range(2)]
+    for (kind, layer), unit in gone.items():
+        scores[layer][kind][unit] = 0.0
+    monkeypatch.setitem(IMPORTANCE._items, "fixed", lambda m, b: scores)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+def test_layer_by_layer_repair_makes_up_for_a_removed_duplicate_neuron(family, monkeypatch):
+    # Neuron 3 of layer 1 copies neuron 2: keeping neuron 2 at scale 2 reproduces the layer exactly. The second
+    # layer's solve sees the first layer's output, so this also checks the residual each family adds to.
+    model = tiny_model(family)
+    _duplicate_neuron(model, layer=1, copy_of=2, into=3)
+    batch = padded_batch(family)
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        reference = model(**batch).last_hidden_state[real]
+    plain = tiny_model(family)
+    plain.load_state_dict(model.state_dict())
+    _scores_removing(monkeypatch, 4, 64, {("neurons", 1): 3})
+    prune(plain, [0, 0], [0, 1], "fixed", [batch])
+    prune(model, [0, 0], [0, 1], "fixed", [batch], rescale="layerwise")
+    with torch.no_grad():
+        off = (plain(**batch).last_hidden_state[real] - reference).abs().max()
+        torch.testing.assert_close(model(**batch).last_hidden_state[real], reference, rtol=1e-3, atol=1e-3)
+    assert off > 1e-3, "without the repair the output changes"
+    kept = arch.in_columns(arch.blocks(model)[1].get_submodule(arch.family(model.config).ffn_down))
+    reference_column = arch.in_columns(arch.blocks(plain)[1].get_submodule(arch.family(plain.config).ffn_down))[2]
+    torch.testing.assert_close(kept[2], 2 * reference_column, rtol=1e-3, atol=1e-5)
+
+
+def test_layer_by_layer_repair_stops_where_a_scale_would_exceed_its_bound():
+    from econlm.fisher import RepairStopped, repair_layer_by_layer
+    from econlm.prune import plan_by_importance
+    from econlm.surgery import apply_plan
+
+    model = tiny_model("bert")
+    _duplicate_neuron(model, layer=0, copy_of=2, into=3)  # its repair needs scale 2 on neuron 2
+    teacher = tiny_model("bert")
+    teacher.load_state_dict(model.state_dict())
+    scores = [{"heads": torch.ones(4), "neurons": torch.ones(64)} for _ in range(2)]
+    scores[0]["neurons"][3] = 0.0
+    apply_plan(model, plan_by_importance(model, scores, [0, 0], [1, 0]))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(RepairStopped, match="stopped at layer 0 neurons: a scale of 2 passes 1.5"):
+        report = repair_layer_by_layer(model, teacher, [padded_batch("bert")], max_scale=1.5)
+    assert report["stopped"] == "layer 0 neurons"
+    assert report["neurons"] == [[], []] and report["heads"][1] == []
+    # Layer 0 lost no head, so its heads need no repair: scale 1 (the damping pulls toward 1, not 0).
+    assert report["heads"][0] == pytest.approx([1.0] * 4, abs=1e-6)  # float32 forwards
+    after = model.state_dict()
+    assert all(torch.allclose(before[k], after[k], rtol=1e-6, atol=0) for k in before), "nothing else was touched"
+
+
+@pytest.mark.parametrize("head", ["base", "seq-cls"])
+def test_layer_by_layer_scales_solve_the_least_squares_problem_of_their_sublayer(head, monkeypatch):
+    # After the repair, the last layer's FFN scales minimise |sum_i m_i a_i w_i - target| on the student's own
+    # inputs (its layer 0 pruned and repaired first): moving any one scale a little makes the error larger. A
+    # classifier reads the last layer's first token alone, so there the problem is on first tokens only.
+    from econlm.fisher import _sublayer_sums
+
+    teacher = tiny_model("bert", head=head, seed=3)
+    model = tiny_model("bert", head=head, seed=3)
+    batch = padded_batch("bert")
+    _scores_removing(monkeypatch, 4, 64, {("heads", 0): 1, ("neurons", 0): 5, ("heads", 1): 2, ("neurons", 1): 9})
+    prune(model, [1, 1], [1, 1], "fixed", [batch], rescale="layerwise")
+    down = arch.blocks(model)[1].output.dense
+    first = head == "seq-cls"
+    mine, theirs = _sublayer_sums(model, 1, batch, first), _sublayer_sums(teacher, 1, batch, first)
+    assert len(mine["down_in"]) == (3 if first else 21)  # three examples; 11 + 7 + 3 real tokens
+    target = theirs["down_out"] + theirs["down_residual"] - mine["down_residual"] - down.bias.detach().double()
+    columns = down.weight.detach().double().T  # (63 kept neurons, 32)
+
+    def error(scale_of_first: float) -> float:
+        x = mine["down_in"].clone()
+        x[:, 0] *= scale_of_first  # the repaired neuron 0 moved by a factor
+        return float((x @ columns - target).pow(2).sum())
+
+    best = error(1.0)
+    assert best < error(1.01) and best < error(0.99)
+
+
+def _sums_seen_from_outside(model, layer: int, batch: dict) -> dict[str, torch.Tensor]:
+    """Each sublayer's output plus its residual, read where the model itself uses it (not through econlm's hooks):
+    the input of the LayerNorm that follows it (BERT), or the next norm's input and the block output (pre-norm)."""
+    block = arch.blocks(model)[layer]
+    if model.config.model_type == "bert":
+        points = {"o": (block.attention.output.LayerNorm, "in"), "down": (block.output.LayerNorm, "in")}
+    else:
+        norm = block.ln_2 if model.config.model_type == "gpt2" else block.post_attention_layernorm
+        points = {"o": (norm, "in"), "down": (block, "out")}
+    seen, handles = {}, []
+    for name, (module, where) in points.items():
+        if where == "in":
+            handles.append(module.register_forward_pre_hook(lambda m, a, name=name: seen.__setitem__(name, a[0])))
+        else:
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, a, out, name=name: seen.__setitem__(name, out[0] if isinstance(out, tuple) else out)
+                )
+            )
+    with torch.no_grad():
+        model(**batch)
+    for handle in handles:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize(("family", "head"), [("bert", "base"), ("bert", "seq-cls"), ("llama", "base"), ("gpt2", "base")])
+def test_each_repaired_scale_is_the_least_squares_optimum_of_its_sublayer(family, head):
+    # Float64 throughout, random biases, units of both layers removed, so layer 1 sees inputs that layer 0's
+    # pruning changed. For each kept unit, the sublayer's squared error against the dense model is a parabola in its
+    # scale; after the repair its vertex must sit at the scale the repair chose (a relative step of 0).
+    from econlm.fisher import repair_layer_by_layer
+    from econlm.gates import scale_input_columns
+    from econlm.prune import plan_by_importance
+    from econlm.surgery import apply_plan
+
+    model = tiny_model(family, head=head, seed=4).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") and "LayerNorm" not in name and "ln_" not in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    teacher = copy.deepcopy(model)
+    batch = padded_batch(family)  # right padding: Llama's float64 eager attention gives NaN rows when left-padded
+    shape = arch.shape(model.config)
+    g = torch.Generator().manual_seed(7)
+    scores = [{"heads": torch.rand(shape.heads, generator=g), "neurons": torch.rand(64, generator=g)} for _ in range(2)]
+    group = shape.heads // shape.kv_heads
+    apply_plan(model, plan_by_importance(model, scores, [group, group], [5, 5]))
+    repair_layer_by_layer(model, teacher, [batch], ridge=1e-12, max_scale=1e9, last_layer_first_token=head == "seq-cls")
+    fam = arch.family(model.config)
+    real = batch["attention_mask"].bool()
+    for layer in range(2):
+        target = _sums_seen_from_outside(teacher, layer, batch)
+        first = head == "seq-cls" and layer == 1
+        for name, path, width in (("o", fam.o, shape.head_dim), ("down", fam.ffn_down, 1)):
+            module = arch.blocks(model)[layer].get_submodule(path)
+
+            def error() -> float:
+                gap = _sums_seen_from_outside(model, layer, batch)[name] - target[name]
+                return float((gap[:, 0] if first else gap[real]).pow(2).sum())
+
+            units = arch.in_features(module) // width
+            for unit in range(0, units, 7 if width == 1 else 1):
+                values = []
+                for factor in (1.01, 0.99):
+                    scale = torch.ones(units, dtype=torch.float64)
+                    scale[unit] = factor
+                    scale_input_columns(module, scale.repeat_interleave(width))
+                    values.append(error())
+                    scale_input_columns(module, (1 / scale).repeat_interleave(width))
+                at, up, down = error(), *values
+                step = -((up - down) / 0.02) / ((up + down - 2 * at) / 1e-4)
+                assert abs(step) < 1e-4, f"layer {layer} {name} unit {unit}: the optimum is {step:+.2e} away"

@@ -308,6 +308,15 @@ def test_posthoc_rivals_fisher_rescaled_matched_and_untrained_report_their_train
     assert rival["dense_flops"] == pytest.approx(incentive["dense_flops"], rel=0.05)  # within a unit or two
     with pytest.raises(UserError, match="'everywhere' is not an allocation; valid: matched, global"):
         run_sweep({**sweep, "baselines": {"posthoc": {**spent, "allocation": "everywhere"}}}, tmp_path / "bad")
+    # The layer-by-layer repair is a rival of its own, next to the others in the same folder.
+    layerwise = {"importance": ["fisher"], "finetune_epochs": [0], "rescale": ["layerwise"]}
+    again = run_sweep({**sweep, "baselines": {"posthoc": layerwise}}, tmp_path / "run", progress=False)
+    (rival,) = [r for r in again if r["kind"] == "posthoc" and r["settings"].get("rescale") == "layerwise"]
+    assert rival["status"] == "ok" and method_of(rival) == "posthoc-fisher-layerwise-rescaled-untrained"
+    assert "repair_stopped" in rival  # None, or where a scale passed its bound
+    assert rival["id"] not in {r["id"] for r in rivals}
+    with pytest.raises(UserError, match="'rescale' must be true .*, false or layerwise"):
+        run_sweep({**sweep, "baselines": {"posthoc": {**layerwise, "rescale": "sometimes"}}}, tmp_path / "bad")
     with pytest.raises(UserError, match="needs importance on one scale in every layer: add fisher"):
         run_sweep({**sweep, "baselines": {"posthoc": {**spent, "importance": ["activation"]}}}, tmp_path / "bad")
     # A market's Shapley values as the rival's importance: the market of the lambda = 0 model is a trial of
