@@ -207,7 +207,8 @@ def test_layer_by_layer_scales_solve_the_least_squares_problem_of_their_sublayer
     prune(model, [1, 1], [1, 1], "fixed", [batch], rescale="layerwise")
     down = arch.blocks(model)[1].output.dense
     first = head == "seq-cls"
-    mine, theirs = _sublayer_sums(model, 1, batch, first), _sublayer_sums(teacher, 1, batch, first)
+    with torch.no_grad():
+        mine, theirs = _sublayer_sums(model, 1, batch, first), _sublayer_sums(teacher, 1, batch, first)
     assert len(mine["down_in"]) == (3 if first else 21)  # three examples; 11 + 7 + 3 real tokens
     target = theirs["down_out"] + theirs["down_residual"] - mine["down_residual"] - down.bias.detach().double()
     columns = down.weight.detach().double().T  # (63 kept neurons, 32)
