@@ -132,7 +132,11 @@ TRIED = {
         "from its step-780 checkpoint, finished with its rivals in the next. "
         "A session here has about 3 hours of 2 CPU cores and its models rarely outlive it, so each run must fit "
         "one session: a teacher (about 25 minutes), two students side by side (about 60) and their rivals (about "
-        "45 each, two side by side). Left: the latency budget (`bench/sweeps/fair_cola.yaml`) and "
+        "45 each, two side by side). Every CoLA rival started from the one-step least-squares repair (`rescale: "
+        "true`); on STS-B at budget 0.4 the same rivals retrained from the unrepaired structure scored 0.0017 to "
+        "0.0034 higher and turned both pairs into losses ([fair_stsb.md](fair_stsb.md)), so CoLA's pairs may favour "
+        "the students. They were not rerun: the models went with earlier machines, and a rerun means the teacher and "
+        "student again, about 2 hours per seed. Left: the latency budget (`bench/sweeps/fair_cola.yaml`) and "
         "hidden-state distillation (`--distill-hidden-weight`, off here)."
     ),
 }
