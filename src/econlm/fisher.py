@@ -317,6 +317,8 @@ def repair_layer_by_layer(
                 ata = torch.zeros(units, units, dtype=torch.float64, device=columns.device)
                 atb = torch.zeros(units, dtype=torch.float64, device=columns.device)
                 name = "o" if kind == "heads" else "down"
+                group = head_dim if kind == "heads" else 1  # input features per unit
+                writes = columns @ columns.T  # (width, width): the weights' half of the Gram, the same every batch
                 for batch, teacher_sums in zip(batches, targets):
                     mine = _sublayer_sums(student, layer, batch, first)
                     # (N, D): what the kept units' contributions must add up to
@@ -325,9 +327,7 @@ def repair_layer_by_layer(
                     # Gram of contributions is (X^T X) * (W W^T) summed over each unit's features, without
                     # forming an (N, units, D) tensor; a head is head_dim features, a neuron one.
                     x = mine[f"{name}_in"]
-                    group = head_dim if kind == "heads" else 1
-                    gram = ((x.T @ x) * (columns @ columns.T)).view(units, group, units, group).sum(dim=(1, 3))
-                    ata += gram
+                    ata += ((x.T @ x) * writes).view(units, group, units, group).sum(dim=(1, 3))
                     atb += (x * (target @ columns.T)).sum(dim=0).view(units, group).sum(dim=1)
                 scales = _solve_near_one(ata, atb, ridge)
                 if not torch.isfinite(scales).all() or scales.abs().max() > max_scale:

@@ -193,35 +193,6 @@ def test_layer_by_layer_repair_stops_where_a_scale_would_exceed_its_bound():
     assert all(torch.allclose(before[k], after[k], rtol=1e-6, atol=0) for k in before), "nothing else was touched"
 
 
-@pytest.mark.parametrize("head", ["base", "seq-cls"])
-def test_layer_by_layer_scales_solve_the_least_squares_problem_of_their_sublayer(head, monkeypatch):
-    # After the repair, the last layer's FFN scales minimise |sum_i m_i a_i w_i - target| on the student's own
-    # inputs (its layer 0 pruned and repaired first): moving any one scale a little makes the error larger. A
-    # classifier reads the last layer's first token alone, so there the problem is on first tokens only.
-    from econlm.fisher import _sublayer_sums
-
-    teacher = tiny_model("bert", head=head, seed=3)
-    model = tiny_model("bert", head=head, seed=3)
-    batch = padded_batch("bert")
-    _scores_removing(monkeypatch, 4, 64, {("heads", 0): 1, ("neurons", 0): 5, ("heads", 1): 2, ("neurons", 1): 9})
-    prune(model, [1, 1], [1, 1], "fixed", [batch], rescale="layerwise")
-    down = arch.blocks(model)[1].output.dense
-    first = head == "seq-cls"
-    with torch.no_grad():
-        mine, theirs = _sublayer_sums(model, 1, batch, first), _sublayer_sums(teacher, 1, batch, first)
-    assert len(mine["down_in"]) == (3 if first else 21)  # three examples; 11 + 7 + 3 real tokens
-    target = theirs["down_out"] + theirs["down_residual"] - mine["down_residual"] - down.bias.detach().double()
-    columns = down.weight.detach().double().T  # (63 kept neurons, 32)
-
-    def error(scale_of_first: float) -> float:
-        x = mine["down_in"].clone()
-        x[:, 0] *= scale_of_first  # the repaired neuron 0 moved by a factor
-        return float((x @ columns - target).pow(2).sum())
-
-    best = error(1.0)
-    assert best < error(1.01) and best < error(0.99)
-
-
 def _sums_seen_from_outside(model, layer: int, batch: dict) -> dict[str, torch.Tensor]:
     """Each sublayer's output plus its residual, read where the model itself uses it (not through econlm's hooks):
     the input of the LayerNorm that follows it (BERT), or the next norm's input and the block output (pre-norm)."""
@@ -295,3 +266,15 @@ def test_each_repaired_scale_is_the_least_squares_optimum_of_its_sublayer(family
                 at, up, down = error(), *values
                 step = -((up - down) / 0.02) / ((up + down - 2 * at) / 1e-4)
                 assert abs(step) < 1e-4, f"layer {layer} {name} unit {unit}: the optimum is {step:+.2e} away"
+
+
+@pytest.mark.parametrize(("family", "head", "first"), [("bert", "seq-cls", True), ("bert", "base", False), ("llama", "seq-cls", False)])
+def test_prune_matches_the_last_layer_on_the_first_token_only_for_an_encoder_classifier(family, head, first, monkeypatch):
+    # An encoder's classifier reads [CLS] alone; a decoder's reads its last real token, and a base model all of them.
+    import econlm.prune as prune_module
+
+    asked = {}
+    monkeypatch.setattr(prune_module, "repair_layer_by_layer", lambda *a, **kw: asked.update(kw))
+    _scores_removing(monkeypatch, 4, 64, {("neurons", 1): 3})
+    prune(tiny_model(family, head=head), [0, 0], [0, 1], "fixed", [padded_batch(family)], rescale="layerwise")
+    assert asked == {"last_layer_first_token": first}
