@@ -42,11 +42,26 @@ CURVE_LENGTHS = (8, 16, 32, 64, 128)  # the reference model at batch 1 on random
 
 
 LEARNED = "learned"  # a checkpoint trained with --cost tokens: its own thresholds (token_thresholds.json)
+# A checkpoint fine-tuned under a fixed schedule (econlm train --token-budget): "trained under 0.5" runs its own
+TRAINED_UNDER = "trained under "
 
 
 def _schedules(folder: str) -> list[str]:
-    """A learned-token checkpoint runs its own thresholds only (a second budget on top is refused)."""
-    return [LEARNED] if (Path(folder) / "token_thresholds.json").exists() else SCHEDULES
+    """A checkpoint with a token rule of its own runs that rule only (a second budget on top is refused)."""
+    if (Path(folder) / "token_thresholds.json").exists():
+        return [LEARNED]
+    schedule = Path(folder) / "token_schedule.json"
+    if schedule.exists():
+        fractions = json.loads(schedule.read_text())["schedule"]
+        if len(set(fractions)) == 1:
+            fractions = fractions[:1]
+        return [TRAINED_UNDER + ",".join(f"{f:g}" for f in fractions)]
+    return SCHEDULES
+
+
+def _own_rule(schedule: str) -> bool:
+    """Whether a variant runs the model's own token rule (nothing to attach around it)."""
+    return schedule == LEARNED or schedule.startswith(TRAINED_UNDER)
 
 
 def _reference(state: dict) -> str:
@@ -113,7 +128,7 @@ def score(task: str, models: dict[str, str]) -> None:
                 task=task,
                 batch_size=32,
                 max_length=128,
-                token_budget=None if schedule in ("full", LEARNED) else schedule,
+                token_budget=None if schedule == "full" or _own_rule(schedule) else schedule,
             )
             row = result.rows[0]
             structure = Structure.of_model(loaded.model)
@@ -131,8 +146,35 @@ def score(task: str, models: dict[str, str]) -> None:
             }
             _save(task, state)
             print(f"{key}: {row['score']:.4f} (token MACs x{row.get('token_macs_ratio', 1.0):.3f})", flush=True)
+    for name, folder in state["models"].items():
+        if (Path(folder) / "token_schedule.json").exists() and (Path(folder) / "train_config.json").exists():
+            state.setdefault("retrained_runs", {})[name] = _retrained_run(state, folder)
     _block_macs(state, examples)
     _save(task, state)
+
+
+def _retrained_run(state: dict, folder: str) -> dict:
+    """A run fine-tuned under a fixed schedule (econlm train --token-budget): its settings, steps, seconds and
+    the model it started from and distilled from (named as in the state, so its loss is against it)."""
+    path = Path(folder)
+    metrics = json.loads((path / "metrics.json").read_text())
+    config = json.loads((path / "train_config.json").read_text())
+    named = {str(Path(f).resolve()): n for n, f in state["models"].items()}
+    return {
+        "folder": folder,
+        "schedule": config["token_budget"],
+        "seed": config["seed"],
+        "epochs": config["epochs"],
+        "lr": config["lr"],
+        "distill_weight": config["distill_weight"] if config.get("teacher") else 0.0,
+        "init_model": named.get(str(Path(config["model"]).resolve()), config["model"]),
+        "teacher_model": named.get(str(Path(config["teacher"]).resolve())) if config.get("teacher") else None,
+        "score": metrics["score"],
+        "macs_ratio": metrics["token_budget"]["macs_ratio"],
+        "tokens_per_layer": metrics["token_budget"]["tokens_per_layer"],
+        "steps": metrics["train"]["steps"],
+        "seconds": metrics["train"]["seconds"],
+    }
 
 
 def _block_macs(state: dict, examples: list) -> None:
@@ -263,10 +305,10 @@ def timing(task: str, repeats: int, schedules: list[str] | None, fresh: bool = F
     for case, batches in cases.items():
         fns, around = {}, {}
         for name, model in loaded.items():
-            for schedule in [s for s in _schedules(state["models"][name]) if s in wanted or s == LEARNED]:
+            for schedule in [s for s in _schedules(state["models"][name]) if s in wanted or _own_rule(s)]:
                 key = f"{name}|{schedule}"
                 fns[key] = batches_call(model.model, batches)
-                if schedule not in ("full", LEARNED):
+                if schedule != "full" and not _own_rule(schedule):
                     around[key] = lambda m=model, s=schedule: token_budget(m.model, s, tokenizer=m.tokenizer)
         done = _repeats_by_key(out[case]) if case in out else {}
         if all(done.get(key) == repeats for key in fns):
@@ -311,12 +353,16 @@ def docs(task: str, conditions: str | None = None) -> None:
         # its tokens per layer starts with the dev split's mean real length.
         state["mean_tokens"] = next(iter(state["learned_runs"].values()))["tokens_per_layer"][0]
     rows = []
+    retrained = state.get("retrained_runs", {})
     for key, entry in state["scores"].items():
+        # A run fine-tuned from (and distilled from) another seed's fine-tune loses against that one
+        against = _against(state, entry["model"], first)
         row = {
             "model": entry["model"],
             "schedule": entry["schedule"],
             "score": entry["score"],
-            "lost": reference - entry["score"],
+            "against": against,
+            "lost": state["scores"][f"{against}|full"]["score"] - entry["score"],
             "macs_share": entry.get("macs_share"),
             "token_macs_ratio": entry["token_macs_ratio"],
             "levers": _levers(entry, state["scores"][f"{first}|full"]),
@@ -355,6 +401,7 @@ def docs(task: str, conditions: str | None = None) -> None:
         )
     verdicts = _targets(rows, first, timing)
     learned = _learned_table(state.get("learned_runs", {}))
+    retrained_table = _retrained_table(retrained, state)
     reading = _reading(state, rows, first)
     cases = "; ".join(
         f"{c}: {d['examples']} dev examples in {d['batches']} batches, {d['tokens_real']} real of "
@@ -374,7 +421,8 @@ every layer; one per layer is PoWER-BERT's progressive form (the last layer's en
 Models: {", ".join(f"`{n}` = `{Path(f).name if Path(f).name not in ('model', 'compact') else Path(f).parent.name + '/' + Path(f).name}`" for n, f in state["models"].items())}.
 
 - **Score**: the whole dev split, batches of 32 with dynamic padding, 128 tokens at most, of exactly the
-  computation timed; lost is against `{first}` at full length ({reference:.4f}).
+  computation timed; lost is against `{first}` at full length ({reference:.4f}), except for a model started
+  from another fine-tune (another seed's), which loses against that one at full length (the table below).
 - **Block MACs share**: MACs of the blocks on each example's real tokens, each layer on the tokens it ran on,
   against `{first}` at full length on the same tokens (`econlm.flops.shortened_macs`; padding is never counted,
   so the share is what the token rule saves, not what a padded batch would waste). The task head and the
@@ -397,6 +445,16 @@ with no shut head, as every model here; see `econlm.learned_tokens`). Scores and
 `econlm train` at the end (dev split, tokens dropped).
 
 {learned}
+
+## Retrained under a fixed schedule (PoWER-BERT's last step): every run tried
+
+`econlm train --token-budget S` fine-tunes a model with the schedule in force in every pass (the kept tokens
+are gathered, so gradients flow through what the later layers ran on), distilled from the fine-tune it started
+from at full length (prediction layer; the same teacher as the learned thresholds), and saves the schedule
+with the checkpoint (`token_schedule.json`), which then always runs with it. Run by
+`bench/run_tokens_retrain.sh S SEED`; scores and MACs as `econlm train` measured them at the end (dev split).
+
+{retrained_table}
 
 ## Targets
 
@@ -443,7 +501,7 @@ def _reading(state: dict, rows: list[dict], first: str) -> str:
         )
     full = {r["model"]: r["score"] for r in rows if r["schedule"] == "full"}
     same = "1,0.9,0.8,0.7,0.6,0.6"
-    compacted = [r for r in rows if r["schedule"] == same and r["model"] != first and r["model"] in full]
+    compacted = [r for r in rows if r["schedule"] == same and r["levers"] == "units + tokens" and r["model"] in full]
     if same in mine and compacted:
         own = ", ".join(f"{r['model']} {(full[r['model']] - r['score']) * 100:.2f}" for r in compacted)
         dense_loss = full[first] - mine[same]["score"]
@@ -625,6 +683,61 @@ def _lever(r: dict) -> str:
     if units is None:
         return "with both levers"
     return "mostly with tokens" if r["macs_ratio"] < units else "mostly with units"
+
+
+def _against(state: dict, model: str, first: str) -> str:
+    """The model whose full-length score ``model`` loses against: the one a retrained run was fine-tuned from;
+    a dense fine-tune of another seed, itself; anything else (the compacted seed-1 models), ``first``."""
+    init = state.get("retrained_runs", {}).get(model, {}).get("init_model")
+    if f"{init}|full" in state["scores"]:
+        return init
+    own, reference = state["scores"].get(f"{model}|full"), state["scores"][f"{first}|full"]
+    dense = own is not None and (own["heads"], own["ffn"]) == (reference["heads"], reference["ffn"])
+    return model if dense else first
+
+
+def _retrained_table(runs: dict, state: dict) -> str:
+    if not runs:
+        return "None run yet."
+    rows = []
+    for name, r in runs.items():
+        base = state["scores"].get(f"{r['init_model']}|full", {}).get("score")
+        posthoc = state["scores"].get(f"{r['init_model']}|{r['schedule']}", {}).get("score")
+        rows.append(
+            [
+                name,
+                r["init_model"],
+                r["schedule"],
+                r["seed"],
+                f"{r['epochs']:g}",
+                r["steps"],
+                f"{r['seconds'] / 60:.0f} min",
+                "-" if base is None else f"{base:.4f}",
+                "-" if posthoc is None else f"{posthoc:.4f}",
+                f"{r['score']:.4f}",
+                "-" if base is None else f"{(base - r['score']) * 100:+.2f}",
+                f"{r['macs_ratio']:.3f}",
+                ", ".join(f"{t:.1f}" for t in r["tokens_per_layer"]),
+            ]
+        )
+    return markdown_table(
+        [
+            "run",
+            "started from (and teacher)",
+            "schedule",
+            "seed",
+            "epochs",
+            "steps",
+            "training time (1 thread)",
+            "start at full length",
+            "start under the schedule, post hoc",
+            "retrained under the schedule",
+            "points lost",
+            "block MACs ratio",
+            "tokens per layer",
+        ],
+        rows,
+    )
 
 
 def _learned_table(runs: dict) -> str:

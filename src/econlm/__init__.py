@@ -37,6 +37,7 @@ _EXPORTS = {
     "token_budget": "econlm.tokens",
     "TokenSchedule": "econlm.tokens",
     "threshold_budget": "econlm.tokens",
+    "attach_schedule": "econlm.tokens",
     "MarketConfig": "econlm.market_run",
     "run_market": "econlm.market_run",
     "save_market": "econlm.market_run",

@@ -17,7 +17,8 @@ AXIS_FIELDS = {
 def method_of(result: dict) -> str:
     """incentive (unit gates or taxes, any lambda, including the lam = 0 baseline), posthoc-<importance>, topk,
     tokens (a post-hoc token budget on a lambda = 0 model), units+tokens (on a compacted incentive model),
-    learned-tokens (trained token thresholds) or units+learned-tokens (thresholds trained with unit gates)."""
+    learned-tokens (trained token thresholds), units+learned-tokens (thresholds trained with unit gates), or
+    retrained-tokens / units+retrained-tokens (fine-tuned under a fixed token schedule, --token-budget)."""
     if result["kind"] == "posthoc":
         settings = result["settings"]
         # Variants are methods of their own: a repaired or untrained rival is not the fine-tuned one.
@@ -34,12 +35,14 @@ def method_of(result: dict) -> str:
     costs = set(result["settings"].get("cost", ()))
     if "tokens" in costs:
         return "units+learned-tokens" if costs & {"flops", "latency"} else "learned-tokens"
+    if result["settings"].get("token_budget") is not None:  # fine-tuned under a fixed schedule (PoWER-BERT)
+        return "units+retrained-tokens" if costs & {"flops", "latency"} else "retrained-tokens"
     return "incentive"
 
 
 def ablation_of(result: dict) -> str:
     settings = result["settings"]
-    if result["kind"] != "train":
+    if result["kind"] != "train" or settings.get("token_budget") is not None:  # a token rule: its own method
         return method_of(result)
     if float(settings.get("lam", 0)) == 0 and settings.get("budget") is None:
         return "baseline (lambda = 0)"

@@ -189,6 +189,9 @@ TRAIN_HELP = {
     "token_temperature": "--cost tokens: temperature T of the soft token mask sigmoid((value - threshold) / T); "
     "values average 1 over an example's tokens",
     "token_lr": "--cost tokens: learning rate of the token thresholds",
+    "token_budget": "encoders: fine-tune with a fixed token budget in force (PoWER-BERT's retraining): after each "
+    "layer keep this share of each example's most attended-to tokens, one fraction for every layer or one per "
+    "layer (1,0.8,0.6,...); the checkpoint keeps it (token_schedule.json) and runs with it",
     "budget_warmup": "controller only: share of training over which the budget falls from 1 to --budget",
     "budget_rho": (
         "controller only: weight rho of the anchor 0.5 * rho * (share - budget)^2, the price's proportional term; "
@@ -305,7 +308,8 @@ def _cmd_train(args) -> int:
         tokens = metrics.get("token_budget")
         if tokens:
             print(
-                "learned token budget: tokens per layer "
+                ("token budget " + ",".join(f"{f:g}" for f in tokens["schedule"]) if "schedule" in tokens else "learned token budget")
+                + ": tokens per layer "
                 + ", ".join(f"{n:.1f}" for n in tokens["tokens_per_layer"])
                 + f"; block MACs x{tokens['macs_ratio']:.3f} of the full sequences (dev data)"
             )
@@ -398,13 +402,14 @@ def _cmd_compact(args) -> int:
             if k.startswith("decode_")
         )
         print(f"decoder: prefill {ratios['prefill_speedup']:.2f}x faster; generation {decode}")
-    checked = report["verification"].get("token_thresholds")
-    if checked:  # a learned-token checkpoint: both models dropped tokens by its thresholds
-        tokens = ", ".join(f"{n:.1f}" for n in after["token_budget"]["tokens_per_layer"])
-        print(
-            f"learned token thresholds kept: tokens per layer {tokens} (dev data); the same tokens dropped as "
-            f"before on the calibration batches: {'yes' if checked['same_tokens_dropped'] else 'NO'}"
-        )
+    for key, rule in (("token_thresholds", "learned token thresholds"), ("token_schedule", "token schedule")):
+        checked = report["verification"].get(key)
+        if checked:  # a checkpoint that drops tokens: both models dropped them by its rule
+            tokens = ", ".join(f"{n:.1f}" for n in after["token_budget"]["tokens_per_layer"])
+            print(
+                f"{rule} kept: tokens per layer {tokens} (dev data); the same tokens dropped as "
+                f"before on the calibration batches: {'yes' if checked['same_tokens_dropped'] else 'NO'}"
+            )
     levers = report.get("levers")
     if levers:
         print(f"levers (token budget {levers['token_budget']}; MACs of the blocks on the real dev tokens):")
@@ -621,12 +626,13 @@ def _cmd_export(args) -> int:
     if target.exists():
         raise UserError(f"{target} exists; choose another --onnx path (nothing is overwritten)")
     loaded = load_model(args.checkpoint)
-    from econlm.tokens import attached_thresholds
+    from econlm.tokens import attached_rule
 
-    if attached_thresholds(loaded.model) is not None:
+    rule = attached_rule(loaded.model)
+    if rule is not None:
         raise UserError(
-            f"{args.checkpoint} drops tokens by learned thresholds (token_thresholds.json): each example keeps its "
-            "own number of tokens, which one ONNX graph does not express yet; export a model trained without them"
+            f"{args.checkpoint} drops tokens by {rule.source}: each layer's selection of tokens is not expressed "
+            "in one ONNX graph yet; export a model trained without a token rule"
         )
     report = export_onnx(loaded.model, loaded.tokenizer, target, opset=args.opset)
     write_json(

@@ -232,12 +232,12 @@ def measure_model(model, loaded, task, config: CompactConfig, head: str) -> dict
     the original and compacted model together, by :func:`measure_latency`."""
     from econlm import data, evaluate
     from econlm.flops import Structure, dense_macs
-    from econlm.tokens import attached_thresholds
+    from econlm.tokens import attached_rule
 
     structure = Structure.of_model(model)
     macs = dense_macs(structure, latency_seq_len(model, config), include_head=True)
     score, stats = None, None
-    learned = attached_thresholds(model)
+    learned = attached_rule(model)
     recording = learned.recording() if learned is not None and task is not None else contextlib.nullcontext()
     if task is not None:
         with torch.no_grad(), recording as stats:
@@ -265,7 +265,7 @@ def measure_model(model, loaded, task, config: CompactConfig, head: str) -> dict
         "structure": {"heads": list(structure.heads), "kv_heads": list(structure.kv_heads), "ffn": list(structure.ffn)},
         "score": score,
     }
-    if stats is not None:  # learned thresholds dropped tokens while it was scored: what the blocks ran on
+    if stats is not None:  # its token rule dropped tokens while it was scored: what the blocks ran on
         measured["token_budget"] = stats.summary(structure)
     return measured
 
@@ -528,37 +528,34 @@ def compact_model(
     return compacted, report
 
 
-def _set_aside_thresholds(model, config: CompactConfig) -> dict | None:
-    """A checkpoint that drops tokens by learned thresholds: what its token_thresholds.json holds, with the
-    thresholds detached from ``model`` so that calibration and the unit check see every token (which units are
-    dead does not depend on which tokens they see). None for a model without them."""
-    from econlm.learned_tokens import read_thresholds
-    from econlm.tokens import attached_thresholds
+# Where compact.json's verification reports the token rule's check, by the kind of rule.
+_RULE_KEYS = {"AttachedThresholds": "token_thresholds", "AttachedSchedule": "token_schedule"}
 
-    attached = attached_thresholds(model)
+
+def _set_aside_rule(model, config: CompactConfig):
+    """A checkpoint that drops tokens (learned thresholds, or the fixed schedule it was fine-tuned under): its
+    rule (:class:`econlm.tokens.AttachedRule`), detached from ``model`` so that calibration and the unit check
+    see every token (which units are dead does not depend on which tokens they see). None for a model without."""
+    from econlm.tokens import attached_rule
+
+    attached = attached_rule(model)
     if attached is None:
         return None
     if config.token_budget is not None:
         raise UserError(
-            f"{config.checkpoint} drops tokens by its learned thresholds (token_thresholds.json); --token-budget "
-            "would drop them twice: leave it out"
+            f"{config.checkpoint} drops tokens by {attached.source}; --token-budget would drop them twice: leave it out"
         )
-    spec = read_thresholds(config.checkpoint, len(arch.blocks(model)))
     attached.detach()
-    return spec
+    return attached
 
 
-def _with_thresholds(model, compacted, spec: dict, tokenizer, batches: list[dict]) -> dict:
-    """Attach the learned thresholds to both models and compare them on the calibration batches, tokens
+def _with_rule(model, compacted, rule, batches: list[dict]) -> dict:
+    """Attach the checkpoint's token rule to both models and compare them on the calibration batches, tokens
     dropped. Token values count open heads only (:func:`econlm.tokens.open_heads`), so removing shut heads
     leaves every value, and so every token dropped, as it was; but a value within float32 rounding of its
-    threshold can fall either way in the smaller matrices, so this is reported, not asserted."""
-    from econlm.tokens import attach_thresholds
-
-    attached = [
-        attach_thresholds(net, spec["thresholds"], tokenizer=tokenizer, special_ids=spec.get("special_ids", []))
-        for net in (model, compacted)
-    ]
+    threshold (or of another token's value) can fall either way in the smaller matrices, so this is reported,
+    not asserted."""
+    attached = [rule.reattach(net) for net in (model, compacted)]
     differences, same_tokens = [], True
     with torch.no_grad():
         for batch in batches:
@@ -571,7 +568,7 @@ def _with_thresholds(model, compacted, spec: dict, tokenizer, batches: list[dict
     return {
         "same_tokens_dropped": same_tokens,
         "max_abs_output_difference": max(differences) if differences else 0.0,
-        "checked": "both models dropping tokens by the learned thresholds on the calibration batches: the tokens "
+        "checked": f"both models dropping tokens by {rule.source} on the calibration batches: the tokens "
         "each layer kept, and the outputs",
     }
 
@@ -588,7 +585,7 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     pbar.set_postfix_str("calibrating")
     loaded = load_model(config.checkpoint)
     model = loaded.model
-    thresholds = _set_aside_thresholds(model, config)
+    rule = _set_aside_rule(model, config)
     trained = (getattr(model.config, "econlm", None) or {}).get("train", {})
     as_trained = {}
     if config.task is None and trained.get("task"):
@@ -621,8 +618,8 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
             f"|a| <= {config.eps:g} on {config.calib_examples} calibration examples; nothing was written"
         )
     with_tokens = None
-    if thresholds is not None:  # both score and time as the checkpoint runs: dropping tokens
-        with_tokens = _with_thresholds(model, compacted, thresholds, loaded.tokenizer, batches)
+    if rule is not None:  # both score and time as the checkpoint runs: dropping tokens
+        with_tokens = _with_rule(model, compacted, rule, batches)
     pbar.update(1)
     pbar.set_postfix_str("scoring the original")
     before = measure_model(model, loaded, task, config, loaded.head)
@@ -657,7 +654,10 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
         "eps": config.eps,
         "calibration_examples": core.calibration_examples,
         "removed": core_json["removed"],
-        "verification": {**core_json["verification"], **({"token_thresholds": with_tokens} if with_tokens else {})},
+        "verification": {
+            **core_json["verification"],
+            **({_RULE_KEYS[type(rule).__name__]: with_tokens} if with_tokens else {}),
+        },
         "before": before,
         "after": after,
         "ratios": {
@@ -690,10 +690,14 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     # Written beside --out and renamed into place: a failed write (a full disk) leaves no half-written model.
     with staging_dir(out.parent, f".{out.name}-", tensor_bytes(compacted.state_dict())) as staging:
         save_model(compacted, loaded.tokenizer, staging)
-        if thresholds is not None:  # no shut head is left, so the values read the same in the newest format
-            from econlm.learned_tokens import FORMAT, save_thresholds
+        if rule is not None and rule.thresholds is not None:  # no shut head is left: read the same in the newest format
+            from econlm.learned_tokens import FORMAT, read_thresholds, save_thresholds
 
-            save_thresholds(staging, {**thresholds, "format": FORMAT})
+            save_thresholds(staging, {**read_thresholds(config.checkpoint), "format": FORMAT})
+        elif rule is not None:  # the fixed schedule it was fine-tuned under goes with it
+            from econlm.tokens import save_schedule
+
+            save_schedule(staging, rule)
         write_json(staging / "compact.json", report)
         if out.exists():
             out.rmdir()  # empty, checked above

@@ -33,7 +33,8 @@ def load(path: str, head: str = "auto"):
     """Load any model econlm can: an alias, a checkpoint, a compacted checkpoint, or a hub id.
 
     Returns the model (eval mode); use :func:`load_model` for the tokenizer too. A checkpoint trained with
-    learned token budgets (``token_thresholds.json``) drops tokens in every forward pass, as it was trained to.
+    learned token budgets (``token_thresholds.json``), or fine-tuned under a fixed one (``token_schedule.json``),
+    drops tokens in every forward pass, as it was trained to.
     """
     return load_model(path, head).model
 
@@ -130,6 +131,7 @@ CHECKPOINT_JSON = (
     "model.safetensors.index.json",
     "econlm_structure.json",  # surgery.STRUCTURE_FILE (not imported: surgery pulls in torch)
     "token_thresholds.json",  # learned_tokens.THRESHOLDS_FILE (likewise)
+    "token_schedule.json",  # tokens.SCHEDULE_FILE (likewise)
 )
 
 
@@ -336,9 +338,16 @@ def load_model(
         model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     if resolved.is_local:
-        from econlm.learned_tokens import attach_saved
+        from econlm.learned_tokens import THRESHOLDS_FILE, attach_saved
+        from econlm.tokens import SCHEDULE_FILE, attach_saved_schedule
 
+        if (Path(resolved.location) / THRESHOLDS_FILE).exists() and (Path(resolved.location) / SCHEDULE_FILE).exists():
+            raise UserError(
+                f"{resolved.location} holds both {THRESHOLDS_FILE} and {SCHEDULE_FILE}: a model runs under one token "
+                "rule; remove the one it was not trained with"
+            )
         attach_saved(model, resolved.location, tokenizer)
+        attach_saved_schedule(model, resolved.location, tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, resolved=resolved, head=head)
 
 

@@ -195,21 +195,25 @@ def _token_schedule(model, token_budget) -> tuple[float, ...] | None:
     if token_budget is None:
         return None
     from econlm import arch
-    from econlm.tokens import TokenSchedule, attached_thresholds, check_encoder
+    from econlm.tokens import TokenSchedule, attached_rule, check_encoder
 
     check_encoder(model)
-    if attached_thresholds(model) is not None:
+    rule = attached_rule(model)
+    if rule is not None:
         raise UserError(
-            "this model drops tokens by its learned thresholds (token_thresholds.json), and the probe reports what "
-            "they save; --token-budget would drop tokens a second time: leave it out"
+            f"this model drops tokens by {rule.source}, and the probe reports what that saves; --token-budget "
+            "would drop tokens a second time: leave it out"
         )
     return TokenSchedule.parse(token_budget).per_layer(len(arch.blocks(model)))
 
 
 def _token_meta(schedule: tuple[float, ...] | None, model=None) -> dict | None:
-    from econlm.tokens import attached_thresholds
+    from econlm.tokens import attached_rule, attached_thresholds
 
     learned = attached_thresholds(model) if model is not None else None
+    fixed = attached_rule(model) if model is not None and learned is None else None
+    if fixed is not None:  # the schedule it was fine-tuned under: reported as a schedule, and said so
+        schedule = fixed.schedule
     if learned is not None:
         from econlm.learned_tokens import VALUE_DEFINITION
 
@@ -230,6 +234,7 @@ def _token_meta(schedule: tuple[float, ...] | None, model=None) -> dict | None:
         return None
     return {
         "schedule": list(schedule),
+        **({"source": f"the model's own: {fixed.source}"} if fixed is not None else {}),
         "rule": "after layer l each example keeps its ceil(schedule[l] * real length) tokens that receive the most "
         "attention in layer l (column sums of the probabilities over heads and real query rows); the first token "
         "and the tokenizer's [CLS]/[SEP]/BOS/EOS are always kept; later layers run on the kept tokens only. The "
@@ -386,16 +391,16 @@ def run_probe(config: ProbeConfig, model=None, progress: bool = True) -> ProbeRe
 
 def _check_timed_tokens(model, task, config: ProbeConfig) -> None:
     """--latency-repeats times what a token budget saves: refused in one line where there is none to time."""
-    from econlm.tokens import attached_thresholds
+    from econlm.tokens import attached_rule
 
     if not config.latency_repeats:
         return
     if task.is_lm:
         raise UserError("--latency-repeats times a token budget, which encoders on GLUE tasks have; leave it out")
-    if config.token_budget is None and attached_thresholds(model) is None:
+    if config.token_budget is None and attached_rule(model) is None:
         raise UserError(
             "--latency-repeats times a token budget against every token: give --token-budget F (or probe a "
-            "checkpoint trained with --cost tokens)"
+            "checkpoint trained with --cost tokens or --token-budget)"
         )
 
 
@@ -409,7 +414,7 @@ def token_budget_latency(loaded, examples, config: ProbeConfig) -> dict:
     import torch
 
     from econlm.latency import batches_call, measure_interleaved, measure_token_budget, text_batches
-    from econlm.tokens import attach_thresholds, attached_thresholds
+    from econlm.tokens import attached_rule
 
     model, tokenizer = loaded.model, loaded.tokenizer
     subset = examples[:: max(1, len(examples) // config.latency_examples)][: config.latency_examples]
@@ -418,7 +423,7 @@ def token_budget_latency(loaded, examples, config: ProbeConfig) -> dict:
         tokenizer, [e.text_a for e in subset], pairs, batch_size=config.batch_size, max_length=config.max_length
     )
     repeats, warmup = config.latency_repeats, 2
-    learned = attached_thresholds(model)
+    learned = attached_rule(model)  # learned thresholds, or the schedule it was fine-tuned under
     if learned is None:
         measured = measure_token_budget(
             model, batches, config.token_budget, tokenizer=tokenizer, warmup=warmup, repeats=repeats
@@ -428,14 +433,13 @@ def token_budget_latency(loaded, examples, config: ProbeConfig) -> dict:
     else:
 
         @contextmanager
-        def every_token():  # the same model with its thresholds off for the call, then back on
-            attached = attached_thresholds(model)
-            thresholds, special_ids = attached.thresholds, attached.special_ids
+        def every_token():  # the same model with its token rule off for the call, then back on
+            attached = attached_rule(model)
             attached.detach()
             try:
                 yield
             finally:
-                attach_thresholds(model, thresholds, special_ids=special_ids)
+                attached.reattach(model)
 
         call = batches_call(model, batches)
         timings = measure_interleaved(
@@ -444,7 +448,7 @@ def token_budget_latency(loaded, examples, config: ProbeConfig) -> dict:
         full, budget = "full", "learned"
         speedup = timings[full].median / timings[budget].median
     return {
-        "schedule": config.token_budget or "learned",
+        "schedule": config.token_budget or _rule_label(learned),
         "speedup": speedup,
         "median_seconds": {"every_token": timings[full].median, "token_budget": timings[budget].median},
         "examples": len(subset),
@@ -461,6 +465,11 @@ def token_budget_latency(loaded, examples, config: ProbeConfig) -> dict:
     }
 
 
+def _rule_label(rule) -> str:
+    """``learned`` for thresholds, the schedule (``0.5,0.5,...``) for a fixed one."""
+    return "learned" if rule.thresholds is not None else ",".join(f"{f:g}" for f in rule.schedule)
+
+
 def _probe_rows(
     model_, budgets, ffn_eps, score_once, per_budget: int, desc: str, progress: bool, schedule=None, tokenizer=None
 ):
@@ -472,10 +481,10 @@ def _probe_rows(
     from econlm.activations import TokenMask, hard_threshold, record_sparsity
     from econlm.flops import Structure, effective_macs_per_token
     from econlm.progress import bar
-    from econlm.tokens import attached_thresholds, token_budget
+    from econlm.tokens import attached_rule, token_budget
 
     structure = Structure.of_model(model_)
-    learned = attached_thresholds(model_)
+    learned = attached_rule(model_)
     rows, score = [], None
     with bar(total=per_budget * len(budgets), desc=desc, unit="batch", enabled=progress) as pbar:
         for budget in budgets:
@@ -485,7 +494,7 @@ def _probe_rows(
             with ExitStack() as stack:
                 stats = stack.enter_context(budgeted_attention(model_, budget))
                 kept = None
-                if learned is not None:  # thresholds the model carries: record what they drop
+                if learned is not None:  # the token rule the model carries: record what it drops
                     kept = stack.enter_context(learned.recording(token_mask=tokens))
                 elif schedule is not None:  # inside the budgeted attention, whose probabilities it reads
                     kept = stack.enter_context(token_budget(model_, schedule, tokenizer=tokenizer, token_mask=tokens))

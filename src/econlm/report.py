@@ -30,6 +30,8 @@ METHOD_STYLE = {
     "learned-tokens": ("tab:olive", "<"),
     "units+tokens": ("tab:pink", ">"),
     "units+learned-tokens": ("tab:gray", "8"),
+    "retrained-tokens": ("darkcyan", "v"),
+    "units+retrained-tokens": ("slategray", ">"),
 }
 
 

@@ -1008,8 +1008,9 @@ def _token_specs(tokens: dict, same: dict, source: str, identity: dict, trained:
         if "units" not in tokens["on"]:
             continue
         for incentive in _compacted_peers(trained, identity):
-            if "tokens" in incentive["settings"].get("cost", ()):  # it drops tokens by its own thresholds already
-                continue
+            settings = incentive["settings"]
+            if "tokens" in settings.get("cost", ()) or settings.get("token_budget") is not None:
+                continue  # it drops tokens by its own rule already
             s = {**same, "source_model": incentive["final_model"], "token_budget": budget, "on": "units"}
             s["matches"] = incentive["id"]
             specs.append({"id": trial_id("tokens", s), "kind": "tokens", "settings": s})

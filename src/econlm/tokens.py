@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 import weakref
@@ -41,6 +42,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -627,21 +629,24 @@ def token_budget(
     """
     check_encoder(model)
     _check_not_learned(model)
-    parsed = TokenSchedule.parse(schedule)
-    blocks = arch.blocks(model)
-    fractions = parsed.per_layer(len(blocks))
-    ids = _special_ids(model, tokenizer, special_ids)
-    stats = TokenBudgetStats(schedule=fractions)
+    fractions = TokenSchedule.parse(schedule).per_layer(len(arch.blocks(model)))
+    session, selecting = schedule_session(model, fractions, _special_ids(model, tokenizer, special_ids), token_mask)
+    session.stats = TokenBudgetStats(schedule=fractions)
+    with _hooked(model, session, selecting):
+        yield session.stats
+
+
+def schedule_session(model, fractions: tuple[float, ...], ids: list[int], token_mask) -> tuple[BudgetSession, list]:
+    """A session of the schedule rule (one fraction per layer) and the layers whose selection can drop
+    something: all but the last (no layer follows it) that keep less than everything."""
 
     def keep(layer: int, state: _Pass) -> torch.Tensor:
         if fractions[layer] >= 1:  # nothing leaves: skip the arithmetic (and the drop)
             return state.counts[-1]
         return keep_counts(fractions[layer], state.lengths, state.specials, state.counts[-1])
 
-    session = BudgetSession(model, len(blocks), keep, ids, stats, token_mask)
-    # Layers whose selection can drop something: all but the last (no layer follows it).
-    with _hooked(model, session, [i for i in range(len(blocks) - 1) if fractions[i] < 1]):
-        yield stats
+    session = BudgetSession(model, len(fractions), keep, ids, None, token_mask)
+    return session, [i for i in range(len(fractions) - 1) if fractions[i] < 1]
 
 
 @contextmanager
@@ -774,37 +779,51 @@ def _hooked(model: nn.Module, session: BudgetSession, selecting: Sequence[int]) 
 ATTACHED = "_econlm_token_thresholds"
 
 
-class AttachedThresholds:
-    """The threshold rule attached to a model for good (:func:`attach_thresholds`): every forward pass drops
-    tokens until :meth:`detach`. :meth:`recording` collects :class:`TokenBudgetStats` for a while."""
+class AttachedRule:
+    """A token rule attached to a model for good: every forward pass drops tokens until :meth:`detach`.
+    :meth:`recording` collects :class:`TokenBudgetStats` for a while. Two kinds: :class:`AttachedThresholds`
+    (learned, ``token_thresholds.json``) and :class:`AttachedSchedule` (a fixed schedule the model was
+    fine-tuned under, ``token_schedule.json``)."""
 
-    def __init__(self, model: nn.Module, thresholds: tuple[float, ...], special_ids: list[int]):
+    thresholds: tuple[float, ...] | None = None
+    schedule: tuple[float, ...] | None = None
+    source = "a token rule"  # what messages call it
+
+    def __init__(self, model: nn.Module, session: BudgetSession, selecting: Sequence[int], special_ids: list[int]):
         self.model = model
-        self.thresholds = thresholds
         self.special_ids = special_ids
-        self.session, selecting = threshold_session(model, thresholds, special_ids, None)
+        self.session = session
         self.session.stats = None
         self.session.active = self._check_attention
-        self._selecting = selecting
-        self.handles = register_hooks(model, self.session, selecting)
+        self._selecting = list(selecting)
+        self.handles = register_hooks(model, self.session, self._selecting)
 
     def _check_attention(self, module) -> bool:
         if self._selecting and self.model.config._attn_implementation not in _RETURNS_WEIGHTS:
             raise UserError(
-                f"this model drops tokens by learned thresholds, which read the attention probabilities; its "
+                f"this model drops tokens by {self.source}, which reads the attention probabilities; its "
                 f"attention is {self.model.config._attn_implementation}: run model.set_attn_implementation('eager')"
             )
         return True
 
+    def _stats(self) -> TokenBudgetStats:
+        return TokenBudgetStats(schedule=self.schedule or (), thresholds=self.thresholds)
+
     @contextmanager
     def recording(self, token_mask=None) -> Iterator[TokenBudgetStats]:
         """Collect the tokens each layer ran on (and keep ``token_mask`` pointed at the shortened batch)."""
-        stats = TokenBudgetStats(schedule=(), thresholds=self.thresholds)
-        self.session.stats, self.session.token_mask = stats, token_mask
+        previous = self.session.stats, self.session.token_mask
+        stats = self._stats()
+        self.session.stats = stats
+        self.session.token_mask = token_mask if token_mask is not None else previous[1]
         try:
             yield stats
         finally:
-            self.session.stats, self.session.token_mask = None, None
+            self.session.stats, self.session.token_mask = previous
+
+    def reattach(self, model: nn.Module) -> AttachedRule:
+        """The same rule attached to ``model`` (another model, or this one after :meth:`detach`)."""
+        raise NotImplementedError
 
     def detach(self) -> None:
         """Remove the hooks: the model computes on every token again."""
@@ -816,30 +835,132 @@ class AttachedThresholds:
             delattr(self.model, ATTACHED)
 
 
+class AttachedThresholds(AttachedRule):
+    """Learned thresholds attached for good (:func:`attach_thresholds`)."""
+
+    source = "its learned thresholds (token_thresholds.json)"
+
+    def __init__(self, model: nn.Module, thresholds: tuple[float, ...], special_ids: list[int]):
+        self.thresholds = thresholds
+        session, selecting = threshold_session(model, thresholds, special_ids, None)
+        super().__init__(model, session, selecting, special_ids)
+
+    def reattach(self, model: nn.Module) -> AttachedThresholds:
+        return attach_thresholds(model, self.thresholds, special_ids=self.special_ids)
+
+
+class AttachedSchedule(AttachedRule):
+    """A fixed token schedule attached for good (:func:`attach_schedule`): the model was fine-tuned with it in
+    force (PoWER-BERT's retraining step), so it runs with it."""
+
+    def __init__(self, model: nn.Module, schedule: tuple[float, ...], special_ids: list[int], token_mask=None):
+        self.schedule = schedule
+        session, selecting = schedule_session(model, schedule, special_ids, token_mask)
+        super().__init__(model, session, selecting, special_ids)
+
+    @property
+    def source(self) -> str:
+        return f"the token schedule {TokenSchedule(self.schedule).label} it was fine-tuned under (token_schedule.json)"
+
+    def reattach(self, model: nn.Module) -> AttachedSchedule:
+        return attach_schedule(model, self.schedule, special_ids=self.special_ids)
+
+
 def attach_thresholds(
     model: nn.Module, thresholds: Sequence[float], *, tokenizer=None, special_ids: Iterable[int] = ()
 ) -> AttachedThresholds:
     """Make ``model`` drop tokens by ``thresholds`` in every forward pass (until ``.detach()``): what
     :func:`econlm.load` does for a checkpoint with ``token_thresholds.json``. Needs eager attention."""
     check_encoder(model)
-    existing = attached_thresholds(model)
-    if existing is not None:
-        existing.detach()
+    _detach_existing(model)
     ids = _special_ids(model, tokenizer, special_ids)
     attached = AttachedThresholds(model, check_thresholds(thresholds, len(arch.blocks(model))), ids)
     setattr(model, ATTACHED, attached)
     return attached
 
 
-def attached_thresholds(model: nn.Module) -> AttachedThresholds | None:
-    """The thresholds attached to ``model`` for good, or None."""
+def attach_schedule(
+    model: nn.Module,
+    schedule: str | float | Sequence[float] | TokenSchedule,
+    *,
+    tokenizer=None,
+    special_ids: Iterable[int] = (),
+    token_mask=None,
+) -> AttachedSchedule:
+    """Make ``model`` drop tokens by a fixed ``schedule`` (as :func:`token_budget` does) in every forward pass,
+    gradients included, until ``.detach()``: ``econlm train --token-budget`` fine-tunes under it, and
+    :func:`econlm.load` attaches it for a checkpoint with ``token_schedule.json``. Needs eager attention.
+    ``token_mask`` (an :class:`econlm.activations.TokenMask`) is kept pointed at the shortened batch."""
+    check_encoder(model)
+    _detach_existing(model)
+    fractions = TokenSchedule.parse(schedule).per_layer(len(arch.blocks(model)))
+    attached = AttachedSchedule(model, fractions, _special_ids(model, tokenizer, special_ids), token_mask)
+    setattr(model, ATTACHED, attached)
+    return attached
+
+
+SCHEDULE_FILE = "token_schedule.json"
+
+
+def save_schedule(directory: str | Path, attached: AttachedSchedule) -> Path:
+    """Write ``token_schedule.json`` (the schedule a model was fine-tuned under) into ``directory``."""
+    from econlm.runinfo import write_json
+
+    path = Path(directory) / SCHEDULE_FILE
+    write_json(
+        path,
+        {
+            "schedule": list(attached.schedule),
+            "special_ids": list(attached.special_ids),
+            "rule": "after layer l each example keeps its ceil(schedule[l] x real length) tokens that receive the "
+            "most attention (column sums over heads and real queries); special tokens always kept",
+        },
+    )
+    return path
+
+
+def attach_saved_schedule(model: nn.Module, directory: str | Path, tokenizer=None) -> AttachedSchedule | None:
+    """Attach the schedule ``directory/token_schedule.json`` holds, if any (:func:`econlm.load` does). A damaged
+    file, or one that does not fit the model, is a one-line :class:`UserError`."""
+    path = Path(directory) / SCHEDULE_FILE
+    if not path.exists():
+        return None
+    try:
+        spec = json.loads(path.read_bytes())
+        schedule, ids = spec["schedule"], spec.get("special_ids", [])
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ValueError("'special_ids' must be a list of token ids")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise UserError(f"{path} is damaged or unreadable ({first}); train the model again") from None
+    try:
+        return attach_schedule(model, schedule, tokenizer=tokenizer, special_ids=ids)
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+
+
+def _detach_existing(model: nn.Module) -> None:
+    existing = attached_rule(model)
+    if existing is not None:
+        existing.detach()
+
+
+def attached_rule(model: nn.Module) -> AttachedRule | None:
+    """The token rule (learned thresholds or a fixed schedule) attached to ``model`` for good, or None."""
     return getattr(model, ATTACHED, None)
 
 
+def attached_thresholds(model: nn.Module) -> AttachedThresholds | None:
+    """The learned thresholds attached to ``model`` for good, or None (see :func:`attached_rule` for either
+    kind of rule)."""
+    rule = attached_rule(model)
+    return rule if isinstance(rule, AttachedThresholds) else None
+
+
 def _check_not_learned(model: nn.Module) -> None:
-    if attached_thresholds(model) is not None:
+    rule = attached_rule(model)
+    if rule is not None:
         raise UserError(
-            "this model already drops tokens by its learned thresholds (token_thresholds.json); a second token "
-            "budget would drop twice: leave out --token-budget, or detach them first "
-            "(econlm.tokens.attached_thresholds(model).detach())"
+            f"this model already drops tokens by {rule.source}; a second token budget would drop twice: leave out "
+            "--token-budget, or detach it first (econlm.tokens.attached_rule(model).detach())"
         )

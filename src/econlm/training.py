@@ -68,6 +68,9 @@ class TrainConfig(DataFields):
     cost_reduction: str = "mean"  # mean per token and unit, or sum (the paper's scale for lambda)
     token_temperature: float = 0.1  # --cost tokens: temperature T of the soft mask sigmoid((value - threshold) / T)
     token_lr: float = 0.02  # --cost tokens: learning rate of the token thresholds
+    # A fixed token budget in force through fine-tuning and after (PoWER-BERT's retraining): one fraction of each
+    # example's real tokens kept after every layer, or one per layer ("1,0.8,0.6,..."); saved as token_schedule.json
+    token_budget: str | None = None
     # Distillation from a fine-tuned dense teacher of the same task
     teacher: str | None = None
     distill_weight: float = 1.0  # prediction-layer term (KL at a temperature; MSE for regression)
@@ -119,9 +122,29 @@ class TrainConfig(DataFields):
                 "--gradient-checkpointing does not work with --cost tokens: the token mask is passed between layers "
                 "by hooks, which a recomputed layer would not replay; leave one of them out"
             )
+        self._check_token_budget()
         if self.device not in ("cpu", "auto"):
             raise UserError(f"--device must be cpu or auto, not {self.device}")
         self._check_gate_init()
+
+    def _check_token_budget(self) -> None:
+        if self.token_budget is None:
+            return
+        from econlm.tokens import TokenSchedule
+
+        object.__setattr__(self, "token_budget", TokenSchedule.parse(self.token_budget).label)
+        clash = (
+            "--cost tokens learns its own token thresholds"
+            if "tokens" in self.cost
+            else "hidden-state distillation compares every token of every layer, and dropped tokens have no later "
+            "layers (use --distill-hidden-weight 0)"
+            if self.distill_hidden_weight > 0
+            else "gradient checkpointing would recompute layers without the hooks that drop tokens"
+            if self.gradient_checkpointing
+            else None
+        )
+        if clash:
+            raise UserError(f"--token-budget fixes which tokens each layer runs on, but {clash}; leave one of them out")
 
     def _check_gate_init(self) -> None:
         from econlm.gates import GATE_STARTS
@@ -443,6 +466,10 @@ def _setup(config: TrainConfig, resume: bool) -> _Run:
     total_steps = math.ceil(steps_per_epoch * config.epochs) if config.epochs > 0 else 0
     incentive = Incentive(model, config.tax(), total_steps, tokenizer=tokenizer)
     _drop_loaded_thresholds(model)
+    if config.token_budget is not None:  # every pass from here on, training and evaluation, drops tokens
+        from econlm.tokens import attach_schedule
+
+        attach_schedule(model, config.token_budget, tokenizer=tokenizer, token_mask=incentive.meter.tokens)
     model.to(accelerator.device)
     if config.gate_init == "fisher" and not resume:  # a resumed run has its gates in the checkpoint
         _start_gates_from_fisher(config, task, model, tokenizer, features)
@@ -492,11 +519,12 @@ def _validation_data(config: TrainConfig, task, tokenizer, eval_data):
 
 
 def _drop_loaded_thresholds(model) -> None:
-    """A checkpoint with learned token thresholds drops tokens in every pass; fine-tuning it without
-    ``--cost tokens`` trains (and saves) the model on every token. (With it, learning starts from them.)"""
-    from econlm.tokens import attached_thresholds
+    """A checkpoint with learned token thresholds, or a fixed token schedule, drops tokens in every pass;
+    fine-tuning it trains (and saves) the model on every token unless this run names its own rule
+    (``--cost tokens`` starts learning from loaded thresholds; ``--token-budget`` attaches its schedule)."""
+    from econlm.tokens import attached_rule
 
-    attached = attached_thresholds(model)
+    attached = attached_rule(model)
     if attached is not None:
         attached.detach()
 
@@ -808,7 +836,7 @@ def _evaluate(run: _Run, tokens: dict | None = None) -> dict:
     from econlm.activations import record_sparsity
     from econlm.cost import CONTROLLABLE, CostMeter
     from econlm.flops import Structure
-    from econlm.tokens import threshold_budget
+    from econlm.tokens import attached_rule, threshold_budget
 
     config, task, model = run.config, run.task, run.inner
 
@@ -829,7 +857,11 @@ def _evaluate(run: _Run, tokens: dict | None = None) -> dict:
     with ExitStack() as stack:
         stack.enter_context(meter.attached(record_stats=True))
         dropped = None
-        if tokens is not None:  # inside the budgeted attention, whose probabilities it reads
+        fixed = attached_rule(model)  # --token-budget: scored as it trained, under its schedule
+        if fixed is not None:
+            dropped = stack.enter_context(fixed.recording(token_mask=meter.tokens))
+            tokens = {"schedule": list(fixed.schedule), "rule": fixed.source}
+        elif tokens is not None:  # inside the budgeted attention, whose probabilities it reads
             dropped = stack.enter_context(
                 threshold_budget(
                     model,
@@ -883,12 +915,17 @@ def _score(run: _Run, data, on_inputs=None, on_batch=None):
     )
 
 
+VALUE_OF_A_TOKEN = "the attention it receives: column sums over heads and real queries"
+
+
 def _tokens_summary(tokens: dict, dropped, structure) -> dict:
-    """What the learned token thresholds did on the dev data: tokens per layer and the exact MACs saved."""
+    """What the token rule (learned thresholds, or --token-budget's schedule) did on the dev data: tokens per
+    layer and the exact MACs saved."""
     macs = dropped.macs(structure)
+    rule = {"schedule": tokens["schedule"]} if "schedule" in tokens else {"thresholds": tokens["thresholds"]}
     return {
-        "thresholds": tokens["thresholds"],
-        "value": tokens["value"],
+        **rule,
+        "value": tokens.get("value", VALUE_OF_A_TOKEN),
         "rule": tokens["rule"],
         "tokens_per_layer": dropped.tokens_per_layer(),
         "macs_ratio_per_layer": [entry["macs"] / entry["reference_macs"] for entry in macs["by_layer"]]
@@ -990,11 +1027,15 @@ def _save_final(model, tokenizer, out: Path, metrics: dict, tokens: dict | None 
     from econlm.compact import save_model
     from econlm.learned_tokens import save_thresholds
     from econlm.runinfo import write_json
+    from econlm.tokens import attached_rule, save_schedule
 
     with staging_dir(out, ".final-", tensor_bytes(model.state_dict())) as staging:
         save_model(model, tokenizer, staging)
         if tokens is not None:
             save_thresholds(staging, tokens)
+        schedule = attached_rule(model)
+        if schedule is not None and schedule.schedule is not None:  # --token-budget: it runs as it was trained
+            save_schedule(staging, schedule)
         for item in staging.iterdir():
             os.replace(item, out / item.name)
         write_json(out / "metrics.json", metrics)

@@ -396,7 +396,7 @@ def test_probe_with_a_full_token_budget_scores_like_the_plain_probe(tiny):
         (["--token-budget", "0"], "must lie in (0, 1]"),
         (["--token-budget", "1,0.5,0.5"], "gives 3 fractions but the model has 2 layers"),
         (["--token-budget", "1.5"], "must lie in (0, 1]"),
-        (["--latency-repeats", "3"], "give --token-budget F (or probe a checkpoint trained with --cost tokens)"),
+        (["--latency-repeats", "3"], "give --token-budget F (or probe a checkpoint trained with --cost tokens or --token-budget)"),
         (["--token-budget", "0.5", "--latency-repeats", "-1"], "--latency-repeats must be >= 0"),
     ],
 )

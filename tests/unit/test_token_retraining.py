@@ -1,0 +1,286 @@
+"""Fine-tuning under a fixed token budget (PoWER-BERT's retraining step): the attached schedule, its gradients,
+``econlm train --token-budget`` end to end (saved, loaded, probed, compacted as it was trained) and bad input."""
+
+import json
+
+import pytest
+import torch
+
+from econlm import arch
+from econlm.cli import main
+from econlm.errors import UserError
+from econlm.tokens import SCHEDULE_FILE, AttachedSchedule, attach_schedule, attached_rule, token_budget
+from tests.conftest import padded_batch, save_tiny_checkpoint, tiny_model, write_tiny_glue
+
+
+def _no_hooks(model):
+    return all(
+        not m._forward_hooks and not m._forward_pre_hooks and not getattr(m, "_forward_hooks_with_kwargs", None)
+        for m in model.modules()
+    )
+
+
+def _one_line(info) -> bool:
+    return "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The attached schedule
+
+
+def test_an_attached_schedule_runs_what_the_token_budget_runs_and_detaches_to_the_plain_model():
+    model = tiny_model("bert", num_hidden_layers=3)
+    batch = padded_batch("bert", lengths=(11, 7, 3))
+    specials = [int(batch["input_ids"][0, 4])]
+    with torch.no_grad():
+        plain = model(**batch).last_hidden_state
+        with token_budget(model, "0.6,0.4,0.4", special_ids=specials) as expected_stats:
+            expected = model(**batch).last_hidden_state
+        attached = attach_schedule(model, "0.6,0.4,0.4", special_ids=specials)
+        assert attached_rule(model) is attached and attached.schedule == (0.6, 0.4, 0.4)
+        with attached.recording() as stats:
+            got = model(**batch).last_hidden_state
+        attached.detach()
+        again = model(**batch).last_hidden_state
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # ceil(share x real length) of 11, 7 and 3 tokens: 7, 5, 2 after layer 0 (0.6), then 5, 3, 2 (0.4)
+    assert stats.last_kept() == expected_stats.last_kept()
+    assert stats.tokens_per_layer() == pytest.approx([21 / 3, 14 / 3, 10 / 3])
+    assert not torch.equal(got, plain)  # tokens really left
+    torch.testing.assert_close(again, plain, rtol=0, atol=0)
+    assert attached_rule(model) is None and _no_hooks(model)
+
+
+def test_a_second_token_budget_on_an_attached_schedule_is_refused_in_one_line():
+    model = tiny_model("bert", num_hidden_layers=3)
+    attach_schedule(model, 0.5, special_ids=[101])
+    with pytest.raises(UserError, match="token schedule 0.5,0.5,0.5 it was fine-tuned under") as info:
+        with token_budget(model, 0.7):
+            pass
+    assert _one_line(info)
+
+
+def test_gradients_through_dropped_tokens_match_finite_differences():
+    # The selection is discrete but locally constant, so the loss is differentiable in the weights wherever no
+    # ranking ties; central differences in float64 must then agree with autograd, through the gather and the
+    # scatter that puts dropped tokens' states back at full length.
+    torch.manual_seed(0)
+    model = tiny_model("bert", head="seq-cls", num_hidden_layers=3).double().train(False)
+    batch = padded_batch("bert", lengths=(11, 7, 3))
+    attach_schedule(model, "0.5,0.5,0.5", special_ids=[101])
+    blocks = arch.blocks(model)
+    fam = arch.family(model.config)
+    picks = [  # (parameter, index) before the first drop, between drops and after the last
+        (arch.get_submodule(blocks[0], fam.attention).query.weight, (3, 5)),
+        (blocks[1].get_submodule(fam.ffn_up).weight, (2, 7)),
+        (blocks[2].get_submodule(fam.ffn_down).weight, (4, 1)),
+    ]
+
+    def loss():
+        return (model(**batch).logits ** 2).sum()
+
+    model.zero_grad()
+    loss().backward()
+    for weight, index in picks:
+        analytic = float(weight.grad[index])
+        with torch.no_grad():
+            original = float(weight[index])
+            weight[index] = original + 1e-6
+            up = float(loss())
+            weight[index] = original - 1e-6
+            down = float(loss())
+            weight[index] = original
+        assert analytic == pytest.approx((up - down) / 2e-6, rel=1e-5, abs=1e-9)
+    # The drop changes what the last layer learns from: the same gradient with every token differs.
+    dropped_grad = picks[2][0].grad.clone()
+    attached_rule(model).detach()
+    model.zero_grad()
+    loss().backward()
+    assert not torch.allclose(picks[2][0].grad, dropped_grad)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# econlm train --token-budget, end to end
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("retrain")
+    return {
+        "ckpt": save_tiny_checkpoint(root / "m", head="seq-cls", num_hidden_layers=3),
+        "data": write_tiny_glue(root / "data"),
+    }
+
+
+def _train(tiny, out, *extra):
+    flags = ["--model", str(tiny["ckpt"]), "--task", "sst2", "--data-dir", str(tiny["data"]), "--out", str(out)]
+    flags += ["--epochs", "1", "--batch-size", "8", "--max-length", "32", "--save-every", "100", "--seed", "3"]
+    return main(["train", *flags, *extra])
+
+
+@pytest.fixture(scope="module")
+def retrained(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    assert _train(tiny, out, "--token-budget", "0.5", "--teacher", str(tiny["ckpt"])) == 0
+    return out
+
+
+def test_train_saves_the_schedule_and_scores_with_it(retrained, capsys):
+    saved = json.loads((retrained / SCHEDULE_FILE).read_text())
+    assert saved["schedule"] == [0.5, 0.5, 0.5] and {101, 102} <= set(saved["special_ids"])
+    metrics = json.loads((retrained / "metrics.json").read_text())
+    tokens = metrics["token_budget"]
+    assert tokens["schedule"] == [0.5, 0.5, 0.5] and "fine-tuned under" in tokens["rule"]
+    assert tokens["tokens_per_layer"][0] > tokens["tokens_per_layer"][1] == tokens["tokens_per_layer"][2]
+    assert 0.4 < tokens["macs_ratio"] < 1
+    assert json.loads((retrained / "train_config.json").read_text())["token_budget"] == "0.5"
+
+
+def test_load_attaches_the_schedule_and_runs_what_the_token_budget_runs(retrained):
+    from econlm.models import load_model
+
+    loaded = load_model(str(retrained))
+    attached = attached_rule(loaded.model)
+    assert isinstance(attached, AttachedSchedule) and attached.schedule == (0.5, 0.5, 0.5)
+    batch = loaded.tokenizer(
+        ["a fairly long sentence about a film and its plot and its cast", "short one"], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        got = loaded.model(**batch).logits
+        attached.detach()
+        full = loaded.model(**batch).logits
+        with token_budget(loaded.model, 0.5, tokenizer=loaded.tokenizer):
+            expected = loaded.model(**batch).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert not torch.equal(got, full)
+
+
+def test_the_probe_reports_the_schedule_the_model_was_trained_under(retrained, tiny, tmp_path, capsys):
+    metrics = json.loads((retrained / "metrics.json").read_text())
+    probe = ["probe", "--model", str(retrained), "--task", "sst2", "--data-dir", str(tiny["data"]), "--budgets", "full"]
+    assert main([*probe, "--max-length", "32", "--out", str(tmp_path / "p")]) == 0
+    report = json.loads((tmp_path / "p" / "probe.json").read_text())
+    row = report["rows"][0]
+    assert row["token_budget"] == "0.5,0.5,0.5" and row["token_macs_ratio"] == pytest.approx(
+        metrics["token_budget"]["macs_ratio"]
+    )
+    assert row["score"] == pytest.approx(metrics["score"])  # the probe scores what training evaluated
+    assert "token_schedule.json" in report["token_budget"]["source"]
+    assert main([*probe, "--latency-repeats", "2", "--latency-examples", "8", "--out", str(tmp_path / "t")]) == 0
+    timed = json.loads((tmp_path / "t" / "probe.json").read_text())["token_budget_latency"]
+    assert timed["schedule"] == "0.5,0.5,0.5" and timed["speedup"] > 0
+    capsys.readouterr()
+    assert main([*probe, "--token-budget", "0.7", "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fine-tuned under" in err and "\n" not in err
+
+
+def test_compact_keeps_the_schedule_and_drops_the_same_tokens(retrained, tiny, tmp_path, capsys):
+    import shutil
+
+    from econlm.models import load_model
+
+    folder = tmp_path / "shut"
+    shutil.copytree(retrained, folder)
+    loaded = load_model(str(folder))
+    attached_rule(loaded.model).detach()
+    o_proj = arch.blocks(loaded.model)[0].get_submodule(arch.family(loaded.model.config).o)
+    head_dim = arch.shape(loaded.model.config).head_dim
+    with torch.no_grad():
+        arch.in_columns(o_proj)[head_dim : 2 * head_dim] = 0  # head 1 of layer 0 shut, as a folded gate leaves it
+    loaded.model.save_pretrained(folder)
+    capsys.readouterr()
+    out = tmp_path / "c"
+    code = main(["compact", str(folder), "--task", "sst2", "--data-dir", str(tiny["data"]), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert "token schedule kept" in capsys.readouterr().out
+    report = json.loads((out / "compact.json").read_text())
+    assert report["removed"]["heads"] == 1
+    assert report["verification"]["token_schedule"]["same_tokens_dropped"] is True
+    assert json.loads((out / SCHEDULE_FILE).read_text())["schedule"] == [0.5, 0.5, 0.5]
+    assert attached_rule(load_model(str(out)).model).schedule == (0.5, 0.5, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--token-budget", "0"], "must lie in (0, 1]"),
+        (["--token-budget", "1.5"], "must lie in (0, 1]"),
+        (["--token-budget", "1,0.5"], "gives 2 fractions but the model has 3 layers"),
+        (["--token-budget", "0.5", "--cost", "tokens"], "--cost tokens learns its own token thresholds"),
+        (["--token-budget", "0.5", "--distill-hidden-weight", "1"], "dropped tokens have no later layers"),
+    ],
+)
+def test_bad_token_budgets_in_train_are_one_line_exit_2(tiny, tmp_path, capsys, extra, says):
+    capsys.readouterr()
+    extra = [*extra, "--teacher", str(tiny["ckpt"])] if "--distill-hidden-weight" in extra else extra
+    assert _train(tiny, tmp_path / "r", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_token_budget_on_a_decoder_is_one_line_exit_2(tmp_path, capsys):
+    ckpt = save_tiny_checkpoint(tmp_path / "gpt2", family="gpt2", head="causal-lm")
+    data = write_tiny_glue(tmp_path / "data")
+    capsys.readouterr()
+    code = main(
+        ["train", "--model", str(ckpt), "--task", "wikitext2", "--data-dir", str(data), "--token-budget", "0.5"]
+        + ["--max-length", "32", "--limit", "64", "--out", str(tmp_path / "run")]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "breaks causal generation" in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("{not json", "is damaged"),
+        (json.dumps({"special_ids": [101]}), "is damaged or unreadable"),
+        (json.dumps({"schedule": [0.5, 0.9, 0.5]}), "grows from 0.5 to 0.9"),
+        (json.dumps({"schedule": [0.5, 0.5]}), "gives 2 fractions but the model has 3 layers"),
+        (json.dumps({"schedule": [0.5], "special_ids": "cls"}), "'special_ids' must be a list"),
+    ],
+)
+def test_a_bad_schedule_file_is_one_line(tiny, tmp_path, content, says):
+    import shutil
+
+    from econlm.models import load_model
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny["ckpt"], folder)
+    (folder / SCHEDULE_FILE).write_text(content)
+    with pytest.raises(UserError, match=says) as info:
+        load_model(str(folder))
+    assert _one_line(info) and SCHEDULE_FILE in str(info.value)
+
+
+def test_a_checkpoint_with_both_token_rules_is_one_line(tiny, tmp_path):
+    import shutil
+
+    from econlm.models import load_model
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny["ckpt"], folder)
+    (folder / SCHEDULE_FILE).write_text(json.dumps({"schedule": [0.5]}))
+    (folder / "token_thresholds.json").write_text(json.dumps({"format": 3, "thresholds": [1.0, 1.0]}))
+    with pytest.raises(UserError, match="holds both token_thresholds.json and token_schedule.json") as info:
+        load_model(str(folder))
+    assert _one_line(info)
+
+
+def test_sweeps_name_a_run_under_a_fixed_schedule_a_method_of_its_own():
+    from econlm.analysis import ablation_of, method_of
+
+    def train(**settings):
+        return {"kind": "train", "settings": {"lam": 0.0, "cost": ["ffn_l1"], **settings}}
+
+    assert method_of(train(token_budget="0.5")) == "retrained-tokens"
+    assert ablation_of(train(token_budget="0.5")) == "retrained-tokens"  # not the lambda = 0 baseline
+    assert method_of(train(token_budget="0.5", cost=["flops"], budget=0.4)) == "units+retrained-tokens"
+    assert method_of(train()) == "incentive"
