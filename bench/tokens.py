@@ -544,6 +544,7 @@ def _reading(state: dict, rows: list[dict], first: str) -> str:
             )
         lines.append(line + ".")
     lines += _tokens_on_units(rows, first)
+    lines += _retrained_reading(state, rows)
     runs = state.get("learned_runs", {})
     old = [r for r in runs.values() if r["format"] == 1]
     new = [r for r in runs.values() if r["format"] == 2 and _same_run(r["init"], state["models"][first])]
@@ -683,6 +684,39 @@ def _lever(r: dict) -> str:
     if units is None:
         return "with both levers"
     return "mostly with tokens" if r["macs_ratio"] < units else "mostly with units"
+
+
+def _retrained_reading(state: dict, rows: list[dict]) -> list[str]:
+    """Each schedule fine-tuned under: what retraining recovered of what the schedule cost post hoc, across
+    seeds, and what it runs at on real dev batches."""
+    runs = state.get("retrained_runs", {})
+    lines = []
+    for schedule in sorted({r["schedule"] for r in runs.values()}):
+        mine = {n: r for n, r in runs.items() if r["schedule"] == schedule}
+        parts = []
+        for name, r in sorted(mine.items(), key=lambda item: item[1]["seed"]):
+            base = state["scores"].get(f"{r['init_model']}|full", {}).get("score")
+            posthoc = state["scores"].get(f"{r['init_model']}|{schedule}", {}).get("score")
+            if base is None or posthoc is None:
+                continue
+            row = next((x for x in rows if x["model"] == name), {})
+            speed = ", ".join(
+                f"{row[f'speedup_{c}']:.2f}x {c.removeprefix('speedup_')}"
+                for c in ("dev_b1", "dev_b32")
+                if row.get(f"speedup_{c}")
+            )
+            parts.append(
+                f"seed {r['seed']}: {(base - posthoc) * 100:.2f} points lost post hoc, {(base - r['score']) * 100:.2f} "
+                f"after {r['steps']} steps under it" + (f" ({speed})" if speed else "")
+            )
+        if parts:
+            macs = sum(r["macs_ratio"] for r in mine.values()) / len(mine)
+            lines.append(
+                f"- Fine-tuned under {schedule} (block MACs x{macs:.3f}), against the fine-tune it started from: "
+                + "; ".join(parts)
+                + "."
+            )
+    return lines
 
 
 def _against(state: dict, model: str, first: str) -> str:
