@@ -52,11 +52,13 @@ def _schedules(folder: str) -> list[str]:
         return [LEARNED]
     schedule = Path(folder) / "token_schedule.json"
     if schedule.exists():
-        fractions = json.loads(schedule.read_text())["schedule"]
-        if len(set(fractions)) == 1:
-            fractions = fractions[:1]
-        return [TRAINED_UNDER + ",".join(f"{f:g}" for f in fractions)]
+        return [TRAINED_UNDER + _label(json.loads(schedule.read_text())["schedule"])]
     return SCHEDULES
+
+
+def _label(fractions: list[float]) -> str:
+    """A schedule as SCHEDULES writes it: one fraction when every layer keeps the same share."""
+    return ",".join(f"{f:g}" for f in (fractions[:1] if len(set(fractions)) == 1 else fractions))
 
 
 def _own_rule(schedule: str) -> bool:
@@ -162,7 +164,7 @@ def _retrained_run(state: dict, folder: str) -> dict:
     named = {str(Path(f).resolve()): n for n, f in state["models"].items()}
     return {
         "folder": folder,
-        "schedule": config["token_budget"],
+        "schedule": _label(json.loads((path / "token_schedule.json").read_text())["schedule"]),
         "seed": config["seed"],
         "epochs": config["epochs"],
         "lr": config["lr"],

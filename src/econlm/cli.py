@@ -626,14 +626,6 @@ def _cmd_export(args) -> int:
     if target.exists():
         raise UserError(f"{target} exists; choose another --onnx path (nothing is overwritten)")
     loaded = load_model(args.checkpoint)
-    from econlm.tokens import attached_rule
-
-    rule = attached_rule(loaded.model)
-    if rule is not None:
-        raise UserError(
-            f"{args.checkpoint} drops tokens by {rule.source}: each layer's selection of tokens is not expressed "
-            "in one ONNX graph yet; export a model trained without a token rule"
-        )
     report = export_onnx(loaded.model, loaded.tokenizer, target, opset=args.opset)
     write_json(
         target.with_suffix(".json"), {**report.to_json(), "meta": run_metadata(config=vars(args) | {"func": None})}

@@ -586,6 +586,10 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     loaded = load_model(config.checkpoint)
     model = loaded.model
     rule = _set_aside_rule(model, config)
+    onnx_skipped = None
+    if rule is not None and config.onnx:  # ONNX Runtime would time a graph that computes every token
+        onnx_skipped = f"not timed in ONNX Runtime: the checkpoint drops tokens by {rule.source}, which one ONNX graph does not express"
+        config = replace(config, onnx=False)
     trained = (getattr(model.config, "econlm", None) or {}).get("train", {})
     as_trained = {}
     if config.task is None and trained.get("task"):
@@ -660,6 +664,7 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
         },
         "before": before,
         "after": after,
+        **({"onnxruntime": onnx_skipped} if onnx_skipped else {}),
         "ratios": {
             "flops": after["dense_flops"] / before["dense_flops"],
             "parameters": after["parameters"] / before["parameters"],

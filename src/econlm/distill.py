@@ -103,6 +103,11 @@ class Teacher:
         self.model = load_model(str(path), head).model.to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        from econlm.tokens import attached_rule
+
+        rule = attached_rule(self.model)  # a teacher that drops tokens by its own rule teaches on every token
+        if rule is not None:
+            rule.detach()
 
     @torch.no_grad()
     def __call__(self, batch: dict, hidden: bool):

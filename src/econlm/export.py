@@ -132,6 +132,14 @@ def export_onnx(
     path = check_onnx_path(path)
     import copy
 
+    from econlm.tokens import attached_rule
+
+    rule = attached_rule(model)
+    if rule is not None:
+        raise UserError(
+            f"this model drops tokens by {rule.source}: each layer's selection of tokens is not expressed in one "
+            "ONNX graph yet; export a model without a token rule (detach it: econlm.tokens.attached_rule(model).detach())"
+        )
     model = copy.deepcopy(model).cpu().float().eval()  # the caller's model keeps its device, dtype and mode
     if tokenizer.pad_token is None:
         tokenizer = copy.deepcopy(tokenizer)

@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -372,6 +373,7 @@ class _Pass:
     given_mask: torch.Tensor | None = None  # what the model handed its first block (its format is kept)
     full: torch.Tensor | None = None  # (B, T0 + 1, D): every token's latest state (last slot: scratch)
     probs: torch.Tensor | None = None  # the current layer's attention probabilities
+    model: nn.Module | None = None  # the model running the pass (a rule reads its open heads)
 
 
 class BudgetSession:
@@ -423,44 +425,48 @@ class BudgetSession:
             counts=[lengths],
             original_real=real,
             entered=[torch.where(real, positions, -1)],
+            model=self.model,
         )
 
     # -- each block ---------------------------------------------------------------------------------------
+    # Hooks are this session's bound methods (partials of them), never closures: a deep copy of the model
+    # (copy.deepcopy, as compaction and pruning make) then gets hooks bound to a copy of the session, which
+    # drives the copy, not the original.
     def before_layer(self, layer: int, mask_index: int | None):
-        def hook(module, args, kwargs):
-            state = self.state
-            if state is None:
-                return None
-            if state.mask is None and not state.shortened:
-                if layer == 0:
-                    state.given_mask = kwargs.get("attention_mask") if mask_index is None else _arg(args, mask_index)
-                return None
-            if mask_index is None or "attention_mask" in kwargs:
-                return args, {**kwargs, "attention_mask": state.mask}
-            args = list(args) + [None] * max(0, mask_index + 1 - len(args))
-            args[mask_index] = state.mask
-            return tuple(args), kwargs
+        return functools.partial(self._before_layer, layer, mask_index)
 
-        return hook
+    def _before_layer(self, layer: int, mask_index: int | None, module, args, kwargs):
+        state = self.state
+        if state is None:
+            return None
+        if state.mask is None and not state.shortened:
+            if layer == 0:
+                state.given_mask = kwargs.get("attention_mask") if mask_index is None else _arg(args, mask_index)
+            return None
+        if mask_index is None or "attention_mask" in kwargs:
+            return args, {**kwargs, "attention_mask": state.mask}
+        args = list(args) + [None] * max(0, mask_index + 1 - len(args))
+        args[mask_index] = state.mask
+        return tuple(args), kwargs
 
     def read_probs(self, module, args, output):
         if self.state is not None:
             self.state.probs = attention_weights(output)
 
     def after_layer(self, layer: int):
-        def hook(module, args, output):
-            state = self.state
-            if state is None:
-                return None
-            hidden = output[0] if isinstance(output, tuple) else output  # (B, T, D)
-            if layer < self.layers - 1:
-                hidden = self._drop(state, layer, hidden)
-            else:
-                hidden = self._finish(state, hidden)
-            state.probs = None
-            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+        return functools.partial(self._after_layer, layer)
 
-        return hook
+    def _after_layer(self, layer: int, module, args, output):
+        state = self.state
+        if state is None:
+            return None
+        hidden = output[0] if isinstance(output, tuple) else output  # (B, T, D)
+        if layer < self.layers - 1:
+            hidden = self._drop(state, layer, hidden)
+        else:
+            hidden = self._finish(state, hidden)
+        state.probs = None
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     def _drop(self, state: _Pass, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         current = state.counts[-1]
@@ -706,7 +712,7 @@ def threshold_session(model, thresholds, ids: list[int], token_mask, active=None
 
     def keep(layer: int, state: _Pass) -> torch.Tensor:
         threshold = current()[layer]
-        heads = open_heads(model, layer) if state.probs is not None else None
+        heads = open_heads(state.model, layer) if state.probs is not None else None
         if state.probs is None or threshold == -math.inf or (heads is not None and not bool(heads.any())):
             return state.counts[-1]  # nothing read, nothing to drop, or no head left to say what matters
         values = relative_values(state.probs, state.real, state.real & ~state.special, heads)
@@ -890,7 +896,11 @@ def attach_schedule(
     """Make ``model`` drop tokens by a fixed ``schedule`` (as :func:`token_budget` does) in every forward pass,
     gradients included, until ``.detach()``: ``econlm train --token-budget`` fine-tunes under it, and
     :func:`econlm.load` attaches it for a checkpoint with ``token_schedule.json``. Needs eager attention.
-    ``token_mask`` (an :class:`econlm.activations.TokenMask`) is kept pointed at the shortened batch."""
+    ``token_mask`` (an :class:`econlm.activations.TokenMask`) is kept pointed at the shortened batch.
+
+    In train mode the ranking reads the attention probabilities the layer used, after attention dropout (what
+    the model returns), so near the cut the kept tokens vary a little from pass to pass, as dropout itself
+    does; in eval mode (evaluation, inference) there is no dropout and the selection is deterministic."""
     check_encoder(model)
     _detach_existing(model)
     fractions = TokenSchedule.parse(schedule).per_layer(len(arch.blocks(model)))
@@ -925,16 +935,22 @@ def attach_saved_schedule(model: nn.Module, directory: str | Path, tokenizer=Non
     path = Path(directory) / SCHEDULE_FILE
     if not path.exists():
         return None
+    vocab = getattr(model.config, "vocab_size", None) or 2**31
     try:
         spec = json.loads(path.read_bytes())
         schedule, ids = spec["schedule"], spec.get("special_ids", [])
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise ValueError("'special_ids' must be a list of token ids")
+        fractions = schedule if isinstance(schedule, list) else [schedule]
+        if not fractions or not all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in fractions):
+            raise ValueError("'schedule' must be a fraction or a list of them")
+        if not isinstance(ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in ids
+        ):
+            raise ValueError("'special_ids' must be a list of token ids of this model's vocabulary")
     except (OSError, ValueError, KeyError, TypeError) as error:
         first = (str(error).splitlines() or [type(error).__name__])[0]
         raise UserError(f"{path} is damaged or unreadable ({first}); train the model again") from None
     try:
-        return attach_schedule(model, schedule, tokenizer=tokenizer, special_ids=ids)
+        return attach_schedule(model, fractions, tokenizer=tokenizer, special_ids=ids)
     except UserError as error:
         raise UserError(f"{path}: {error}") from None
 

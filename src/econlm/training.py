@@ -132,7 +132,13 @@ class TrainConfig(DataFields):
             return
         from econlm.tokens import TokenSchedule
 
-        object.__setattr__(self, "token_budget", TokenSchedule.parse(self.token_budget).label)
+        parsed = TokenSchedule.parse(self.token_budget)
+        if parsed.is_full:
+            raise UserError(
+                f"--token-budget {parsed.label} keeps every token, so nothing would be dropped: give fractions below 1, "
+                "or leave --token-budget out"
+            )
+        object.__setattr__(self, "token_budget", parsed.label)
         clash = (
             "--cost tokens learns its own token thresholds"
             if "tokens" in self.cost
