@@ -35,6 +35,7 @@ SCHEDULES = [
     "0.8,0.6,0.5,0.4,0.3,0.3",
     "1,0.7,0.5,0.35,0.25,0.25",
     "0.7,0.5,0.35,0.25,0.2,0.2",
+    "1,0.5,0.4,0.3,0.25,0.25",  # every token through layer 0, then about 0.58 of the MACs: the retrained schedule
 ]
 STATE = ROOT / "runs" / "bench_tokens"
 TIME_EXAMPLES = {1: 64, 32: 256}  # dev examples per timed pass at each batch size
