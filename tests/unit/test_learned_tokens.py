@@ -512,12 +512,13 @@ def test_decoders_and_one_layer_models_are_refused_with_the_reason():
     assert _one_line(info)
 
 
-def test_train_cli_refuses_a_decoder_in_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("rule", [["--cost", "tokens"], ["--token-budget", "0.5"]], ids=["learned", "fixed"])
+def test_train_cli_refuses_a_decoder_in_one_line(tmp_path, capsys, rule):
     ckpt = save_tiny_checkpoint(tmp_path / "gpt2", family="gpt2", head="causal-lm")
     data = write_tiny_glue(tmp_path / "data")
     capsys.readouterr()
     code = main(
-        ["train", "--model", str(ckpt), "--task", "wikitext2", "--data-dir", str(data), "--cost", "tokens"]
+        ["train", "--model", str(ckpt), "--task", "wikitext2", "--data-dir", str(data), *rule]
         + ["--max-length", "32", "--limit", "64", "--out", str(tmp_path / "run")]
     )
     err = capsys.readouterr().err.strip()
