@@ -528,10 +528,6 @@ def compact_model(
     return compacted, report
 
 
-# Where compact.json's verification reports the token rule's check, by the kind of rule.
-_RULE_KEYS = {"AttachedThresholds": "token_thresholds", "AttachedSchedule": "token_schedule"}
-
-
 def _set_aside_rule(model, config: CompactConfig):
     """A checkpoint that drops tokens (learned thresholds, or the fixed schedule it was fine-tuned under): its
     rule (:class:`econlm.tokens.AttachedRule`), detached from ``model`` so that calibration and the unit check
@@ -660,7 +656,7 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
         "removed": core_json["removed"],
         "verification": {
             **core_json["verification"],
-            **({_RULE_KEYS[type(rule).__name__]: with_tokens} if with_tokens else {}),
+            **({rule.kind: with_tokens} if with_tokens else {}),
         },
         "before": before,
         "after": after,

@@ -259,34 +259,31 @@ class _SoftSession(BudgetSession):
         keep = torch.ones(real.shape, device=real.device)  # padding stays at 1: its own mask already hides it
         self.state = _SoftPass(real=real, special=special, keep=keep, counts=[real.sum(1).float()])
 
-    def _after_layer(self, layer: int, module, args, output):
-        state = self.state
-        if state is None:
-            return None
-        hidden = output[0] if isinstance(output, tuple) else output  # (B, T, D)
-        if layer < self.layers - 1:
-            # (B, T): query rows weighted by keep, values relative to the droppable tokens still in
-            droppable = state.keep * (state.real & ~state.special)
-            heads = open_heads(self.model, layer)  # as at inference: only heads whose output counts
-            values = relative_values(state.probs, state.keep * state.real, droppable, heads)
-            m = self.thresholds.keep(layer, values)
-            kept = state.special | ~state.real
-            if heads is not None and not bool(heads.any()):  # no head left to say what matters: keep all
-                kept = torch.ones_like(kept)
-            m = torch.where(kept, torch.ones_like(m), m)
-            keep = state.keep * m  # (B, T)
-            left = (state.keep - keep).unsqueeze(-1).to(hidden.dtype)  # (B, T, 1): what leaves here
-            state.full = left * hidden if state.full is None else state.full + left * hidden
-            state.keep = keep
-            state.counts.append((keep * state.real).sum(1))
-            state.mask = key_mask(state.given_mask, keep, hidden.dtype)
-            state.probs = None
-            return None
+    # The base hook hands each layer's output to _drop (every layer but the last) or _finish (the last).
+    def _drop(self, state: _SoftPass, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        # (B, T): query rows weighted by keep, values relative to the droppable tokens still in
+        droppable = state.keep * (state.real & ~state.special)
+        heads = open_heads(self.model, layer)  # as at inference: only heads whose output counts
+        values = relative_values(state.probs, state.keep * state.real, droppable, heads)
+        m = self.thresholds.keep(layer, values)
+        kept = state.special | ~state.real
+        if heads is not None and not bool(heads.any()):  # no head left to say what matters: keep all
+            kept = torch.ones_like(kept)
+        m = torch.where(kept, torch.ones_like(m), m)
+        keep = state.keep * m  # (B, T)
+        left = (state.keep - keep).unsqueeze(-1).to(hidden.dtype)  # (B, T, 1): what leaves here
+        state.full = left * hidden if state.full is None else state.full + left * hidden
+        state.keep = keep
+        state.counts.append((keep * state.real).sum(1))
+        state.mask = key_mask(state.given_mask, keep, hidden.dtype)
+        return hidden  # every token stays in the sequence, weighted in later layers' keys
+
+    def _finish(self, state: _SoftPass, hidden: torch.Tensor) -> torch.Tensor:
         if state.full is not None:
             hidden = state.full + state.keep.unsqueeze(-1).to(hidden.dtype) * hidden
         self.state = None
         self.on_finish(state.counts)
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+        return hidden
 
 
 class LearnedTokens:

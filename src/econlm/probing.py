@@ -448,7 +448,7 @@ def token_budget_latency(loaded, examples, config: ProbeConfig) -> dict:
         full, budget = "full", "learned"
         speedup = timings[full].median / timings[budget].median
     return {
-        "schedule": config.token_budget or _rule_label(learned),
+        "schedule": config.token_budget or learned.label,
         "speedup": speedup,
         "median_seconds": {"every_token": timings[full].median, "token_budget": timings[budget].median},
         "examples": len(subset),
@@ -463,11 +463,6 @@ def token_budget_latency(loaded, examples, config: ProbeConfig) -> dict:
         "timed_on": "real dev batches, dynamic padding (each padded to its own longest row); the model with every "
         "token and with the token budget called in turn each round (medians of the rounds)",
     }
-
-
-def _rule_label(rule) -> str:
-    """``learned`` for thresholds, the schedule (``0.5,0.5,...``) for a fixed one."""
-    return "learned" if rule.thresholds is not None else ",".join(f"{f:g}" for f in rule.schedule)
 
 
 def _probe_rows(

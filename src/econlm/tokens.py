@@ -794,6 +794,12 @@ class AttachedRule:
     thresholds: tuple[float, ...] | None = None
     schedule: tuple[float, ...] | None = None
     source = "a token rule"  # what messages call it
+    kind = "token_rule"  # its file's stem, and its key in compact.json's verification
+
+    @property
+    def label(self) -> str:
+        """``learned`` for thresholds, the schedule (``0.5,0.5,...``) for a fixed one, as probe rows write it."""
+        return self._stats().label
 
     def __init__(self, model: nn.Module, session: BudgetSession, selecting: Sequence[int], special_ids: list[int]):
         self.model = model
@@ -845,6 +851,7 @@ class AttachedThresholds(AttachedRule):
     """Learned thresholds attached for good (:func:`attach_thresholds`)."""
 
     source = "its learned thresholds (token_thresholds.json)"
+    kind = "token_thresholds"
 
     def __init__(self, model: nn.Module, thresholds: tuple[float, ...], special_ids: list[int]):
         self.thresholds = thresholds
@@ -858,6 +865,8 @@ class AttachedThresholds(AttachedRule):
 class AttachedSchedule(AttachedRule):
     """A fixed token schedule attached for good (:func:`attach_schedule`): the model was fine-tuned with it in
     force (PoWER-BERT's retraining step), so it runs with it."""
+
+    kind = "token_schedule"
 
     def __init__(self, model: nn.Module, schedule: tuple[float, ...], special_ids: list[int], token_mask=None):
         self.schedule = schedule

@@ -139,18 +139,18 @@ class TrainConfig(DataFields):
                 "or leave --token-budget out"
             )
         object.__setattr__(self, "token_budget", parsed.label)
-        clash = (
-            "--cost tokens learns its own token thresholds"
-            if "tokens" in self.cost
-            else "hidden-state distillation compares every token of every layer, and dropped tokens have no later "
-            "layers (use --distill-hidden-weight 0)"
-            if self.distill_hidden_weight > 0
-            else "gradient checkpointing would recompute layers without the hooks that drop tokens"
-            if self.gradient_checkpointing
-            else None
-        )
-        if clash:
-            raise UserError(f"--token-budget fixes which tokens each layer runs on, but {clash}; leave one of them out")
+        clashes = [
+            ("tokens" in self.cost, "--cost tokens learns its own token thresholds"),
+            (
+                self.distill_hidden_weight > 0,
+                "hidden-state distillation compares every token of every layer, and dropped tokens have no later "
+                "layers (use --distill-hidden-weight 0)",
+            ),
+            (self.gradient_checkpointing, "gradient checkpointing would recompute layers without the hooks that drop tokens"),
+        ]
+        for clashes_here, why in clashes:
+            if clashes_here:
+                raise UserError(f"--token-budget fixes which tokens each layer runs on, but {why}; leave one of them out")
 
     def _check_gate_init(self) -> None:
         from econlm.gates import GATE_STARTS
@@ -471,7 +471,7 @@ def _setup(config: TrainConfig, resume: bool) -> _Run:
     # --epochs 0 trains nothing: the model is evaluated and saved as it is (a post-hoc model with no recovery).
     total_steps = math.ceil(steps_per_epoch * config.epochs) if config.epochs > 0 else 0
     incentive = Incentive(model, config.tax(), total_steps, tokenizer=tokenizer)
-    _drop_loaded_thresholds(model)
+    _drop_loaded_token_rule(model)
     if config.token_budget is not None:  # every pass from here on, training and evaluation, drops tokens
         from econlm.tokens import attach_schedule
 
@@ -524,7 +524,7 @@ def _validation_data(config: TrainConfig, task, tokenizer, eval_data):
     return evaluate.lm_token_ids(tokenizer, data.load_text(task, "dev", config.data_dir), config.eval_limit or 8192)
 
 
-def _drop_loaded_thresholds(model) -> None:
+def _drop_loaded_token_rule(model) -> None:
     """A checkpoint with learned token thresholds, or a fixed token schedule, drops tokens in every pass;
     fine-tuning it trains (and saves) the model on every token unless this run names its own rule
     (``--cost tokens`` starts learning from loaded thresholds; ``--token-budget`` attaches its schedule)."""
