@@ -397,6 +397,22 @@ def _refresh_markets(task: str, rows: list[dict]) -> None:
             row["market"] = _market(trial)
 
 
+def _refresh_predictions(task: str, rows: list[dict]) -> None:
+    """Fill the latency table's prediction of each compacted row that lacks one, where its model is still on
+    this machine: the prediction needs only the model's structure, not a timing run. Rows of machines gone stay
+    without one (earlier runs predicted the incentive models only)."""
+    try:
+        trials = {r["id"]: r for r in load(task)}
+    except SystemExit:
+        return
+    for row in rows:
+        trial = trials.get(row["id"])
+        if row.get("predicted_speedup_b1") or row["method"].startswith("lambda=0") or not trial:
+            continue
+        if (Path(trial["final_model"]) / "config.json").exists():
+            row["predicted_speedup_b1"] = predicted_speedup(trial["final_model"])
+
+
 def predicted_speedup(final_model: str) -> float | None:
     from econlm.flops import Structure
     from econlm.latency_table import load_table
@@ -449,8 +465,9 @@ def summarize(task: str, repeats: int) -> tuple[dict, str]:
                 "timed": now,
                 **{f"speedup_b{b}": times["teacher"][b] / times[key][b] for b in BATCHES},
             }
-            if r["kind"] == "train" and r is not teacher:
+            if r is not teacher:  # every compacted model, rivals too: the target is the table's, not a method's
                 row["predicted_speedup_b1"] = predicted_speedup(r["final_model"])
+            if r["kind"] == "train" and r is not teacher:
                 row["market"] = _market(r)
             rows.append(row)
     from econlm.runinfo import git_hash, versions
@@ -781,6 +798,87 @@ def _teachers_again(rows: list[dict], number: dict) -> str | None:
     )
 
 
+def _within(row: dict) -> bool:
+    return abs(row["predicted_speedup_b1"] / row["speedup_b1"] - 1) <= PREDICTION_TOLERANCE
+
+
+PREDICTION_TOLERANCE = 0.10  # issue #10: the table's predicted speedup within +-10% of the measured one
+
+
+def _prediction_lines(rows: list[dict], incentive: list[dict]) -> list[str]:
+    """The latency target over every compacted model with a prediction: the incentive models listed, the
+    rivals counted, with any rival outside the band named."""
+    predicted = [r for r in rows if r.get("predicted_speedup_b1")]
+    mine = [r for r in predicted if r in incentive]
+    rivals = [r for r in predicted if r not in incentive]
+    within = [r for r in predicted if _within(r)]
+    line = (
+        f"- latency table's batch-1 prediction within 10% of the measured speedup: {len(within)} of {len(predicted)} "
+        f"compacted models; incentive models {sum(map(_within, mine))} of {len(mine)} ("
+        + ", ".join(f"{r['predicted_speedup_b1']:.2f}x vs {r['speedup_b1']:.2f}x" for r in mine)
+        + ")"
+    )
+    if rivals:
+        outside = [r for r in rivals if not _within(r)]
+        line += f"; post-hoc rivals {len(rivals) - len(outside)} of {len(rivals)}" + (
+            " (outside: "
+            + ", ".join(
+                f"seed {r['seed']} {r['method']} {r['predicted_speedup_b1']:.2f}x vs {r['speedup_b1']:.2f}x"
+                for r in outside
+            )
+            + ")"
+            if outside
+            else ""
+        )
+    unpredicted = sum(1 for r in rows if not r.get("predicted_speedup_b1") and not r["method"].startswith("lambda=0"))
+    if unpredicted:
+        line += (
+            f". {unpredicted} rival rows have no prediction: earlier runs predicted the incentive models only, and "
+            "those rivals went with their machines (the prediction needs the model's structure)"
+        )
+    return [line]
+
+
+def _latest(rows: list[dict]) -> dict[tuple[str, int], dict]:
+    """Each method's row per seed from its latest timing run (a model timed in two runs counts once)."""
+    latest: dict[tuple[str, int], dict] = {}
+    for r in sorted(rows, key=lambda r: r.get("timed") or ""):
+        latest[(r["method"], r["seed"])] = r
+    return latest
+
+
+def _mean_std(values: list[float], fmt: str) -> str:
+    mean = statistics.mean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{format(mean, fmt)} +- {format(spread, fmt.lstrip('+'))}"
+
+
+def _across_seeds(rows: list[dict], pairs: list[dict], speed_target: float, loss_target: float) -> list[str]:
+    """The targets as the issue states them, over seeds: each incentive recipe run on more than one seed, its
+    mean +- standard deviation of points lost, batch-1 and batch-32 speedup and difference to its best rival."""
+    latest = _latest([r for r in rows if r["method"].startswith("incentive")])
+    by_method: dict[str, list[dict]] = {}
+    for (method, _), r in latest.items():
+        by_method.setdefault(method, []).append(r)
+    recipes = {m: sorted(rs, key=lambda r: r["seed"]) for m, rs in by_method.items() if len(rs) > 1}
+    if not recipes:
+        return []
+    lines = [f"- over seeds (mean +- standard deviation; the speed target met on the mean at <= {loss_target} lost):"]
+    for method, mine in recipes.items():
+        last = {p["seed"]: p["difference"] for p in pairs if p["incentive"] == method}  # a rerun's pair last
+        diffs = [last[r["seed"]] for r in mine if r["seed"] in last]
+        lost = [r["lost"] for r in mine]
+        b1 = [r["speedup_b1"] for r in mine]
+        met = statistics.mean(b1) >= speed_target and statistics.mean(lost) <= loss_target
+        lines.append(
+            f"  - {method} (seeds {', '.join(str(r['seed']) for r in mine)}): lost {_mean_std(lost, '+.4f')}, "
+            f"batch 1 {_mean_std(b1, '.2f')}x, batch 32 {_mean_std([r['speedup_b32'] for r in mine], '.2f')}x"
+            + (f", against its best rival {_mean_std(diffs, '+.4f')}" if diffs else "")
+            + f": speed target {'met' if met else 'missed'}"
+        )
+    return lines
+
+
 def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> str:
     speed_target, loss_target = TARGETS.get(task, (2.0, 0.005))
     number = {run["time_utc"]: i + 1 for i, run in enumerate(runs)}
@@ -904,14 +1002,8 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
         f"{mean:+.4f}"
     )
     lines += _pairs_by_recipe(pairs)
-    predictions = [r for r in incentive if r.get("predicted_speedup_b1")]
-    within = [r for r in predictions if abs(r["predicted_speedup_b1"] / r["speedup_b1"] - 1) <= 0.10]
-    lines.append(
-        f"- latency table's batch-1 prediction within 10% of the measured speedup: {len(within)} of {len(predictions)} "
-        "compacted incentive models ("
-        + ", ".join(f"{r['predicted_speedup_b1']:.2f}x vs {r['speedup_b1']:.2f}x" for r in predictions)
-        + ")"
-    )
+    lines += _prediction_lines(rows, incentive)
+    lines += _across_seeds(rows, pairs, speed_target, loss_target)
     markets = [r for r in incentive if r.get("market")]
     if markets:
         lines += ["", "## Did the price clear the budget?", ""]
@@ -1038,6 +1130,7 @@ def main() -> None:
         payload = json.loads((RESULTS / f"{name}.json").read_text())
         rows, runs = runs_of(payload)
         _refresh_markets(args.task, rows)
+        _refresh_predictions(args.task, rows)
         payload.update(rows=rows, pairs=pairs_of(rows), runs=runs)
         markdown = render(args.task, rows, payload["pairs"], runs)
         rerender(name, markdown, payload["meta"])
