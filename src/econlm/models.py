@@ -354,6 +354,14 @@ def load_model(
 def _from_hub_or_dir(loader, resolved: ResolvedModel, **kwargs):
     try:
         return loader(resolved.location, **kwargs)
+    except RuntimeError as error:
+        if resolved.is_local and "mismatched_sizes" in str(error):
+            # Weights smaller than config.json says: a compacted checkpoint whose structure file is gone.
+            raise UserError(
+                f"the weights in {resolved.location} do not have the shapes its config.json gives; a compacted "
+                "checkpoint needs the econlm_structure.json saved with it: restore it, or compact the model again"
+            ) from None
+        raise
     except OSError as error:
         if resolved.is_local:
             # transformers says OSError for a folder it cannot use (no weights, no tokenizer files).

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from econlm import arch
+from econlm.errors import UserError
 from econlm.flops import Structure
 from econlm.progress import quiet_transformers
 
@@ -146,7 +147,6 @@ def save_model(model: nn.Module, tokenizer, out: str | Path) -> None:
 
 def read_structure(path: Path, layers: int) -> dict:
     """The saved per-layer shapes, checked: a damaged or foreign structure file is one line, not a KeyError."""
-    from econlm.errors import UserError
 
     file = Path(path) / STRUCTURE_FILE
     try:
@@ -182,10 +182,21 @@ def load_compacted(path: str | Path, head: str, dtype=None):
     state = {}
     for file in sorted(path.glob("*.safetensors")):
         state.update(load_file(str(file)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a size mismatch: the structure file is not the one saved with these weights
+        first = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error)).rstrip(".")
+        raise UserError(
+            f"the weights in {path} do not match its {STRUCTURE_FILE} ({first}); restore the structure file "
+            "saved with these weights, or compact the model again"
+        ) from None
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if unexpected or [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]:
-        raise RuntimeError(f"compacted checkpoint {path} does not match its structure: {missing} {unexpected}")
+        raise UserError(
+            f"the weights in {path} do not match its {STRUCTURE_FILE} ({len(missing)} tensors missing, "
+            f"{len(unexpected)} unexpected); restore the structure file saved with these weights, or compact the "
+            "model again"
+        )
     if getattr(config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
         model.tie_weights()
     return model.eval()

@@ -461,6 +461,10 @@ def _setup(config: TrainConfig, resume: bool) -> _Run:
     random.seed(config.seed)
     loaded = _load_for_task(config, task)
     model, tokenizer = loaded.model, loaded.tokenizer
+    if config.token_budget is not None or "tokens" in config.cost:
+        from econlm.tokens import check_encoder
+
+        check_encoder(model)  # before tokenizing: a decoder's long-text warnings would bury the one-line refusal
     model.config.pad_token_id = tokenizer.pad_token_id
     if config.gradient_checkpointing:
         enable_checkpointing(model)

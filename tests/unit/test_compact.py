@@ -1,6 +1,7 @@
 """Compaction: removing dead units keeps outputs, shrinks parameters and MACs by the computed amount."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -73,6 +74,31 @@ def test_removing_dead_units_keeps_outputs_and_cuts_macs_by_the_computed_amount(
         for i in range(2)
     )
     assert params_before - sum(p.numel() for p in model.parameters()) == removed
+
+
+def test_a_compacted_checkpoint_with_a_stale_or_missing_structure_file_is_one_line(dead_checkpoint, tmp_path, capsys):
+    """The structure file says the shapes the weights were saved in: one from another compaction (valid, but
+    other widths) or none at all is a user's mistake to fix, not a size-mismatch traceback."""
+    out = tmp_path / "small"
+    args = ["--task", "sst2", "--data-dir", str(dead_checkpoint["data"]), "--calib-examples", "8", "--eps", "1e-9"]
+    assert main(["compact", str(dead_checkpoint["path"]), "--out", str(out), "--latency-repeats", "1", *args]) == 0
+    capsys.readouterr()
+    structure_file = out / "econlm_structure.json"
+    structure = json.loads(structure_file.read_text())
+    structure["layers"][0]["ffn"] += 3  # well formed, but not the widths these weights have
+    structure_file.write_text(json.dumps(structure))
+    expected = {
+        "stale": r"the weights in .* do not match its econlm_structure.json \(size mismatch for .*\); restore",
+        "missing": r"do not have the shapes its config.json gives; .* needs the econlm_structure.json saved with it",
+    }
+    for case, message in expected.items():
+        if case == "missing":
+            structure_file.unlink()
+        again = tmp_path / f"again-{case}"
+        assert main(["compact", str(out), "--out", str(again), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and re.search(message, err), err
+        assert not again.exists()
 
 
 def test_unused_units_below_eps_are_found_by_calibration():

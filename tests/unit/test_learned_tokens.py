@@ -513,10 +513,17 @@ def test_decoders_and_one_layer_models_are_refused_with_the_reason():
 
 
 @pytest.mark.parametrize("rule", [["--cost", "tokens"], ["--token-budget", "0.5"]], ids=["learned", "fixed"])
-def test_train_cli_refuses_a_decoder_in_one_line(tmp_path, capsys, rule):
+def test_train_cli_refuses_a_decoder_in_one_line(tmp_path, capsys, monkeypatch, rule):
+    from econlm import training
+
     ckpt = save_tiny_checkpoint(tmp_path / "gpt2", family="gpt2", head="causal-lm")
     data = write_tiny_glue(tmp_path / "data")
     capsys.readouterr()
+
+    def tokenized(*args, **kwargs):  # a long text's tokenizer warning would come before the refusal
+        raise AssertionError("the decoder was refused only after its training text was tokenized")
+
+    monkeypatch.setattr(training, "_features", tokenized)
     code = main(
         ["train", "--model", str(ckpt), "--task", "wikitext2", "--data-dir", str(data), *rule]
         + ["--max-length", "32", "--limit", "64", "--out", str(tmp_path / "run")]
