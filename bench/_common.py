@@ -13,6 +13,30 @@ DOCS = ROOT / "docs"
 DATA = os.environ.get("ECONLM_DATA") or str(ROOT.parent / "shared" / "data")
 
 
+# docs/frontier.md and docs/compaction.md open with a block that bench/summarize_fair.py writes (issue #10's
+# verdicts); bench/summarize.py writes the rest of them, and keeps the block when it writes them again.
+INDEX_BEGIN = "<!-- written by bench/summarize_fair.py; edits here are lost -->"
+INDEX_END = "<!-- end of bench/summarize_fair.py's part -->"
+
+
+def with_index(markdown: str, block: str | None) -> str:
+    """``markdown`` with ``block`` (INDEX_BEGIN ... INDEX_END) in place of its own, or below its title."""
+    if block is None:
+        return markdown
+    if INDEX_BEGIN in markdown:
+        head, rest = markdown.split(INDEX_BEGIN, 1)
+        return head + block + rest.split(INDEX_END, 1)[1]
+    title, rest = markdown.split("\n", 1)
+    return f"{title}\n\n{block}\n{rest}"
+
+
+def _index_of(path: Path) -> str | None:
+    """The block summarize_fair.py wrote at the top of an existing doc, if any."""
+    if not path.exists() or INDEX_BEGIN not in (text := path.read_text()):
+        return None
+    return INDEX_BEGIN + text.split(INDEX_BEGIN, 1)[1].split(INDEX_END, 1)[0] + INDEX_END
+
+
 def save(name: str, payload: dict, markdown: str) -> None:
     """Write ``bench/results/<name>.json`` (with machine info and the command) and ``docs/<name>.md``."""
     from econlm.runinfo import atomic_write_text, run_metadata, write_json
@@ -22,7 +46,8 @@ def save(name: str, payload: dict, markdown: str) -> None:
     meta["command"] = "python " + shlex.join(argv)
     meta["argv"] = argv
     write_json(RESULTS / f"{name}.json", {"meta": meta, **payload})
-    atomic_write_text(DOCS / f"{name}.md", markdown.rstrip() + footer(name, meta))
+    doc = DOCS / f"{name}.md"
+    atomic_write_text(doc, with_index(markdown.rstrip(), _index_of(doc)) + footer(name, meta))
 
 
 def footer(name: str, meta: dict) -> str:
@@ -44,7 +69,8 @@ def rerender(name: str, markdown: str, meta: dict) -> None:
     same measurements): the footer keeps the command and time they were measured with."""
     from econlm.runinfo import atomic_write_text
 
-    atomic_write_text(DOCS / f"{name}.md", markdown.rstrip() + footer(name, meta))
+    doc = DOCS / f"{name}.md"
+    atomic_write_text(doc, with_index(markdown.rstrip(), _index_of(doc)) + footer(name, meta))
 
 
 from econlm.verdicts import markdown_table  # noqa: E402,F401 - one table writer for docs and verdicts

@@ -1001,3 +1001,32 @@ def test_fair_anchor_reading_lists_the_shares_of_one_budget_by_rho():
     assert "0.781" not in line  # one rho in the latency market: nothing to compare there
     assert "0.3:" not in line
     assert fair._anchors(markets[1:2] + markets[3:]) is None
+
+
+def test_the_index_block_replaces_its_old_self_or_goes_below_the_title():
+    common = _bench_script("_common")
+    block = f"{common.INDEX_BEGIN}\nnew\n{common.INDEX_END}"
+    doc = f"# Title\n\n{common.INDEX_BEGIN}\nold\n{common.INDEX_END}\n\nbody\n"
+    assert common.with_index(doc, block) == f"# Title\n\n{block}\n\nbody\n"
+    assert common.with_index("# Title\nbody\n", block) == f"# Title\n\n{block}\nbody\n"
+    assert common.with_index(doc, None) == doc
+    assert common.with_index(common.with_index(doc, block), block) == common.with_index(doc, block)
+
+
+def test_fair_verdicts_by_hand():
+    """Two incentive models (one 2.5x at 0.004 lost: within STS-B's target; one 1.5x), three pairs (+0.01, -0.02,
+    0: two as good or better, mean -0.0033), predictions 2.4x for 2.5x (4% off) and 2.0x for 2.3x (13% off)."""
+    fair = _bench_script("summarize_fair")
+    incentive = {"method": "incentive a", "seed": 1, "speedup_b1": 2.5, "lost": 0.004, "predicted_speedup_b1": 2.4}
+    rows = [
+        incentive,
+        {"method": "incentive b", "seed": 2, "speedup_b1": 1.5, "lost": 0.0},
+        {"method": "post-hoc fisher", "seed": 1, "speedup_b1": 2.3, "lost": 0.01, "predicted_speedup_b1": 2.0},
+    ]
+    pairs = [{"difference": d} for d in (0.01, -0.02, 0.0)]
+    speed, rest = fair._verdicts("stsb", {"rows": rows, "pairs": pairs})
+    assert "met by 1 of 2 incentive models (fastest: 2.50x at +0.0040, seed 1)" in speed
+    assert "in 2 of 3 pairs, mean -0.0033: the 4-of-6 target is met" in rest
+    assert "prediction within 10%: 1 of 2 compacted models" in rest
+    pairs[0]["difference"] = -0.001
+    assert "1 of 3 pairs, mean -0.0070: the 4-of-6 target is **missed**" in fair._verdicts("stsb", {"rows": rows, "pairs": pairs})[1]
