@@ -416,8 +416,9 @@ def _cmd_compact(args) -> int:
         for name, v in levers["variants"].items():
             score = "-" if v["score"] is None else f"{v['score']:.4f}"
             print(
-                f"  {name:<13} score {score}  MACs x{v['macs_share']:.3f}  speedup batch 1: "
-                f"{v['speedup_batch1']:.2f}x, batch 32: {v['speedup_batch32']:.2f}x"
+                f"  {name:<13} score {score}  MACs x{v['macs_share']:.3f}  speedup on dev batches of 1: "
+                f"{v['speedup_dev_b1']:.2f}x, of 32: {v['speedup_dev_b32']:.2f}x (random full-length rows: "
+                f"{v['speedup_batch1']:.2f}x, {v['speedup_batch32']:.2f}x)"
             )
     predicted = report.get("latency_table")
     if predicted:

@@ -729,6 +729,7 @@ def measure_levers(model, compacted, loaded, task, config: CompactConfig, latenc
         variants[name] = (scores[name], macs["reference_macs"], timed)
         variants["tokens" if name == "dense" else "units+tokens"] = (result.value, macs["macs"], f"{timed}+tokens")
     reference = variants["dense"][1]
+    dev = time_levers_on_dev(model, compacted, loaded.tokenizer, examples, config)
     out = {}
     for name in ("dense", "units", "tokens", "units+tokens"):
         score, macs, timed = variants[name]
@@ -736,6 +737,7 @@ def measure_levers(model, compacted, loaded, task, config: CompactConfig, latenc
             "score": score,
             "block_macs_real_tokens": macs,
             "macs_share": macs / reference,
+            **{f"speedup_{case}": dev[case]["dense"] / dev[case][name] for case in dev},
             **{f"speedup_{b}": latency["before"][b]["median"] / latency[timed][b]["median"] for b in latency[timed]},
         }
     return {
@@ -743,10 +745,62 @@ def measure_levers(model, compacted, loaded, task, config: CompactConfig, latenc
         "examples": len(examples),
         "counted": "MACs of the blocks over each example's real dev tokens, each layer on the tokens it ran on "
         "(econlm.flops.shortened_macs); padding, the token selection, embeddings and the task head not counted",
-        "timed_on": "random rows of --max-length tokens (every token real); the dense model's median over each "
-        "variant's, all four interleaved round by round",
+        "timed_on": {
+            **{
+                case: f"{DEV_TIMED[int(case[5:])]} dev examples (every k-th, so the split's length mix) in batches of "
+                f"{case[5:]}, each padded to its own longest row ({info}); the dense model's median over each "
+                f"variant's, all four interleaved round by round, {config.latency_repeats} rounds"
+                for case, info in ((case, dev[case]["padding"]) for case in dev)
+            },
+            **{
+                b: "random rows of --max-length tokens (every token real, no padding to drop); the same, from the "
+                "compaction's own timing"
+                for b in latency["before"]
+            },
+        },
         "variants": out,
     }
+
+
+DEV_TIMED = {1: 64, 32: 256}  # dev examples per timed pass of the levers at each batch size
+
+
+def time_levers_on_dev(model, compacted, tokenizer, examples, config: CompactConfig) -> dict:
+    """Median seconds of one pass over real dev batches (dynamic padding, as scoring runs them) for the four
+    levers, interleaved round by round: what a user serving this data would see. Random full-length rows
+    (the compaction's own timing) flatter a token budget: real text is shorter, and its padding is never a
+    saving. Returns ``{"dev_bN": {variant: seconds, ..., "padding": "R real of P padded tokens"}}``."""
+    from econlm.latency import batches_call, measure_interleaved, text_batches
+    from econlm.tokens import token_budget
+
+    out = {}
+    for batch, count in DEV_TIMED.items():
+        subset = examples[:: max(1, len(examples) // count)][:count]
+        batches = text_batches(
+            tokenizer,
+            [e.text_a for e in subset],
+            [e.text_b for e in subset] if subset and subset[0].text_b else None,
+            batch_size=batch,
+            max_length=config.max_length,
+        )
+        fns = {
+            "dense": batches_call(model, batches),
+            "units": batches_call(compacted, batches),
+            "tokens": batches_call(model, batches),
+            "units+tokens": batches_call(compacted, batches),
+        }
+        around = {
+            "tokens": lambda: token_budget(model, config.token_budget, tokenizer=tokenizer),
+            "units+tokens": lambda: token_budget(compacted, config.token_budget, tokenizer=tokenizer),
+        }
+        timed = measure_interleaved(fns, warmup=2, repeats=config.latency_repeats, around=around)
+        real = sum(int(b["attention_mask"].sum()) for b in batches)
+        padded = sum(b["attention_mask"].numel() for b in batches)
+        out[f"dev_b{batch}"] = {
+            **{name: timing.median for name, timing in timed.items()},
+            "padding": f"{real} real of {padded} padded tokens",
+        }
+    return out
 
 
 def _table_prediction(config: CompactConfig, model, before: dict, after: dict) -> dict:

@@ -331,7 +331,15 @@ def test_compact_with_a_token_budget_reports_each_lever_alone_and_both(dead_chec
     assert levers["units+tokens"]["macs_share"] < min(levers["units"]["macs_share"], levers["tokens"]["macs_share"])
     for variant in levers.values():
         assert variant["speedup_batch1"] > 0 and variant["speedup_batch32"] > 0
-    assert levers["dense"]["speedup_batch1"] == 1.0
+        assert variant["speedup_dev_b1"] > 0 and variant["speedup_dev_b32"] > 0
+    assert levers["dense"]["speedup_batch1"] == 1.0 and levers["dense"]["speedup_dev_b1"] == 1.0
+    # Real dev batches: every k-th example, each batch padded to its own longest row (the tiny dev split has
+    # fewer than 64 examples, so all of them); the real and padded token counts say what was timed.
+    timed_on = report["levers"]["timed_on"]
+    real = sum(len(row) for row in ids)
+    assert f"({real} real of {real} padded tokens)" in timed_on["dev_b1"]
+    assert f"({real} real of " in timed_on["dev_b32"] and "random rows" in timed_on["batch1"]
+    assert "on dev batches of 1:" in printed
     # Bad input: one line, exit 2, nothing written.
     for budget, message in [("1,0.5,0.5", "gives 3 fractions but the model has 2 layers"), ("0", "must lie in")]:
         argv[argv.index("--token-budget") + 1] = budget
