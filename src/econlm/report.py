@@ -378,8 +378,9 @@ def render(folder: str | Path) -> str:
     ]
     parts.append("<h2>Pareto frontiers</h2>")
     speedups, probes = _speedups(results), read_probes(folder)
-    for axis in (primary, *[a for a in ("dense_flops", "effective_flops", "latency") if a != primary]):
-        for problem in pareto[axis]["problems"]:
+    axes = ("dense_flops", "effective_flops", "latency", "latency_dev")
+    for axis in (primary, *[a for a in axes if a != primary]):
+        for problem in pareto.get(axis, {}).get("problems", []):  # latency_dev: not in older sweep folders
             parts.append(
                 _img(
                     _png(_frontier_figure(problem, probes, speedups)),

@@ -60,7 +60,7 @@ except ImportError:  # Windows: no flock, so sweeps sharing a folder there are n
 # fine-tuned model; post-hoc rivals start there too), so a student and its rivals begin from the same weights.
 SWEEP_SETTINGS = ("distill", "start_from_teacher")
 TOP_KEYS = ("name", "base", "grid", "trials", "compact", "baselines", "resources", "compute_axis")
-COMPUTE_AXES = ("dense_flops", "effective_flops", "latency")
+COMPUTE_AXES = ("dense_flops", "effective_flops", "latency", "latency_dev")
 # What makes two trials comparable: same model, task, data, seed and evaluation.
 IDENTITY_KEYS = ("model", "task", "seed", "data_dir", "max_length", "limit", "eval_limit", "epochs")
 
@@ -478,7 +478,43 @@ def _final_measurements(model_dir: Path, settings: dict, eps: float, result: dic
     result["effective_score"] = row["score"]
     forward = model_call(loaded.model, random_inputs(32, max_length))
     result["latency_ms"] = 1000 * measure(forward, warmup=2, repeats=5).median
+    result.update(_dev_latency(settings, loaded))
     result["structure"] = {"heads": list(structure.heads), "ffn": list(structure.ffn)}
+
+
+DEV_LATENCY_EXAMPLES = 256  # real dev examples per timed pass, in batches of 32: the latency_dev axis
+
+
+def _dev_latency(settings: dict, loaded, token_budget=None) -> dict:
+    """``latency_dev_ms``: median milliseconds per batch of 32 real dev examples (every k-th, so the split's
+    length mix), each batch padded to its own longest row as scoring runs it, with the trial's token rule
+    (or ``token_budget``) in force. Random full-length rows (``latency_ms``) flatter a rule that drops
+    tokens: real text is shorter. Language-modelling tasks have no such batches (their windows are full)."""
+    from contextlib import nullcontext
+
+    from econlm import data
+    from econlm.latency import batches_call, measure, text_batches
+    from econlm.tokens import token_budget as budget
+    from econlm.userdata import spec_of
+
+    task = data.get_task(settings["task"], spec_of(settings))
+    if task.is_lm:
+        return {}
+    examples = data.load_examples(task, "dev", settings.get("data_dir"), settings.get("eval_limit"))
+    subset = examples[:: max(1, len(examples) // DEV_LATENCY_EXAMPLES)][:DEV_LATENCY_EXAMPLES]
+    if not subset:
+        return {}
+    batches = text_batches(
+        loaded.tokenizer,
+        [e.text_a for e in subset],
+        [e.text_b for e in subset] if subset[0].text_b else None,
+        batch_size=32,
+        max_length=settings.get("max_length", 128),
+    )
+    rule = nullcontext() if token_budget is None else budget(loaded.model, token_budget, tokenizer=loaded.tokenizer)
+    with rule:
+        seconds = measure(batches_call(loaded.model, batches), warmup=1, repeats=5).median
+    return {"latency_dev_ms": 1000 * seconds / len(batches), "latency_dev_examples": len(subset)}
 
 
 def _is_lm(settings: dict) -> bool:
@@ -837,6 +873,7 @@ def _run_tokens_trial(spec: dict, trial_dir: Path, result: dict) -> None:
     forward = model_call(loaded.model, random_inputs(32, max_length))
     with token_budget(loaded.model, settings["token_budget"], tokenizer=loaded.tokenizer):
         result["latency_ms"] = 1000 * measure(forward, warmup=2, repeats=5).median
+    result.update(_dev_latency(settings, loaded, token_budget=settings["token_budget"]))
 
 
 def _token_flops(model, max_length: int, ratio: float) -> dict:

@@ -360,6 +360,7 @@ def test_posthoc_rivals_fisher_rescaled_matched_and_untrained_report_their_train
 
 def test_token_budgets_are_methods_of_their_own_alone_on_units_and_learned(tiny, tmp_path):
     from econlm.analysis import method_of
+    from econlm.data import load_examples
     from econlm.flops import Structure, dense_macs
     from econlm.models import load_model
     from econlm.sweep import run_sweep
@@ -399,8 +400,13 @@ def test_token_budgets_are_methods_of_their_own_alone_on_units_and_learned(tiny,
         assert r["latency_ms"] > 0 and r["score"] is not None
     learned = by_method["learned-tokens"][0]
     assert 0 < learned["token_macs_ratio"] <= 1 and learned["dense_flops"] <= learned["dense_flops_all_tokens"]
+    # Latency on real dev batches (dynamic padding, each method's token rule in force), the latency_dev axis.
+    dev = len(load_examples(base["task"], "dev", base["data_dir"]))
+    for r in results:
+        assert r["latency_dev_ms"] > 0 and r["latency_dev_examples"] == min(dev, 256), r["id"]
     pareto = json.loads((tmp_path / "run" / "pareto.json").read_text())
     assert {"tokens", "units+tokens", "learned-tokens"} <= set(pareto["dense_flops"]["problems"][0]["methods"])
+    assert {"tokens", "units+tokens", "learned-tokens"} <= set(pareto["latency_dev"]["problems"][0]["methods"])
     assert main(["report", str(tmp_path / "run")]) == 0
     page = (tmp_path / "run" / "report.html").read_text()
     assert "units+tokens" in page and "learned-tokens" in page
