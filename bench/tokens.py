@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -736,13 +737,19 @@ def _retrained_reading(state: dict, rows: list[dict]) -> list[str]:
 
 def _against(state: dict, model: str, first: str) -> str:
     """The model whose full-length score ``model`` loses against: the one a retrained run was fine-tuned from;
-    a dense fine-tune of another seed, itself; anything else (the compacted seed-1 models), ``first``."""
+    a dense fine-tune of another seed, itself; a compacted model named ``...-sN``, the fine-tune of seed N
+    (``<first>-sN``); anything else (the compacted seed-1 models), ``first``."""
     init = state.get("retrained_runs", {}).get(model, {}).get("init_model")
     if f"{init}|full" in state["scores"]:
         return init
     own, reference = state["scores"].get(f"{model}|full"), state["scores"][f"{first}|full"]
     dense = own is not None and (own["heads"], own["ffn"]) == (reference["heads"], reference["ffn"])
-    return model if dense else first
+    if dense:
+        return model
+    seed = re.search(r"-s(\d+)$", model)  # a compacted model of another seed: that seed's fine-tune
+    if seed and f"{first}-s{seed.group(1)}|full" in state["scores"]:
+        return f"{first}-s{seed.group(1)}"
+    return first
 
 
 def _retrained_table(runs: dict, state: dict) -> str:
