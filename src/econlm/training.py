@@ -199,6 +199,8 @@ class _State:
     lambda_history: list = field(default_factory=list)
     share_history: list = field(default_factory=list)  # [step, compute share paid for] under a budget
     last_log: dict = field(default_factory=dict)
+    # [step, {"loss/task": ..., "distill/prediction": ...}] at each log step: the losses' path in metrics.json
+    loss_history: list = field(default_factory=list)
     validation_history: list = field(default_factory=list)  # [step, score] every --eval-every steps
 
 
@@ -726,6 +728,9 @@ def _record(run: _Run, log: dict, writer) -> None:
     state.last_log = log
     if state.global_step % run.config.log_every == 0 or state.global_step == 1:
         state.lambda_history.append([state.global_step, log["price/lambda"]])
+        state.loss_history.append(
+            [state.global_step, {k: v for k, v in log.items() if k.startswith(("loss/", "distill/"))}]
+        )
         if "cost/compute_share" in log:
             state.share_history.append([state.global_step, log["cost/compute_share"]])
         if writer:
@@ -989,6 +994,7 @@ def _metrics(run: _Run, evaluation: dict, gates_report: dict | None) -> dict:
         "schedule": config.schedule,
         "cost_terms_dev": evaluation["cost_terms"],
         "cost_terms_last_step": state.last_log,
+        "loss_history": state.loss_history,  # task loss, total and each distillation term at each log step
         "ffn_sparsity": {
             "definition": "share of FFN activations (down-projection inputs) with |a| <= eps, "
             "over real tokens of the evaluation data",

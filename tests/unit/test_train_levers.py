@@ -53,6 +53,13 @@ def test_distillation_terms_are_trained_on_logged_and_recorded(tiny_setup, tmp_p
     # The total is the task loss, the priced cost and both distillation terms.
     expected = last["loss/task"] + last["price/lambda"] * (last["cost/ffn_l1"] + last["cost/attn_entropy"])
     assert last["loss/total"] == pytest.approx(expected + last["distill/prediction"] + last["distill/hidden"], rel=1e-5)
+    # Each term's path: recorded at every log step, the first step included, in metrics.json as returned.
+    history = metrics["loss_history"]
+    logged = [step for step, _ in metrics["lambda_history"][:-1]]  # the last entry is the price at the end
+    assert [step for step, _ in history] == logged and history[0][0] == 1 and len(history) > 1
+    assert all({"loss/task", "loss/total", "distill/prediction", "distill/hidden"} <= set(terms) for _, terms in history)
+    saved = json.loads((out / "metrics.json").read_text())["loss_history"]
+    assert saved == history
 
 
 def test_latency_price_with_a_budget_controls_the_latency_share(tiny_setup, tmp_path):
