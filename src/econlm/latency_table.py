@@ -282,6 +282,8 @@ def check_table(
     notes = []
     if table.machine.get("processor") and table.machine.get("processor") != here["processor"]:
         notes.append(f"processor {table.machine['processor']} (here: {here['processor']})")
+    if table.machine.get("cpu_model") and here.get("cpu_model") and table.machine["cpu_model"] != here["cpu_model"]:
+        notes.append(f"CPU {table.machine['cpu_model']} (here: {here['cpu_model']})")
     if table.machine.get("cpu_count") and table.machine.get("cpu_count") != here["cpu_count"]:
         notes.append(f"{table.machine['cpu_count']} CPUs (here: {here['cpu_count']})")
     threads = threads or torch.get_num_threads()

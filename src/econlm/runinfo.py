@@ -132,12 +132,33 @@ def versions() -> dict[str, str]:
     return out
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name ("AMD EPYC 7B13", "Intel(R) Xeon(R) ..."): ``platform.processor()`` says only the
+    architecture on Linux, and two machines of one architecture can time very differently."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+
+        try:
+            return subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
+            ).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return None
+
+
 def machine() -> dict:
     import torch
 
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),

@@ -111,6 +111,15 @@ def test_a_table_of_another_shape_is_refused_and_another_machine_warns(capsys):
     assert err.count("\n") == 1 and "99 threads" in err and "warning" in err
     check_table(_table(), tiny_config("bert"))
     assert capsys.readouterr().err == ""
+    # Another CPU model of the same architecture and core count (platform.processor() says only "x86_64").
+    from econlm.runinfo import machine
+
+    here = machine()
+    check_table(_table(machine={**here, "cpu_model": "Some Other CPU 9000"}), tiny_config("bert"))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CPU Some Other CPU 9000 (here: " in err
+    check_table(_table(machine=here), tiny_config("bert"))
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
