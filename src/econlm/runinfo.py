@@ -142,7 +142,6 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     if sys.platform == "darwin":
-
         try:
             return subprocess.run(
                 ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
