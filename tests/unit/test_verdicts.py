@@ -888,25 +888,28 @@ def test_tokens_reading_says_which_lever_one_market_bought_its_budget_with():
     assert "mostly with units" in units and "Against a budget of 0.25" in units and "answers fastest" not in units
 
 
-def test_tokens_reading_says_when_token_schedules_take_back_the_units_speed_at_batch_1():
+def test_tokens_reading_says_when_token_schedules_take_back_the_units_speed_at_batch_1_and_32():
     tokens_bench = _bench_script("tokens")
 
-    def row(model, schedule, score, speedup, levers):
-        return {"model": model, "schedule": schedule, "score": score, "speedup_dev_b1": speedup, "levers": levers,
-                "timed": "T2"}
+    def row(model, schedule, score, b1, b32, levers, ratio=1.0):
+        return {"model": model, "schedule": schedule, "score": score, "speedup_dev_b1": b1, "speedup_dev_b32": b32,
+                "levers": levers, "timed": "T2", "token_macs_ratio": ratio}
 
     rows = [
-        row("teacher", "full", 0.86, 1.0, "none"),
-        row("units", "full", 0.861, 2.02, "units"),
-        row("units", "1,1,0.9,0.8,0.7,0.7", 0.8602, 1.69, "units + tokens"),
-        row("units", "1,0.9,0.8,0.7,0.6,0.6", 0.8503, 1.64, "units + tokens"),  # 1.07 points: beyond 1 point
-        row("units", "0.5", 0.57, 2.05, "units + tokens"),  # faster, but 29 points lost: not read
+        row("teacher", "full", 0.86, 1.0, 1.0, "none"),
+        row("units", "full", 0.861, 2.02, 2.70, "units"),
+        row("units", "1,1,0.9,0.8,0.7,0.7", 0.8602, 1.69, 2.75, "units + tokens", 0.95),
+        row("units", "1,0.9,0.8,0.7,0.6,0.6", 0.8503, 1.64, 2.9, "units + tokens", 0.9),  # 1.07 points: beyond 1
+        row("units", "0.5", 0.57, 2.05, 4.0, "units + tokens", 0.6),  # faster, but 29 points lost: not read
     ]
-    (line,) = tokens_bench._tokens_on_units(rows, "teacher")
-    assert line.startswith("- On units (units alone 2.02x at batch 1), the token schedules that cost it at most 1 point")
-    assert "run at 1.69x: at batch 1 on real dev examples the token rule takes back speed" in line
-    faster = tokens_bench._tokens_on_units([*rows[:2], {**rows[2], "speedup_dev_b1": 2.2}], "teacher")
-    assert faster[0].endswith("run at 2.20x.")
+    b1, b32 = tokens_bench._tokens_on_units(rows, "teacher")
+    assert b1.startswith("- On units (units alone 2.02x at batch 1), the token schedules that cost it at most 1 point")
+    assert "run at 1.69x at batch 1: the token rule takes back speed the units bought" in b1
+    # At batch 32 the one schedule within a point adds under 10%: it keeps x0.950 of the block MACs.
+    assert b32.startswith("- On units (units alone 2.70x at batch 32)") and "run at 2.75x at batch 32: within 1 point" in b32
+    assert "keeping at least x0.950 of the compacted model's block MACs qualify" in b32
+    faster = tokens_bench._tokens_on_units([*rows[:2], {**rows[2], "speedup_dev_b1": 2.3, "speedup_dev_b32": 3.5}], "teacher")
+    assert faster[0].endswith("run at 2.30x at batch 1.") and faster[1].endswith("run at 3.50x at batch 32.")
 
 
 def test_fair_pairs_are_counted_by_recipe_across_seeds():
