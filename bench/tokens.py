@@ -610,10 +610,11 @@ def _reading(state: dict, rows: list[dict], first: str) -> str:
 
 
 def _tokens_on_units(rows: list[dict], first: str, loss: float = 0.01) -> list[str]:
-    """On each compacted model, at batch 1 and at batch 32 on real dev examples, whether a post-hoc token
-    schedule that costs at most ``loss`` (against that model's own full score) adds speed to what the units
-    bought, timed in the same run as the units alone."""
-    lines = []
+    """On each compacted model, at batch 1 and at batch 32 on real dev examples, whether the post-hoc token
+    schedules that cost at most ``loss`` (against that model's own full score) add speed to what the units
+    bought, timed in the same run as the units alone: one line of reading and a table."""
+    points = f"{loss * 100:g} point{'s' if loss != 0.01 else ''}"
+    cells, slower, total = [], 0, 0
     for name in sorted({r["model"] for r in rows} - {first}):
         own = {r["schedule"]: r for r in rows if r["model"] == name}
         full = own.get("full")
@@ -630,27 +631,29 @@ def _tokens_on_units(rows: list[dict], first: str, loss: float = 0.01) -> list[s
             ]
             if not timed:
                 continue
-            lo, hi = min(r[key] for r in timed), max(r[key] for r in timed)
-            kept = min(r["token_macs_ratio"] for r in timed)
-            reason = ""
-            if hi < full[key]:
-                reason = (
-                    ": the token rule takes back speed the units bought (the layers it shortens are cheaper after "
-                    "compaction; ranking and gathering the kept tokens are not)"
-                )
-            elif hi < full[key] * 1.1:
-                reason = (
-                    f": within {loss * 100:g} point{'s' if loss != 0.01 else ''} only schedules keeping at least "
-                    f"x{kept:.3f} of the compacted model's block MACs qualify, and what ranking and gathering the kept "
-                    "tokens cost takes most of the rest"
-                )
-            lines.append(
-                f"- On {name} (units alone {full[key]:.2f}x at batch {batch}), the token schedules that cost it at "
-                f"most {loss * 100:g} point{'s' if loss != 0.01 else ''} run at "
-                + (f"{lo:.2f}x" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}x to {hi:.2f}x")
-                + f" at batch {batch}{reason}."
+            best = max(timed, key=lambda r: r[key])
+            total += 1
+            slower += best[key] < full[key]
+            cells.append(
+                [name, batch, f"{full[key]:.2f}x", f"{best[key]:.2f}x", best["schedule"], f"x{best['token_macs_ratio']:.3f}"]
             )
-    return lines
+    if not cells:
+        return []
+    line = (
+        f"- Tokens on compacted models: the fastest token schedule that costs a compacted model at most {points} "
+        f"(against its own full score), timed in the same run as the model alone, was slower than the units alone "
+        f"in {slower} of {total} cases."
+    )
+    if slower:
+        line += (
+            f" Within {points} only gentle schedules qualify (they keep the block MACs share in the last column), and "
+            "ranking and gathering the kept tokens cost more than the little they save: the layers a schedule "
+            "shortens are cheaper after compaction, the ranking and gathering are not."
+        )
+    table = markdown_table(
+        ["compacted model", "batch", "units alone", f"with tokens (<= {points})", "schedule", "block MACs kept"], cells
+    )
+    return [line, "", table, ""]
 
 
 def _same_run(folder: str, other: str) -> bool:
@@ -869,12 +872,34 @@ def _target_line(rows: list[dict], case: str, levers: str, name: str, speedup: f
     best = max((r for r in timed if r["lost"] <= loss), key=lambda r: r[f"speedup_{case}"], default=None)
     if best is None:
         return f"{what}: **missed**: none timed loses <= {loss * 100:g} points"
-    hit = best[f"speedup_{case}"] >= speedup
+    key = f"speedup_{case}"
+    hit = best[key] >= speedup
     model = f"{best['model']} with " if levers != "tokens" else ""
-    return (
-        f"{what}: **{'met' if hit else 'missed'}**: best {model}{best['schedule']} at "
-        f"{best[f'speedup_{case}']:.2f}x, {best['lost'] * 100:+.2f} points"
-    )
+    line = f"best {model}{best['schedule']} at {best[key]:.2f}x, {best['lost'] * 100:+.2f} points"
+    if levers == "units + tokens":
+        # The issue asks for both levers above the best single lever on the frontier: a units model that is
+        # faster without its tokens makes the pair no better than one lever, whatever its speed.
+        single = max(
+            (
+                r
+                for r in rows
+                if r["levers"] in ("units", "tokens") and r.get(key) and r["lost"] <= loss and r.get("timed") == best.get("timed")
+            ),
+            key=lambda r: r[key],
+            default=None,
+        )
+        if single is not None:
+            above = best[key] > single[key]
+            hit = hit and above
+            line += (
+                f"; the best single lever timed in the same run, {single['model']} "
+                + ("alone" if single["levers"] == "units" else f"with {single['schedule']}")
+                + f", runs at {single[key]:.2f}x ({single['lost'] * 100:+.2f} points): both levers "
+                + ("above it" if above else "**not above it**")
+            )
+        elif hit:
+            return f"{what}: **met on speed only** (no single lever within the loss timed in the same run): {line}"
+    return f"{what}: **{'met' if hit else 'missed'}**: {line}"
 
 
 def main() -> None:
