@@ -1017,6 +1017,9 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
                         s["rescale"] = rescale  # only when set: the ids of earlier sweeps stay as they were
                     if posthoc.get("distill") and epochs:
                         s["distill"] = True
+                        # The student's own distillation terms (hidden states, weights, temperature), so the same
+                        # teacher means the same loss; only when set, so the ids of earlier sweeps stay as they were.
+                        s.update({k: other[k] for k in DISTILL_FIELDS if k != "teacher" and k in other})
                     specs.append({"id": trial_id("posthoc", s), "kind": "posthoc", "settings": s})
     unique = {}
     for spec in specs:

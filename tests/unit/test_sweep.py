@@ -264,6 +264,8 @@ def test_posthoc_rivals_fisher_rescaled_matched_and_untrained_report_their_train
                 "gate_lr": 2.0,
                 "budget_warmup": 0.2,
                 "distill": True,
+                "distill_hidden_weight": 0.5,
+                "distill_temperature": 3.0,
             },
         ],
         "compact": {"eps": 1e-9, "calib_examples": 16},
@@ -291,6 +293,14 @@ def test_posthoc_rivals_fisher_rescaled_matched_and_untrained_report_their_train
     for rival in rivals:
         assert rival["training"]["steps"] == (12 if rival["settings"]["finetune_epochs"] == 0 else 24)
         assert rival["settings"].get("distill", False) == (rival["settings"]["finetune_epochs"] > 0)
+        # A retrained rival learns with the student's own distillation loss: hidden states at the same weight.
+        metrics = json.loads((tmp_path / "run" / "trials" / rival["id"] / "model" / "metrics.json").read_text())
+        if rival["settings"]["finetune_epochs"]:
+            assert metrics["distillation"] == {
+                "teacher": plain["model_dir"], "prediction_weight": 1.0, "hidden_weight": 0.5, "temperature": 3.0
+            }
+        else:
+            assert metrics["distillation"] is None
     with pytest.raises(UserError, match="unknown importance 'fishr'.*Did you mean 'fisher'"):
         run_sweep({**sweep, "baselines": {"posthoc": {"importance": ["fishr"]}}}, tmp_path / "bad")
     with pytest.raises(UserError, match="'matched'"):
