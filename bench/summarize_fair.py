@@ -186,7 +186,7 @@ def _label(r: dict) -> str:
         )
         return (
             f"incentive {'+'.join(s['cost'])} budget {s['budget']}"
-            + (" +distill" if s.get("distill") else "")
+            + _distilled(s)
             + (" +from teacher" if s.get("start_from_teacher") else "")
             + (" +Fisher gate start" if s.get("gate_init") == "fisher" else "")
             + (f" ({recipe})" if recipe else "")
@@ -194,8 +194,16 @@ def _label(r: dict) -> str:
     epochs = s["finetune_epochs"]
     spent = " (own allocation at the same FLOPs)" if s.get("allocation") == "global" else ""
     return f"post-hoc {s['importance']}{spent}{REPAIR_LABELS.get(s.get('rescale'), '')}, " + (
-        f"{epochs} epochs" + (" +distill" if s.get("distill") else "") if epochs else "no retraining"
+        f"{epochs} epochs" + _distilled(s) if epochs else "no retraining"
     )
+
+
+def _distilled(settings: dict) -> str:
+    """How a run was distilled: from the prediction layer, and from the hidden states at their weight."""
+    if not settings.get("distill"):
+        return ""
+    hidden = settings.get("distill_hidden_weight")
+    return " +distill" + (f" +hidden states {hidden:g}" if hidden else "")
 
 
 def time_seed(models: dict[str, str], repeats: int) -> dict[str, dict[int, float]]:
