@@ -23,16 +23,16 @@ def with_index(markdown: str, block: str | None) -> str:
     """``markdown`` with ``block`` (INDEX_BEGIN ... INDEX_END) in place of its own, or below its title."""
     if block is None:
         return markdown
-    if INDEX_BEGIN in markdown:
+    if INDEX_BEGIN in markdown and INDEX_END in markdown.split(INDEX_BEGIN, 1)[1]:
         head, rest = markdown.split(INDEX_BEGIN, 1)
         return head + block + rest.split(INDEX_END, 1)[1]
-    title, rest = markdown.split("\n", 1)
+    title, _, rest = markdown.partition("\n")
     return f"{title}\n\n{block}\n{rest}"
 
 
 def _index_of(path: Path) -> str | None:
     """The block summarize_fair.py wrote at the top of an existing doc, if any."""
-    if not path.exists() or INDEX_BEGIN not in (text := path.read_text()):
+    if not path.exists() or INDEX_BEGIN not in (text := path.read_text()) or INDEX_END not in text:
         return None
     return INDEX_BEGIN + text.split(INDEX_BEGIN, 1)[1].split(INDEX_END, 1)[0] + INDEX_END
 

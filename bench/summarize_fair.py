@@ -840,9 +840,11 @@ def _prediction_lines(rows: list[dict], incentive: list[dict]) -> list[str]:
         )
     unpredicted = sum(1 for r in rows if not r.get("predicted_speedup_b1") and not r["method"].startswith("lambda=0"))
     if unpredicted:
-        line += (
-            f". {unpredicted} rival rows have no prediction: earlier runs predicted the incentive models only, and "
-            "those rivals went with their machines (the prediction needs the model's structure)"
+        line += f". {unpredicted} rows have no prediction: " + (
+            "earlier runs predicted the incentive models only, and those rivals went with their machines (the "
+            "prediction needs the model's structure)"
+            if TABLE.exists()
+            else f"no latency table at {TABLE.relative_to(ROOT)} (make it with bench/run_fair.sh)"
         )
     return [line]
 
@@ -1164,7 +1166,8 @@ def write_index() -> None:
         if path.exists():
             payload = json.loads(path.read_text())
             lines += [f"> {line}" for line in _verdicts(task, payload)]
-            hours.append((f"fair_{task}", sum(run["trial_wall_seconds"] for run in payload["runs"]) / 3600))
+            _, runs = runs_of(payload)  # payloads saved before runs were kept have one, in their meta
+            hours.append((f"fair_{task}", sum(run["trial_wall_seconds"] for run in runs) / 3600))
     paper = RESULTS / "paper_scale_stsb.json"
     if paper.exists():
         hours.append(("paper_scale_stsb", json.loads(paper.read_text())["trial_wall_seconds"] / 3600))
@@ -1188,7 +1191,8 @@ def write_index() -> None:
     block = "\n".join(lines)
     for name in INDEX_DOCS:
         doc = ROOT / "docs" / name
-        atomic_write_text(doc, with_index(doc.read_text(), block))
+        if doc.exists():  # written by bench/summarize.py; the block goes in when it is
+            atomic_write_text(doc, with_index(doc.read_text(), block))
 
 
 def main() -> None:

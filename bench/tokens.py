@@ -373,7 +373,8 @@ def docs(task: str, conditions: str | None = None) -> None:
         }
         for case, data in timing.items():
             row[f"speedup_{case}"] = data["speedup"].get(key)
-            row.setdefault("timed", (data.get("timed") or {}).get(key))
+            row[f"timed_{case}"] = (data.get("timed") or {}).get(key)  # which run timed this case
+            row.setdefault("timed", row[f"timed_{case}"])
         rows.append(row)
     # Sessions whose models are gone leave their timings; each speedup is still a ratio from one run.
     runs = sorted({r["timed"] for r in rows if r.get("timed")})
@@ -627,7 +628,11 @@ def _tokens_on_units(rows: list[dict], first: str, loss: float = 0.01) -> list[s
             timed = [
                 r
                 for s, r in own.items()
-                if s != "full" and r.get(key) and r.get("timed") == full.get("timed") and full["score"] - r["score"] <= loss
+                if s != "full"
+                and r.get(key)
+                and full.get(f"timed_{case}") is not None
+                and r.get(f"timed_{case}") == full.get(f"timed_{case}")
+                and full["score"] - r["score"] <= loss
             ]
             if not timed:
                 continue
@@ -883,7 +888,11 @@ def _target_line(rows: list[dict], case: str, levers: str, name: str, speedup: f
             (
                 r
                 for r in rows
-                if r["levers"] in ("units", "tokens") and r.get(key) and r["lost"] <= loss and r.get("timed") == best.get("timed")
+                if r["levers"] in ("units", "tokens")
+                and r.get(key)
+                and r["lost"] <= loss
+                and r.get(f"timed_{case}") is not None
+                and r.get(f"timed_{case}") == best.get(f"timed_{case}")
             ),
             key=lambda r: r[key],
             default=None,

@@ -69,7 +69,11 @@ def frontier(results: list[dict], compute_axis: str = "dense_flops") -> dict:
     from econlm.data import get_task
 
     field, label = AXIS_FIELDS[compute_axis]
-    ok = [r for r in results if r.get("status") == "ok" and r.get(field) is not None and r.get("score") is not None]
+    scored = [r for r in results if r.get("status") == "ok" and r.get("score") is not None]
+    ok = [r for r in scored if r.get(field) is not None]
+    # Finished trials without this axis's measure (a language-modelling trial on latency_dev, or one that
+    # finished before the measure existed): left out of this frontier, and counted so the plot can say so.
+    left_out = len(scored) - len(ok)
     by_problem: dict[tuple, list[dict]] = {}
     for r in ok:
         by_problem.setdefault((r["settings"].get("model"), r["settings"]["task"]), []).append(r)
@@ -123,7 +127,7 @@ def frontier(results: list[dict], compute_axis: str = "dense_flops") -> dict:
                 "methods": methods,
             }
         )
-    return {"compute_axis": compute_axis, "problems": problems}
+    return {"compute_axis": compute_axis, "problems": problems, "left_out": left_out}
 
 
 def write_pareto(results: list[dict], out: str | Path, compute_axis: str = "dense_flops") -> dict:

@@ -747,10 +747,11 @@ def measure_levers(model, compacted, loaded, task, config: CompactConfig, latenc
         "(econlm.flops.shortened_macs); padding, the token selection, embeddings and the task head not counted",
         "timed_on": {
             **{
-                case: f"{DEV_TIMED[int(case[5:])]} dev examples (every k-th, so the split's length mix) in batches of "
-                f"{case[5:]}, each padded to its own longest row ({info}); the dense model's median over each "
-                f"variant's, all four interleaved round by round, {config.latency_repeats} rounds"
-                for case, info in ((case, dev[case]["padding"]) for case in dev)
+                case: f"{dev[case]['examples']} dev examples (evenly spaced over the split, so its mix of lengths) in "
+                f"batches of {case[5:]}, each padded to its own longest row ({dev[case]['padding']}); the dense "
+                f"model's median over each variant's, all four interleaved round by round, "
+                f"{config.latency_repeats} rounds"
+                for case in dev
             },
             **{
                 b: "random rows of --max-length tokens (every token real, no padding to drop); the same, from the "
@@ -769,13 +770,13 @@ def time_levers_on_dev(model, compacted, tokenizer, examples, config: CompactCon
     """Median seconds of one pass over real dev batches (dynamic padding, as scoring runs them) for the four
     levers, interleaved round by round: what a user serving this data would see. Random full-length rows
     (the compaction's own timing) flatter a token budget: real text is shorter, and its padding is never a
-    saving. Returns ``{"dev_bN": {variant: seconds, ..., "padding": "R real of P padded tokens"}}``."""
-    from econlm.latency import batches_call, measure_interleaved, text_batches
+    saving. Returns ``{"dev_bN": {variant: seconds, ..., "padding": "R real of P padded tokens", "examples": n}}``."""
+    from econlm.latency import batches_call, measure_interleaved, spread, text_batches
     from econlm.tokens import token_budget
 
     out = {}
     for batch, count in DEV_TIMED.items():
-        subset = examples[:: max(1, len(examples) // count)][:count]
+        subset = spread(examples, count)
         batches = text_batches(
             tokenizer,
             [e.text_a for e in subset],
@@ -799,6 +800,7 @@ def time_levers_on_dev(model, compacted, tokenizer, examples, config: CompactCon
         out[f"dev_b{batch}"] = {
             **{name: timing.median for name, timing in timed.items()},
             "padding": f"{real} real of {padded} padded tokens",
+            "examples": len(subset),
         }
     return out
 

@@ -149,6 +149,13 @@ def _summarise(times: list[float], warmup: int, device: str, threads: int, timer
     )
 
 
+def spread(items: list, count: int) -> list:
+    """``count`` items evenly spaced over ``items`` (all of them when there are fewer): a timed subset with the
+    whole split's mix of lengths, not its first rows (dev splits are often grouped by source)."""
+    n = len(items)
+    return [items[i * n // count] for i in range(count)] if n > count else list(items)
+
+
 def text_batches(tokenizer, texts, pairs=None, *, batch_size: int = 32, max_length: int = 128) -> list[dict]:
     """Real batches of ``texts`` (and ``pairs``) with dynamic padding: grouped by length, each padded to its own
     longest row, as scoring runs them (:func:`econlm.evaluate.encode`, cut at ``max_length``)."""

@@ -319,6 +319,9 @@ def load_model(
         loader = AutoModelForSequenceClassification.from_pretrained
         if num_labels is not None:
             kwargs["num_labels"] = num_labels
+            if getattr(config, "num_labels", num_labels) != num_labels and model_head(config) == "seq-cls":
+                # A fine-tune of another task: its head has another label count, and a new one is wanted.
+                kwargs["ignore_mismatched_sizes"] = True
     elif head == "causal-lm":
         loader = AutoModelForCausalLM.from_pretrained
     else:
@@ -356,10 +359,15 @@ def _from_hub_or_dir(loader, resolved: ResolvedModel, **kwargs):
         return loader(resolved.location, **kwargs)
     except RuntimeError as error:
         if resolved.is_local and "mismatched_sizes" in str(error):
-            # Weights smaller than config.json says: a compacted checkpoint whose structure file is gone.
+            config = json.loads((Path(resolved.location) / "config.json").read_text())
+            if (config.get("econlm") or {}).get("compact"):  # compaction wrote it: the structure file is gone
+                raise UserError(
+                    f"the weights in {resolved.location} do not have the shapes its config.json gives; a compacted "
+                    "checkpoint needs the econlm_structure.json saved with it: restore it, or compact the model again"
+                ) from None
             raise UserError(
-                f"the weights in {resolved.location} do not have the shapes its config.json gives; a compacted "
-                "checkpoint needs the econlm_structure.json saved with it: restore it, or compact the model again"
+                f"the weights in {resolved.location} do not have the shapes its config.json gives; re-save it "
+                "(save_pretrained) or train it again"
             ) from None
         raise
     except OSError as error:

@@ -380,12 +380,19 @@ def render(folder: str | Path) -> str:
     speedups, probes = _speedups(results), read_probes(folder)
     axes = ("dense_flops", "effective_flops", "latency", "latency_dev")
     for axis in (primary, *[a for a in axes if a != primary]):
+        left_out = pareto.get(axis, {}).get("left_out")
+        missing = (
+            f" ({left_out} finished trial{'s' if left_out != 1 else ''} without this measure left out: finished "
+            "before it was recorded, or a language-modelling trial)"
+            if left_out
+            else ""
+        )
         for problem in pareto.get(axis, {}).get("problems", []):  # latency_dev: not in older sweep folders
             parts.append(
                 _img(
                     _png(_frontier_figure(problem, probes, speedups)),
                     f"{problem['model']} / {problem['task']}: score "
-                    f"against {problem['compute_label']}; lines join each method's non-dominated points",
+                    f"against {problem['compute_label']}; lines join each method's non-dominated points{missing}",
                 )
             )
     parts.append("<h2>The price of compute</h2>")

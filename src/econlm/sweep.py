@@ -486,14 +486,14 @@ DEV_LATENCY_EXAMPLES = 256  # real dev examples per timed pass, in batches of 32
 
 
 def _dev_latency(settings: dict, loaded, token_budget=None) -> dict:
-    """``latency_dev_ms``: median milliseconds per batch of 32 real dev examples (every k-th, so the split's
-    length mix), each batch padded to its own longest row as scoring runs it, with the trial's token rule
+    """``latency_dev_ms``: median milliseconds per batch of 32 real dev examples (evenly spaced over the split,
+    so its mix of lengths), each batch padded to its own longest row as scoring runs it, with the trial's token rule
     (or ``token_budget``) in force. Random full-length rows (``latency_ms``) flatter a rule that drops
     tokens: real text is shorter. Language-modelling tasks have no such batches (their windows are full)."""
     from contextlib import nullcontext
 
     from econlm import data
-    from econlm.latency import batches_call, measure, text_batches
+    from econlm.latency import batches_call, measure, spread, text_batches
     from econlm.tokens import token_budget as budget
     from econlm.userdata import spec_of
 
@@ -501,7 +501,7 @@ def _dev_latency(settings: dict, loaded, token_budget=None) -> dict:
     if task.is_lm:
         return {}
     examples = data.load_examples(task, "dev", settings.get("data_dir"), settings.get("eval_limit"))
-    subset = examples[:: max(1, len(examples) // DEV_LATENCY_EXAMPLES)][:DEV_LATENCY_EXAMPLES]
+    subset = spread(examples, DEV_LATENCY_EXAMPLES)
     if not subset:
         return {}
     batches = text_batches(
@@ -1019,7 +1019,8 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
                         s["distill"] = True
                         # The student's own distillation terms (hidden states, weights, temperature), so the same
                         # teacher means the same loss; only when set, so the ids of earlier sweeps stay as they were.
-                        s.update({k: other[k] for k in DISTILL_FIELDS if k != "teacher" and k in other})
+                        if other.get("distill"):
+                            s.update({k: other[k] for k in DISTILL_FIELDS if k != "teacher" and k in other})
                     specs.append({"id": trial_id("posthoc", s), "kind": "posthoc", "settings": s})
     unique = {}
     for spec in specs:

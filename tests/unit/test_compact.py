@@ -337,6 +337,7 @@ def test_compact_with_a_token_budget_reports_each_lever_alone_and_both(dead_chec
     # fewer than 64 examples, so all of them); the real and padded token counts say what was timed.
     timed_on = report["levers"]["timed_on"]
     real = sum(len(row) for row in ids)
+    assert timed_on["dev_b1"].startswith(f"{len(examples)} dev examples (evenly spaced over the split")
     assert f"({real} real of {real} padded tokens)" in timed_on["dev_b1"]
     assert f"({real} real of " in timed_on["dev_b32"] and "random rows" in timed_on["batch1"]
     assert "on dev batches of 1:" in printed

@@ -103,7 +103,7 @@ def test_a_missing_table_says_how_to_make_one(tmp_path):
         load_table(tmp_path / "none.json")
 
 
-def test_a_table_of_another_shape_is_refused_and_another_machine_warns(capsys):
+def test_a_table_of_another_shape_is_refused_and_another_machine_warns(capsys, monkeypatch):
     with pytest.raises(UserError, match="intermediate 64 \\(model: 128\\)"):
         check_table(_table(), tiny_config("bert", intermediate_size=128))
     check_table(_table(setup={"threads": 99}), tiny_config("bert"))
@@ -112,12 +112,13 @@ def test_a_table_of_another_shape_is_refused_and_another_machine_warns(capsys):
     check_table(_table(), tiny_config("bert"))
     assert capsys.readouterr().err == ""
     # Another CPU model of the same architecture and core count (platform.processor() says only "x86_64").
-    from econlm.runinfo import machine
+    from econlm import runinfo
 
-    here = machine()
+    here = {**runinfo.machine(), "cpu_model": "This CPU 1000"}  # a name even where /proc/cpuinfo has none
+    monkeypatch.setattr(runinfo, "machine", lambda: here)
     check_table(_table(machine={**here, "cpu_model": "Some Other CPU 9000"}), tiny_config("bert"))
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "CPU Some Other CPU 9000 (here: " in err
+    assert err.count("\n") == 1 and "CPU Some Other CPU 9000 (here: This CPU 1000)" in err
     check_table(_table(machine=here), tiny_config("bert"))
     assert capsys.readouterr().err == ""
 

@@ -42,3 +42,22 @@ def test_aggregate_over_seeds():
     assert groups[0.1]["score"] == pytest.approx(0.85) and groups[0.1]["n"] == 2
     assert groups[0.1]["score_std"] == pytest.approx(math.sqrt(0.005))
     assert groups[0.2]["score_std"] == 0.0
+
+
+def test_a_frontier_counts_the_trials_it_leaves_out_for_want_of_its_measure():
+    """Three finished STS-B trials, one timed before latency_dev_ms was recorded: the latency_dev frontier
+    draws two and says one was left out; the dense_flops frontier draws all three."""
+    from econlm.analysis import frontier
+
+    def result(i, dev_ms):
+        r = {"id": f"t{i}", "kind": "train", "status": "ok", "score": 0.8 + i / 100, "dense_flops": 1e9 - i,
+             "settings": {"model": "m", "task": "stsb", "lam": 0.1 * i, "cost": ["ffn_l1"], "seed": 1}}
+        if dev_ms is not None:
+            r["latency_dev_ms"] = dev_ms
+        return r
+
+    results = [result(0, 10.0), result(1, 9.0), result(2, None)]
+    dev = frontier(results, "latency_dev")
+    assert dev["left_out"] == 1 and len(dev["problems"][0]["points"]) == 2
+    flops = frontier(results, "dense_flops")
+    assert flops["left_out"] == 0 and len(flops["problems"][0]["points"]) == 3

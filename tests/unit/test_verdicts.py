@@ -893,7 +893,7 @@ def test_tokens_reading_says_when_token_schedules_take_back_the_units_speed_at_b
 
     def row(model, schedule, score, b1, b32, levers, ratio=1.0):
         return {"model": model, "schedule": schedule, "score": score, "speedup_dev_b1": b1, "speedup_dev_b32": b32,
-                "levers": levers, "timed": "T2", "token_macs_ratio": ratio}
+                "levers": levers, "timed_dev_b1": "T2", "timed_dev_b32": "T2", "token_macs_ratio": ratio}
 
     rows = [
         row("teacher", "full", 0.86, 1.0, 1.0, "none"),
@@ -1043,7 +1043,7 @@ def test_units_plus_tokens_target_needs_the_speed_and_to_beat_the_best_single_le
 
     def row(model, schedule, lost, speedup, levers, timed="T5"):
         return {"model": model, "schedule": schedule, "lost": lost, "speedup_dev_b32": speedup, "levers": levers,
-                "timed": timed}
+                "timed_dev_b32": timed}
 
     rows = [
         row("teacher", "full", 0.0, 1.0, "none"),
@@ -1058,6 +1058,6 @@ def test_units_plus_tokens_target_needs_the_speed_and_to_beat_the_best_single_le
     rows[-1]["speedup_dev_b32"] = 3.5
     line = tokens_bench._target_line(rows, "dev_b32", "units + tokens", "Units + tokens", 3.0, 0.01)
     assert "**met**" in line and line.endswith("both levers above it")
-    rows[1]["timed"] = "T4"  # the units alone from another run: no comparison made
+    rows[1]["timed_dev_b32"] = "T4"  # the units alone from another run: no comparison made
     line = tokens_bench._target_line(rows, "dev_b32", "units + tokens", "Units + tokens", 3.0, 0.01)
     assert "**met on speed only** (no single lever within the loss timed in the same run)" in line
