@@ -20,7 +20,7 @@
 #   bench/run_fair.sh stsb-norepair   # after stsb-fisher-b04 and -b05: their Fisher rivals again, retrained from the unrepaired structure
 #   bench/run_fair.sh stsb-layerwise  # the same rivals (Fisher's own allocation) repaired layer by layer, as Kwon et al. do
 #   bench/run_fair.sh stsb-norepair-b03 # run 8's student at 0.3 trained again, with its Fisher rivals from the unrepaired structure (seeds side by side)
-#   bench/run_fair.sh stsb-hidden-b03   # run 8's recipe with hidden-state distillation, its rivals learning with the same loss (seeds side by side)
+#   bench/run_fair.sh stsb-hidden-b03   # run 11: run 8's recipe with hidden-state distillation, its rivals learning with the same loss (seeds side by side)
 #   bench/run_fair.sh cola-norepair-clear # CoLA's run 3 (teacher, student) trained again, with its Fisher rivals from the unrepaired structure (seeds side by side)
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
