@@ -95,6 +95,38 @@ def _load(task: str) -> dict:
     return {"task": task, "models": {}, "scores": {}}
 
 
+def _fingerprint(folder: str) -> list:
+    """Which model a folder holds: its weight files' names, sizes and modification times. A benchmark folder
+    trained again in place (a later session reruns the same trial) holds another model under the same path."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def _same_model(state: dict, name: str, folder: str, full_score=None, timing: bool = False) -> None:
+    """Refuse to score or time ``name`` when its folder now holds another model than the one its numbers are
+    of. A state from before fingerprints were kept is checked once by the score of the model's own first
+    variant (full length, or the token rule it carries: ``full_score``, when the caller has it: ``score``
+    does) and then fingerprinted; ``timing`` refuses such a model until then."""
+    prints = state.setdefault("fingerprints", {})
+    here = _fingerprint(folder)
+    known = prints.get(name)
+    stored = state["scores"].get(f"{name}|{_schedules(folder)[0]}")
+    if timing and known is None and stored is not None:
+        raise SystemExit(
+            f"'{name}' was scored before models were fingerprinted: run `bench/tokens.py score {state.get('task')}` "
+            "first, which checks that its folder still holds that model"
+        )
+    if known is None and stored is not None and full_score is not None and abs(full_score - stored["score"]) > 1e-4:
+        known = "another model"
+    if known is not None and known != here:
+        raise SystemExit(
+            f"{folder} now holds another model than the '{name}' scored here (trained again in place?); give it "
+            "a new name with --model NAME=DIR, and keep the old name's numbers as they are"
+        )
+    if known is not None or stored is None or full_score is not None:
+        prints[name] = here
+
+
 def _save(task: str, state: dict) -> None:
     from econlm.runinfo import write_json
 
@@ -119,6 +151,13 @@ def score(task: str, models: dict[str, str]) -> None:
         if not Path(folder).exists():  # trained in an earlier session: its scores stand, nothing to add
             continue
         loaded = None
+        if f"{name}|{_schedules(folder)[0]}" in state["scores"] and name not in state.get("fingerprints", {}):
+            # Numbers from before fingerprints were kept: is this still the model they are of? (Its first variant
+            # runs at full length or by its own token rule, which loading attaches.)
+            loaded = load_model(folder)
+            check = probe(loaded.model, loaded.tokenizer, examples, task=task, batch_size=32, max_length=128)
+            _same_model(state, name, folder, full_score=check.rows[0]["score"])
+        _same_model(state, name, folder)
         for schedule in _schedules(folder):
             key = f"{name}|{schedule}"
             if key in state["scores"]:
@@ -282,6 +321,8 @@ def timing(task: str, repeats: int, schedules: list[str] | None, fresh: bool = F
         for case in state.get("timing", {}).values():
             case["repeats_by_key"] = {k: r for k, r in _repeats_by_key(case).items() if k.split("|")[0] not in present}
         state.pop("length_curve", None)
+    for name, folder in present.items():  # never time a model in place of the one the scores are of
+        _same_model(state, name, folder, timing=True)
     examples = load_examples(task, "dev", DATA)
     loaded = {name: load_model(folder) for name, folder in present.items()}
     for model in loaded.values():

@@ -1061,3 +1061,27 @@ def test_units_plus_tokens_target_needs_the_speed_and_to_beat_the_best_single_le
     rows[1]["timed_dev_b32"] = "T4"  # the units alone from another run: no comparison made
     line = tokens_bench._target_line(rows, "dev_b32", "units + tokens", "Units + tokens", 3.0, 0.01)
     assert "**met on speed only** (no single lever within the loss timed in the same run)" in line
+
+
+def test_token_bench_refuses_a_folder_trained_again_in_place(tmp_path):
+    """A later session reruns a trial into the same folder: its numbers must not be mixed with the old model's.
+    A fingerprinted model is checked by its weight files; one from before fingerprints, once, by its score."""
+    tokens_bench = _bench_script("tokens")
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x" * 10)
+    state = {"scores": {}}
+    tokens_bench._same_model(state, "teacher", str(folder))  # nothing scored yet: fingerprinted
+    assert state["fingerprints"]["teacher"] == [["model.safetensors", 10, (folder / "model.safetensors").stat().st_mtime_ns]]
+    state["scores"]["teacher|full"] = {"score": 0.2546}
+    tokens_bench._same_model(state, "teacher", str(folder))  # the same files: fine
+    (folder / "model.safetensors").write_bytes(b"y" * 12)  # trained again in place
+    with pytest.raises(SystemExit, match="now holds another model than the 'teacher' scored here"):
+        tokens_bench._same_model(state, "teacher", str(folder))
+    legacy = {"task": "cola", "scores": {"teacher|full": {"score": 0.2546}}}  # from before fingerprints were kept
+    with pytest.raises(SystemExit, match="run `bench/tokens.py score cola` first"):
+        tokens_bench._same_model(legacy, "teacher", str(folder), timing=True)
+    tokens_bench._same_model(legacy, "teacher", str(folder), full_score=0.2546)
+    assert legacy["fingerprints"]["teacher"][0][1] == 12
+    with pytest.raises(SystemExit, match="give it a new name"):
+        tokens_bench._same_model({"scores": {"teacher|full": {"score": 0.2546}}}, "teacher", str(folder), full_score=0.2577)
