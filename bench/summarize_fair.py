@@ -401,32 +401,22 @@ def _given_steps(cleared: list[dict]) -> str:
     return "; given more steps, the price cleared it: " + "; ".join(reached(r) for r in cleared) + "."
 
 
-def _refresh_markets(task: str, rows: list[dict]) -> None:
-    """Read each incentive row's market again from its trial, where the trial is still on this machine (no
-    timing: the price's path and the share's are in the trial's files)."""
+def _refresh(task: str, rows: list[dict]) -> None:
+    """Read again, from the trials still on this machine (no timing), what their files hold: each incentive
+    row's market (the price's path and the share's), and the latency table's prediction of each compacted row
+    that lacks one (it needs only the model's structure; rows of machines gone stay without one)."""
     try:
         trials = {r["id"]: r for r in load(task)}
     except SystemExit:  # no benchmark folder here: the saved readings stand
         return
     for row in rows:
         trial = trials.get(row["id"])
-        if row.get("market") and trial and (Path(trial["model_dir"]) / "metrics.json").exists():
-            row["market"] = _market(trial)
-
-
-def _refresh_predictions(task: str, rows: list[dict]) -> None:
-    """Fill the latency table's prediction of each compacted row that lacks one, where its model is still on
-    this machine: the prediction needs only the model's structure, not a timing run. Rows of machines gone stay
-    without one (earlier runs predicted the incentive models only)."""
-    try:
-        trials = {r["id"]: r for r in load(task)}
-    except SystemExit:
-        return
-    for row in rows:
-        trial = trials.get(row["id"])
-        if row.get("predicted_speedup_b1") or row["method"].startswith("lambda=0") or not trial:
+        if trial is None:
             continue
-        if (Path(trial["final_model"]) / "config.json").exists():
+        if row.get("market") and (Path(trial["model_dir"]) / "metrics.json").exists():
+            row["market"] = _market(trial)
+        unpredicted = not row.get("predicted_speedup_b1") and not row["method"].startswith("lambda=0")
+        if unpredicted and (Path(trial["final_model"]) / "config.json").exists():
             row["predicted_speedup_b1"] = predicted_speedup(trial["final_model"])
 
 
@@ -484,8 +474,8 @@ def summarize(task: str, repeats: int) -> tuple[dict, str]:
             }
             if r is not teacher:  # every compacted model, rivals too: the target is the table's, not a method's
                 row["predicted_speedup_b1"] = predicted_speedup(r["final_model"])
-            if r["kind"] == "train" and r is not teacher:
-                row["market"] = _market(r)
+                if r["kind"] == "train":
+                    row["market"] = _market(r)
             rows.append(row)
     from econlm.runinfo import git_hash, versions
 
@@ -1000,8 +990,8 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
         "## Targets",
         "",
     ]
-    incentive = [r for r in rows if r["method"].startswith("incentive")]
-    hits = [r for r in incentive if r["speedup_b1"] >= speed_target and r["lost"] <= loss_target]
+    counts = _target_counts(task, rows, pairs)
+    incentive, hits, wins, mean = counts["incentive"], counts["hits"], counts["wins"], counts["mean"]
     lines.append(
         f"- >= {speed_target}x batch-1 speedup at <= {loss_target} lost: "
         + (
@@ -1012,8 +1002,6 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
             + ", ".join(f"seed {r['seed']} {r['method']} {r['speedup_b1']:.2f}x at {r['lost']:+.4f}" for r in incentive)
         )
     )
-    wins = sum(p["difference"] >= 0 for p in pairs)
-    mean = statistics.mean(p["difference"] for p in pairs) if pairs else float("nan")
     lines.append(
         f"- incentive as good or better than the best matched rival (the best of the retrained rivals, chosen on "
         f"the same dev split it is scored on, which favours the rivals): {wins} of {len(pairs)} pairs "
@@ -1137,12 +1125,25 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
 INDEX_DOCS = ("frontier.md", "compaction.md")
 
 
+def _target_counts(task: str, rows: list[dict], pairs: list[dict]) -> dict:
+    """What the Targets section and the index both read: the incentive models, those within the speed target,
+    the pairs won and their mean difference."""
+    speed_target, loss_target = TARGETS.get(task, (2.0, 0.005))
+    incentive = [r for r in rows if r["method"].startswith("incentive")]
+    return {
+        "incentive": incentive,
+        "hits": [r for r in incentive if r["speedup_b1"] >= speed_target and r["lost"] <= loss_target],
+        "wins": sum(p["difference"] >= 0 for p in pairs),
+        "mean": statistics.mean(p["difference"] for p in pairs) if pairs else float("nan"),
+    }
+
+
 def _verdicts(task: str, payload: dict) -> list[str]:
     """One task's targets in a line each, from its saved rows and pairs (the doc's Targets section, short)."""
     rows, pairs = payload["rows"], payload["pairs"]
     speed_target, loss_target = TARGETS[task]
-    incentive = [r for r in rows if r["method"].startswith("incentive")]
-    hits = [r for r in incentive if r["speedup_b1"] >= speed_target and r["lost"] <= loss_target]
+    counts = _target_counts(task, rows, pairs)
+    incentive, hits, wins, mean = counts["incentive"], counts["hits"], counts["wins"], counts["mean"]
     best = max(hits, key=lambda r: r["speedup_b1"], default=None)
     speed = (
         f"met by {len(hits)} of {len(incentive)} incentive models (fastest: {best['speedup_b1']:.2f}x at "
@@ -1150,8 +1151,6 @@ def _verdicts(task: str, payload: dict) -> list[str]:
         if best
         else f"**missed** by all {len(incentive)} incentive models"
     )
-    wins = sum(p["difference"] >= 0 for p in pairs)
-    mean = statistics.mean(p["difference"] for p in pairs) if pairs else float("nan")
     predicted = [r for r in rows if r.get("predicted_speedup_b1")]
     return [
         f"- **{task}** ([fair_{task}.md](fair_{task}.md)): >= {speed_target}x at batch 1 within {loss_target} lost: "
@@ -1218,8 +1217,7 @@ def main() -> None:
 
         payload = json.loads((RESULTS / f"{name}.json").read_text())
         rows, runs = runs_of(payload)
-        _refresh_markets(args.task, rows)
-        _refresh_predictions(args.task, rows)
+        _refresh(args.task, rows)
         payload.update(rows=rows, pairs=pairs_of(rows), runs=runs)
         markdown = render(args.task, rows, payload["pairs"], runs)
         rerender(name, markdown, payload["meta"])

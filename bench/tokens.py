@@ -102,29 +102,29 @@ def _fingerprint(folder: str) -> list:
     return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
-def _same_model(state: dict, name: str, folder: str, full_score=None, timing: bool = False) -> None:
+def _same_model(state: dict, name: str, folder: str, checked_score: float | None = None) -> None:
     """Refuse to score or time ``name`` when its folder now holds another model than the one its numbers are
-    of. A state from before fingerprints were kept is checked once by the score of the model's own first
-    variant (full length, or the token rule it carries: ``full_score``, when the caller has it: ``score``
-    does) and then fingerprinted; ``timing`` refuses such a model until then."""
+    of, then fingerprint it. Numbers from before fingerprints were kept need ``checked_score``: the score of
+    the model's first variant (full length, or the token rule it carries) measured now, which ``score`` takes."""
     prints = state.setdefault("fingerprints", {})
     here = _fingerprint(folder)
-    known = prints.get(name)
     stored = state["scores"].get(f"{name}|{_schedules(folder)[0]}")
-    if timing and known is None and stored is not None:
-        raise SystemExit(
-            f"'{name}' was scored before models were fingerprinted: run `bench/tokens.py score {state.get('task')}` "
-            "first, which checks that its folder still holds that model"
-        )
-    if known is None and stored is not None and full_score is not None and abs(full_score - stored["score"]) > 1e-4:
-        known = "another model"
-    if known is not None and known != here:
-        raise SystemExit(
-            f"{folder} now holds another model than the '{name}' scored here (trained again in place?); give it "
-            "a new name with --model NAME=DIR, and keep the old name's numbers as they are"
-        )
-    if known is not None or stored is None or full_score is not None:
-        prints[name] = here
+    another = (
+        f"{folder} now holds another model than the '{name}' scored here (trained again in place?); give it a new "
+        "name with --model NAME=DIR, and keep the old name's numbers as they are"
+    )
+    if name in prints:
+        if prints[name] != here:
+            raise SystemExit(another)
+    elif stored is not None:  # scored before fingerprints were kept
+        if checked_score is None:
+            raise SystemExit(
+                f"'{name}' was scored before models were fingerprinted: run `bench/tokens.py score "
+                f"{state.get('task')}` first, which checks that its folder still holds that model"
+            )
+        if abs(checked_score - stored["score"]) > 1e-4:
+            raise SystemExit(another)
+    prints[name] = here
 
 
 def _save(task: str, state: dict) -> None:
@@ -150,14 +150,14 @@ def score(task: str, models: dict[str, str]) -> None:
     for name, folder in state["models"].items():
         if not Path(folder).exists():  # trained in an earlier session: its scores stand, nothing to add
             continue
-        loaded = None
+        loaded, checked = None, None
         if f"{name}|{_schedules(folder)[0]}" in state["scores"] and name not in state.get("fingerprints", {}):
             # Numbers from before fingerprints were kept: is this still the model they are of? (Its first variant
             # runs at full length or by its own token rule, which loading attaches.)
             loaded = load_model(folder)
-            check = probe(loaded.model, loaded.tokenizer, examples, task=task, batch_size=32, max_length=128)
-            _same_model(state, name, folder, full_score=check.rows[0]["score"])
-        _same_model(state, name, folder)
+            checked = probe(loaded.model, loaded.tokenizer, examples, task=task, batch_size=32, max_length=128)
+            checked = checked.rows[0]["score"]
+        _same_model(state, name, folder, checked)
         for schedule in _schedules(folder):
             key = f"{name}|{schedule}"
             if key in state["scores"]:
@@ -302,7 +302,7 @@ def timing(task: str, repeats: int, schedules: list[str] | None, fresh: bool = F
     import torch
 
     from econlm.data import load_examples
-    from econlm.latency import batches_call, measure_interleaved, random_inputs, text_batches
+    from econlm.latency import batches_call, example_batches, measure_interleaved, random_inputs
     from econlm.models import load_model
     from econlm.tokens import token_budget
 
@@ -322,7 +322,7 @@ def timing(task: str, repeats: int, schedules: list[str] | None, fresh: bool = F
             case["repeats_by_key"] = {k: r for k, r in _repeats_by_key(case).items() if k.split("|")[0] not in present}
         state.pop("length_curve", None)
     for name, folder in present.items():  # never time a model in place of the one the scores are of
-        _same_model(state, name, folder, timing=True)
+        _same_model(state, name, folder)
     examples = load_examples(task, "dev", DATA)
     loaded = {name: load_model(folder) for name, folder in present.items()}
     for model in loaded.values():
@@ -337,13 +337,7 @@ def timing(task: str, repeats: int, schedules: list[str] | None, fresh: bool = F
         # every batch-th example, so the timed subset has the dev split's length mix
         subset = examples[:: max(1, len(examples) // count)][:count]
         tokenizer = loaded[first].tokenizer
-        cases[f"dev_b{batch}"] = text_batches(
-            tokenizer,
-            [e.text_a for e in subset],
-            [e.text_b for e in subset] if subset[0].text_b else None,
-            batch_size=batch,
-            max_length=128,
-        )
+        cases[f"dev_b{batch}"] = example_batches(tokenizer, subset, batch_size=batch, max_length=128)
     cases["synthetic_b32_s128"] = [random_inputs(32, 128)]
     out = state.setdefault("timing", {})
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

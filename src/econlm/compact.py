@@ -771,19 +771,13 @@ def time_levers_on_dev(model, compacted, tokenizer, examples, config: CompactCon
     levers, interleaved round by round: what a user serving this data would see. Random full-length rows
     (the compaction's own timing) flatter a token budget: real text is shorter, and its padding is never a
     saving. Returns ``{"dev_bN": {variant: seconds, ..., "padding": "R real of P padded tokens", "examples": n}}``."""
-    from econlm.latency import batches_call, measure_interleaved, spread, text_batches
+    from econlm.latency import batches_call, example_batches, measure_interleaved, spread
     from econlm.tokens import token_budget
 
     out = {}
     for batch, count in DEV_TIMED.items():
         subset = spread(examples, count)
-        batches = text_batches(
-            tokenizer,
-            [e.text_a for e in subset],
-            [e.text_b for e in subset] if subset and subset[0].text_b else None,
-            batch_size=batch,
-            max_length=config.max_length,
-        )
+        batches = example_batches(tokenizer, subset, batch_size=batch, max_length=config.max_length)
         fns = {
             "dense": batches_call(model, batches),
             "units": batches_call(compacted, batches),

@@ -165,6 +165,12 @@ def text_batches(tokenizer, texts, pairs=None, *, batch_size: int = 32, max_leng
     return [dict(batch) for _, batch in _padded_batches(tokenizer, input_ids, token_types, batch_size)]
 
 
+def example_batches(tokenizer, examples, *, batch_size: int = 32, max_length: int = 128) -> list[dict]:
+    """:func:`text_batches` of task examples: their first texts, and their second ones when the task has pairs."""
+    pairs = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
+    return text_batches(tokenizer, [e.text_a for e in examples], pairs, batch_size=batch_size, max_length=max_length)
+
+
 def batches_call(model, batches) -> Callable[[], None]:
     """One closure that runs ``model`` (no grad) over every batch in turn: one timed call is one pass."""
     calls = [model_call(model, batch) for batch in batches]

@@ -413,15 +413,12 @@ def token_budget_latency(loaded, examples, config: ProbeConfig) -> dict:
 
     import torch
 
-    from econlm.latency import batches_call, measure_interleaved, measure_token_budget, text_batches
+    from econlm.latency import batches_call, example_batches, measure_interleaved, measure_token_budget
     from econlm.tokens import attached_rule
 
     model, tokenizer = loaded.model, loaded.tokenizer
     subset = examples[:: max(1, len(examples) // config.latency_examples)][: config.latency_examples]
-    pairs = [e.text_b for e in subset] if subset[0].text_b is not None else None
-    batches = text_batches(
-        tokenizer, [e.text_a for e in subset], pairs, batch_size=config.batch_size, max_length=config.max_length
-    )
+    batches = example_batches(tokenizer, subset, batch_size=config.batch_size, max_length=config.max_length)
     repeats, warmup = config.latency_repeats, 2
     learned = attached_rule(model)  # learned thresholds, or the schedule it was fine-tuned under
     if learned is None:

@@ -378,8 +378,9 @@ def render(folder: str | Path) -> str:
     ]
     parts.append("<h2>Pareto frontiers</h2>")
     speedups, probes = _speedups(results), read_probes(folder)
-    axes = ("dense_flops", "effective_flops", "latency", "latency_dev")
-    for axis in (primary, *[a for a in axes if a != primary]):
+    from econlm.analysis import AXIS_FIELDS
+
+    for axis in (primary, *[a for a in AXIS_FIELDS if a != primary]):
         left_out = pareto.get(axis, {}).get("left_out")
         missing = (
             f" ({left_out} finished trial{'s' if left_out != 1 else ''} without this measure left out: finished "

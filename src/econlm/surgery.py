@@ -147,7 +147,6 @@ def save_model(model: nn.Module, tokenizer, out: str | Path) -> None:
 
 def read_structure(path: Path, layers: int) -> dict:
     """The saved per-layer shapes, checked: a damaged or foreign structure file is one line, not a KeyError."""
-
     file = Path(path) / STRUCTURE_FILE
     try:
         structure = json.loads(file.read_text())

@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from econlm.analysis import AXIS_FIELDS
 from econlm.errors import UserError, did_you_mean
 
 try:
@@ -60,7 +61,7 @@ except ImportError:  # Windows: no flock, so sweeps sharing a folder there are n
 # fine-tuned model; post-hoc rivals start there too), so a student and its rivals begin from the same weights.
 SWEEP_SETTINGS = ("distill", "start_from_teacher")
 TOP_KEYS = ("name", "base", "grid", "trials", "compact", "baselines", "resources", "compute_axis")
-COMPUTE_AXES = ("dense_flops", "effective_flops", "latency", "latency_dev")
+COMPUTE_AXES = tuple(AXIS_FIELDS)  # the frontiers analysis draws
 # What makes two trials comparable: same model, task, data, seed and evaluation.
 IDENTITY_KEYS = ("model", "task", "seed", "data_dir", "max_length", "limit", "eval_limit", "epochs")
 
@@ -493,7 +494,7 @@ def _dev_latency(settings: dict, loaded, token_budget=None) -> dict:
     from contextlib import nullcontext
 
     from econlm import data
-    from econlm.latency import batches_call, measure, spread, text_batches
+    from econlm.latency import batches_call, example_batches, measure, spread
     from econlm.tokens import token_budget as budget
     from econlm.userdata import spec_of
 
@@ -504,13 +505,7 @@ def _dev_latency(settings: dict, loaded, token_budget=None) -> dict:
     subset = spread(examples, DEV_LATENCY_EXAMPLES)
     if not subset:
         return {}
-    batches = text_batches(
-        loaded.tokenizer,
-        [e.text_a for e in subset],
-        [e.text_b for e in subset] if subset[0].text_b else None,
-        batch_size=32,
-        max_length=settings.get("max_length", 128),
-    )
+    batches = example_batches(loaded.tokenizer, subset, batch_size=32, max_length=settings.get("max_length", 128))
     rule = nullcontext() if token_budget is None else budget(loaded.model, token_budget, tokenizer=loaded.tokenizer)
     with rule:
         seconds = measure(batches_call(loaded.model, batches), warmup=1, repeats=5).median

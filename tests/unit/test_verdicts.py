@@ -1080,8 +1080,8 @@ def test_token_bench_refuses_a_folder_trained_again_in_place(tmp_path):
         tokens_bench._same_model(state, "teacher", str(folder))
     legacy = {"task": "cola", "scores": {"teacher|full": {"score": 0.2546}}}  # from before fingerprints were kept
     with pytest.raises(SystemExit, match="run `bench/tokens.py score cola` first"):
-        tokens_bench._same_model(legacy, "teacher", str(folder), timing=True)
-    tokens_bench._same_model(legacy, "teacher", str(folder), full_score=0.2546)
+        tokens_bench._same_model(legacy, "teacher", str(folder))
+    tokens_bench._same_model(legacy, "teacher", str(folder), checked_score=0.2546)
     assert legacy["fingerprints"]["teacher"][0][1] == 12
     with pytest.raises(SystemExit, match="give it a new name"):
-        tokens_bench._same_model({"scores": {"teacher|full": {"score": 0.2546}}}, "teacher", str(folder), full_score=0.2577)
+        tokens_bench._same_model({"scores": {"teacher|full": {"score": 0.2546}}}, "teacher", str(folder), checked_score=0.2577)
