@@ -1,13 +1,16 @@
 """Issue #11's benchmark: post-hoc token budgets alone and on compacted models (units + tokens), on MiniLM.
 
     python bench/tokens.py score stsb --model teacher=DIR --model units-b0.5=DIR ...  # scores (resumable)
+    python bench/tokens.py score cola --retire teacher --model teacher-r4=DIR --model units-r4=DIR \
+        --against units-r4=teacher-r4                                                # a run with its own teacher
     python bench/tokens.py time stsb [--repeats 20]                                  # interleaved latency
     python bench/tokens.py docs stsb                                                 # docs/tokens_<task>.md
 
 `score` scores every model at every schedule on the whole dev split (the exact computation: dynamic padding,
 batches of 32, 128 tokens at most) and counts the exact MACs of the shortened sequences on the real tokens
 (`econlm.flops.shortened_macs`; padding never counted). `time` times every (model, schedule) pair against the
-first model at full length, round by round in one run, on real dev batches (dynamic padding, batch 1 and 32)
+model it loses against at full length (the first model, or the teacher named with --against), round by round
+in one run, on real dev batches (dynamic padding, batch 1 and 32)
 and on the fixed 128-token synthetic batch. Each step saves to runs/bench_tokens/<task>.json after every
 measurement, so a rerun continues; `docs` writes bench/results/tokens_<task>.json and docs/tokens_<task>.md.
 """
@@ -74,6 +77,30 @@ def _reference(state: dict) -> str:
     return state["reference"]
 
 
+def _present(state: dict) -> dict[str, str]:
+    """The models that can be scored and timed now: their folder is here and still holds them. A retired model
+    (its folder trained again in place, `score --retire NAME`) keeps its numbers, like one whose folder is gone."""
+    retired = set(state.get("retired", ()))
+    return {n: f for n, f in state["models"].items() if n not in retired and Path(f).exists()}
+
+
+def _name_references(state: dict, models: dict[str, str], against: dict[str, str], retire: list[str]) -> None:
+    """Record ``--retire`` and ``--against`` in the state, refusing (one line) names the state does not hold."""
+    known = set(state["models"]) | set(models)
+    for name in retire:
+        if name not in state["models"]:
+            raise SystemExit(f"--retire {name}: no model of that name in the state; it holds {', '.join(sorted(known))}")
+        if name not in state.setdefault("retired", []):
+            state["retired"].append(name)
+    for model, reference in against.items():
+        if model not in known or reference not in known:
+            missing = model if model not in known else reference
+            raise SystemExit(f"--against {model}={reference}: '{missing}' is not a model; name it with --model first")
+        if reference in state.get("retired", []):
+            raise SystemExit(f"--against {model}={reference}: '{reference}' is retired; name the model trained with it")
+    state.setdefault("references", {}).update(against)
+
+
 def _state_path(task: str) -> Path:
     return STATE / f"{task}.json"
 
@@ -133,7 +160,9 @@ def _save(task: str, state: dict) -> None:
     write_json(_state_path(task), state)
 
 
-def score(task: str, models: dict[str, str]) -> None:
+def score(
+    task: str, models: dict[str, str], against: dict[str, str] | None = None, retire: list[str] | None = None
+) -> None:
     import torch
 
     from econlm.data import load_examples
@@ -145,10 +174,11 @@ def score(task: str, models: dict[str, str]) -> None:
     state = _load(task)
     if models and "reference" not in state:
         state["reference"] = next(iter(models))
+    _name_references(state, models, against or {}, retire or [])
     state["models"].update(models)
     examples = load_examples(task, "dev", DATA)
     for name, folder in state["models"].items():
-        if not Path(folder).exists():  # trained in an earlier session: its scores stand, nothing to add
+        if name not in _present(state):  # trained in an earlier session, or retired: its scores stand
             continue
         loaded, checked = None, None
         if f"{name}|{_schedules(folder)[0]}" in state["scores"] and name not in state.get("fingerprints", {}):
@@ -229,7 +259,7 @@ def _block_macs(state: dict, examples: list) -> None:
 
     first = _reference(state)
     for name, folder in state["models"].items():
-        if name in state.setdefault("block_macs", {}):
+        if name in state.setdefault("block_macs", {}) or name not in _present(state):
             continue
         loaded = load_model(folder)
         ids, _, _ = encode(
@@ -242,8 +272,8 @@ def _block_macs(state: dict, examples: list) -> None:
         layers = structure.layers
         state["mean_tokens"] = sum(len(row) for row in ids) / len(ids)  # real tokens per dev example
         state["block_macs"][name] = shortened_macs(structure, [(len(row),) * layers for row in ids])["reference_macs"]
-    reference = state["block_macs"][first]
-    for entry in state["scores"].values():
+    for entry in state["scores"].values():  # against the model it loses against (a dense one: its own)
+        reference = state["block_macs"][_against(state, entry["model"], first)]
         entry["macs_share"] = state["block_macs"][entry["model"]] * entry["token_macs_ratio"] / reference
 
 
@@ -309,14 +339,18 @@ def timing(task: str, repeats: int, schedules: list[str] | None, fresh: bool = F
     torch.set_num_threads(2)
     state = _load(task)
     first = _reference(state)
-    # A model whose folder is gone (trained in an earlier session, on another machine) keeps the speedups it
-    # was timed at; the rest are timed (again) in this run, against the reference, which must be here.
-    present = {name: folder for name, folder in state["models"].items() if Path(folder).exists()}
-    if first not in present:
-        raise SystemExit(f"the reference model '{first}' is not at {state['models'][first]}; train it again first")
+    # A model whose folder is gone (trained in an earlier session, on another machine) or retired keeps the
+    # speedups it was timed at; the rest are timed (again) in this run, each against the model it loses
+    # against, which must be here.
+    present = _present(state)
+    against = {name: _against(state, name, first) for name in present}
+    missing = sorted({ref for ref in against.values() if ref not in present})
+    if not present or missing:
+        why = f"the reference model(s) {', '.join(missing)} are not here" if missing else "no model is here"
+        raise SystemExit(f"{why}; train them again, or name this run's teacher with `score --against MODEL=TEACHER`")
     gone = sorted(set(state["models"]) - set(present))
     if gone:
-        print(f"not timed again (folder gone, earlier timings kept): {', '.join(gone)}", flush=True)
+        print(f"not timed again (folder gone or retired, earlier timings kept): {', '.join(gone)}", flush=True)
     if fresh:  # time the models that are here again (after a change to the code timed), in one run
         for case in state.get("timing", {}).values():
             case["repeats_by_key"] = {k: r for k, r in _repeats_by_key(case).items() if k.split("|")[0] not in present}
@@ -329,14 +363,15 @@ def timing(task: str, repeats: int, schedules: list[str] | None, fresh: bool = F
         model.model.eval()
     if state.get("length_curve", {}).get("repeats") != repeats:
         print(f"timing the length curve: {len(CURVE_LENGTHS)} lengths x {repeats} rounds", flush=True)
-        state["length_curve"] = _length_curve(loaded[first].model, repeats)
+        curve_model = first if first in present else next(iter(against.values()))  # a dense fine-tune either way
+        state["length_curve"] = {**_length_curve(loaded[curve_model].model, repeats), "model": curve_model}
         _save(task, state)
-    wanted = schedules or SCHEDULES
+    wanted = {"full", *(schedules or SCHEDULES)}  # every speedup's reference runs at full length
     cases = {}
     for batch, count in TIME_EXAMPLES.items():
         # every batch-th example, so the timed subset has the dev split's length mix
         subset = examples[:: max(1, len(examples) // count)][:count]
-        tokenizer = loaded[first].tokenizer
+        tokenizer = next(iter(loaded.values())).tokenizer  # every model here shares MiniLM's tokenizer
         cases[f"dev_b{batch}"] = example_batches(tokenizer, subset, batch_size=batch, max_length=128)
     cases["synthetic_b32_s128"] = [random_inputs(32, 128)]
     out = state.setdefault("timing", {})
@@ -354,7 +389,6 @@ def timing(task: str, repeats: int, schedules: list[str] | None, fresh: bool = F
             continue
         print(f"timing {case}: {len(fns)} variants x {repeats} rounds", flush=True)
         timings = measure_interleaved(fns, warmup=3, repeats=repeats, around=around)
-        reference = timings[f"{first}|full"].median
         entry = out.setdefault(case, {"speedup": {}, "timings": {}, "timed": {}})
         entry.update(
             {
@@ -365,9 +399,13 @@ def timing(task: str, repeats: int, schedules: list[str] | None, fresh: bool = F
                 "tokens_real": sum(int(b["attention_mask"].sum()) for b in batches),
             }
         )
-        entry["speedup"].update({k: reference / t.median for k, t in timings.items()})
+        # each variant against its own reference at full length, timed in this run
+        entry["speedup"].update(
+            {k: timings[f"{against[k.split('|')[0]]}|full"].median / t.median for k, t in timings.items()}
+        )
         entry["timings"].update({k: t.as_dict() for k, t in timings.items()})
         entry.setdefault("timed", {}).update(dict.fromkeys(timings, now))
+        entry.setdefault("against", {}).update({k: against[k.split("|")[0]] for k in timings})  # absent: `first`
         entry["repeats_by_key"] = {**_repeats_by_key(entry), **dict.fromkeys(timings, repeats)}
         _save(task, state)
 
@@ -416,7 +454,7 @@ def docs(task: str, conditions: str | None = None) -> None:
     run_column = len(runs) > 1
     table = markdown_table(
         (["timed (UTC)"] if run_column else [])
-        + ["model", "levers", "token schedule", "score", "lost", "block MACs share", "tokens' MACs ratio"]
+        + ["model", "levers", "token schedule", "score", "against", "lost", "block MACs share", "tokens' MACs ratio"]
         + [f"speedup {c}" for c in timing],
         [
             ([r.get("timed") or "-"] if run_column else [])
@@ -425,6 +463,7 @@ def docs(task: str, conditions: str | None = None) -> None:
                 r["levers"],
                 r["schedule"],
                 f"{r['score']:.4f}",
+                r["against"],
                 f"{r['lost']:+.4f}",
                 "-" if r["macs_share"] is None else f"{r['macs_share']:.3f}",
                 f"{r['token_macs_ratio']:.3f}",
@@ -435,9 +474,9 @@ def docs(task: str, conditions: str | None = None) -> None:
     )
     if run_column:
         table += (
-            f"\n\nTimed in {len(runs)} runs ({', '.join(runs)}): each row's speedups are against `{first}` at full "
-            "length timed in the same run (the models of an earlier session are gone with its machine, so they "
-            "keep the speedups that run measured)."
+            f"\n\nTimed in {len(runs)} runs ({', '.join(runs)}): each row's speedups are against a full-length model "
+            "timed in the same run (the models of an earlier session are gone with its machine, or their folder was "
+            "trained again in place, so they keep the speedups that run measured)."
         )
     verdicts = _targets(rows, first, timing)
     learned = _learned_table(state.get("learned_runs", {}))
@@ -458,22 +497,26 @@ length) tokens that receive the most attention; [CLS]/[SEP] always kept; later l
 on the models below, alone and on compacted models (units + tokens). A schedule of one fraction applies it after
 every layer; one per layer is PoWER-BERT's progressive form (the last layer's entry decides nothing).
 
-Models: {", ".join(f"`{n}` = `{Path(f).name if Path(f).name not in ('model', 'compact') else Path(f).parent.name + '/' + Path(f).name}`" for n, f in state["models"].items())}.
+Models: {_model_list(state)}.
 
 - **Score**: the whole dev split, batches of 32 with dynamic padding, 128 tokens at most, of exactly the
-  computation timed; lost is against `{first}` at full length ({reference:.4f}), except for a model started
-  from another fine-tune (another seed's), which loses against that one at full length (the table below).
+  computation timed; lost is against the model in the column "against" at full length: a dense fine-tune
+  against itself, a compacted or retrained model against the fine-tune it came from (its seed's, or its own
+  run's teacher). `{first}` at full length scores {reference:.4f}.
 - **Block MACs share**: MACs of the blocks on each example's real tokens, each layer on the tokens it ran on,
-  against `{first}` at full length on the same tokens (`econlm.flops.shortened_macs`; padding is never counted,
-  so the share is what the token rule saves, not what a padded batch would waste). The task head and the
-  embeddings are not counted.
-- **Speedup**: `{first}` at full length over the variant, medians of {rounds} rounds after 3 warm-up rounds,
-  every variant timed round by round in one run, 2 threads, CPU. All run eager attention (econlm loads models
-  so: a token budget reads the attention probabilities), so the ratios compare the same attention code. Cases: {cases}.
+  against the "against" model at full length on the same tokens (`econlm.flops.shortened_macs`; padding is
+  never counted, so the share is what the token rule saves, not what a padded batch would waste). The task
+  head and the embeddings are not counted.
+- **Speedup**: the "against" model at full length over the variant, timed in the same run (timing runs from
+  before the column existed timed every variant against `{first}`, a model of the same shape as every dense
+  fine-tune), medians of {rounds} rounds after 3 warm-up rounds, every variant timed round by round in one
+  run, 2 threads, CPU. All run eager attention (econlm loads models so: a token budget reads the attention
+  probabilities), so the ratios compare the same attention code. Cases: {cases}.
 
 {table}
 
 {state.get("conditions", "")}
+{_per_fine_tune(rows, state)}
 
 ## Learned thresholds (LTP style): every run tried
 
@@ -505,6 +548,53 @@ with the checkpoint (`token_schedule.json`), which then always runs with it. Run
 {reading}
 """
     save(f"tokens_{task}", {"task": task, "rows": rows, "state": state}, markdown)
+
+
+def _model_list(state: dict) -> str:
+    """Each model's name and the folder it was read from (a trial's folder names its run); a retired one says so."""
+    retired = set(state.get("retired", ()))
+
+    def where(folder: str) -> str:
+        path = Path(folder)
+        return f"{path.parent.name}/{path.name}" if path.name in ("model", "compact") else path.name
+
+    return ", ".join(
+        f"`{n}` = `{where(f)}`" + (" (retired: that folder was trained again in place)" if n in retired else "")
+        for n, f in state["models"].items()
+    )
+
+
+def _per_fine_tune(rows: list[dict], state: dict | None = None) -> str:
+    """The post-hoc schedules on every dense fine-tune scored (seeds, and the same seed trained again), side by
+    side: what each loses against its own full length, and the mean and spread over the fine-tunes."""
+    dense = sorted({r["model"] for r in rows if r["levers"] in ("none", "tokens") and r["against"] == r["model"]})
+    if len(dense) < 2:
+        return ""
+    by = {(r["model"], r["schedule"]): r for r in rows}
+    schedules = [s for s in SCHEDULES if s != "full" and all((m, s) in by for m in dense)]
+    cells = []
+    for schedule in schedules:
+        lost = [by[(m, schedule)]["lost"] * 100 for m in dense]
+        fast = [by[(m, schedule)].get("speedup_dev_b32") for m in dense]
+        fast = [f for f in fast if f]
+        mean = sum(lost) / len(lost)
+        std = (sum((x - mean) ** 2 for x in lost) / (len(lost) - 1)) ** 0.5
+        cells.append(
+            [schedule, *(f"{x:+.2f}" for x in lost), f"{mean:+.2f} ± {std:.2f}"]
+            + [f"{sum(fast) / len(fast):.2f}x ({len(fast)})" if fast else "-"]
+        )
+    full = ", ".join(f"{m} {by[(m, 'full')]['score']:.4f}" for m in dense if (m, "full") in by)
+    folders = (state or {}).get("models", {})
+    twice = [(a, b) for i, a in enumerate(dense) for b in dense[i + 1 :] if a in folders and folders[a] == folders.get(b)]
+    full += "".join(f"; {a} and {b} are one trial (recipe and seed) trained twice in the same folder" for a, b in twice)
+    table = markdown_table(
+        ["token schedule", *(f"{m}: points lost" for m in dense), "mean ± std", "speedup dev_b32, mean (models timed)"],
+        cells,
+    )
+    return (
+        f"\n### Post hoc on each fine-tune\n\nEvery dense fine-tune scored here, each against its own full length "
+        f"({full}); the spread over fine-tunes is what a schedule's loss means on this task.\n\n{table}\n"
+    )
 
 
 def _reading(state: dict, rows: list[dict], first: str) -> str:
@@ -790,11 +880,14 @@ def _retrained_reading(state: dict, rows: list[dict]) -> list[str]:
 
 def _against(state: dict, model: str, first: str) -> str:
     """The model whose full-length score ``model`` loses against: the one a retrained run was fine-tuned from;
-    a dense fine-tune of another seed, itself; a compacted model named ``...-sN``, the fine-tune of seed N
+    the one named for it with ``score --against``; a dense fine-tune of another seed, itself; a compacted model named ``...-sN``, the fine-tune of seed N
     (``<first>-sN``); anything else (the compacted seed-1 models), ``first``."""
     init = state.get("retrained_runs", {}).get(model, {}).get("init_model")
     if f"{init}|full" in state["scores"]:
         return init
+    named = state.get("references", {}).get(model)  # score --against: the teacher of the model's own run
+    if named is not None:
+        return named
     own, reference = state["scores"].get(f"{model}|full"), state["scores"][f"{first}|full"]
     dense = own is not None and (own["heads"], own["ffn"]) == (reference["heads"], reference["ffn"])
     if dense:
@@ -952,6 +1045,12 @@ def main() -> None:
     s = sub.add_parser("score")
     s.add_argument("task")
     s.add_argument("--model", action="append", default=[], help="NAME=DIR; the first is the reference")
+    s.add_argument(
+        "--against", action="append", default=[], help="MODEL=TEACHER: MODEL loses against, and is timed against, TEACHER"
+    )
+    s.add_argument(
+        "--retire", action="append", default=[], help="NAME: its folder now holds another model; keep its numbers only"
+    )
     t = sub.add_parser("time")
     t.add_argument("task")
     t.add_argument("--repeats", type=int, default=20)
@@ -965,7 +1064,10 @@ def main() -> None:
     d.add_argument("--conditions", help="what else ran on the machine while timing (kept in the state)")
     args = parser.parse_args()
     if args.step == "score":
-        score(args.task, dict(m.split("=", 1) for m in args.model))
+        pairs = [p for p in args.model + args.against if "=" not in p]
+        if pairs:
+            parser.error(f"'{pairs[0]}' is not NAME=VALUE")
+        score(args.task, dict(m.split("=", 1) for m in args.model), dict(a.split("=", 1) for a in args.against), args.retire)
     elif args.step == "learned":
         record_learned(args.task, args.folders)
     elif args.step == "time":

@@ -1085,3 +1085,53 @@ def test_token_bench_refuses_a_folder_trained_again_in_place(tmp_path):
     assert legacy["fingerprints"]["teacher"][0][1] == 12
     with pytest.raises(SystemExit, match="give it a new name"):
         tokens_bench._same_model({"scores": {"teacher|full": {"score": 0.2546}}}, "teacher", str(folder), checked_score=0.2577)
+
+
+def test_token_bench_names_each_runs_own_teacher_and_retires_a_folder_trained_again(tmp_path):
+    tokens_bench = _bench_script("tokens")
+    here = tmp_path / "teacher"
+    here.mkdir()
+    dense, small = {"heads": 72, "ffn": 9216}, {"heads": 30, "ffn": 3000}
+    state = {
+        "reference": "teacher",
+        "models": {"teacher": str(here), "teacher-r4": str(here), "units-r4": str(here), "units-s2": "/gone"},
+        "scores": {
+            "teacher|full": {"score": 0.25, **dense},
+            "teacher-s2|full": {"score": 0.30, **dense},
+            "teacher-r4|full": {"score": 0.27, **dense},
+            "units-r4|full": {"score": 0.26, **small},
+            "units-s2|full": {"score": 0.29, **small},
+        },
+    }
+    tokens_bench._name_references(state, {}, {"units-r4": "teacher-r4"}, ["teacher"])
+    # the retired teacher's folder holds teacher-r4 now: it is neither scored nor timed; a gone folder neither
+    assert set(tokens_bench._present(state)) == {"teacher-r4", "units-r4"}
+    assert tokens_bench._against(state, "units-r4", "teacher") == "teacher-r4"  # named with --against
+    assert tokens_bench._against(state, "units-s2", "teacher") == "teacher-s2"  # the seed's fine-tune, by name
+    assert tokens_bench._against(state, "teacher-r4", "teacher") == "teacher-r4"  # a dense fine-tune: itself
+    with pytest.raises(SystemExit, match="'nobody' is not a model"):
+        tokens_bench._name_references(state, {}, {"units-r4": "nobody"}, [])
+    with pytest.raises(SystemExit, match="'teacher' is retired"):
+        tokens_bench._name_references(state, {}, {"units-r4": "teacher"}, [])
+    with pytest.raises(SystemExit, match="--retire ghost: no model of that name"):
+        tokens_bench._name_references(state, {}, {}, ["ghost"])
+
+
+def test_token_bench_puts_each_fine_tunes_post_hoc_loss_side_by_side():
+    tokens_bench = _bench_script("tokens")
+
+    def row(model, schedule, lost, speed=None, levers="tokens"):
+        return {"model": model, "schedule": schedule, "lost": lost, "score": 0.3 - lost, "against": model,
+                "levers": levers, "speedup_dev_b32": speed}
+
+    rows = [row("a", "full", 0.0, levers="none"), row("b", "full", 0.0, levers="none"),
+            row("a", "0.5", 0.10, 1.6), row("b", "0.5", 0.14, 1.8), row("a", "0.9", 0.02)]
+    text = tokens_bench._per_fine_tune(rows)
+    # 0.5: 10 and 14 points, mean 12, sample std sqrt(((-2)^2 + 2^2) / 1) = 2.83; speed (1.6 + 1.8) / 2 = 1.70
+    assert "| 0.5 | +10.00 | +14.00 | +12.00 ± 2.83 | 1.70x (2) |" in text
+    assert "| 0.9 |" not in text  # scored on one fine-tune only
+    assert tokens_bench._per_fine_tune(rows[:1] + rows[2:3]) == ""  # one fine-tune: nothing to set side by side
+    # one trial trained twice into the same folder (a later session's run) is named as such
+    same = tokens_bench._per_fine_tune(rows, {"models": {"a": "/x/model", "b": "/x/model"}})
+    assert "a and b are one trial (recipe and seed) trained twice in the same folder" in same
+    assert "trained twice" not in tokens_bench._per_fine_tune(rows, {"models": {"a": "/x/model", "b": "/y/model"}})
