@@ -399,15 +399,18 @@ def timing(task: str, repeats: int, schedules: list[str] | None, fresh: bool = F
                 "tokens_real": sum(int(b["attention_mask"].sum()) for b in batches),
             }
         )
-        # each variant against its own reference at full length, timed in this run
-        entry["speedup"].update(
-            {k: timings[f"{against[k.split('|')[0]]}|full"].median / t.median for k, t in timings.items()}
-        )
+        entry["speedup"].update(_speedups({k: t.median for k, t in timings.items()}, against))
         entry["timings"].update({k: t.as_dict() for k, t in timings.items()})
         entry.setdefault("timed", {}).update(dict.fromkeys(timings, now))
         entry.setdefault("against", {}).update({k: against[k.split("|")[0]] for k in timings})  # absent: `first`
         entry["repeats_by_key"] = {**_repeats_by_key(entry), **dict.fromkeys(timings, repeats)}
         _save(task, state)
+
+
+def _speedups(medians: dict[str, float], against: dict[str, str]) -> dict[str, float]:
+    """Each variant's speedup (``model|schedule``: median seconds) over the model it loses against at full
+    length, timed in the same run."""
+    return {key: medians[f"{against[key.split('|')[0]]}|full"] / median for key, median in medians.items()}
 
 
 def _repeats_by_key(case: dict) -> dict[str, int]:
@@ -564,7 +567,7 @@ def _model_list(state: dict) -> str:
     )
 
 
-def _per_fine_tune(rows: list[dict], state: dict | None = None) -> str:
+def _per_fine_tune(rows: list[dict], state: dict) -> str:
     """The post-hoc schedules on every dense fine-tune scored (seeds, and the same seed trained again), side by
     side: what each loses against its own full length, and the mean and spread over the fine-tunes."""
     dense = sorted({r["model"] for r in rows if r["levers"] in ("none", "tokens") and r["against"] == r["model"]})
@@ -584,7 +587,7 @@ def _per_fine_tune(rows: list[dict], state: dict | None = None) -> str:
             + [f"{sum(fast) / len(fast):.2f}x ({len(fast)})" if fast else "-"]
         )
     full = ", ".join(f"{m} {by[(m, 'full')]['score']:.4f}" for m in dense if (m, "full") in by)
-    folders = (state or {}).get("models", {})
+    folders = state["models"]
     twice = [(a, b) for i, a in enumerate(dense) for b in dense[i + 1 :] if a in folders and folders[a] == folders.get(b)]
     full += "".join(f"; {a} and {b} are one trial (recipe and seed) trained twice in the same folder" for a, b in twice)
     table = markdown_table(

@@ -1109,6 +1109,12 @@ def test_token_bench_names_each_runs_own_teacher_and_retires_a_folder_trained_ag
     assert tokens_bench._against(state, "units-r4", "teacher") == "teacher-r4"  # named with --against
     assert tokens_bench._against(state, "units-s2", "teacher") == "teacher-s2"  # the seed's fine-tune, by name
     assert tokens_bench._against(state, "teacher-r4", "teacher") == "teacher-r4"  # a dense fine-tune: itself
+    # a timing run: each variant over its own reference's full length (0.3 / 0.15 = 2, 0.3 / 0.1 = 3; itself: 1)
+    medians = {"teacher-r4|full": 0.3, "teacher-r4|0.5": 0.15, "units-r4|full": 0.1, "teacher-s2|full": 0.2}
+    against = {"teacher-r4": "teacher-r4", "units-r4": "teacher-r4", "teacher-s2": "teacher-s2"}
+    assert tokens_bench._speedups(medians, against) == pytest.approx(
+        {"teacher-r4|full": 1.0, "teacher-r4|0.5": 2.0, "units-r4|full": 3.0, "teacher-s2|full": 1.0}
+    )
     with pytest.raises(SystemExit, match="'nobody' is not a model"):
         tokens_bench._name_references(state, {}, {"units-r4": "nobody"}, [])
     with pytest.raises(SystemExit, match="'teacher' is retired"):
@@ -1126,11 +1132,11 @@ def test_token_bench_puts_each_fine_tunes_post_hoc_loss_side_by_side():
 
     rows = [row("a", "full", 0.0, levers="none"), row("b", "full", 0.0, levers="none"),
             row("a", "0.5", 0.10, 1.6), row("b", "0.5", 0.14, 1.8), row("a", "0.9", 0.02)]
-    text = tokens_bench._per_fine_tune(rows)
+    text = tokens_bench._per_fine_tune(rows, {"models": {}})
     # 0.5: 10 and 14 points, mean 12, sample std sqrt(((-2)^2 + 2^2) / 1) = 2.83; speed (1.6 + 1.8) / 2 = 1.70
     assert "| 0.5 | +10.00 | +14.00 | +12.00 ± 2.83 | 1.70x (2) |" in text
     assert "| 0.9 |" not in text  # scored on one fine-tune only
-    assert tokens_bench._per_fine_tune(rows[:1] + rows[2:3]) == ""  # one fine-tune: nothing to set side by side
+    assert tokens_bench._per_fine_tune(rows[:1] + rows[2:3], {"models": {}}) == ""  # one fine-tune: nothing to set side by side
     # one trial trained twice into the same folder (a later session's run) is named as such
     same = tokens_bench._per_fine_tune(rows, {"models": {"a": "/x/model", "b": "/x/model"}})
     assert "a and b are one trial (recipe and seed) trained twice in the same folder" in same
