@@ -156,7 +156,7 @@ TRIED = {
         "run 3's models had gone with an earlier machine) with Fisher rivals from the unrepaired structure, both "
         "allocations, each retrained with the same teacher, distillation and steps; its pairs replace run 3's in the "
         "table. The students scored 0.2555 and 0.2876 against teachers of 0.2524 and 0.3114, at 2.84x and 2.62x at "
-        "batch 1, and beat their best unrepaired rivals by +0.0085 and +0.0343: the recipe's two wins hold against "
+        "batch 1 in their first timing run (2.86x and 2.76x in the table's, with run 5), and beat their best unrepaired rivals by +0.0085 and +0.0343: the recipe's two wins hold against "
         "the rivals' other start. Seed 2's student lost 2.38 points to its teacher, past the 2-point limit, so the "
         "recipe meets the speed target on seed 1 and on the mean over seeds, not on both seeds. Run 4's wall time: "
         "the teachers about 2.2 hours each (the 25-minute estimate was for a quiet machine; two trials and timing runs "
@@ -175,7 +175,7 @@ TRIED = {
         "choosing its own allocation (0.2984), while beating Fisher handed its structure by 0.0371: the order that "
         "runs 1 and 2 showed, the gates' allocation and not the recovery losing. So the recipe won 3 of its 4 "
         "pairs across the two budgets, mean +0.0184, and every CoLA recipe together 5 of 9. Run 5's cost: the "
-        "students about 43 minutes each (side by side, one thread each), the four retrained rivals about 25 each, "
+        "students about 43 minutes each (side by side, one thread each), the four retrained rivals 25 to 27 each, "
         "two at a time; the timing run 2.5 minutes. Left: the latency budget (`bench/sweeps/fair_cola.yaml`) and "
         "hidden-state distillation (`--distill-hidden-weight`, off here)."
     ),
