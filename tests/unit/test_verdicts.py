@@ -950,6 +950,25 @@ def test_fair_pairs_of_one_recipe_are_counted_across_its_budgets():
     assert not any("across" in line for line in fair._pairs_by_recipe(pairs[:2] + pairs[3:]))
 
 
+def test_fair_issue_form_counts_one_recipe_at_three_budgets_on_two_seeds():
+    fair = _bench_script("summarize_fair")
+
+    def pair(budget, seed, difference, recipe="(freeze 0.7)"):
+        return {"incentive": f"incentive flops budget {budget} {recipe}", "seed": seed, "difference": difference}
+
+    six = [pair(0.3, 1, 0.0085), pair(0.3, 2, 0.0343), pair(0.4, 1, 0.0388), pair(0.4, 2, -0.0079)]
+    six += [pair(0.5, 1, -0.0010), pair(0.5, 2, 0.0)]
+    other = [pair(0.3, 1, -0.02, "(freeze 0.4)"), pair(0.5, 1, 0.01, "(freeze 0.4)"), pair(0.4, 1, 0.0, "(freeze 0.4)")]
+    (form,) = fair.issue_form(six + other)  # the other recipe ran its three budgets on one seed only
+    # wins: 0.0085, 0.0343, 0.0388 and 0.0 (a tie counts as good as); mean 0.0727 / 6 = 0.0121
+    assert (form["recipe"], form["wins"], form["pairs"], form["met"]) == ("incentive flops (freeze 0.7)", 4, 6, True)
+    assert form["mean"] == pytest.approx(0.0727 / 6)
+    assert fair._issue_form_text(form) == "incentive flops (freeze 0.7): 4 of 6, mean +0.0121, met"
+    (three,) = fair.issue_form(six[:5] + [pair(0.5, 2, -0.0001)])
+    assert (three["wins"], three["met"]) == (3, False)  # 3 of 6 is half, short of 4 of 6
+    assert fair.issue_form(six[:5]) == []  # budget 0.5 on one seed: not yet the issue's form
+
+
 def test_fair_allocation_pattern_names_the_pairs_ahead_of_both_rivals():
     fair = _bench_script("summarize_fair")
     ahead_behind = {"matched_difference": 0.0049, "global_difference": -0.0098}
