@@ -176,8 +176,24 @@ TRIED = {
         "runs 1 and 2 showed, the gates' allocation and not the recovery losing. So the recipe won 3 of its 4 "
         "pairs across the two budgets, mean +0.0184, and every CoLA recipe together 5 of 9. Run 5's cost: the "
         "students about 43 minutes each (side by side, one thread each), the four retrained rivals 25 to 27 each, "
-        "two at a time; the timing run 2.5 minutes. Left: the latency budget (`bench/sweeps/fair_cola.yaml`) and "
-        "hidden-state distillation (`--distill-hidden-weight`, off here)."
+        "two at a time; the timing run 2.5 minutes. Run 6 (`fair_cola_b05.yaml` and `_s2.yaml`, `bench/run_fair.sh "
+        "cola-b05`, the next session on the same machine, so the same teachers; queued before any of its scores "
+        "was read; all of runs 4 to 6 timed again in one run, which replaces run 5's as the table's run 3): the "
+        "recipe at its third budget, FLOPs 0.5, so that one recipe is counted in issue #10's own form, three "
+        "budgets on two seeds. The price went past the budget again: lambda was about 16 and 20 at step 990, fell "
+        "to 0 by step 1650 and stayed there, and the gates froze at shares 0.432 and 0.424, so the recipe's three "
+        "budgets were realised at shares of about 0.26, 0.32 and 0.43, three distinct points of the frontier. "
+        "Seed 1's student scored 0.2726, 2.02 points above its teacher, at 1.87x at batch 1, and beat its best "
+        "rival by +0.0341; seed 2's scored 0.3191, 0.77 points above its teacher, at 1.95x, and beat Fisher handed "
+        "its structure (0.3038) by +0.0153 and Fisher's own allocation by +0.0265. So the recipe won 5 of its 6 "
+        "pairs, mean +0.0205: in the issue's form the CoLA pair target is met by this recipe, the one chosen after "
+        "runs 1 to 3 and then run at two more budgets fixed in advance; counting every CoLA recipe tried, the early "
+        "ones included, 7 of 11 (64%), mean +0.0092. At 0.5 both seeds also meet the speed target, each and on the "
+        "mean. Run 6's cost: the students about 42 minutes each (side by side, one thread each), the four retrained "
+        "rivals 28 to 32 minutes each, two at a time (two of them resumed from checkpoints after the session that "
+        "started them ended); the timing run (32 models, 20 rounds) about 4 minutes. Left: the latency budget "
+        "(`bench/sweeps/fair_cola.yaml`), hidden-state distillation (`--distill-hidden-weight`, off here), and an "
+        "anchored controller (`--budget-rho`) so the realised shares match the nominal budgets."
     ),
 }
 
@@ -1215,10 +1231,12 @@ def _verdicts(task: str, payload: dict) -> list[str]:
         f"- **{task}** ([fair_{task}.md](fair_{task}.md)): >= {speed_target}x at batch 1 within {loss_target} lost: "
         f"{speed}.",
         f"  Incentive as good or better than its best retrained rival (same teacher, same steps) in {wins} of "
-        f"{len(pairs)} pairs, mean {mean:+.4f}: the 4-of-6 target is "
+        f"{len(pairs)} pairs, mean {mean:+.4f}: the 4-of-6 target, counted over every recipe tried, is "
         + ("met" if pairs and wins / len(pairs) >= 4 / 6 else "**missed**")
         + "".join(
-            f"; in the issue's form, one recipe at three budgets: {_issue_form_text(f)}" for f in issue_form(pairs)
+            f"; counted in the issue's own form, one recipe at three budgets on two seeds, "
+            f"{_issue_form_text(f).replace(': ', ', ', 1)}"
+            for f in issue_form(pairs)
         )
         + f". Latency table's batch-1 prediction within 10%: {sum(map(_within, predicted))} of {len(predicted)} "
         "compacted models.",

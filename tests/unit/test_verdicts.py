@@ -1049,10 +1049,22 @@ def test_fair_verdicts_by_hand():
     pairs = [{"difference": d} for d in (0.01, -0.02, 0.0)]
     speed, rest = fair._verdicts("stsb", {"rows": rows, "pairs": pairs})
     assert "met by 1 of 2 incentive models (fastest: 2.50x at +0.0040, seed 1)" in speed
-    assert "in 2 of 3 pairs, mean -0.0033: the 4-of-6 target is met" in rest
+    assert "in 2 of 3 pairs, mean -0.0033: the 4-of-6 target, counted over every recipe tried, is met." in rest
     assert "prediction within 10%: 1 of 2 compacted models" in rest
     pairs[0]["difference"] = -0.001
-    assert "1 of 3 pairs, mean -0.0070: the 4-of-6 target is **missed**" in fair._verdicts("stsb", {"rows": rows, "pairs": pairs})[1]
+    rest = fair._verdicts("stsb", {"rows": rows, "pairs": pairs})[1]
+    assert "1 of 3 pairs, mean -0.0070: the 4-of-6 target, counted over every recipe tried, is **missed**." in rest
+    assert "issue's own form" not in rest  # no pair names a recipe and a budget
+    # one recipe at budgets 0.3, 0.4 and 0.5 on seeds 1 and 2, five of its six pairs >= 0: mean (5 x 0.01 - 0.02) / 6;
+    # with the three above, 6 of 9 and mean (-0.001 - 0.02 + 0 + 0.03) / 9 = +0.0010
+    form = [
+        {"incentive": f"incentive flops budget {b} (x)", "seed": seed, "difference": -0.02 if (b, seed) == (0.4, 2) else 0.01}
+        for b in (0.3, 0.4, 0.5)
+        for seed in (1, 2)
+    ]
+    rest = fair._verdicts("stsb", {"rows": rows, "pairs": pairs + form})[1]
+    assert "in 6 of 9 pairs, mean +0.0010: the 4-of-6 target, counted over every recipe tried, is met" in rest
+    assert "; counted in the issue's own form, one recipe at three budgets on two seeds, incentive flops (x), 5 of 6, mean +0.0050, met." in rest
 
 
 def test_units_plus_tokens_target_needs_the_speed_and_to_beat_the_best_single_lever():
