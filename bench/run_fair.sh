@@ -25,6 +25,7 @@
 #   bench/run_fair.sh cola-b04           # after cola-norepair-clear, same teachers: its recipe at FLOPs budget 0.4 (seeds side by side)
 #   bench/run_fair.sh cola-b05           # the same at 0.5, the recipe's third budget (seeds side by side)
 #   bench/run_fair.sh stsb-colarecipe   # run 12: CoLA's recipe on STS-B at 0.3, 0.4 and 0.5 (seeds side by side, one budget after another)
+#   bench/run_fair.sh cola-seeded       # the CoLA recipe's rivals again, Fisher on the student's examples, both starts (seeds side by side, 0.3 then 0.4 then 0.5)
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,9 +64,10 @@ for part in "${parts[@]}"; do
         (for b in 04 05; do OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/fair_${part//-/_}_b$b$s.yaml" --out "$out/stsb"; done) &
       done
       wait ;;
-    stsb-colarecipe)  # one seed per core; each budget's student and rivals before the next budget
+    stsb-colarecipe|cola-seeded)  # one seed per core; each budget's student and rivals before the next budget
+      task="${part%%-*}"
       for s in "" _s2; do
-        (for b in 03 04 05; do OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/fair_stsb_colarecipe_b$b$s.yaml" --out "$out/stsb"; done) &
+        (for b in 03 04 05; do OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/fair_${part//-/_}_b$b$s.yaml" --out "$out/$task"; done) &
       done
       wait ;;
     paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
@@ -76,6 +78,6 @@ for part in "${parts[@]}"; do
         OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/$f.yaml" --out "$out/${part%%-*}" &
       done
       wait ;;
-    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, stsb-clear-b05, stsb-anchor-b05, stsb-early-b05, stsb-early-b03, stsb-fisher-b03, stsb-fisher-b05, stsb-fisher-b04, stsb-norepair, stsb-norepair-b03, stsb-hidden-b03, cola-norepair-clear, cola-b04, cola-b05, stsb-layerwise, stsb-colarecipe, paper or market" >&2; exit 2 ;;
+    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, stsb-clear-b05, stsb-anchor-b05, stsb-early-b05, stsb-early-b03, stsb-fisher-b03, stsb-fisher-b05, stsb-fisher-b04, stsb-norepair, stsb-norepair-b03, stsb-hidden-b03, cola-norepair-clear, cola-b04, cola-b05, stsb-layerwise, stsb-colarecipe, cola-seeded, paper or market" >&2; exit 2 ;;
   esac
 done

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -129,6 +130,10 @@ class CompactConfig(DataFields):  # a user's data file: by default as the checkp
     checkpoint: str
     out: str
     calib_examples: int = 512
+    # Which training examples calibrate: a sample this seed picks (None: the first ones, as before 2026-12-06).
+    # Training files are often sorted (CoLA's by source, STS-B's by genre), so the first rows are not a sample.
+    calib_seed: int | None = 0
+    calib_from: int | None = None  # sample among the first this many (a run trained with a limit saw only those)
     eps: float = 1e-3
     task: str | None = None  # default: the task the checkpoint was trained on
     data_dir: str | None = None
@@ -174,8 +179,11 @@ class CompactConfig(DataFields):  # a user's data file: by default as the checkp
 
 
 def _calibration_batches(loaded, task, config: CompactConfig, labels: bool = False) -> list[dict]:
-    """Model inputs of the first ``calib_examples`` training examples (LM: blocks of validation text); with
-    ``labels`` each batch carries its labels, so the model returns a loss (Fisher importance needs it)."""
+    """Model inputs of ``calib_examples`` training examples, a sample ``calib_seed`` picks (LM: the first blocks
+    of validation text); with ``labels`` each batch carries its labels, so the model returns a loss (Fisher
+    importance needs it). The sample is ``random.Random(seed).sample`` over the split's indices, the same draw
+    :func:`econlm.training.fisher_start_batches` makes, so a post-hoc rival of a Fisher-started student is
+    measured on the very examples the student's gates started from."""
     from econlm import data, evaluate
 
     tokenizer = loaded.tokenizer
@@ -191,7 +199,14 @@ def _calibration_batches(loaded, task, config: CompactConfig, labels: bool = Fal
             for i in range(0, len(blocks), config.batch_size)
         ]
         return [{**b, "labels": b["input_ids"]} for b in batches] if labels else batches
-    examples = data.load_examples(task, "train", config.data_dir, config.calib_examples)
+    if config.calib_seed is None:
+        examples = data.load_examples(task, "train", config.data_dir, config.calib_examples)
+    else:
+        everything = data.load_examples(task, "train", config.data_dir, config.calib_from)
+        picked = random.Random(config.calib_seed).sample(
+            range(len(everything)), min(config.calib_examples, len(everything))
+        )
+        examples = [everything[i] for i in picked]
     batches = []
     for start in range(0, len(examples), config.batch_size):
         chunk = examples[start : start + config.batch_size]

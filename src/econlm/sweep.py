@@ -682,6 +682,25 @@ def _prune_rival(model, settings: dict, batches: list[dict], scores) -> None:
     )
 
 
+# The examples a rival's importance (and repair) is measured on. "seeded": as many as a Fisher-started student
+# measures its gates' start on, drawn by the same seed from the same training split, so both sides of a pair see
+# the same examples. Trials from before the key existed keep what they ran with: the first 128 training rows,
+# which for a training file sorted by source (CoLA) or genre (STS-B) was not a sample.
+RIVAL_CALIBRATION = "seeded"
+
+
+def _rival_calibration(settings: dict) -> dict:
+    if settings.get("calibration") == RIVAL_CALIBRATION:
+        from econlm.training import FISHER_START_EXAMPLES
+
+        return {
+            "calib_examples": FISHER_START_EXAMPLES,
+            "calib_seed": settings["seed"],
+            "calib_from": settings.get("limit"),  # the examples the student trained on, as it sampled them
+        }
+    return {"calib_examples": 128, "calib_seed": None}
+
+
 def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -> None:
     """Prune the lam = 0 model like a compacted incentive model (same counts per layer), then fine-tune."""
     from econlm.compact import CompactConfig, _calibration_batches, save_model
@@ -702,9 +721,9 @@ def _run_posthoc_trial(spec: dict, trial_dir: Path, context: dict, result: dict)
             CompactConfig(
                 checkpoint=settings["source_model"],
                 out="unused",
-                calib_examples=128,
                 data_dir=settings.get("data_dir"),
                 max_length=settings.get("max_length", 128),
+                **_rival_calibration(settings),
             ),
             labels=labelled,
         )
@@ -1001,6 +1020,7 @@ def baseline_specs(config: SweepConfig, results: dict[str, dict]) -> list[dict]:
                         "remove_neurons": neurons,
                         "importance": importance,
                         "finetune_epochs": epochs,
+                        "calibration": RIVAL_CALIBRATION,
                     }
                     if allocation == "global":  # the pruner spends the same blocks' MACs where it sees fit
                         del s["remove_heads"], s["remove_neurons"]

@@ -299,3 +299,45 @@ def test_bad_gate_starts_fail_before_training(tiny_setup, tmp_path, overrides, m
     with pytest.raises(UserError, match=message):
         _config(tiny_setup, tmp_path / "x", **overrides)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_rival_calibrates_on_the_examples_a_fisher_started_student_measured(tiny_setup, monkeypatch):
+    """The post-hoc rival of a sweep (``calibration: seeded``) draws its Fisher examples as the student's Fisher
+    start does: the same seed, the same training split, the same number; the legacy setting reads the first 128."""
+    import econlm.training
+    from econlm.compact import CompactConfig, _calibration_batches
+    from econlm.data import get_task, load_examples
+    from econlm.models import load_model
+    from econlm.sweep import RIVAL_CALIBRATION, _rival_calibration
+    from econlm.training import _features, _load_data, _load_for_task, fisher_start_batches
+
+    monkeypatch.setattr(econlm.training, "FISHER_START_EXAMPLES", 20)  # the tiny split has 48 examples
+    config = _config(tiny_setup, "unused", cost=("flops",), budget=0.5, gate_init="fisher")
+    task = get_task("sst2")
+    loaded = _load_for_task(config, task)
+    features, _ = _features(config, task, loaded.tokenizer, _load_data(config, task)[0])
+    assert len(features) > econlm.training.FISHER_START_EXAMPLES  # a sample, not the whole split
+    student = fisher_start_batches(config, task, loaded.tokenizer, features)
+
+    settings = {"seed": config.seed, "calibration": RIVAL_CALIBRATION}
+    rival_config = CompactConfig(
+        checkpoint=config.model, out="unused", data_dir=config.data_dir, max_length=config.max_length,
+        **_rival_calibration(settings),
+    )
+    rival = _calibration_batches(load_model(config.model), task, rival_config, labels=True)
+
+    def rows(batches):  # each example as its (unpadded) token ids and label, in the order drawn
+        out = []
+        for b in batches:
+            for ids, mask, label in zip(b["input_ids"], b["attention_mask"], b["labels"]):
+                out.append((tuple(ids[mask.bool()].tolist()), int(label)))
+        return out
+
+    assert len(rows(student)) == 20 and rows(rival) == rows(student)
+    # Before the setting: the first 128 rows of the training file, whatever their order.
+    legacy = CompactConfig(checkpoint=config.model, out="unused", data_dir=config.data_dir, max_length=config.max_length,
+                           **_rival_calibration({"seed": config.seed}))
+    first = load_examples(task, "train", config.data_dir, 128)
+    assert [label for _, label in rows(_calibration_batches(load_model(config.model), task, legacy, labels=True))] == [
+        e.label for e in first
+    ]
