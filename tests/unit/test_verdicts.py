@@ -954,7 +954,12 @@ def test_fair_issue_form_counts_one_recipe_at_three_budgets_on_two_seeds():
     fair = _bench_script("summarize_fair")
 
     def pair(budget, seed, difference, recipe="(freeze 0.7)"):
-        return {"incentive": f"incentive flops budget {budget} {recipe}", "seed": seed, "difference": difference}
+        return {
+            "incentive": f"incentive flops budget {budget} {recipe}",
+            "seed": seed,
+            "difference": difference,
+            "seeded_rivals": True,
+        }
 
     six = [pair(0.3, 1, 0.0085), pair(0.3, 2, 0.0343), pair(0.4, 1, 0.0388), pair(0.4, 2, -0.0079)]
     six += [pair(0.5, 1, -0.0010), pair(0.5, 2, 0.0)]
@@ -964,6 +969,13 @@ def test_fair_issue_form_counts_one_recipe_at_three_budgets_on_two_seeds():
     assert (form["recipe"], form["wins"], form["pairs"], form["met"]) == ("incentive flops (freeze 0.7)", 4, 6, True)
     assert form["mean"] == pytest.approx(0.0727 / 6)
     assert fair._issue_form_text(form) == "incentive flops (freeze 0.7): 4 of 6, mean +0.0121, met"
+    # two pairs whose rivals measured Fisher importance on the first training rows: met only provisionally
+    six[0]["seeded_rivals"] = six[5]["seeded_rivals"] = False
+    (provisional,) = fair.issue_form(six)
+    assert provisional["unseeded"] == 2
+    assert "4 of 6, mean +0.0121, met only provisionally: in 2 of its 6 pairs the rivals measured" in (
+        fair._issue_form_text(provisional)
+    )
     (three,) = fair.issue_form(six[:5] + [pair(0.5, 2, -0.0001)])
     assert (three["wins"], three["met"]) == (3, False)  # 3 of 6 is half, short of 4 of 6
     assert fair.issue_form(six[:5]) == []  # budget 0.5 on one seed: not yet the issue's form
@@ -1058,7 +1070,12 @@ def test_fair_verdicts_by_hand():
     # one recipe at budgets 0.3, 0.4 and 0.5 on seeds 1 and 2, five of its six pairs >= 0: mean (5 x 0.01 - 0.02) / 6;
     # with the three above, 6 of 9 and mean (-0.001 - 0.02 + 0 + 0.03) / 9 = +0.0010
     form = [
-        {"incentive": f"incentive flops budget {b} (x)", "seed": seed, "difference": -0.02 if (b, seed) == (0.4, 2) else 0.01}
+        {
+            "incentive": f"incentive flops budget {b} (x)",
+            "seed": seed,
+            "difference": -0.02 if (b, seed) == (0.4, 2) else 0.01,
+            "seeded_rivals": True,
+        }
         for b in (0.3, 0.4, 0.5)
         for seed in (1, 2)
     ]
@@ -1172,3 +1189,24 @@ def test_token_bench_puts_each_fine_tunes_post_hoc_loss_side_by_side():
     same = tokens_bench._per_fine_tune(rows, {"models": {"a": "/x/model", "b": "/x/model"}})
     assert "a and b are one trial (recipe and seed) trained twice in the same folder" in same
     assert "trained twice" not in tokens_bench._per_fine_tune(rows, {"models": {"a": "/x/model", "b": "/y/model"}})
+
+
+def test_fair_rivals_say_which_examples_their_importance_was_measured_on():
+    fair = _bench_script("summarize_fair")
+    old = {"kind": "posthoc", "settings": {"importance": "fisher", "finetune_epochs": 10.0, "distill": True}}
+    new = {**old, "settings": {**old["settings"], "calibration": "seeded"}}
+    assert fair._label(old) == "post-hoc fisher, 10.0 epochs +distill"
+    assert fair._label(new) == "post-hoc fisher +student's examples, 10.0 epochs +distill"
+    student = {"method": "incentive flops budget 0.3", "id": "s", "seed": 1, "score": 0.25, "training_steps": 10, "matches": None}
+
+    def rival(label, score, calibration=None):
+        row = {"method": label, "matches": "s", "retrained": True, "score": score, "training_steps": 10}
+        return row if calibration is None else {**row, "calibration": calibration}
+
+    # rows saved before the field: told by the label, else the first rows
+    (pair,) = fair.pairs_of([student, rival(fair._label(old), 0.24)])
+    assert pair["seeded_rivals"] is False
+    (pair,) = fair.pairs_of([student, rival(fair._label(old), 0.24), rival(fair._label(new), 0.26)])
+    assert pair["seeded_rivals"] is True and pair["difference"] == pytest.approx(-0.01)  # the best of all counts
+    (pair,) = fair.pairs_of([student, rival("post-hoc fisher, 10.0 epochs +distill", 0.2, "seeded")])
+    assert pair["seeded_rivals"] is True
