@@ -328,6 +328,9 @@ def _add_compact(sub) -> None:
     p.add_argument("checkpoint", help="a checkpoint directory (for example one econlm train wrote)")
     p.add_argument("--out", required=True)
     p.add_argument("--calib-examples", type=int, default=512, help="training examples used for calibration")
+    p.add_argument(
+        "--calib-seed", type=int, default=0, help="seed of the random draw of those examples (default 0)"
+    )
     p.add_argument("--eps", type=float, default=1e-3, help="a unit whose |activation| never exceeds this is removed")
     p.add_argument("--task", default=None, help="calibration/evaluation task (default: the one it was trained on)")
     p.add_argument("--data-dir", default=None)
@@ -367,6 +370,7 @@ def _cmd_compact(args) -> int:
         checkpoint=args.checkpoint,
         out=args.out,
         calib_examples=args.calib_examples,
+        calib_seed=args.calib_seed,
         eps=args.eps,
         task=args.task,
         data_dir=args.data_dir,
