@@ -138,7 +138,31 @@ def sweep_config(data: dict | SweepConfig, source: str = "sweep config", lines: 
             _train_config(spec["settings"], "/dev/null")
         except UserError as error:
             raise UserError(f"{source}: trial {spec['id']}: {error}") from None
+    if config.baselines.get("posthoc"):
+        _check_rivals_learn_alike(expand(config), source)
     return config
+
+
+# How a post-hoc rival learns comes from its lambda = 0 trial (the model it prunes), not from the incentive run it
+# is paired with; a student that set one of these its own way would be compared with a rival that learned otherwise.
+OPTIMISER_FIELDS = ("lr", "batch_size", "weight_decay", "lr_warmup_ratio")
+
+
+def _check_rivals_learn_alike(specs: list[dict], source: str) -> None:
+    plain = [s["settings"] for s in specs if _is_plain(s["settings"])]
+    for spec in specs:
+        settings = spec["settings"]
+        identity = {k: settings.get(k) for k in IDENTITY_KEYS}
+        reference = next((p for p in plain if all(p.get(k) == v for k, v in identity.items())), None)
+        if reference is None or reference is settings:
+            continue
+        for key in OPTIMISER_FIELDS:
+            if settings.get(key) != reference.get(key):
+                raise UserError(
+                    f"{source}: trial {spec['id']} sets {key} to {settings.get(key)}, its lambda = 0 trial to "
+                    f"{reference.get(key)}; post-hoc rivals learn with the lambda = 0 trial's settings, so the pair "
+                    f"would not learn alike: set {key} in base, or the same in both trials"
+                )
 
 
 def _mapping(value, key: str, where, what: str) -> dict:

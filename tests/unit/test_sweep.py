@@ -450,3 +450,22 @@ def test_every_benchmark_sweep_file_is_valid(name):
 
     config = load_sweep(Path(__file__).resolve().parents[2] / "bench" / "sweeps" / name)
     assert expand(config)
+
+
+def test_a_student_must_learn_as_its_posthoc_rivals_do(tmp_path):
+    """A post-hoc rival trains with its lambda = 0 trial's optimiser settings; a student that sets its own would be
+    paired with a rival that learned otherwise, so the sweep refuses it before anything runs."""
+    base = "name: t\nbase: {task: sst2, epochs: 2, lr: 1.0e-4}\n"
+    rivals = "baselines:\n  posthoc: {importance: [fisher], finetune_epochs: [matched]}\n"
+    path = tmp_path / "s.yaml"
+    path.write_text(base + "trials:\n  - {lam: 0.0}\n  - {lam: 0.0, cost: [flops], budget: 0.5, lr: 3.0e-4}\n" + rivals)
+    with pytest.raises(UserError, match=r"sets lr to 0.0003, its lambda = 0 trial to 0.0001; post-hoc rivals learn"):
+        load_sweep(path)
+    # the same change on the lambda = 0 trial of the same identity, or without rivals, is fine
+    path.write_text(base + "trials:\n  - {lam: 0.0, lr: 3.0e-4}\n  - {lam: 0.0, cost: [flops], budget: 0.5, lr: 3.0e-4}\n" + rivals)
+    load_sweep(path)
+    path.write_text(base + "trials:\n  - {lam: 0.0}\n  - {lam: 0.0, cost: [flops], budget: 0.5, lr: 3.0e-4}\n")
+    load_sweep(path)
+    # a student of another seed has no lambda = 0 trial to learn from here: nothing to compare
+    path.write_text(base + "trials:\n  - {lam: 0.0}\n  - {seed: 3, lam: 0.0, cost: [flops], budget: 0.5, lr: 3.0e-4}\n" + rivals)
+    load_sweep(path)
