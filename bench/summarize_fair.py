@@ -200,7 +200,7 @@ TRIED = {
         "handicapped (the audit below); counting every CoLA recipe tried, the early "
         "ones included, 7 of 11 (64%), mean +0.0092. At 0.5 both seeds also meet the speed target, each and on the "
         "mean. Run 6's cost: the students about 42 minutes each (side by side, one thread each), the four retrained "
-        "rivals 28 to 32 minutes each, two at a time (two of them resumed from checkpoints after the session that "
+        "rivals 27 to 32 minutes each, two at a time (two of them resumed from checkpoints after the session that "
         "started them ended); the timing run (32 models, 20 rounds) about 4 minutes. Left: the latency budget "
         "(`bench/sweeps/fair_cola.yaml`), hidden-state distillation (`--distill-hidden-weight`, off here), and an "
         "anchored controller (`--budget-rho`) so the realised shares match the nominal budgets. Found after run 6, "
@@ -662,7 +662,7 @@ FIRST_ROWS = "first 128 rows"
 
 
 def _calibration(row: dict) -> str:
-    return row.get("calibration") or ("seeded" if "+student's examples" in row["method"] else FIRST_ROWS)
+    return row.get("calibration") or FIRST_ROWS  # rows saved before the field were all first-rows rivals
 
 
 def pairs_of(rows: list[dict]) -> list[dict]:
@@ -703,6 +703,15 @@ def _without_budget(method: str) -> str:
     return BUDGET.sub("", method)
 
 
+def _by_schedule(pairs: list[dict]) -> dict[str, list[dict]]:
+    """The pairs of each recipe with its budget left out; a method named without a budget has none."""
+    schedules: dict[str, list[dict]] = {}
+    for p in pairs:
+        if BUDGET.search(p.get("incentive", "")):
+            schedules.setdefault(_without_budget(p["incentive"]), []).append(p)
+    return schedules
+
+
 def _count(mine: list[dict], where: str) -> str:
     return (
         f"{sum(p['difference'] >= 0 for p in mine)} of {len(mine)} ({where}), "
@@ -724,9 +733,7 @@ def _pairs_by_recipe(pairs: list[dict]) -> list[str]:
         + _count(mine, f"seed{'s' if len(mine) > 1 else ''} {', '.join(str(p['seed']) for p in mine)}")
         for recipe, mine in recipes.items()
     ]
-    schedules: dict[str, list[dict]] = {}
-    for p in pairs:
-        schedules.setdefault(_without_budget(p["incentive"]), []).append(p)
+    schedules = _by_schedule(pairs)
     across = {name: mine for name, mine in schedules.items() if len({p["incentive"] for p in mine}) > 1}
     if across:
         lines.append("  - by recipe across its budgets (pairs won of pairs, budget/seed, mean difference):")
@@ -743,12 +750,8 @@ def issue_form(pairs: list[dict]) -> list[dict]:
     """The recipes counted in issue #10's own form: one recipe (the method with its budget left out) at three
     or more budgets, each on two or more seeds. Every recipe tried still counts in the total; this is the count
     of one method the target describes, which a late recipe can reach only by running all of it."""
-    schedules: dict[str, list[dict]] = {}
-    for p in pairs:
-        if BUDGET.search(p.get("incentive", "")):  # a method named without its budget has no place in the form
-            schedules.setdefault(_without_budget(p["incentive"]), []).append(p)
     found = []
-    for name, mine in schedules.items():
+    for name, mine in _by_schedule(pairs).items():
         seeds_by_budget: dict[str, set] = {}
         for p in mine:
             seeds_by_budget.setdefault(BUDGET.search(p["incentive"]).group(1), set()).add(p["seed"])
@@ -767,7 +770,7 @@ def issue_form(pairs: list[dict]) -> list[dict]:
     return found
 
 
-def _issue_form_text(form: dict) -> str:
+def _issue_form_text(form: dict, after_recipe: str = ": ") -> str:
     verdict = "met" if form["met"] else "**missed**"
     if form["met"] and form.get("unseeded"):
         verdict = (
@@ -775,7 +778,7 @@ def _issue_form_text(form: dict) -> str:
             "importance on the first 128 training rows, not on the examples the student measured (their rerun: "
             "`calibration: seeded`), so the rivals were handicapped"
         )
-    return f"{form['recipe']}: {form['wins']} of {form['pairs']}, mean {form['mean']:+.4f}, {verdict}"
+    return f"{form['recipe']}{after_recipe}{form['wins']} of {form['pairs']}, mean {form['mean']:+.4f}, {verdict}"
 
 
 # The standard error of a correlation r on n examples, sqrt((1 - r^2) / (n - 2)): MCC and Pearson are
@@ -1280,7 +1283,7 @@ def _verdicts(task: str, payload: dict) -> list[str]:
         + ("met" if pairs and wins / len(pairs) >= 4 / 6 else "**missed**")
         + "".join(
             f"; counted in the issue's own form, one recipe at three budgets on two seeds, "
-            f"{_issue_form_text(f).replace(': ', ', ', 1)}"
+            f"{_issue_form_text(f, after_recipe=', ')}"
             for f in issue_form(pairs)
         )
         + f". Latency table's batch-1 prediction within 10%: {sum(map(_within, predicted))} of {len(predicted)} "

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -181,7 +180,7 @@ class CompactConfig(DataFields):  # a user's data file: by default as the checkp
 def _calibration_batches(loaded, task, config: CompactConfig, labels: bool = False) -> list[dict]:
     """Model inputs of ``calib_examples`` training examples, a sample ``calib_seed`` picks (LM: the first blocks
     of validation text); with ``labels`` each batch carries its labels, so the model returns a loss (Fisher
-    importance needs it). The sample is ``random.Random(seed).sample`` over the split's indices, the same draw
+    importance needs it). The sample is :func:`econlm.data.sample_indices`, the draw
     :func:`econlm.training.fisher_start_batches` makes, so a post-hoc rival of a Fisher-started student is
     measured on the very examples the student's gates started from."""
     from econlm import data, evaluate
@@ -203,10 +202,7 @@ def _calibration_batches(loaded, task, config: CompactConfig, labels: bool = Fal
         examples = data.load_examples(task, "train", config.data_dir, config.calib_examples)
     else:
         everything = data.load_examples(task, "train", config.data_dir, config.calib_from)
-        picked = random.Random(config.calib_seed).sample(
-            range(len(everything)), min(config.calib_examples, len(everything))
-        )
-        examples = [everything[i] for i in picked]
+        examples = [everything[i] for i in data.sample_indices(len(everything), config.calib_examples, config.calib_seed)]
     batches = []
     for start in range(0, len(examples), config.batch_size):
         chunk = examples[start : start + config.batch_size]

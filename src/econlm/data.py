@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -285,6 +286,12 @@ def _check_split(task: Task, split: str) -> None:
     valid = sorted(set(task.local_files) | set(task.hub_splits))
     if split not in valid:
         raise unknown_name(f"split of {task.name}", split, valid)
+
+
+def sample_indices(total: int, count: int, seed: int) -> list[int]:
+    """``count`` of ``range(total)`` (all, when fewer), drawn by ``seed``: the one draw both a Fisher-started
+    student and compaction's calibration make, so a rival measured on it sees the student's examples."""
+    return random.Random(seed).sample(range(total), min(count, total))
 
 
 def load_examples(task: Task | str, split: str = "dev", data_dir=None, limit: int | None = None) -> list[Example]:

@@ -570,7 +570,9 @@ FISHER_START_EXAMPLES = 256  # as many as compaction calibrates on by default
 
 def fisher_start_batches(config: TrainConfig, task, tokenizer, features) -> list:
     """The labelled training examples a Fisher start measures on: a sample the seed picks, in batches of 16."""
-    picked = random.Random(config.seed).sample(range(len(features)), min(FISHER_START_EXAMPLES, len(features)))
+    from econlm.data import sample_indices
+
+    picked = sample_indices(len(features), FISHER_START_EXAMPLES, config.seed)
     regression = task.kind == "regression"
     return [
         _collate(tokenizer, [features[i] for i in picked[start : start + 16]], regression)

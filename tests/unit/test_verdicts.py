@@ -1206,7 +1206,5 @@ def test_fair_rivals_say_which_examples_their_importance_was_measured_on():
     # rows saved before the field: told by the label, else the first rows
     (pair,) = fair.pairs_of([student, rival(fair._label(old), 0.24)])
     assert pair["seeded_rivals"] is False
-    (pair,) = fair.pairs_of([student, rival(fair._label(old), 0.24), rival(fair._label(new), 0.26)])
+    (pair,) = fair.pairs_of([student, rival(fair._label(old), 0.24), rival(fair._label(new), 0.26, "seeded")])
     assert pair["seeded_rivals"] is True and pair["difference"] == pytest.approx(-0.01)  # the best of all counts
-    (pair,) = fair.pairs_of([student, rival("post-hoc fisher, 10.0 epochs +distill", 0.2, "seeded")])
-    assert pair["seeded_rivals"] is True
