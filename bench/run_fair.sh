@@ -25,7 +25,7 @@
 #   bench/run_fair.sh cola-b04           # after cola-norepair-clear, same teachers: its recipe at FLOPs budget 0.4 (seeds side by side)
 #   bench/run_fair.sh cola-b05           # the same at 0.5, the recipe's third budget (seeds side by side)
 #   bench/run_fair.sh stsb-colarecipe   # run 12: CoLA's recipe on STS-B at 0.3, 0.4 and 0.5 (seeds side by side, one budget after another)
-#   bench/run_fair.sh cola-seeded       # the CoLA recipe's rivals again, Fisher on the student's examples, both starts (seeds side by side, 0.3 then 0.4 then 0.5)
+#   bench/run_fair.sh cola-seeded       # the CoLA recipe's rivals again, Fisher on the student's examples, both starts (seeds side by side; unrepaired at 0.3, 0.4, 0.5, then repaired)
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,12 +64,23 @@ for part in "${parts[@]}"; do
         (for b in 04 05; do OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/fair_${part//-/_}_b$b$s.yaml" --out "$out/stsb"; done) &
       done
       wait ;;
-    stsb-colarecipe|cola-seeded)  # one seed per core; each budget's student and rivals before the next budget
-      task="${part%%-*}"
+    stsb-colarecipe)  # one seed per core; each budget's student and rivals before the next budget
       for s in "" _s2; do
-        (for b in 03 04 05; do OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/fair_${part//-/_}_b$b$s.yaml" --out "$out/$task"; done) &
+        (for b in 03 04 05; do OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/fair_stsb_colarecipe_b$b$s.yaml" --out "$out/stsb"; done) &
       done
       wait ;;
+    cola-seeded)  # one seed per core; the unrepaired rivals at every budget first (the start run 4 to 6's best
+      # rivals had), then the files whole (the repaired ones). Same trials either way: an id hashes its own settings.
+      unrepaired="$(mktemp -d)"
+      for s in "" _s2; do
+        (for b in 03 04 05; do
+           f="fair_cola_seeded_b$b$s.yaml"
+           sed 's/rescale: \[false, true\]/rescale: [false]/' "bench/sweeps/$f" > "$unrepaired/$f"
+           OMP_NUM_THREADS=1 .venv/bin/econlm sweep "$unrepaired/$f" --out "$out/cola"
+         done
+         for b in 03 04 05; do OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/fair_cola_seeded_b$b$s.yaml" --out "$out/cola"; done) &
+      done
+      wait; rm -rf "$unrepaired" ;;
     paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
     market) .venv/bin/econlm sweep bench/sweeps/market_cola.yaml --out "$out/cola" ;;
     stsb-early-b05|stsb-early-b03|stsb-fisher-b03|stsb-fisher-b05|stsb-fisher-b04|stsb-norepair-b03|stsb-hidden-b03|cola-norepair-clear|cola-b04|cola-b05)  # both seeds side by side, one thread each
