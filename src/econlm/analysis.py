@@ -17,7 +17,8 @@ AXIS_FIELDS = {
 
 
 def method_of(result: dict) -> str:
-    """incentive (unit gates or taxes, any lambda, including the lam = 0 baseline), posthoc-<importance>, topk,
+    """incentive (unit gates or taxes, any lambda, including the lam = 0 baseline: the units lever, compacted),
+    posthoc-<importance>, topk,
     tokens (a post-hoc token budget on a lambda = 0 model), units+tokens (on a compacted incentive model),
     learned-tokens (trained token thresholds), units+learned-tokens (thresholds trained with unit gates), or
     retrained-tokens / units+retrained-tokens (fine-tuned under a fixed token schedule, --token-budget)."""

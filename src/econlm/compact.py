@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -406,10 +407,22 @@ def run_compact(config: CompactConfig, progress: bool = True) -> dict:
     from econlm.progress import bar
 
     check_spec(config.checkpoint)
+    if config.token_budget is not None:  # before the progress bar and the weights: a refusal is one line
+        _check_token_budget(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     with bar(total=5, desc=f"compact {config.checkpoint}", unit="stage", enabled=progress) as pbar:
         return _compact(config, out, pbar)
+
+
+def _check_token_budget(config: CompactConfig) -> None:
+    """Refuse a token budget on a decoder, or a schedule with the wrong number of fractions, from the config alone."""
+    from econlm.models import load_config
+    from econlm.tokens import TokenSchedule, check_encoder_config
+
+    model_config, _ = load_config(config.checkpoint)
+    check_encoder_config(model_config)
+    TokenSchedule.parse(config.token_budget).per_layer(arch.shape(model_config).layers)  # one fraction per layer
 
 
 class NothingToRemove(UserError):
@@ -616,11 +629,6 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
         from econlm.config import check_context
 
         check_context(config.max_length, model.config)
-    if config.token_budget is not None:
-        from econlm.tokens import TokenSchedule, check_encoder
-
-        check_encoder(model)
-        TokenSchedule.parse(config.token_budget).per_layer(len(arch.blocks(model)))  # one fraction per layer
     batches = _calibration_batches(loaded, task, config)
     compacted, core = compact_model(model, batches, config.eps, seq_len=latency_seq_len(model, config))
     if not core.removed_anything:
@@ -640,12 +648,12 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     pbar.update(1)
     pbar.set_postfix_str("timing both models" + (" in PyTorch and ONNX Runtime" if config.onnx else ""))
     models, around = {"before": model, "after": compacted}, {}
-    if config.token_budget is not None:
-        from econlm.tokens import token_budget
-
-        for name in ("before", "after"):
-            models[f"{name}+tokens"] = models[name]
-            around[f"{name}+tokens"] = lambda m=models[name]: token_budget(m, config.token_budget, tokenizer=loaded.tokenizer)
+    levers = _levers(config, rule, model, compacted, loaded.tokenizer)
+    if levers is not None:  # the two variants compaction does not time already, in the same interleaved run
+        for name, timed in levers.timed.items():
+            if timed not in models:
+                models[timed] = model if name in ("dense", "tokens") else compacted
+                around[timed] = levers.around[name]
     with tempfile.TemporaryDirectory(prefix="econlm-onnx-") as workdir:
         latency = measure_latency(models, loaded.tokenizer, config, Path(workdir), around)
         decoding = measure_decoding({"before": model, "after": compacted}, config) if loaded.head == "causal-lm" else None
@@ -694,9 +702,11 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     }
     if config.latency_table:
         report["latency_table"] = _table_prediction(config, model, before, after)
-    if config.token_budget is not None:
-        scores = {"dense": (before["score"] or {}).get("value"), "units": (after["score"] or {}).get("value")}
-        report["levers"] = measure_levers(model, compacted, loaded, task, config, latency["torch"], scores)
+    if levers is not None:
+        # As loaded, the two models compute every token unless the checkpoint carries a rule of its own.
+        scores = {} if rule is not None else {"dense": before["score"], "units": after["score"]}
+        scores = {name: (score or {}).get("value") for name, score in scores.items()}
+        report["levers"] = measure_levers(model, compacted, loaded, task, config, latency["torch"], scores, levers)
     out.parent.mkdir(parents=True, exist_ok=True)
     compacted.config.econlm = {**(getattr(model.config, "econlm", None) or {}), "compact": report["removed"]}
     # Written beside --out and renamed into place: a failed write (a full disk) leaves no half-written model.
@@ -718,41 +728,88 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     return report
 
 
-def measure_levers(model, compacted, loaded, task, config: CompactConfig, latency: dict, scores: dict) -> dict:
-    """Both levers, alone and together: the dense model, units (compacted), tokens (the token budget on the
-    dense model) and units + tokens. ``scores`` holds the dense and compacted models' dev scores; the two
-    with tokens are scored here on the same examples. Compute is the MACs of the blocks on each example's
-    real tokens, each layer on the tokens it ran on (padding never counted), as a share of the dense model's
-    on the same tokens. A speedup is the dense model's median over the variant's at each batch, all four
-    timed round by round in one run (``latency``)."""
+@dataclass(frozen=True)
+class Levers:
+    """How compaction tells the two levers apart. ``on(net)`` is a context in which ``net`` drops tokens and
+    yields the :class:`~econlm.tokens.TokenBudgetStats` of what it ran on; ``around[variant]`` makes a plain
+    call into that variant; ``timed[variant]`` names its entry in compaction's latency run."""
+
+    label: str
+    on: Callable
+    around: dict
+    timed: dict
+
+
+def _levers(config: CompactConfig, rule, model, compacted, tokenizer) -> Levers | None:
+    """--token-budget on a model that computes every token, or the token rule a checkpoint carries (learned
+    thresholds, or the schedule it was fine-tuned under), attached to both models: then each lever alone is
+    the model with that rule off for the call. None when no token is dropped."""
+    from econlm.tokens import attached_rule, every_token, token_budget
+
+    if config.token_budget is not None:
+
+        def on(net):
+            return token_budget(net, config.token_budget, tokenizer=tokenizer)
+
+        around = {"tokens": lambda: on(model), "units+tokens": lambda: on(compacted)}
+        timed = {"dense": "before", "units": "after", "tokens": "before+tokens", "units+tokens": "after+tokens"}
+        return Levers(config.token_budget, on, around, timed)
+    if rule is None:
+        return None
+
+    def recording(net):
+        return attached_rule(net).recording()
+
+    around = {"dense": lambda: every_token(model), "units": lambda: every_token(compacted)}
+    timed = {"dense": "before-every-token", "units": "after-every-token", "tokens": "before", "units+tokens": "after"}
+    return Levers("learned thresholds" if rule.thresholds is not None else rule.label, recording, around, timed)
+
+
+def measure_levers(
+    model, compacted, loaded, task, config: CompactConfig, latency: dict, scores: dict, levers: Levers
+) -> dict:
+    """Both levers, alone and together: the dense model, units (compacted), tokens (the token rule on the
+    dense model) and units + tokens. ``scores`` holds the dev scores of the levers alone where compaction
+    measured them already (models that compute every token as loaded); the others are scored here on the same
+    examples. Compute is the MACs of the blocks on
+    each example's real tokens, each layer on the tokens it ran on (padding never counted), as a share of the
+    dense model's on the same tokens. A speedup is the dense model's median over the variant's at each batch,
+    all four timed round by round in one run (``latency``, and again on real dev batches)."""
     from econlm import data, evaluate
     from econlm.flops import Structure
-    from econlm.tokens import token_budget
 
     examples = data.load_examples(task, "dev", config.data_dir, config.eval_limit)
-    variants = {}
-    for name, net, timed in (("dense", model, "before"), ("units", compacted, "after")):
-        with torch.no_grad(), token_budget(net, config.token_budget, tokenizer=loaded.tokenizer) as stats:
-            result = evaluate.score_glue(
+
+    def score(net, context) -> float:
+        with torch.no_grad(), context:
+            return evaluate.score_glue(
                 net, loaded.tokenizer, task, examples, loaded.head, batch_size=config.batch_size, max_length=config.max_length
-            )
+            ).value
+
+    variants = {}
+    for alone, together, net in (("dense", "tokens", model), ("units", "units+tokens", compacted)):
+        with levers.on(net) as stats:  # what each layer ran on, recorded while scoring
+            with_tokens = score(net, contextlib.nullcontext())
         macs = stats.macs(Structure.of_model(net))
-        variants[name] = (scores[name], macs["reference_macs"], timed)
-        variants["tokens" if name == "dense" else "units+tokens"] = (result.value, macs["macs"], f"{timed}+tokens")
+        every = scores[alone] if alone in scores else score(net, levers.around[alone]())
+        variants[alone] = (every, macs["reference_macs"])
+        variants[together] = (with_tokens, macs["macs"])
     reference = variants["dense"][1]
-    dev = time_levers_on_dev(model, compacted, loaded.tokenizer, examples, config)
+    dev = time_levers_on_dev(model, compacted, loaded.tokenizer, examples, config, levers)
+    dense = latency[levers.timed["dense"]]
     out = {}
     for name in ("dense", "units", "tokens", "units+tokens"):
-        score, macs, timed = variants[name]
+        value, macs = variants[name]
+        timed = latency[levers.timed[name]]
         out[name] = {
-            "score": score,
+            "score": value,
             "block_macs_real_tokens": macs,
             "macs_share": macs / reference,
             **{f"speedup_{case}": dev[case]["dense"] / dev[case][name] for case in dev},
-            **{f"speedup_{b}": latency["before"][b]["median"] / latency[timed][b]["median"] for b in latency[timed]},
+            **{f"speedup_{b}": dense[b]["median"] / timed[b]["median"] for b in timed},
         }
     return {
-        "token_budget": config.token_budget,
+        "token_budget": levers.label,
         "examples": len(examples),
         "counted": "MACs of the blocks over each example's real dev tokens, each layer on the tokens it ran on "
         "(econlm.flops.shortened_macs); padding, the token selection, embeddings and the task head not counted",
@@ -767,7 +824,7 @@ def measure_levers(model, compacted, loaded, task, config: CompactConfig, latenc
             **{
                 b: "random rows of --max-length tokens (every token real, no padding to drop); the same, from the "
                 "compaction's own timing"
-                for b in latency["before"]
+                for b in dense
             },
         },
         "variants": out,
@@ -777,13 +834,12 @@ def measure_levers(model, compacted, loaded, task, config: CompactConfig, latenc
 DEV_TIMED = {1: 64, 32: 256}  # dev examples per timed pass of the levers at each batch size
 
 
-def time_levers_on_dev(model, compacted, tokenizer, examples, config: CompactConfig) -> dict:
+def time_levers_on_dev(model, compacted, tokenizer, examples, config: CompactConfig, levers: Levers) -> dict:
     """Median seconds of one pass over real dev batches (dynamic padding, as scoring runs them) for the four
     levers, interleaved round by round: what a user serving this data would see. Random full-length rows
     (the compaction's own timing) flatter a token budget: real text is shorter, and its padding is never a
     saving. Returns ``{"dev_bN": {variant: seconds, ..., "padding": "R real of P padded tokens", "examples": n}}``."""
     from econlm.latency import batches_call, example_batches, measure_interleaved, spread
-    from econlm.tokens import token_budget
 
     out = {}
     for batch, count in DEV_TIMED.items():
@@ -795,11 +851,7 @@ def time_levers_on_dev(model, compacted, tokenizer, examples, config: CompactCon
             "tokens": batches_call(model, batches),
             "units+tokens": batches_call(compacted, batches),
         }
-        around = {
-            "tokens": lambda: token_budget(model, config.token_budget, tokenizer=tokenizer),
-            "units+tokens": lambda: token_budget(compacted, config.token_budget, tokenizer=tokenizer),
-        }
-        timed = measure_interleaved(fns, warmup=2, repeats=config.latency_repeats, around=around)
+        timed = measure_interleaved(fns, warmup=2, repeats=config.latency_repeats, around=levers.around)
         real = sum(int(b["attention_mask"].sum()) for b in batches)
         padded = sum(b["attention_mask"].numel() for b in batches)
         out[f"dev_b{batch}"] = {

@@ -409,12 +409,10 @@ def token_budget_latency(loaded, examples, config: ProbeConfig) -> dict:
     real dev batches: ``config.latency_examples`` examples spread over the split (its length mix), batches of
     ``config.batch_size`` each padded to its own longest row, so the full model never computes padding that the
     budget would then be credited with dropping."""
-    from contextlib import contextmanager
-
     import torch
 
     from econlm.latency import batches_call, example_batches, measure_interleaved, measure_token_budget
-    from econlm.tokens import attached_rule
+    from econlm.tokens import attached_rule, every_token
 
     model, tokenizer = loaded.model, loaded.tokenizer
     subset = examples[:: max(1, len(examples) // config.latency_examples)][: config.latency_examples]
@@ -428,19 +426,9 @@ def token_budget_latency(loaded, examples, config: ProbeConfig) -> dict:
         timings, speedup = measured["timings"], measured["speedup"]
         full, budget = "full", "token_budget"
     else:
-
-        @contextmanager
-        def every_token():  # the same model with its token rule off for the call, then back on
-            attached = attached_rule(model)
-            attached.detach()
-            try:
-                yield
-            finally:
-                attached.reattach(model)
-
         call = batches_call(model, batches)
-        timings = measure_interleaved(
-            {"full": call, "learned": call}, warmup=warmup, repeats=repeats, around={"full": every_token}
+        timings = measure_interleaved(  # the same model, its rule off for the "full" calls
+            {"full": call, "learned": call}, warmup=warmup, repeats=repeats, around={"full": lambda: every_token(model)}
         )
         full, budget = "full", "learned"
         speedup = timings[full].median / timings[budget].median

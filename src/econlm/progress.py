@@ -9,10 +9,18 @@ from contextlib import contextmanager
 
 
 def bar(total: int | None = None, desc: str = "", unit: str = "it", leave: bool = True, enabled: bool = True):
+    """A tqdm bar on stderr. Used as a context manager, it erases itself when an error leaves the block, so that a
+    user's mistake found after the bar started still reads as the one line of its message."""
     from tqdm.auto import tqdm
 
+    class Bar(tqdm):
+        def __exit__(self, exc_type, exc_value, traceback):
+            if exc_type is not None:
+                self.leave = False  # close() then clears the bar's line instead of ending it
+            return super().__exit__(exc_type, exc_value, traceback)
+
     disabled = not enabled or os.environ.get("ECONLM_NO_PROGRESS", "").lower() in ("1", "true", "yes")
-    return tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=disabled, dynamic_ncols=True)
+    return Bar(total=total, desc=desc, unit=unit, leave=leave, disable=disabled, dynamic_ncols=True)
 
 
 @contextmanager

@@ -598,9 +598,14 @@ def special_token_ids(tokenizer=None, config=None, extra: Iterable[int] = ()) ->
 
 def check_encoder(model: nn.Module) -> None:
     """A token budget is for encoders; decoders are refused with the reason."""
-    if arch.is_decoder(model.config) or getattr(model.config, "is_decoder", False):
+    check_encoder_config(model.config)
+
+
+def check_encoder_config(config) -> None:
+    """``check_encoder`` on a Hugging Face config alone: a command can refuse before it loads any weights."""
+    if arch.is_decoder(config) or getattr(config, "is_decoder", False):
         raise UserError(
-            f"a token budget drops tokens from the sequence, which breaks causal generation ({model.config.model_type} "
+            f"a token budget drops tokens from the sequence, which breaks causal generation ({config.model_type} "
             "is a decoder: every later token and the key/value cache need the earlier tokens); use it on an encoder "
             "(BERT, RoBERTa, DistilBERT, ELECTRA)"
         )
@@ -968,6 +973,21 @@ def _detach_existing(model: nn.Module) -> None:
     existing = attached_rule(model)
     if existing is not None:
         existing.detach()
+
+
+@contextmanager
+def every_token(model: nn.Module) -> Iterator[None]:
+    """``model`` with its attached token rule off for the block, then attached again: the same model computing on
+    every token, for a comparison with the rule in force."""
+    attached = attached_rule(model)
+    if attached is None:
+        yield
+        return
+    attached.detach()
+    try:
+        yield
+    finally:
+        attached.reattach(model)
 
 
 def attached_rule(model: nn.Module) -> AttachedRule | None:

@@ -62,3 +62,19 @@ def test_console_script_help_is_fast_and_has_no_traceback():
         [sys.executable, "-m", "econlm", "probe", "--budgets", "x", "--out", "o"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_a_progress_bar_erases_itself_when_an_error_leaves_it(capsys, monkeypatch):
+    from econlm.progress import bar
+
+    monkeypatch.setenv("ECONLM_NO_PROGRESS", "0")
+    with pytest.raises(ValueError), bar(total=3, desc="work") as progress:
+        progress.update(1)
+        raise ValueError("a mistake found after the bar started")
+    drawn = capsys.readouterr().err.split("\r")
+    # The bar was drawn, then its line overwritten with blanks and the cursor put back: the error's one line
+    # is all a terminal shows.
+    assert any("work" in part for part in drawn) and drawn[-1] == "" and drawn[-2].strip() == ""
+    with bar(total=2, desc="done") as progress:
+        progress.update(2)
+    assert capsys.readouterr().err.rstrip("\n").split("\r")[-1].startswith("done: 100%")  # a finished bar stays

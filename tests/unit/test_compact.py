@@ -297,7 +297,7 @@ def test_compact_reports_the_latency_tables_prediction(dead_checkpoint, tmp_path
     assert main(argv) == 2 and "malformed" in capsys.readouterr().err
 
 
-def test_compact_with_a_token_budget_reports_each_lever_alone_and_both(dead_checkpoint, tmp_path, capsys):
+def test_compact_with_a_token_budget_reports_each_lever_alone_and_both(dead_checkpoint, tmp_path, capsys, monkeypatch):
     from econlm.data import load_examples
     from econlm.evaluate import encode
     from econlm.flops import Structure, shortened_macs
@@ -341,23 +341,27 @@ def test_compact_with_a_token_budget_reports_each_lever_alone_and_both(dead_chec
     assert f"({real} real of {real} padded tokens)" in timed_on["dev_b1"]
     assert f"({real} real of " in timed_on["dev_b32"] and "random rows" in timed_on["batch1"]
     assert "on dev batches of 1:" in printed
-    # Bad input: one line, exit 2, nothing written.
+    # Bad input: one line and no progress bar before it, exit 2, nothing written.
+    monkeypatch.setenv("ECONLM_NO_PROGRESS", "0")  # the conftest default would hide a bar started before the check
     for budget, message in [("1,0.5,0.5", "gives 3 fractions but the model has 2 layers"), ("0", "must lie in")]:
         argv[argv.index("--token-budget") + 1] = budget
         argv[argv.index("--out") + 1] = str(tmp_path / budget)
-        assert main(argv) == 2 and message in capsys.readouterr().err
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "\r" not in err
         assert not (tmp_path / budget).exists()
 
 
-def test_a_token_budget_on_a_decoder_is_refused_by_compact(tmp_path, capsys):
+def test_a_token_budget_on_a_decoder_is_refused_by_compact(tmp_path, capsys, monkeypatch):
     path = save_tiny_checkpoint(tmp_path / "llama", family="llama", head="causal-lm")
     data = write_tiny_glue(tmp_path / "data")
     argv = ["compact", str(path), "--out", str(tmp_path / "small"), "--task", "wikitext2", "--data-dir", str(data),
             "--max-length", "16", "--no-onnx", "--token-budget", "0.5"]
     capsys.readouterr()  # saving the checkpoint wrote a progress bar
+    monkeypatch.setenv("ECONLM_NO_PROGRESS", "0")  # refused before compaction's bar starts: nothing but the line
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "decoder" in err and len(err.strip().splitlines()) == 1
+    assert "decoder" in err and err.count("\n") == 1 and "\r" not in err
     assert not (tmp_path / "small").exists()
 
 

@@ -533,6 +533,23 @@ def test_train_cli_refuses_a_decoder_in_one_line(tmp_path, capsys, monkeypatch, 
     assert not (tmp_path / "run").exists()
 
 
+def test_a_decoder_folder_with_thresholds_is_refused_on_load_and_by_probe_in_one_line(tmp_path, capsys):
+    from econlm.models import load_model
+
+    ckpt = save_tiny_checkpoint(tmp_path / "llama", family="llama", head="causal-lm")
+    save_thresholds(ckpt, TokenThresholds(2, init=[1.0], special_ids=[1]).spec())  # copied in by hand
+    with pytest.raises(UserError, match="breaks causal generation") as info:
+        load_model(str(ckpt))
+    assert _one_line(info) and str(info.value).startswith(str(ckpt / THRESHOLDS_FILE))
+    data = write_tiny_glue(tmp_path / "data")
+    capsys.readouterr()
+    code = main(["probe", "--model", str(ckpt), "--task", "wikitext2", "--data-dir", str(data), "--limit", "64",
+                 "--max-length", "32", "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "breaks causal generation" in err and "\n" not in err
+    assert not (tmp_path / "p").exists()
+
+
 def _shut_head(folder, layer: int = 0, head: int = 1) -> None:
     """Zero every weight reading ``head``'s slice of ``layer``'s output projection, as a closed gate folds."""
     from econlm.models import load_model
@@ -582,14 +599,19 @@ def test_open_heads_are_those_whose_output_reaches_the_model(tmp_path):
 
 
 def test_compact_keeps_learned_thresholds_and_drops_the_same_tokens(tmp_path, tiny, capsys):
+    import econlm
+    from econlm.data import load_examples
     from econlm.models import load_model
+    from econlm.tokens import every_token
 
     folder = _with_thresholds(tmp_path, tiny, [0.9, 1.0])
     _shut_head(folder)
     capsys.readouterr()
     out = tmp_path / "c"
-    code = main(["compact", str(folder), "--task", "sst2", "--data-dir", str(tiny["data"]), "--out", str(out)])
+    code = main(["compact", str(folder), "--task", "sst2", "--data-dir", str(tiny["data"]), "--out", str(out),
+                 "--latency-repeats", "2"])
     assert code == 0, capsys.readouterr().err
+    assert "levers (token budget learned thresholds;" in capsys.readouterr().out
     report = json.loads((out / "compact.json").read_text())
     assert report["removed"]["heads"] == 1
     # Both models dropped tokens by the thresholds on the calibration batches and agreed to float32 rounding.
@@ -609,6 +631,22 @@ def test_compact_keeps_learned_thresholds_and_drops_the_same_tokens(tmp_path, ti
     assert before.last_kept() == after.last_kept()  # the same tokens left after each layer
     assert before.tokens_per_layer()[-1] < before.tokens_per_layer()[0]  # and some did leave
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # Each lever alone and both: the thresholds switched off for the levers without tokens.
+    levers = report["levers"]
+    variants = levers["variants"]
+    assert levers["token_budget"] == "learned thresholds" and set(variants) == {"dense", "units", "tokens", "units+tokens"}
+    assert variants["tokens"]["score"] == report["before"]["score"]["value"]  # the checkpoint as it runs
+    assert variants["units+tokens"]["score"] == report["after"]["score"]["value"]
+    examples = load_examples("sst2", "dev", str(tiny["data"]))
+    with every_token(original.model):
+        every = econlm.probe(original.model, original.tokenizer, examples, ["full"], task="sst2").rows[0]
+    assert variants["dense"]["score"] == pytest.approx(every["score"])
+    assert variants["units"]["score"] == pytest.approx(every["score"], abs=1e-4)  # only a shut head went
+    assert variants["dense"]["macs_share"] == 1.0 and variants["units"]["macs_share"] < 1.0
+    assert variants["units+tokens"]["macs_share"] < min(variants["units"]["macs_share"], variants["tokens"]["macs_share"])
+    assert variants["tokens"]["macs_share"] == pytest.approx(report["before"]["token_budget"]["ratio"])
+    assert variants["dense"]["speedup_dev_b1"] == 1.0 and variants["units+tokens"]["speedup_batch32"] > 0
+    assert attached_thresholds(original.model) is not None  # back on after the comparison
 
 
 def test_format_2_thresholds_on_a_model_with_a_shut_head_are_refused_in_one_line(tmp_path, tiny):

@@ -381,7 +381,9 @@ def test_token_budgets_are_methods_of_their_own_alone_on_units_and_learned(tiny,
         "trials": [
             {"lam": 0.0, "cost": ["ffn_l1"]},
             {"lam": 0.0, "cost": ["flops"], "budget": 0.3, "price_lr": 50.0, "gate_lr": 2.0, "budget_warmup": 0.2},
-            {"lam": 0.0, "cost": ["tokens"], "budget": 0.6, "price_lr": 50.0},
+            # Thresholds fast enough for 12 steps: on a random model every token's value is near 1, far above
+            # their start (-0.5), where the soft mask is saturated and the tax's gradient small.
+            {"lam": 0.0, "cost": ["tokens"], "budget": 0.6, "price_lr": 50.0, "token_lr": 1.0},
         ],
         "compact": {"eps": 1e-9, "calib_examples": 16},
         "baselines": {"tokens": {"budgets": [0.5, "0.75,0.75"], "on": ["dense", "units"]}},
@@ -409,7 +411,9 @@ def test_token_budgets_are_methods_of_their_own_alone_on_units_and_learned(tiny,
         assert r["dense_flops"] == pytest.approx(full["flops"] - 2 * sum(full["by_layer"]) * (1 - r["token_macs_ratio"]))
         assert r["latency_ms"] > 0 and r["score"] is not None
     learned = by_method["learned-tokens"][0]
-    assert 0 < learned["token_macs_ratio"] <= 1 and learned["dense_flops"] <= learned["dense_flops_all_tokens"]
+    # The price alone cleared the token budget: the blocks ran on 0.6 of their MACs on the dev tokens.
+    assert learned["lambda_final"] > 0 and learned["token_macs_ratio"] == pytest.approx(0.6, abs=0.05)
+    assert learned["dense_flops"] < learned["dense_flops_all_tokens"]
     # Latency on real dev batches (dynamic padding, each method's token rule in force), the latency_dev axis.
     dev = len(load_examples(base["task"], "dev", base["data_dir"]))
     for r in results:

@@ -361,3 +361,7 @@ def test_sweeps_name_a_run_under_a_fixed_schedule_a_method_of_its_own():
     assert ablation_of(train(token_budget="0.5")) == "retrained-tokens"  # not the lambda = 0 baseline
     assert method_of(train(token_budget="0.5", cost=["flops"], budget=0.4)) == "units+retrained-tokens"
     assert method_of(train()) == "incentive"
+    # Learned thresholds: alone, or priced in one market with the unit gates (FLOPs or seconds).
+    assert method_of(train(cost=["tokens"], budget=0.6)) == "learned-tokens"
+    assert method_of(train(cost=["flops", "tokens"], budget=0.3)) == "units+learned-tokens"
+    assert method_of(train(cost=["latency", "tokens"], budget=0.3)) == "units+learned-tokens"

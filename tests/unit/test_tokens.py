@@ -371,7 +371,14 @@ def test_probe_times_the_token_budget_on_real_dev_batches(tiny, tmp_path, capsys
     timed = json.loads((out / "probe.json").read_text())["token_budget_latency"]
     # 12 of the 24 dev examples (every second one), in batches of 8: 8 + 4, each padded to its own longest row
     assert timed["examples"] == 12 and timed["batches"] == 2 and timed["repeats"] == 2
-    assert 0 < timed["tokens_real"] <= timed["tokens_padded"] and timed["speedup"] > 0
+    from econlm.data import load_examples
+    from econlm.models import load_model
+
+    tokenizer = load_model(str(tiny["ckpt"])).tokenizer
+    timed_texts = [e.text_a for e in load_examples("sst2", "dev", str(tiny["data"]))[::2]]
+    lengths = sorted((len(tokenizer(t)["input_ids"]) for t in timed_texts), reverse=True)  # longest first
+    assert timed["tokens_real"] == sum(lengths)  # padding is never counted as a token the budget could drop
+    assert timed["tokens_padded"] == 8 * lengths[0] + 4 * lengths[8] and timed["speedup"] > 0
     assert timed["speedup"] == pytest.approx(
         timed["median_seconds"]["every_token"] / timed["median_seconds"]["token_budget"]
     )
@@ -419,6 +426,7 @@ def test_probe_cli_bad_token_budget_is_one_line_exit_2(tiny, tmp_path, capsys, f
     )
     err = capsys.readouterr().err.strip()
     assert code == 2 and says in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "p").exists()  # nothing written
 
 
 def test_probe_cli_refuses_a_decoder(tmp_path, capsys):
