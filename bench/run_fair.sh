@@ -26,6 +26,7 @@
 #   bench/run_fair.sh cola-b05           # the same at 0.5, the recipe's third budget (seeds side by side)
 #   bench/run_fair.sh stsb-colarecipe   # run 12: CoLA's recipe on STS-B at 0.3, 0.4 and 0.5 (seeds side by side, one budget after another)
 #   bench/run_fair.sh cola-seeded       # the CoLA recipe's rivals again, Fisher on the student's examples, both starts (seeds side by side; unrepaired at 0.3, 0.4, 0.5, then repaired)
+#   bench/run_fair.sh cola-seeded-unrepaired stsb-colarecipe cola-seeded  # the order run: STS-B's run 12 before CoLA's repaired rivals
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,8 +70,9 @@ for part in "${parts[@]}"; do
         (for b in 03 04 05; do OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/fair_stsb_colarecipe_b$b$s.yaml" --out "$out/stsb"; done) &
       done
       wait ;;
-    cola-seeded)  # one seed per core; the unrepaired rivals at every budget first (the start run 4 to 6's best
-      # rivals had), then the files whole (the repaired ones). Same trials either way: an id hashes its own settings.
+    cola-seeded-unrepaired|cola-seeded)  # one seed per core; the unrepaired rivals at every budget first (the start
+      # runs 4 to 6's best rivals had), then (cola-seeded) the files whole: the repaired ones. Same trials either
+      # way, an id hashes its own settings.
       unrepaired="$(mktemp -d)"
       for s in "" _s2; do
         (for b in 03 04 05; do
@@ -78,7 +80,9 @@ for part in "${parts[@]}"; do
            sed 's/rescale: \[false, true\]/rescale: [false]/' "bench/sweeps/$f" > "$unrepaired/$f"
            OMP_NUM_THREADS=1 .venv/bin/econlm sweep "$unrepaired/$f" --out "$out/cola"
          done
-         for b in 03 04 05; do OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/fair_cola_seeded_b$b$s.yaml" --out "$out/cola"; done) &
+         if [ "$part" = cola-seeded ]; then
+           for b in 03 04 05; do OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/fair_cola_seeded_b$b$s.yaml" --out "$out/cola"; done
+         fi) &
       done
       wait; rm -rf "$unrepaired" ;;
     paper) .venv/bin/econlm sweep bench/sweeps/paper_scale_stsb.yaml --out "$out/paper" ;;
@@ -89,6 +93,6 @@ for part in "${parts[@]}"; do
         OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/$f.yaml" --out "$out/${part%%-*}" &
       done
       wait ;;
-    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, stsb-clear-b05, stsb-anchor-b05, stsb-early-b05, stsb-early-b03, stsb-fisher-b03, stsb-fisher-b05, stsb-fisher-b04, stsb-norepair, stsb-norepair-b03, stsb-hidden-b03, cola-norepair-clear, cola-b04, cola-b05, stsb-layerwise, stsb-colarecipe, cola-seeded, paper or market" >&2; exit 2 ;;
+    *) echo "run_fair.sh: unknown part '$part'; use stsb, cola, cola-b03, cola-start, stsb-start, stsb-clear, cola-clear, stsb-clear-b05, stsb-anchor-b05, stsb-early-b05, stsb-early-b03, stsb-fisher-b03, stsb-fisher-b05, stsb-fisher-b04, stsb-norepair, stsb-norepair-b03, stsb-hidden-b03, cola-norepair-clear, cola-b04, cola-b05, stsb-layerwise, stsb-colarecipe, cola-seeded-unrepaired, cola-seeded, paper or market" >&2; exit 2 ;;
   esac
 done
