@@ -416,7 +416,7 @@ def _cmd_compact(args) -> int:
             )
     levers = report.get("levers")
     if levers:
-        print(f"levers (token budget {levers['token_budget']}; MACs of the blocks on the real dev tokens):")
+        print(f"levers (tokens: {levers['tokens']}; MACs of the blocks on the real dev tokens):")
         for name, v in levers["variants"].items():
             score = "-" if v["score"] is None else f"{v['score']:.4f}"
             print(

@@ -150,6 +150,9 @@ class CompactConfig(DataFields):  # a user's data file: by default as the checkp
     decode_batches: tuple[int, ...] = (1, 8)
     # Encoders: also measure a token budget (econlm.tokens) on both models, each lever alone and both together.
     token_budget: str | None = None
+    # A checkpoint that drops tokens by a rule of its own: also each lever alone (its rule switched off), which
+    # costs two more dev scorings and timings; a sweep, which reads only the checkpoint as it runs, turns it off.
+    levers: bool = True
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.eps) and self.eps > 0):
@@ -648,7 +651,7 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     pbar.update(1)
     pbar.set_postfix_str("timing both models" + (" in PyTorch and ONNX Runtime" if config.onnx else ""))
     models, around = {"before": model, "after": compacted}, {}
-    levers = _levers(config, rule, model, compacted, loaded.tokenizer)
+    levers = _levers(config, rule if config.levers else None, model, compacted, loaded.tokenizer)
     if levers is not None:  # the two variants compaction does not time already, in the same interleaved run
         for name, timed in levers.timed.items():
             if timed not in models:
@@ -702,11 +705,9 @@ def _compact(config: CompactConfig, out: Path, pbar) -> dict:
     }
     if config.latency_table:
         report["latency_table"] = _table_prediction(config, model, before, after)
-    if levers is not None:
-        # As loaded, the two models compute every token unless the checkpoint carries a rule of its own.
-        scores = {} if rule is not None else {"dense": before["score"], "units": after["score"]}
-        scores = {name: (score or {}).get("value") for name, score in scores.items()}
-        report["levers"] = measure_levers(model, compacted, loaded, task, config, latency["torch"], scores, levers)
+    if levers is not None:  # the two models as loaded: every token, or dropping tokens by the checkpoint's rule
+        measured = {"dense" if rule is None else "tokens": before, "units" if rule is None else "units+tokens": after}
+        report["levers"] = measure_levers(model, compacted, loaded, task, config, latency["torch"], measured, levers)
     out.parent.mkdir(parents=True, exist_ok=True)
     compacted.config.econlm = {**(getattr(model.config, "econlm", None) or {}), "compact": report["removed"]}
     # Written beside --out and renamed into place: a failed write (a full disk) leaves no half-written model.
@@ -753,7 +754,7 @@ def _levers(config: CompactConfig, rule, model, compacted, tokenizer) -> Levers 
 
         around = {"tokens": lambda: on(model), "units+tokens": lambda: on(compacted)}
         timed = {"dense": "before", "units": "after", "tokens": "before+tokens", "units+tokens": "after+tokens"}
-        return Levers(config.token_budget, on, around, timed)
+        return Levers(f"token budget {config.token_budget}", on, around, timed)
     if rule is None:
         return None
 
@@ -762,16 +763,16 @@ def _levers(config: CompactConfig, rule, model, compacted, tokenizer) -> Levers 
 
     around = {"dense": lambda: every_token(model), "units": lambda: every_token(compacted)}
     timed = {"dense": "before-every-token", "units": "after-every-token", "tokens": "before", "units+tokens": "after"}
-    return Levers("learned thresholds" if rule.thresholds is not None else rule.label, recording, around, timed)
+    label = "its learned thresholds" if rule.thresholds is not None else f"the token schedule {rule.label} it was fine-tuned under"
+    return Levers(label, recording, around, timed)
 
 
 def measure_levers(
-    model, compacted, loaded, task, config: CompactConfig, latency: dict, scores: dict, levers: Levers
+    model, compacted, loaded, task, config: CompactConfig, latency: dict, measured: dict, levers: Levers
 ) -> dict:
     """Both levers, alone and together: the dense model, units (compacted), tokens (the token rule on the
-    dense model) and units + tokens. ``scores`` holds the dev scores of the levers alone where compaction
-    measured them already (models that compute every token as loaded); the others are scored here on the same
-    examples. Compute is the MACs of the blocks on
+    dense model) and units + tokens. ``measured`` holds compaction's measurements of the two models as loaded
+    (:func:`measure_model`), under the variant names they are; the others are scored here on the same examples. Compute is the MACs of the blocks on
     each example's real tokens, each layer on the tokens it ran on (padding never counted), as a share of the
     dense model's on the same tokens. A speedup is the dense model's median over the variant's at each batch,
     all four timed round by round in one run (``latency``, and again on real dev batches)."""
@@ -786,12 +787,18 @@ def measure_levers(
                 net, loaded.tokenizer, task, examples, loaded.head, batch_size=config.batch_size, max_length=config.max_length
             ).value
 
+    def value(name: str) -> float | None:
+        return (measured[name]["score"] or {}).get("value")
+
     variants = {}
     for alone, together, net in (("dense", "tokens", model), ("units", "units+tokens", compacted)):
-        with levers.on(net) as stats:  # what each layer ran on, recorded while scoring
-            with_tokens = score(net, contextlib.nullcontext())
-        macs = stats.macs(Structure.of_model(net))
-        every = scores[alone] if alone in scores else score(net, levers.around[alone]())
+        if together in measured:  # scored as loaded, its own rule dropping tokens: what each layer ran on too
+            with_tokens, macs = value(together), measured[together]["token_budget"]
+        else:
+            with levers.on(net) as stats:  # what each layer ran on, recorded while scoring
+                with_tokens = score(net, contextlib.nullcontext())
+            macs = stats.macs(Structure.of_model(net))
+        every = value(alone) if alone in measured else score(net, levers.around[alone]())
         variants[alone] = (every, macs["reference_macs"])
         variants[together] = (with_tokens, macs["macs"])
     reference = variants["dense"][1]
@@ -809,7 +816,8 @@ def measure_levers(
             **{f"speedup_{b}": dense[b]["median"] / timed[b]["median"] for b in timed},
         }
     return {
-        "token_budget": levers.label,
+        "tokens": levers.label,
+        **({"token_budget": config.token_budget} if config.token_budget is not None else {}),
         "examples": len(examples),
         "counted": "MACs of the blocks over each example's real dev tokens, each layer on the tokens it ran on "
         "(econlm.flops.shortened_macs); padding, the token selection, embeddings and the task head not counted",

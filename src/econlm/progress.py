@@ -7,20 +7,31 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+_BAR_CLASS = None
+
+
+def _bar_class():
+    """tqdm's class with an exit that erases the bar when an error leaves its block; built once (tqdm keeps a
+    monitor thread per class, so a class per bar would leave a thread per bar)."""
+    global _BAR_CLASS
+    if _BAR_CLASS is None:
+        from tqdm.auto import tqdm
+
+        class Bar(tqdm):
+            def __exit__(self, exc_type, exc_value, traceback):
+                if exc_type is not None:
+                    self.leave = False  # close() then clears the bar's line instead of ending it
+                return super().__exit__(exc_type, exc_value, traceback)
+
+        _BAR_CLASS = Bar
+    return _BAR_CLASS
+
 
 def bar(total: int | None = None, desc: str = "", unit: str = "it", leave: bool = True, enabled: bool = True):
-    """A tqdm bar on stderr. Used as a context manager, it erases itself when an error leaves the block, so that a
-    user's mistake found after the bar started still reads as the one line of its message."""
-    from tqdm.auto import tqdm
-
-    class Bar(tqdm):
-        def __exit__(self, exc_type, exc_value, traceback):
-            if exc_type is not None:
-                self.leave = False  # close() then clears the bar's line instead of ending it
-            return super().__exit__(exc_type, exc_value, traceback)
-
+    """A tqdm bar on stderr. Used as a context manager, it erases itself when an error (or Ctrl-C) leaves the
+    block, so that a user's mistake found after the bar started still reads as the one line of its message."""
     disabled = not enabled or os.environ.get("ECONLM_NO_PROGRESS", "").lower() in ("1", "true", "yes")
-    return Bar(total=total, desc=desc, unit=unit, leave=leave, disable=disabled, dynamic_ncols=True)
+    return _bar_class()(total=total, desc=desc, unit=unit, leave=leave, disable=disabled, dynamic_ncols=True)
 
 
 @contextmanager

@@ -632,6 +632,7 @@ def _run_train_trial(spec: dict, trial_dir: Path, context: dict, result: dict) -
                         eval_limit=spec["settings"].get("eval_limit"),
                         max_length=spec["settings"].get("max_length", 128),
                         data_dir=spec["settings"].get("data_dir"),
+                        levers=False,  # a token rule's model is measured as it runs; its levers alone cost more
                     ),
                     progress=False,
                 )

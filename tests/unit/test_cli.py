@@ -78,3 +78,13 @@ def test_a_progress_bar_erases_itself_when_an_error_leaves_it(capsys, monkeypatc
     with bar(total=2, desc="done") as progress:
         progress.update(2)
     assert capsys.readouterr().err.rstrip("\n").split("\r")[-1].startswith("done: 100%")  # a finished bar stays
+    import threading
+
+    def monitors() -> int:
+        return sum(t.name == "tqdm_monitor" for t in threading.enumerate())
+
+    before = monitors()
+    for _ in range(5):  # one bar class, so one tqdm monitor thread however many bars a sweep starts
+        with bar(total=1, enabled=False) as progress:
+            progress.update(1)
+    assert monitors() <= before + 1

@@ -310,7 +310,7 @@ def test_compact_with_a_token_budget_reports_each_lever_alone_and_both(dead_chec
             "--no-onnx", "--token-budget", "0.5"]
     assert main(argv) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
-    assert "levers (token budget 0.5" in printed and "units+tokens" in printed
+    assert "levers (tokens: token budget 0.5;" in printed and "units+tokens" in printed
     report = json.loads((out / "compact.json").read_text())
     levers = report["levers"]["variants"]
     assert set(levers) == {"dense", "units", "tokens", "units+tokens"}

@@ -599,10 +599,7 @@ def test_open_heads_are_those_whose_output_reaches_the_model(tmp_path):
 
 
 def test_compact_keeps_learned_thresholds_and_drops_the_same_tokens(tmp_path, tiny, capsys):
-    import econlm
-    from econlm.data import load_examples
     from econlm.models import load_model
-    from econlm.tokens import every_token
 
     folder = _with_thresholds(tmp_path, tiny, [0.9, 1.0])
     _shut_head(folder)
@@ -611,7 +608,7 @@ def test_compact_keeps_learned_thresholds_and_drops_the_same_tokens(tmp_path, ti
     code = main(["compact", str(folder), "--task", "sst2", "--data-dir", str(tiny["data"]), "--out", str(out),
                  "--latency-repeats", "2"])
     assert code == 0, capsys.readouterr().err
-    assert "levers (token budget learned thresholds;" in capsys.readouterr().out
+    assert "levers (tokens: its learned thresholds;" in capsys.readouterr().out
     report = json.loads((out / "compact.json").read_text())
     assert report["removed"]["heads"] == 1
     # Both models dropped tokens by the thresholds on the calibration batches and agreed to float32 rounding.
@@ -634,19 +631,44 @@ def test_compact_keeps_learned_thresholds_and_drops_the_same_tokens(tmp_path, ti
     # Each lever alone and both: the thresholds switched off for the levers without tokens.
     levers = report["levers"]
     variants = levers["variants"]
-    assert levers["token_budget"] == "learned thresholds" and set(variants) == {"dense", "units", "tokens", "units+tokens"}
-    assert variants["tokens"]["score"] == report["before"]["score"]["value"]  # the checkpoint as it runs
-    assert variants["units+tokens"]["score"] == report["after"]["score"]["value"]
-    examples = load_examples("sst2", "dev", str(tiny["data"]))
-    with every_token(original.model):
-        every = econlm.probe(original.model, original.tokenizer, examples, ["full"], task="sst2").rows[0]
-    assert variants["dense"]["score"] == pytest.approx(every["score"])
-    assert variants["units"]["score"] == pytest.approx(every["score"], abs=1e-4)  # only a shut head went
+    assert levers["tokens"] == "its learned thresholds" and set(variants) == {"dense", "units", "tokens", "units+tokens"}
     assert variants["dense"]["macs_share"] == 1.0 and variants["units"]["macs_share"] < 1.0
     assert variants["units+tokens"]["macs_share"] < min(variants["units"]["macs_share"], variants["tokens"]["macs_share"])
     assert variants["tokens"]["macs_share"] == pytest.approx(report["before"]["token_budget"]["ratio"])
     assert variants["dense"]["speedup_dev_b1"] == 1.0 and variants["units+tokens"]["speedup_batch32"] > 0
-    assert attached_thresholds(original.model) is not None  # back on after the comparison
+
+
+def test_compact_scores_each_lever_of_a_learned_threshold_checkpoint_as_it_runs(tmp_path, capsys):
+    import shutil
+
+    import econlm
+    from econlm.data import load_examples
+    from econlm.models import load_model
+    from econlm.tokens import every_token
+
+    # A regression head on STS-B: its Spearman moves when tokens go, so a variant scored with the wrong
+    # rule in force would show (SST-2 accuracy of a random model is 0.5 either way).
+    ckpt = save_tiny_checkpoint(tmp_path / "m", head="seq-cls", num_hidden_layers=3, num_labels=1)
+    data = write_tiny_glue(tmp_path / "data")
+    folder = tmp_path / "learned"
+    shutil.copytree(ckpt, folder)
+    save_thresholds(folder, TokenThresholds(3, init=[0.9, 1.0], special_ids=[101, 102]).spec())
+    _shut_head(folder)
+    examples = load_examples("stsb", "dev", str(data))
+    original = load_model(str(folder))
+    with_tokens = econlm.probe(original.model, original.tokenizer, examples, ["full"], task="stsb").rows[0]["score"]
+    with every_token(original.model):
+        every = econlm.probe(original.model, original.tokenizer, examples, ["full"], task="stsb").rows[0]["score"]
+    assert abs(with_tokens - every) > 1e-3  # the thresholds change the score: the check below can tell them apart
+    capsys.readouterr()
+    code = main(["compact", str(folder), "--task", "stsb", "--data-dir", str(data), "--out", str(tmp_path / "c"),
+                 "--latency-repeats", "1"])
+    assert code == 0, capsys.readouterr().err
+    variants = json.loads((tmp_path / "c" / "compact.json").read_text())["levers"]["variants"]
+    assert variants["dense"]["score"] == pytest.approx(every) and variants["tokens"]["score"] == pytest.approx(with_tokens)
+    # Only a shut head went: the compacted model scores as the original did, with and without its tokens.
+    assert variants["units"]["score"] == pytest.approx(every, abs=1e-4)
+    assert variants["units+tokens"]["score"] == pytest.approx(with_tokens, abs=1e-4)
 
 
 def test_format_2_thresholds_on_a_model_with_a_shut_head_are_refused_in_one_line(tmp_path, tiny):

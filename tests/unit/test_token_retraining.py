@@ -264,10 +264,19 @@ def test_compact_keeps_the_schedule_and_drops_the_same_tokens(retrained, tiny, t
     loaded.model.save_pretrained(folder)
     capsys.readouterr()
     out = tmp_path / "c"
-    code = main(["compact", str(folder), "--task", "sst2", "--data-dir", str(tiny["data"]), "--out", str(out)])
+    code = main(["compact", str(folder), "--task", "sst2", "--data-dir", str(tiny["data"]), "--out", str(out),
+                 "--latency-repeats", "2"])
     assert code == 0, capsys.readouterr().err
-    assert "token schedule kept" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "token schedule kept" in printed
+    assert "levers (tokens: the token schedule 0.5,0.5,0.5 it was fine-tuned under;" in printed
     report = json.loads((out / "compact.json").read_text())
+    # Each lever alone and both: as loaded both models run the schedule; alone, it is switched off for the call.
+    variants = report["levers"]["variants"]
+    assert variants["tokens"]["macs_share"] == pytest.approx(report["before"]["token_budget"]["ratio"])
+    assert variants["dense"]["macs_share"] == 1.0 and variants["units"]["macs_share"] < 1.0
+    assert variants["units+tokens"]["macs_share"] < min(variants["units"]["macs_share"], variants["tokens"]["macs_share"])
+    assert variants["tokens"]["score"] == report["before"]["score"]["value"]
     assert report["removed"]["heads"] == 1
     assert report["verification"]["token_schedule"]["same_tokens_dropped"] is True
     assert json.loads((out / SCHEDULE_FILE).read_text())["schedule"] == [0.5, 0.5, 0.5]
