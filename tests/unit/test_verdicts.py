@@ -976,9 +976,52 @@ def test_fair_issue_form_counts_one_recipe_at_three_budgets_on_two_seeds():
     assert "4 of 6, mean +0.0121, met only provisionally: in 2 of its 6 pairs the rivals measured" in (
         fair._issue_form_text(provisional)
     )
+    # and one pair whose planned rivals have not all finished: a reason of its own
+    six[3]["rivals_missing"] = 4
+    (waiting,) = fair.issue_form(six)
+    assert (waiting["unseeded"], waiting["incomplete"]) == (2, 1)
+    assert fair._issue_form_text(waiting).endswith(
+        "so the rivals were handicapped; in 1 of its 6 pairs some planned rivals had not finished"
+    )
+    six[0]["seeded_rivals"] = six[5]["seeded_rivals"] = True
+    (waiting,) = fair.issue_form(six)
+    assert fair._issue_form_text(waiting) == (
+        "incentive flops (freeze 0.7): 4 of 6, mean +0.0121, met only provisionally: in 1 of its 6 pairs some "
+        "planned rivals had not finished"
+    )
     (three,) = fair.issue_form(six[:5] + [pair(0.5, 2, -0.0001)])
     assert (three["wins"], three["met"]) == (3, False)  # 3 of 6 is half, short of 4 of 6
+    assert "provisionally" not in fair._issue_form_text(three)  # more rivals could only take pairs away
     assert fair.issue_form(six[:5]) == []  # budget 0.5 on one seed: not yet the issue's form
+
+
+def test_fair_missing_rivals_are_the_seeded_ones_a_sweep_file_plans_and_has_not_finished(tmp_path):
+    from econlm.sweep import baseline_specs, expand, load_sweep
+    from tests.conftest import save_tiny_checkpoint
+
+    fair = _bench_script("summarize_fair")
+    teacher_dir = save_tiny_checkpoint(tmp_path / "teacher", head="seq-cls")
+    (tmp_path / "fair_cola_b03.yaml").write_text(
+        "name: t\nbase: {model: minilm, task: cola, epochs: 2}\n"
+        "trials:\n  - {seed: 1, lam: 0.0, cost: [ffn_l1]}\n  - {seed: 1, lam: 0.0, cost: [flops], budget: 0.3}\n"
+        "baselines:\n  posthoc: {importance: [fisher], rescale: [false, true], finetune_epochs: [0, matched], "
+        "allocation: [global, matched]}\n"
+    )
+    (tmp_path / "fair_stsb_b03.yaml").write_text("name: other task\nbase: {model: minilm, task: stsb}\n")
+    config = load_sweep(tmp_path / "fair_cola_b03.yaml")
+    teacher, student = expand(config)
+    removed = {"per_layer": [{"heads_kept": 2, "neurons_kept": 32}, {"heads_kept": 3, "neurons_kept": 48}]}
+    finished = {
+        teacher["id"]: {**teacher, "status": "ok", "model_dir": str(teacher_dir)},
+        student["id"]: {**student, "status": "ok", "compact": {"removed": removed}},
+    }
+    rivals = baseline_specs(config, finished)
+    assert len(rivals) == 8  # 2 starts x 2 trainings x 2 allocations, all measuring the student's examples
+    assert fair.missing_rivals("cola", finished, tmp_path) == {}  # no seeded rival finished: nothing to wait for
+    finished[rivals[0]["id"]] = {**rivals[0], "status": "ok"}
+    assert fair.missing_rivals("cola", finished, tmp_path) == {student["id"]: 7}
+    finished.update({r["id"]: {**r, "status": "ok"} for r in rivals[1:]})
+    assert fair.missing_rivals("cola", finished, tmp_path) == {student["id"]: 0}
 
 
 def test_fair_allocation_pattern_names_the_pairs_ahead_of_both_rivals():
