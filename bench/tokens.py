@@ -717,6 +717,8 @@ def _reading(state: dict, rows: list[dict], first: str) -> str:
                 "below the fine-tune; LTP trains its thresholds and then fine-tunes for several epochs each"
             )
         lines.append(text + ".")
+    if new:
+        lines += _other_seeds(runs, state, full, first, best)
     for name, r in runs.items():
         if set(r.get("cost") or ()) & {"flops", "latency"}:
             lines.append(_one_market(name, r, full.get(first)))
@@ -787,6 +789,27 @@ def _tokens_on_units(rows: list[dict], first: str, loss: float = 0.01) -> list[s
         ["compacted model", "batch", "units alone", f"with tokens (<= {points})", "schedule", "block MACs kept"], cells
     )
     return [line, "", table, ""]
+
+
+def _other_seeds(runs: dict, state: dict, full: dict, first: str, best: dict) -> list[str]:
+    """The learned runs with the best run's settings started from another dense fine-tune (another seed's),
+    each against that fine-tune's full score: whether the first seed's result repeats."""
+    lines = []
+    for name, r in runs.items():
+        same_settings = r["settings"] | {"seed": 0} == best["settings"] | {"seed": 0}
+        other_seed = r["settings"]["seed"] != best["settings"]["seed"]
+        if r["format"] < 2 or r.get("cost") not in (None, ["tokens"]) or not (same_settings and other_seed):
+            continue
+        start = next((m for m, folder in state["models"].items() if _same_run(folder, r["init"])), None)
+        if start is None or start == first or start not in full:
+            continue
+        lines.append(
+            f"- The same settings on seed {r['settings']['seed']}'s fine-tune ({name}, from {start}) score "
+            f"{r['score']:.4f} at block MACs x{r['macs_ratio']:.3f}, {(full[start] - r['score']) * 100:.2f} points "
+            f"below that fine-tune ({full[start]:.4f}); seed {best['settings']['seed']}'s run is "
+            f"{(full[first] - best['score']) * 100:.2f} below its own."
+        )
+    return lines
 
 
 def _same_run(folder: str, other: str) -> bool:

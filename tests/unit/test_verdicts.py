@@ -913,6 +913,27 @@ def test_tokens_reading_says_when_token_schedules_take_back_the_units_speed_at_b
     assert faster[0].endswith("was slower than the units alone in 0 of 2 cases.")
 
 
+def test_tokens_reading_compares_a_learned_run_on_another_seeds_fine_tune_with_its_own():
+    tokens_bench = _bench_script("tokens")
+    settings = {"budget": 0.6, "price_lr": 0.5, "epochs": 2.0, "seed": 1}
+    best = {"format": 2, "settings": settings, "score": 0.8450, "macs_ratio": 0.630, "init": "/a/t1/model"}
+    runs = {
+        "learned2-b0.6-s1": best,
+        "learned2-b0.6-s2": {**best, "format": 3, "cost": ["tokens"], "settings": {**settings, "seed": 2},
+                             "score": 0.8401, "macs_ratio": 0.612, "init": "/b/t2/model"},
+        "other-budget-s2": {**best, "settings": {**settings, "seed": 2, "budget": 0.5}, "init": "/b/t2/model"},
+        "units-s2": {**best, "cost": ["flops", "tokens"], "settings": {**settings, "seed": 2}, "init": "/b/t2/model"},
+    }
+    state = {"models": {"teacher": "/elsewhere/t1/model", "teacher-s2": "/elsewhere/t2/model"}}
+    lines = tokens_bench._other_seeds(runs, state, {"teacher": 0.8598, "teacher-s2": 0.8586}, "teacher", best)
+    # 0.8586 - 0.8401 = 1.85 points; seed 1: 0.8598 - 0.8450 = 1.48. Another budget, or units in the same
+    # market, are other settings: left out.
+    assert lines == [
+        "- The same settings on seed 2's fine-tune (learned2-b0.6-s2, from teacher-s2) score 0.8401 at block MACs "
+        "x0.612, 1.85 points below that fine-tune (0.8586); seed 1's run is 1.48 below its own."
+    ]
+
+
 def test_fair_pairs_are_counted_by_recipe_across_seeds():
     fair = _bench_script("summarize_fair")
 
