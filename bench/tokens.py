@@ -718,7 +718,8 @@ def _reading(state: dict, rows: list[dict], first: str) -> str:
             )
         lines.append(text + ".")
     if new:
-        lines += _other_seeds(runs, state, full, first, best)
+        dense = {r["model"] for r in rows if r["schedule"] == "full" and r["levers"] == "none"}
+        lines += _other_seeds(runs, state, {m: v for m, v in full.items() if m in dense}, first, best)
     for name, r in runs.items():
         if set(r.get("cost") or ()) & {"flops", "latency"}:
             lines.append(_one_market(name, r, full.get(first)))
@@ -792,8 +793,9 @@ def _tokens_on_units(rows: list[dict], first: str, loss: float = 0.01) -> list[s
 
 
 def _other_seeds(runs: dict, state: dict, full: dict, first: str, best: dict) -> list[str]:
-    """The learned runs with the best run's settings started from another dense fine-tune (another seed's),
-    each against that fine-tune's full score: whether the first seed's result repeats."""
+    """The learned runs with the best run's settings started from another dense fine-tune (another seed's; ``full``
+    holds the dense models' full scores, so a run started from a compacted model is left out), each against that
+    fine-tune's full score: whether the first seed's result repeats."""
     lines = []
     for name, r in runs.items():
         same_settings = r["settings"] | {"seed": 0} == best["settings"] | {"seed": 0}

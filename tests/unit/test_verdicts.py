@@ -923,11 +923,12 @@ def test_tokens_reading_compares_a_learned_run_on_another_seeds_fine_tune_with_i
                              "score": 0.8401, "macs_ratio": 0.612, "init": "/b/t2/model"},
         "other-budget-s2": {**best, "settings": {**settings, "seed": 2, "budget": 0.5}, "init": "/b/t2/model"},
         "units-s2": {**best, "cost": ["flops", "tokens"], "settings": {**settings, "seed": 2}, "init": "/b/t2/model"},
+        "on-units-s2": {**best, "settings": {**settings, "seed": 2}, "init": "/b/u2/compact"},  # not a fine-tune
     }
-    state = {"models": {"teacher": "/elsewhere/t1/model", "teacher-s2": "/elsewhere/t2/model"}}
+    state = {"models": {"teacher": "/elsewhere/t1/model", "teacher-s2": "/elsewhere/t2/model", "units": "/u/u2/compact"}}
     lines = tokens_bench._other_seeds(runs, state, {"teacher": 0.8598, "teacher-s2": 0.8586}, "teacher", best)
     # 0.8586 - 0.8401 = 1.85 points; seed 1: 0.8598 - 0.8450 = 1.48. Another budget, or units in the same
-    # market, are other settings: left out.
+    # market, are other settings; thresholds on a compacted model have no dense full score here: left out.
     assert lines == [
         "- The same settings on seed 2's fine-tune (learned2-b0.6-s2, from teacher-s2) score 0.8401 at block MACs "
         "x0.612, 1.85 points below that fine-tune (0.8586); seed 1's run is 1.48 below its own."
@@ -1002,7 +1003,7 @@ def test_fair_issue_form_counts_one_recipe_at_three_budgets_on_two_seeds():
     (waiting,) = fair.issue_form(six)
     assert (waiting["unseeded"], waiting["incomplete"]) == (2, 1)
     assert fair._issue_form_text(waiting).endswith(
-        "so the rivals were handicapped; in 1 of its 6 pairs some planned rivals had not finished"
+        "(their rerun: `calibration: seeded`); in 1 of its 6 pairs some planned rivals had not finished"
     )
     six[0]["seeded_rivals"] = six[5]["seeded_rivals"] = True
     (waiting,) = fair.issue_form(six)
