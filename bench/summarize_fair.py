@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import INDEX_BEGIN, INDEX_END, RESULTS, ROOT, markdown_table, save, with_index  # noqa: E402
 
 from econlm.prices import UNDERSHOOT  # noqa: E402  (a share this far below its budget gave up allowed compute)
+from econlm.sweep import RIVAL_CALIBRATION  # noqa: E402  (the rivals that measured on the student's examples)
 
 THREADS = 2
 SEQ_LEN = 128
@@ -273,7 +274,7 @@ def _label(r: dict) -> str:
         )
     epochs = s["finetune_epochs"]
     spent = " (own allocation at the same FLOPs)" if s.get("allocation") == "global" else ""
-    seeded = " +student's examples" if s.get("calibration") == "seeded" else ""
+    seeded = " +student's examples" if s.get("calibration") == RIVAL_CALIBRATION else ""
     return f"post-hoc {s['importance']}{spent}{REPAIR_LABELS.get(s.get('rescale'), '')}{seeded}, " + (
         f"{epochs} epochs" + _distilled(s) if epochs else "no retraining"
     )
@@ -691,12 +692,14 @@ def missing_rivals(task: str, finished: dict[str, dict], sweeps: Path = ROOT / "
             continue
         trained = {spec["id"]: finished[spec["id"]] for spec in expand(config) if spec["id"] in finished}
         for spec in baseline_specs(config, trained):
-            if spec["kind"] == "posthoc" and spec["settings"].get("calibration") == "seeded":
+            if spec["kind"] == "posthoc" and spec["settings"].get("calibration") == RIVAL_CALIBRATION:
                 planned.setdefault(spec["settings"]["matches"], set()).add(spec["id"])
     started = {
-        r["settings"]["matches"] for r in finished.values() if r["kind"] == "posthoc" and r["settings"].get("calibration") == "seeded"
+        r["settings"]["matches"]
+        for r in finished.values()
+        if r["kind"] == "posthoc" and r["settings"].get("calibration") == RIVAL_CALIBRATION
     }
-    return {incentive: len(ids - set(finished)) for incentive, ids in planned.items() if incentive in started}
+    return {incentive: len(ids - finished.keys()) for incentive, ids in planned.items() if incentive in started}
 
 
 def pairs_of(rows: list[dict]) -> list[dict]:
@@ -717,7 +720,7 @@ def pairs_of(rows: list[dict]) -> list[dict]:
             "difference": incentive["score"] - best["score"],
             "same_steps": incentive["training_steps"] == best["training_steps"],
             # Did a rival measure its importance on the student's examples? Rows saved before the field: no.
-            "seeded_rivals": any(_calibration(r) == "seeded" for r in rivals),
+            "seeded_rivals": any(_calibration(r) == RIVAL_CALIBRATION for r in rivals),
             # Planned seeded rivals not finished when it was timed (rows saved before the field: none planned).
             "rivals_missing": incentive.get("rivals_missing", 0),
         }

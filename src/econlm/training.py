@@ -565,7 +565,7 @@ def _features(config: TrainConfig, task, tokenizer, train_data) -> tuple[list, i
     return features, 0
 
 
-FISHER_START_EXAMPLES = 256  # as many as compaction calibrates on by default
+FISHER_START_EXAMPLES = 256  # as many as the benchmark sweeps' compaction calibrates on (calib_examples: 256)
 
 
 def fisher_start_batches(config: TrainConfig, task, tokenizer, features) -> list:
