@@ -27,6 +27,7 @@
 #   bench/run_fair.sh stsb-colarecipe   # run 12: CoLA's recipe on STS-B at 0.3, 0.4 and 0.5 (seeds side by side, one budget after another)
 #   bench/run_fair.sh cola-seeded       # the CoLA recipe's rivals again, Fisher on the student's examples, both starts (seeds side by side; unrepaired at 0.3, 0.4, 0.5, then repaired)
 #   bench/run_fair.sh cola-seeded-unrepaired stsb-colarecipe cola-seeded  # the order run: STS-B's run 12 before CoLA's repaired rivals
+#   BUDGETS="05 04" bench/run_fair.sh cola-seeded   # stsb-colarecipe and cola-seeded*: only these budgets, in this order
 #   ECONLM_BENCH_OUT=/data/fair bench/run_fair.sh   # outputs elsewhere (default runs/bench_fair)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,7 @@ table=bench/latency/minilm_b1_s128_t2.json
 [ -f "$table" ] || .venv/bin/econlm latency-table minilm --batch 1 --seq-len 128 --threads 2 --out "$table"
 out="${ECONLM_BENCH_OUT:-runs/bench_fair}"
 parts=("$@")
+budgets="${BUDGETS:-03 04 05}"  # stsb-colarecipe and cola-seeded*: which budgets, in which order
 [ ${#parts[@]} -gt 0 ] || parts=(stsb cola paper)
 for part in "${parts[@]}"; do
   case "$part" in
@@ -67,7 +69,7 @@ for part in "${parts[@]}"; do
       wait ;;
     stsb-colarecipe)  # one seed per core; each budget's student and rivals before the next budget
       for s in "" _s2; do
-        (for b in 03 04 05; do OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/fair_stsb_colarecipe_b$b$s.yaml" --out "$out/stsb"; done) &
+        (for b in $budgets; do OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/fair_stsb_colarecipe_b$b$s.yaml" --out "$out/stsb"; done) &
       done
       wait ;;
     cola-seeded-unrepaired|cola-seeded)  # one seed per core; the unrepaired rivals at every budget first (the start
@@ -75,13 +77,13 @@ for part in "${parts[@]}"; do
       # way, an id hashes its own settings.
       unrepaired="$(mktemp -d)"
       for s in "" _s2; do
-        (for b in 03 04 05; do
+        (for b in $budgets; do
            f="fair_cola_seeded_b$b$s.yaml"
            sed 's/rescale: \[false, true\]/rescale: [false]/' "bench/sweeps/$f" > "$unrepaired/$f"
            OMP_NUM_THREADS=1 .venv/bin/econlm sweep "$unrepaired/$f" --out "$out/cola"
          done
          if [ "$part" = cola-seeded ]; then
-           for b in 03 04 05; do OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/fair_cola_seeded_b$b$s.yaml" --out "$out/cola"; done
+           for b in $budgets; do OMP_NUM_THREADS=1 .venv/bin/econlm sweep "bench/sweeps/fair_cola_seeded_b$b$s.yaml" --out "$out/cola"; done
          fi) &
       done
       wait; rm -rf "$unrepaired" ;;
