@@ -1003,14 +1003,18 @@ def test_fair_issue_form_counts_one_recipe_at_three_budgets_on_two_seeds():
     (waiting,) = fair.issue_form(six)
     assert (waiting["unseeded"], waiting["incomplete"]) == (2, 1)
     assert fair._issue_form_text(waiting).endswith(
-        "(their rerun: `calibration: seeded`); in 1 of its 6 pairs some planned rivals had not finished"
+        "(their rerun: `calibration: seeded`); in 1 of its 6 pairs some planned rivals had not finished (4 rivals in all)"
     )
     six[0]["seeded_rivals"] = six[5]["seeded_rivals"] = True
     (waiting,) = fair.issue_form(six)
     assert fair._issue_form_text(waiting) == (
         "incentive flops (freeze 0.7): 4 of 6, mean +0.0121, met only provisionally: in 1 of its 6 pairs some "
-        "planned rivals had not finished"
+        "planned rivals had not finished (4 rivals in all)"
     )
+    six[4]["rivals_missing"] = 1  # the rivals still missing add up over the pairs
+    (two,) = fair.issue_form(six)
+    assert fair._issue_form_text(two).endswith("in 2 of its 6 pairs some planned rivals had not finished (5 rivals in all)")
+    del six[4]["rivals_missing"]
     (three,) = fair.issue_form(six[:5] + [pair(0.5, 2, -0.0001)])
     assert (three["wins"], three["met"]) == (3, False)  # 3 of 6 is half, short of 4 of 6
     assert "provisionally" not in fair._issue_form_text(three)  # more rivals could only take pairs away
