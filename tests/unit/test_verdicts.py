@@ -1014,10 +1014,25 @@ def test_fair_issue_form_counts_one_recipe_at_three_budgets_on_two_seeds():
     six[4]["rivals_missing"] = 1  # the rivals still missing add up over the pairs
     (two,) = fair.issue_form(six)
     assert fair._issue_form_text(two).endswith("in 2 of its 6 pairs some planned rivals had not finished (5 rivals in all)")
+    # rivals declared never to be in the table: the verdict is final against those that are, and counts the rest
+    assert fair._issue_form_text(two, left_out="their students are gone") == (
+        "incentive flops (freeze 0.7): 4 of 6, mean +0.0121, met against every rival in the table; in 2 of its 6 "
+        "pairs 5 planned rivals are not in it (their students are gone)"
+    )
+    six[0]["seeded_rivals"] = False  # a reason still pending keeps the verdict provisional
+    (pending,) = fair.issue_form(six)
+    assert fair._issue_form_text(pending, left_out="gone").startswith(
+        "incentive flops (freeze 0.7): 4 of 6, mean +0.0121, met only provisionally: in 1 of its 6 pairs the rivals "
+    )
+    assert fair._issue_form_text(pending, left_out="gone").endswith(
+        "seeded`) against every rival in the table; in 2 of its 6 pairs 5 planned rivals are not in it (gone)"
+    )
+    six[0]["seeded_rivals"] = True
     del six[4]["rivals_missing"]
     (three,) = fair.issue_form(six[:5] + [pair(0.5, 2, -0.0001)])
     assert (three["wins"], three["met"]) == (3, False)  # 3 of 6 is half, short of 4 of 6
     assert "provisionally" not in fair._issue_form_text(three)  # more rivals could only take pairs away
+    assert fair._issue_form_text(three, left_out="gone").endswith("3 of 6, mean +0.0121, **missed**")
     assert fair.issue_form(six[:5]) == []  # budget 0.5 on one seed: not yet the issue's form
 
 
@@ -1046,6 +1061,9 @@ def test_fair_missing_rivals_are_the_seeded_ones_a_sweep_file_plans_and_has_not_
     assert fair.missing_rivals("cola", finished, tmp_path) == {}  # no seeded rival finished: nothing to wait for
     finished[rivals[0]["id"]] = {**rivals[0], "status": "ok"}
     assert fair.missing_rivals("cola", finished, tmp_path) == {student["id"]: 7}
+    # three of them finished on a machine since gone: their rows were saved, their trials are not here
+    earlier = frozenset(r["id"] for r in rivals[1:4])
+    assert fair.missing_rivals("cola", finished, tmp_path, measured=earlier) == {student["id"]: 4}
     finished.update({r["id"]: {**r, "status": "ok"} for r in rivals[1:]})
     assert fair.missing_rivals("cola", finished, tmp_path) == {student["id"]: 0}
 
