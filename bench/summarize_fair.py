@@ -577,7 +577,15 @@ def summarize(task: str, repeats: int) -> tuple[dict, str]:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     previous_path = RESULTS / f"fair_{task}.json"
     previous = json.loads(previous_path.read_text()) if previous_path.exists() else None
-    measured = frozenset(r["id"] for r in runs_of(previous)[0]) if previous else frozenset()
+    saved_rows = runs_of(previous)[0] if previous else []
+    rebuilt = rebuilt_students(saved_rows, results)
+    if rebuilt:
+        raise SystemExit(
+            f"{', '.join(rebuilt)} trained again since its rivals were saved: a student trained again is another "
+            "model (CoLA's seed-2 student at 0.5 went from 0.3191 to 0.2837), so its saved rivals would pair with "
+            "the wrong one; move the new trial folder out of the benchmark folder before timing"
+        )
+    measured = frozenset(r["id"] for r in saved_rows)
     missing = missing_rivals(task, {r["id"]: r for r in everything if r.get("status") == "ok"}, measured=measured)
     rows, loads = [], []
     for seed in seeds:
@@ -629,6 +637,26 @@ def summarize(task: str, repeats: int) -> tuple[dict, str]:
     pairs = pairs_of(rows)
     payload = {"task": task, "rows": rows, "pairs": pairs, "runs": runs}
     return payload, render(task, rows, pairs, runs)
+
+
+def rebuilt_students(saved_rows: list[dict], trials: list[dict]) -> list[str]:
+    """The incentive trials here whose id a saved row has, from another training (other trial seconds), while
+    saved rivals were made from that earlier training: timing them would replace the student and keep its
+    rivals, pairing models that were never paired."""
+    rivals_of = {r["matches"] for r in saved_rows if r.get("matches")}
+    saved = {
+        (r["id"], r.get("trial_seconds"))
+        for r in saved_rows
+        if r["method"].startswith("incentive") and r.get("trial_seconds") is not None
+    }
+    ids = {row_id for row_id, _ in saved}
+    return sorted(
+        t["id"]
+        for t in trials
+        if t["kind"] == "train"
+        and t["id"] in ids & rivals_of
+        and (t["id"], t.get("seconds")) not in saved
+    )
 
 
 def runs_of(payload: dict) -> tuple[list[dict], list[dict]]:

@@ -1036,6 +1036,23 @@ def test_fair_issue_form_counts_one_recipe_at_three_budgets_on_two_seeds():
     assert fair.issue_form(six[:5]) == []  # budget 0.5 on one seed: not yet the issue's form
 
 
+def test_fair_a_student_trained_again_is_not_paired_with_the_rivals_of_its_first_training():
+    fair = _bench_script("summarize_fair")
+    student = "train-cola-flops-lam0-b0.5-s2-9b471e219e"
+    saved = [
+        {"id": "train-cola-ffn_l1-lam0-s2-2814556a41", "method": "lambda=0 fine-tune (teacher)", "trial_seconds": 3395.1},
+        {"id": student, "method": "incentive flops budget 0.5", "trial_seconds": 2554.2},
+        {"id": "posthoc-cola-s2-41436f0a1f", "method": "post-hoc fisher", "matches": student, "trial_seconds": 1461.7},
+    ]
+    teacher_again = {"id": saved[0]["id"], "kind": "train", "seconds": 1942.6}
+    same_training = {"id": student, "kind": "train", "seconds": 2554.2}  # timed again from the same folder
+    assert fair.rebuilt_students(saved, [teacher_again, same_training]) == []  # a teacher has no saved rivals
+    rebuilt = {"id": student, "kind": "train", "seconds": 2206.9}
+    assert fair.rebuilt_students(saved, [teacher_again, rebuilt]) == [student]
+    assert fair.rebuilt_students(saved[:2], [rebuilt]) == []  # no rival saved for it: nothing to mix up
+    assert fair.rebuilt_students([], [rebuilt]) == []  # a first summary
+
+
 def test_fair_missing_rivals_are_the_seeded_ones_a_sweep_file_plans_and_has_not_finished(tmp_path):
     from econlm.sweep import baseline_specs, expand, load_sweep
     from tests.conftest import save_tiny_checkpoint
