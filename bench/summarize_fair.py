@@ -32,14 +32,22 @@ BATCHES = (1, 32)
 TABLE = ROOT / "bench" / "latency" / "minilm_b1_s128_t2.json"
 TARGETS = {"stsb": (2.0, 0.005), "cola": (1.6, 0.02)}  # (batch-1 speedup, largest score loss)
 # What each task's benchmark tried and what is left: the Reading section's last line.
-# Why a task's planned rivals missing from its table never will be in it, when they will not: its count in the
-# issue's form is then final against the rivals in the table, and says how many are not (`_issue_form_text`).
+# The students whose planned rivals missing from the table never will be in it, and why: a recipe's count in the
+# issue's form is final against the rivals in the table once every pair still missing rivals is one of these, and
+# says how many are not (`_issue_form_text`); a pair missing rivals for any other reason keeps it provisional.
+_GONE = (
+    "the machine holding their students went between two sessions before they ran or were timed, and a rebuilt "
+    "student is another model: seed 2's at 0.5 scored 0.2837 against 0.3191, so no rival of it completes the "
+    "table's pair; see fair_cola.md's Tried"
+)
 RIVALS_LEFT_OUT = {
-    "cola": (
-        "the machine holding their students went between two sessions before they ran or were timed, and a "
-        "rebuilt student is another model: seed 2's at 0.5 scored 0.2837 against 0.3191, so no rival of it "
-        "completes the table's pair; see fair_cola.md's Tried"
-    ),
+    student: _GONE
+    for student in (
+        "train-cola-flops-lam0-b0.4-s1-4eb75a2f3d",
+        "train-cola-flops-lam0-b0.4-s2-7a20408377",
+        "train-cola-flops-lam0-b0.5-s1-d652f1209e",
+        "train-cola-flops-lam0-b0.5-s2-9b471e219e",
+    )
 }
 TRIED = {
     "stsb": (
@@ -270,7 +278,7 @@ TRIED = {
         "0.4's eight, four of them untrained, had not started). The next session rebuilt seed 2's teacher and budget-0.5 "
         "student from the same sweep file, one core each as before, to finish that pair's rivals (on an Intel Xeon; "
         "the table's machines were AMD EPYC): the teacher came back the same to the last digit (0.3114), the "
-        "student did not: 0.2837 at share 0.435, against 0.3191 at 0.427 the first time, with the same teacher, "
+        "student did not: 0.2837 at a FLOPs share of 0.435 after compaction, against 0.3191 at 0.427 the first time, with the same teacher, "
         "seed, data and steps (`bench/results/fair_cola_rebuild.json`). Training on these CPUs is not bitwise "
         "reproducible between machines: seed 1's teacher, rebuilt too, now has four scores from four trainings "
         "(0.2502, after 0.2546, 0.2577 and 0.2524), seed 2's the same score from all three; why one run reproduces and "
@@ -585,8 +593,7 @@ def summarize(task: str, repeats: int) -> tuple[dict, str]:
             "model (CoLA's seed-2 student at 0.5 went from 0.3191 to 0.2837), so its saved rivals would pair with "
             "the wrong one; move the new trial folder out of the benchmark folder before timing"
         )
-    measured = frozenset(r["id"] for r in saved_rows)
-    missing = missing_rivals(task, {r["id"]: r for r in everything if r.get("status") == "ok"}, measured=measured)
+    missing = missing_rivals(task, {r["id"]: r for r in everything if r.get("status") == "ok"}, saved=saved_rows)
     rows, loads = [], []
     for seed in seeds:
         mine = [r for r in results if r["settings"]["seed"] == seed]
@@ -644,11 +651,8 @@ def rebuilt_students(saved_rows: list[dict], trials: list[dict]) -> list[str]:
     saved rivals were made from that earlier training: timing them would replace the student and keep its
     rivals, pairing models that were never paired."""
     rivals_of = {r["matches"] for r in saved_rows if r.get("matches")}
-    saved = {
-        (r["id"], r.get("trial_seconds"))
-        for r in saved_rows
-        if r["method"].startswith("incentive") and r.get("trial_seconds") is not None
-    }
+    # a row saved before trial seconds were kept (None) matches no training: its student counts as trained again
+    saved = {(r["id"], r.get("trial_seconds")) for r in saved_rows if r["method"].startswith("incentive")}
     ids = {row_id for row_id, _ in saved}
     return sorted(
         t["id"]
@@ -766,15 +770,15 @@ def _calibration(row: dict) -> str:
 
 
 def missing_rivals(
-    task: str, finished: dict[str, dict], sweeps: Path = ROOT / "bench" / "sweeps", measured: frozenset = frozenset()
+    task: str, finished: dict[str, dict], sweeps: Path = ROOT / "bench" / "sweeps", saved: list[dict] = ()
 ) -> dict[str, int]:
     """For each incentive model whose rivals measure on its student's examples (`calibration: seeded`), how many
     of the seeded rivals its sweep files plan have not finished: until they have, its pair is provisional (the
     best of all its rivals counts, and some have not run). The plan is what each sweep would run now, from its own
     finished training trials (``econlm.sweep.baseline_specs``). Incentive models with no seeded rival finished
     are left out: their pairs are provisional already, and their old sweep files were never rerun seeded.
-    `measured` holds the ids of rows an earlier session saved: a rival that finished on a machine since gone is
-    not missing, though its trial is no longer here."""
+    `saved` holds the rows earlier sessions saved: a rival that finished on a machine since gone is not missing,
+    though its trial is no longer here, and its student has started its seeded rivals."""
     from econlm.sweep import baseline_specs, expand, load_sweep
 
     planned: dict[str, set[str]] = {}
@@ -790,7 +794,8 @@ def missing_rivals(
         r["settings"]["matches"]
         for r in finished.values()
         if r["kind"] == "posthoc" and r["settings"].get("calibration") == RIVAL_CALIBRATION
-    }
+    } | {r["matches"] for r in saved if r.get("matches") and r.get("calibration") == RIVAL_CALIBRATION}
+    measured = {r["id"] for r in saved}
     return {
         incentive: len(ids - finished.keys() - measured) for incentive, ids in planned.items() if incentive in started
     }
@@ -817,6 +822,7 @@ def pairs_of(rows: list[dict]) -> list[dict]:
             "seeded_rivals": any(_calibration(r) == RIVAL_CALIBRATION for r in rivals),
             # Planned seeded rivals not finished when it was timed (rows saved before the field: none planned).
             "rivals_missing": incentive.get("rivals_missing", 0),
+            "id": incentive["id"],
         }
         for allocation in ("matched", "global"):
             mine = [r for r in rivals if _allocation(r) == allocation]
@@ -899,16 +905,17 @@ def issue_form(pairs: list[dict]) -> list[dict]:
                     "met": wins / len(mine) >= 4 / 6,
                     "unseeded": sum(not p.get("seeded_rivals") for p in mine),
                     "incomplete": sum(bool(p.get("rivals_missing")) for p in mine),
+                    "incomplete_ids": [p.get("id") for p in mine if p.get("rivals_missing")],
                     "rivals_missing": sum(p.get("rivals_missing", 0) for p in mine),
                 }
             )
     return found
 
 
-def _issue_form_text(form: dict, after_recipe: str = ": ", left_out: str | None = None) -> str:
-    """One recipe's count in the issue's form and its verdict. `left_out` says why the planned rivals still
-    missing will never be in the table (``RIVALS_LEFT_OUT``): the verdict is then final, against the rivals in
-    the table, and says how many are not, instead of waiting for them."""
+def _issue_form_text(form: dict, after_recipe: str = ": ", left_out: dict[str, str] | None = None) -> str:
+    """One recipe's count in the issue's form and its verdict. `left_out` maps students to why their planned
+    rivals still missing will never be in the table (``RIVALS_LEFT_OUT``): when it covers every pair missing
+    rivals, the count is final against the rivals in the table, and says how many are not."""
     verdict = "met" if form["met"] else "**missed**"
     # More rivals can only take pairs away, so a miss stands; a met target waits for every rival it was given.
     reasons = []
@@ -921,10 +928,13 @@ def _issue_form_text(form: dict, after_recipe: str = ": ", left_out: str | None 
     unrun = ""
     if form["met"] and form.get("incomplete"):
         missing = form.get("rivals_missing", 0)
-        if left_out:
+        ids = form.get("incomplete_ids", [])
+        reasons_gone = list(dict.fromkeys((left_out or {}).get(i) for i in ids))
+        if ids and None not in reasons_gone:
             unrun = (
-                f" against every rival in the table; in {form['incomplete']} of its {form['pairs']} pairs {missing} "
-                f"planned rival{'s are' if missing != 1 else ' is'} not in it ({left_out})"
+                f"in {form['incomplete']} of its {form['pairs']} pairs {missing} planned "
+                f"rival{'s are' if missing != 1 else ' is'} not in the table and never will be "
+                f"({'; '.join(reasons_gone)})"
             )
         else:
             reasons.append(
@@ -932,8 +942,9 @@ def _issue_form_text(form: dict, after_recipe: str = ": ", left_out: str | None 
                 f"({missing} rival{'s' if missing != 1 else ''} in all)"
             )
     if reasons:
-        verdict = "met only provisionally: " + "; ".join(reasons)
-    verdict += unrun
+        verdict = "met only provisionally: " + "; ".join(reasons + [unrun] * bool(unrun))
+    elif unrun:
+        verdict = "met against every rival in the table; " + unrun
     return f"{form['recipe']}{after_recipe}{form['wins']} of {form['pairs']}, mean {form['mean']:+.4f}, {verdict}"
 
 
@@ -1286,7 +1297,7 @@ def render(task: str, rows: list[dict], pairs: list[dict], runs: list[dict]) -> 
     for form in issue_form(pairs):
         lines.append(
             "- in the issue's own form (one recipe at three budgets on two seeds; the total above counts every "
-            f"recipe tried): {_issue_form_text(form, left_out=RIVALS_LEFT_OUT.get(task))}"
+            f"recipe tried): {_issue_form_text(form, left_out=RIVALS_LEFT_OUT)}"
         )
     lines += _prediction_lines(rows, incentive)
     lines += _across_seeds(rows, pairs, speed_target, loss_target)
@@ -1439,7 +1450,7 @@ def _verdicts(task: str, payload: dict) -> list[str]:
         + ("met" if pairs and wins / len(pairs) >= 4 / 6 else "**missed**")
         + "".join(
             f"; counted in the issue's own form, one recipe at three budgets on two seeds, "
-            f"{_issue_form_text(f, after_recipe=', ', left_out=RIVALS_LEFT_OUT.get(task))}"
+            f"{_issue_form_text(f, after_recipe=', ', left_out=RIVALS_LEFT_OUT)}"
             for f in issue_form(pairs)
         )
         + f". Latency table's batch-1 prediction within 10%: {sum(map(_within, predicted))} of {len(predicted)} "

@@ -981,6 +981,7 @@ def test_fair_issue_form_counts_one_recipe_at_three_budgets_on_two_seeds():
             "seed": seed,
             "difference": difference,
             "seeded_rivals": True,
+            "id": f"student-{budget}-{seed}",
         }
 
     six = [pair(0.3, 1, 0.0085), pair(0.3, 2, 0.0343), pair(0.4, 1, 0.0388), pair(0.4, 2, -0.0079)]
@@ -1015,24 +1016,41 @@ def test_fair_issue_form_counts_one_recipe_at_three_budgets_on_two_seeds():
     (two,) = fair.issue_form(six)
     assert fair._issue_form_text(two).endswith("in 2 of its 6 pairs some planned rivals had not finished (5 rivals in all)")
     # rivals declared never to be in the table: the verdict is final against those that are, and counts the rest
-    assert fair._issue_form_text(two, left_out="their students are gone") == (
+    gone = {"student-0.4-2": "their students are gone", "student-0.5-1": "their students are gone"}
+    assert fair._issue_form_text(two, left_out=gone) == (
         "incentive flops (freeze 0.7): 4 of 6, mean +0.0121, met against every rival in the table; in 2 of its 6 "
-        "pairs 5 planned rivals are not in it (their students are gone)"
+        "pairs 5 planned rivals are not in the table and never will be (their students are gone)"
     )
+    # only when every pair missing rivals is declared: one still waiting keeps the count provisional
+    assert "met only provisionally: in 2 of its 6 pairs some planned rivals had not finished" in (
+        fair._issue_form_text(two, left_out={"student-0.4-2": "gone"})
+    )
+    six[4]["rivals_missing"] = 0
+    (one,) = fair.issue_form(six)
+    assert fair._issue_form_text(one, left_out={"student-0.4-2": "gone"}).endswith(
+        "met against every rival in the table; in 1 of its 6 pairs 4 planned rivals are not in the table and never "
+        "will be (gone)"
+    )
+    six[3]["rivals_missing"] = 1
+    (single,) = fair.issue_form(six)
+    assert fair._issue_form_text(single, left_out={"student-0.4-2": "gone"}).endswith(
+        "in 1 of its 6 pairs 1 planned rival is not in the table and never will be (gone)"
+    )
+    six[3]["rivals_missing"], six[4]["rivals_missing"] = 4, 1
     six[0]["seeded_rivals"] = False  # a reason still pending keeps the verdict provisional
     (pending,) = fair.issue_form(six)
-    assert fair._issue_form_text(pending, left_out="gone").startswith(
+    assert fair._issue_form_text(pending, left_out=gone) == (
         "incentive flops (freeze 0.7): 4 of 6, mean +0.0121, met only provisionally: in 1 of its 6 pairs the rivals "
-    )
-    assert fair._issue_form_text(pending, left_out="gone").endswith(
-        "seeded`) against every rival in the table; in 2 of its 6 pairs 5 planned rivals are not in it (gone)"
+        "measured Fisher importance on the first 128 training rows only, not also on the examples the student "
+        "measured (their rerun: `calibration: seeded`); in 2 of its 6 pairs 5 planned rivals are not in the table "
+        "and never will be (their students are gone)"
     )
     six[0]["seeded_rivals"] = True
     del six[4]["rivals_missing"]
     (three,) = fair.issue_form(six[:5] + [pair(0.5, 2, -0.0001)])
     assert (three["wins"], three["met"]) == (3, False)  # 3 of 6 is half, short of 4 of 6
     assert "provisionally" not in fair._issue_form_text(three)  # more rivals could only take pairs away
-    assert fair._issue_form_text(three, left_out="gone").endswith("3 of 6, mean +0.0121, **missed**")
+    assert fair._issue_form_text(three, left_out=gone).endswith("3 of 6, mean +0.0121, **missed**")
     assert fair.issue_form(six[:5]) == []  # budget 0.5 on one seed: not yet the issue's form
 
 
@@ -1051,6 +1069,31 @@ def test_fair_a_student_trained_again_is_not_paired_with_the_rivals_of_its_first
     assert fair.rebuilt_students(saved, [teacher_again, rebuilt]) == [student]
     assert fair.rebuilt_students(saved[:2], [rebuilt]) == []  # no rival saved for it: nothing to mix up
     assert fair.rebuilt_students([], [rebuilt]) == []  # a first summary
+    unknown = [{**saved[1], "trial_seconds": None}, saved[2]]  # saved before trial seconds were kept
+    assert fair.rebuilt_students(unknown, [same_training]) == [student]  # no way to tell it is the same training
+    # a teacher trained again is compared with its own run's rows, even when a saved row names it as matched
+    assert fair.rebuilt_students([*saved, {**saved[2], "matches": saved[0]["id"]}], [teacher_again]) == []
+
+
+def test_fair_summary_stops_before_timing_a_student_trained_again(tmp_path, monkeypatch):
+    import json
+
+    fair = _bench_script("summarize_fair")
+    student = "train-cola-flops-lam0-b0.5-s2-9b471e219e"
+    saved = [
+        {"id": student, "method": "incentive flops budget 0.5", "trial_seconds": 2554.2, "timed": "t"},
+        {"id": "posthoc-1", "method": "post-hoc fisher", "matches": student, "trial_seconds": 1461.7, "timed": "t"},
+    ]
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "fair_cola.json").write_text(json.dumps({"rows": saved, "runs": []}))
+    trial = {"id": student, "kind": "train", "status": "ok", "seconds": 2206.9, "settings": {"seed": 2, "cost": []}}
+    (tmp_path / "cola").mkdir()
+    (tmp_path / "cola" / "results.jsonl").write_text(json.dumps(trial) + "\n")
+    monkeypatch.setenv("ECONLM_BENCH_OUT", str(tmp_path))
+    monkeypatch.setattr(fair, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(fair, "time_seed", lambda *a: pytest.fail("timed a rebuilt student"))
+    with pytest.raises(SystemExit, match=f"{student} trained again since its rivals were saved"):
+        fair.summarize("cola", repeats=1)
 
 
 def test_fair_missing_rivals_are_the_seeded_ones_a_sweep_file_plans_and_has_not_finished(tmp_path):
@@ -1079,8 +1122,13 @@ def test_fair_missing_rivals_are_the_seeded_ones_a_sweep_file_plans_and_has_not_
     finished[rivals[0]["id"]] = {**rivals[0], "status": "ok"}
     assert fair.missing_rivals("cola", finished, tmp_path) == {student["id"]: 7}
     # three of them finished on a machine since gone: their rows were saved, their trials are not here
-    earlier = frozenset(r["id"] for r in rivals[1:4])
-    assert fair.missing_rivals("cola", finished, tmp_path, measured=earlier) == {student["id"]: 4}
+    earlier = [{"id": r["id"], "matches": student["id"], "calibration": fair.RIVAL_CALIBRATION} for r in rivals[1:4]]
+    assert fair.missing_rivals("cola", finished, tmp_path, saved=earlier) == {student["id"]: 4}
+    # a student whose only finished seeded rivals are saved rows has started its rivals all the same
+    del finished[rivals[0]["id"]]
+    assert fair.missing_rivals("cola", finished, tmp_path, saved=earlier) == {student["id"]: 5}
+    assert fair.missing_rivals("cola", finished, tmp_path) == {}
+    finished[rivals[0]["id"]] = {**rivals[0], "status": "ok"}
     finished.update({r["id"]: {**r, "status": "ok"} for r in rivals[1:]})
     assert fair.missing_rivals("cola", finished, tmp_path) == {student["id"]: 0}
 
