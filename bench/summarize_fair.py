@@ -653,13 +653,9 @@ def rebuilt_students(saved_rows: list[dict], trials: list[dict]) -> list[str]:
     rivals_of = {r["matches"] for r in saved_rows if r.get("matches")}
     # a row saved before trial seconds were kept (None) matches no training: its student counts as trained again
     saved = {(r["id"], r.get("trial_seconds")) for r in saved_rows if r["method"].startswith("incentive")}
-    ids = {row_id for row_id, _ in saved}
+    paired = {row_id for row_id, _ in saved} & rivals_of
     return sorted(
-        t["id"]
-        for t in trials
-        if t["kind"] == "train"
-        and t["id"] in ids & rivals_of
-        and (t["id"], t.get("seconds")) not in saved
+        t["id"] for t in trials if t["kind"] == "train" and t["id"] in paired and (t["id"], t.get("seconds")) not in saved
     )
 
 
@@ -770,7 +766,7 @@ def _calibration(row: dict) -> str:
 
 
 def missing_rivals(
-    task: str, finished: dict[str, dict], sweeps: Path = ROOT / "bench" / "sweeps", saved: list[dict] = ()
+    task: str, finished: dict[str, dict], sweeps: Path = ROOT / "bench" / "sweeps", saved: list[dict] | tuple = ()
 ) -> dict[str, int]:
     """For each incentive model whose rivals measure on its student's examples (`calibration: seeded`), how many
     of the seeded rivals its sweep files plan have not finished: until they have, its pair is provisional (the
@@ -904,8 +900,7 @@ def issue_form(pairs: list[dict]) -> list[dict]:
                     "mean": statistics.mean(p["difference"] for p in mine),
                     "met": wins / len(mine) >= 4 / 6,
                     "unseeded": sum(not p.get("seeded_rivals") for p in mine),
-                    "incomplete": sum(bool(p.get("rivals_missing")) for p in mine),
-                    "incomplete_ids": [p.get("id") for p in mine if p.get("rivals_missing")],
+                    "incomplete": [p.get("id") for p in mine if p.get("rivals_missing")],  # their students
                     "rivals_missing": sum(p.get("rivals_missing", 0) for p in mine),
                 }
             )
@@ -927,22 +922,21 @@ def _issue_form_text(form: dict, after_recipe: str = ": ", left_out: dict[str, s
         )
     unrun = ""
     if form["met"] and form.get("incomplete"):
-        missing = form.get("rivals_missing", 0)
-        ids = form.get("incomplete_ids", [])
-        reasons_gone = list(dict.fromkeys((left_out or {}).get(i) for i in ids))
-        if ids and None not in reasons_gone:
+        missing, incomplete = form.get("rivals_missing", 0), form["incomplete"]
+        reasons_gone = list(dict.fromkeys((left_out or {}).get(i) for i in incomplete))
+        if None not in reasons_gone:
             unrun = (
-                f"in {form['incomplete']} of its {form['pairs']} pairs {missing} planned "
+                f"in {len(incomplete)} of its {form['pairs']} pairs {missing} planned "
                 f"rival{'s are' if missing != 1 else ' is'} not in the table and never will be "
                 f"({'; '.join(reasons_gone)})"
             )
         else:
             reasons.append(
-                f"in {form['incomplete']} of its {form['pairs']} pairs some planned rivals had not finished "
+                f"in {len(incomplete)} of its {form['pairs']} pairs some planned rivals had not finished "
                 f"({missing} rival{'s' if missing != 1 else ''} in all)"
             )
     if reasons:
-        verdict = "met only provisionally: " + "; ".join(reasons + [unrun] * bool(unrun))
+        verdict = "met only provisionally: " + "; ".join([*reasons, unrun] if unrun else reasons)
     elif unrun:
         verdict = "met against every rival in the table; " + unrun
     return f"{form['recipe']}{after_recipe}{form['wins']} of {form['pairs']}, mean {form['mean']:+.4f}, {verdict}"

@@ -1002,7 +1002,7 @@ def test_fair_issue_form_counts_one_recipe_at_three_budgets_on_two_seeds():
     # and one pair whose planned rivals have not all finished: a reason of its own
     six[3]["rivals_missing"] = 4
     (waiting,) = fair.issue_form(six)
-    assert (waiting["unseeded"], waiting["incomplete"]) == (2, 1)
+    assert (waiting["unseeded"], waiting["incomplete"]) == (2, ["student-0.4-2"])
     assert fair._issue_form_text(waiting).endswith(
         "(their rerun: `calibration: seeded`); in 1 of its 6 pairs some planned rivals had not finished (4 rivals in all)"
     )
